@@ -1,0 +1,65 @@
+//! # tubemail: a message broker inside your process
+//!
+//! Applications that are one process (a modular monolith) still need what distributed messaging gives:
+//! topics that route an event to several modules, queues that buffer work, at-least-once delivery with
+//! acks and dead letters. tubemail gives the broker inside the process: topic routers, queue buffers and
+//! subscribers are [actix](https://docs.rs/actix) actors with bounded mailboxes, and every message that
+//! leaves without an ack is counted with its reason.
+//!
+//! ```
+//! use tubemail::{Broker, Delivery, Outcome, QueueSpec, TopicKind, TopicSpec, Topology};
+//!
+//! # actix::System::new().block_on(async {
+//! let topology = Topology::from_toml_str(r#"
+//!     [topics.events]
+//!     kind = "topic"
+//!
+//!     [queues.billing]
+//!     delivery = "at-least-once"
+//!
+//!     [[bindings]]
+//!     topic = "events"
+//!     queue = "billing"
+//!     key = "orders.#"
+//! "#).unwrap();
+//! let broker = Broker::start(topology).unwrap();
+//! broker.subscribe("billing", |d: Delivery<String>| async move {
+//!     println!("billing saw {} on {}", *d, d.key());
+//!     Outcome::Ack
+//! }).await.unwrap();
+//! broker.publish("events", "orders.42.paid", "order 42 paid".to_string()).await.unwrap();
+//! let report = broker.shutdown(std::time::Duration::from_secs(1)).await;
+//! assert!(report.stats.conserved());
+//! # });
+//! ```
+//!
+//! The pieces: [`topology`] declares topics, queues and bindings; [`routing`] matches keys;
+//! [`queue`] buffers, dispatches and redelivers; [`subscriber`] runs handlers; [`Broker`] ties them
+//! together; [`stats`] counts everything. See `docs/ARCHITECTURE.md` for the actors and messages.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+mod broker;
+pub mod ids;
+pub mod message;
+pub mod queue;
+mod registry;
+pub mod routing;
+pub mod stats;
+pub mod subscriber;
+mod topic;
+pub mod topology;
+
+pub use broker::{
+    BindError, Broker, Confirm, DeclareError, PublishError, Publisher, ShutdownReport, StartError,
+    SubscribeError, TryPublishError,
+};
+pub use bytes::Bytes;
+pub use message::{Death, DeathReason, Message, Payload};
+pub use stats::{Dropped, QueueStats, Stats, TopicStats};
+pub use subscriber::{
+    AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions, Subscription, UnsubscribeReport,
+};
+pub use topology::{
+    Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
+};

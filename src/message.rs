@@ -1,0 +1,217 @@
+//! Messages as they travel: one shared, immutable [`Message`] per publish, whatever the fan-out.
+
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::ids::MessageId;
+
+type Encode = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, rmp_serde::encode::Error>;
+
+/// The body of a message: a typed value shared by reference, or raw bytes.
+///
+/// A typed value is never encoded on the in-process path: every queue and subscriber shares the one
+/// `Arc`. Bytes (MessagePack, through rmp-serde) appear only where bytes are needed: a subscriber that
+/// asks for [`Bytes`], a subscriber of a typed value published as bytes, and recorded histories.
+#[derive(Clone)]
+pub enum Payload {
+    /// A value published with a type.
+    Value {
+        /// The value.
+        value: Arc<dyn Any + Send + Sync>,
+        /// Its type's name, for error messages.
+        type_name: &'static str,
+        /// Encodes the value as MessagePack.
+        encode: Encode,
+    },
+    /// Raw bytes (MessagePack when a typed subscriber reads them).
+    Bytes(Bytes),
+}
+
+impl Payload {
+    /// Wraps a typed value.
+    pub fn value<T: Serialize + Send + Sync + 'static>(value: T) -> Self {
+        fn encode<T: Serialize + 'static>(
+            v: &(dyn Any + Send + Sync),
+        ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+            // The function pointer is stored beside a value of type T, so the downcast cannot fail.
+            let v = v.downcast_ref::<T>().expect("payload encoder paired with its own type");
+            rmp_serde::to_vec_named(v)
+        }
+        Payload::Value { value: Arc::new(value), type_name: std::any::type_name::<T>(), encode: encode::<T> }
+    }
+
+    /// The payload as MessagePack bytes (a cheap clone for [`Payload::Bytes`]).
+    ///
+    /// # Errors
+    /// When the value cannot be encoded.
+    pub fn to_bytes(&self) -> Result<Bytes, PayloadError> {
+        match self {
+            Payload::Bytes(b) => Ok(b.clone()),
+            Payload::Value { value, type_name, encode } => encode(value.as_ref())
+                .map(Bytes::from)
+                .map_err(|e| PayloadError::Encode { type_name, reason: e.to_string() }),
+        }
+    }
+
+    /// The payload as a `T`: the shared value itself when it was published as a `T`, decoded from
+    /// MessagePack when it was published as bytes, and [`Bytes`] on request.
+    ///
+    /// # Errors
+    /// [`PayloadError::TypeMismatch`] when a value of another type was published;
+    /// [`PayloadError::Decode`] when bytes do not decode as `T`.
+    pub fn read<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, PayloadError> {
+        if TypeId::of::<T>() == TypeId::of::<Bytes>() {
+            let bytes: Arc<dyn Any + Send + Sync> = Arc::new(self.to_bytes()?);
+            return Ok(bytes.downcast::<T>().expect("T is Bytes"));
+        }
+        match self {
+            Payload::Value { value, type_name, .. } => value.clone().downcast::<T>().map_err(|_| {
+                PayloadError::TypeMismatch { published: type_name, expected: std::any::type_name::<T>() }
+            }),
+            Payload::Bytes(b) => rmp_serde::from_slice::<T>(b).map(Arc::new).map_err(|e| {
+                PayloadError::Decode { expected: std::any::type_name::<T>(), reason: e.to_string() }
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::Value { type_name, .. } => write!(f, "Payload::Value({type_name})"),
+            Payload::Bytes(b) => write!(f, "Payload::Bytes({} bytes)", b.len()),
+        }
+    }
+}
+
+/// Why a payload could not be read as the type a subscriber asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// A value of another type was published.
+    #[error("payload is a {published}, the subscriber expects a {expected}")]
+    TypeMismatch {
+        /// The published type.
+        published: &'static str,
+        /// The subscriber's type.
+        expected: &'static str,
+    },
+    /// Bytes did not decode as the subscriber's type.
+    #[error("payload bytes do not decode as {expected}: {reason}")]
+    Decode {
+        /// The subscriber's type.
+        expected: &'static str,
+        /// The decoder's words.
+        reason: String,
+    },
+    /// The value could not be encoded.
+    #[error("payload of type {type_name} does not encode: {reason}")]
+    Encode {
+        /// The value's type.
+        type_name: &'static str,
+        /// The encoder's words.
+        reason: String,
+    },
+}
+
+/// Why a message was dead-lettered, as RabbitMQ names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeathReason {
+    /// Nacked or rejected without requeue.
+    Rejected,
+    /// Its time to live ran out.
+    Expired,
+    /// The queue was full (drop-head, or reject-publish-dlx).
+    Maxlen,
+    /// Delivered more often than the queue's delivery limit.
+    DeliveryLimit,
+}
+
+impl fmt::Display for DeathReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        })
+    }
+}
+
+/// One entry of a message's death history (RabbitMQ's `x-death`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Death {
+    /// The queue it died in.
+    pub queue: Arc<str>,
+    /// Why.
+    pub reason: DeathReason,
+    /// How often it died there for this reason.
+    pub count: u32,
+    /// When it last did, in milliseconds since the broker started.
+    pub at_ms: u64,
+}
+
+/// The most deaths a message records; older entries are dropped beyond it.
+pub const DEATHS_MAX: usize = 16;
+
+/// A published message. Immutable once published and shared (`Arc`) by every queue it reaches.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub(crate) id: MessageId,
+    pub(crate) key: Box<str>,
+    pub(crate) payload: Payload,
+    pub(crate) published_at: Instant,
+    pub(crate) deaths: Vec<Death>,
+}
+
+impl Message {
+    /// The message id, unique within the broker.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The routing key it was published with.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Payload {
+        &self.payload
+    }
+
+    /// When it was published (tokio's clock).
+    pub fn published_at(&self) -> Instant {
+        self.published_at
+    }
+
+    /// Its death history, newest first.
+    pub fn deaths(&self) -> &[Death] {
+        &self.deaths
+    }
+
+    /// A copy with one more death recorded (the payload stays shared).
+    pub(crate) fn died(&self, queue: &Arc<str>, reason: DeathReason, at_ms: u64) -> Message {
+        let mut deaths = self.deaths.clone();
+        let count = match deaths.iter().position(|d| &d.queue == queue && d.reason == reason) {
+            Some(i) => deaths.remove(i).count + 1,
+            None => 1,
+        };
+        deaths.insert(0, Death { queue: queue.clone(), reason, count, at_ms });
+        deaths.truncate(DEATHS_MAX);
+        Message { deaths, ..self.clone() }
+    }
+
+    /// Whether dead-lettering into `target` would close a cycle of automatic deaths (no rejection),
+    /// which RabbitMQ cuts by dropping the message.
+    pub(crate) fn would_cycle(&self, target: &str) -> bool {
+        self.deaths.iter().any(|d| &*d.queue == target)
+            && self.deaths.iter().all(|d| d.reason != DeathReason::Rejected)
+    }
+}

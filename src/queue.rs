@@ -1,0 +1,189 @@
+//! Queues: bounded FIFO buffers between topics and subscribers.
+//!
+//! A queue is an actor (`actor.rs`) around a plain state machine (`state.rs`). Publishers hand it
+//! messages through one shared mailbox sender; it dispatches them round robin to its subscribers, keeps
+//! at-least-once deliveries until they are settled, and passes what it cannot keep to its dead-letter
+//! queue.
+//!
+//! # Delivery guarantees
+//! - `at-least-once`: a delivery stays in the queue, unacked, until the subscriber acks it. A nack with
+//!   requeue, a handler panic, the subscriber leaving, or the ack deadline (`ack_timeout_ms`) passing
+//!   puts it back, marked redelivered, with its delivery count raised; past `delivery_limit` it is
+//!   dead-lettered with reason `delivery_limit`. A message may so be handled more than once: make
+//!   consumers idempotent for an exactly-once effect.
+//! - `at-most-once`: a message leaves the queue when it is handed to a subscriber (auto-ack). If the
+//!   subscriber dies before its handler runs, the message is lost and counted in
+//!   `dropped.lost_at_most_once`; it is never delivered twice.
+//!
+//! # Ordering
+//! FIFO. Requeued messages return to their original position (ahead of younger ones), so only
+//! redelivery reorders. With several consumers, messages are handed out round robin, and handlers run
+//! concurrently, so effects may complete out of order; where order matters use one consumer or
+//! `single_active_consumer`, which hands everything to the oldest consumer and fails over to the next
+//! in subscription order when it leaves.
+//!
+//! # Backpressure
+//! `depth_max` bounds the ready messages. When it is reached the queue's overflow policy applies:
+//! `drop-head` drops (or dead-letters, reason `maxlen`) the oldest; `reject-publish` refuses the new
+//! message and the publisher's confirm names the queue; `reject-publish-dlx` also dead-letters it;
+//! `block` makes `publish` wait for room. The latter three are enforced by publisher credits (a
+//! semaphore of `depth_max` permits, taken by a publish and returned when the message leaves the ready
+//! list), as RabbitMQ's credit flow between channels and queues. Requeued messages are never refused,
+//! so the ready list may exceed `depth_max` by the deliveries in flight. The mailbox holds at most
+//! [`QUEUE_MAILBOX_CAPACITY`] messages; a publisher finding it full waits (`publish`) or is refused
+//! (`try_publish`). Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
+//! `depth_max`); a subscriber whose mailbox is full is skipped and its messages stay in the queue.
+//!
+//! # Shutdown
+//! Unsubscribing first stops deliveries to that subscriber, waits (up to a timeout) for what it holds
+//! to be settled, then requeues whatever is still unacked (at-least-once) or counts it lost
+//! (at-most-once). A queue with `expires_ms` is deleted once it has been without consumers that long;
+//! one with `auto_delete` when its last consumer leaves (if it ever had one). A deleted queue is
+//! unbound from every topic; its remaining messages are counted as `dropped.deleted`, not
+//! dead-lettered, as in RabbitMQ.
+
+mod actor;
+pub(crate) mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::dev::SendError;
+use actix::Addr;
+use tokio::sync::Semaphore;
+
+pub(crate) use actor::{
+    Delete, Deliver, Drain, Enqueue, GetStats, ManualSettle, QueueActor, Refuse, Restarted, Settle,
+    Subscribe, Unsubscribe,
+};
+pub use state::SettleError;
+
+use crate::ids::QueueId;
+use crate::message::Message;
+use crate::topology::{Overflow, QueueSpec};
+
+/// Capacity of a queue actor's mailbox.
+pub const QUEUE_MAILBOX_CAPACITY: usize = 1024;
+
+/// What a queue did with an offered message.
+#[derive(Debug)]
+pub(crate) enum Offer {
+    Accepted,
+    /// Refused by the overflow policy (`reject-publish`, `reject-publish-dlx`).
+    Refused,
+    /// No room now (a full mailbox, or no credit under `block`); the message is handed back.
+    Full(Arc<Message>),
+    /// The queue has been deleted.
+    Closed,
+}
+
+/// The publishers' side of a queue: its one mailbox sender, shared by reference (a cloned `Addr` is a
+/// new sender, and actix keeps the mailbox-full state per sender), and its credits.
+#[derive(Debug)]
+pub(crate) struct QueueHandle {
+    pub(crate) id: QueueId,
+    pub(crate) name: Arc<str>,
+    pub(crate) addr: Addr<QueueActor>,
+    pub(crate) spec: QueueSpec,
+    /// Publisher credits for the reject and block policies.
+    pub(crate) credits: Option<Arc<Semaphore>>,
+    /// Publishes refused before reaching the actor (counted here, as they never enter its mailbox).
+    pub(crate) refused: Arc<AtomicU64>,
+}
+
+impl QueueHandle {
+    pub(crate) fn credits_for(spec: &QueueSpec) -> Option<Arc<Semaphore>> {
+        match spec.overflow {
+            Overflow::DropHead => None,
+            _ => Some(Arc::new(Semaphore::new(spec.depth_max))),
+        }
+    }
+
+    /// Offers a message without waiting.
+    pub(crate) fn try_offer(&self, msg: Arc<Message>) -> Offer {
+        let credited = match self.take_credit() {
+            Credit::Taken => true,
+            Credit::NotNeeded => false,
+            Credit::Missing if self.spec.overflow == Overflow::Block => return Offer::Full(msg),
+            Credit::Missing => return self.refuse(msg),
+        };
+        self.send_now(msg, credited)
+    }
+
+    /// Offers a message, waiting for credit (`block`) or mailbox room.
+    ///
+    /// Cancellation: if the future is dropped while waiting, the message has not entered this queue.
+    pub(crate) async fn offer(&self, msg: Arc<Message>) -> Offer {
+        let credited = match self.take_credit() {
+            Credit::Taken => true,
+            Credit::NotNeeded => false,
+            Credit::Missing if self.spec.overflow == Overflow::Block => {
+                let credits = self.credits.as_ref().expect("block queues have credits");
+                match credits.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Offer::Closed,
+                }
+                true
+            }
+            Credit::Missing => return self.refuse(msg),
+        };
+        match self.send_now(msg, credited) {
+            Offer::Full(msg) => match self.addr.send(Enqueue { msg, credited }).await {
+                Ok(()) => Offer::Accepted,
+                Err(_) => self.closed(credited),
+            },
+            other => other,
+        }
+    }
+
+    fn send_now(&self, msg: Arc<Message>, credited: bool) -> Offer {
+        match self.addr.try_send(Enqueue { msg, credited }) {
+            Ok(()) => Offer::Accepted,
+            Err(SendError::Full(e)) => {
+                self.return_credit(credited);
+                Offer::Full(e.msg)
+            }
+            Err(SendError::Closed(_)) => self.closed(credited),
+        }
+    }
+
+    fn closed(&self, credited: bool) -> Offer {
+        self.return_credit(credited);
+        Offer::Closed
+    }
+
+    fn refuse(&self, msg: Arc<Message>) -> Offer {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if self.spec.overflow == Overflow::RejectPublishDlx {
+            // Best effort without waiting: with a full mailbox the publisher still learns of the refusal
+            // from its confirm, so the message is not lost silently.
+            let _ = self.addr.try_send(Refuse { msg });
+        }
+        Offer::Refused
+    }
+
+    fn take_credit(&self) -> Credit {
+        match &self.credits {
+            None => Credit::NotNeeded,
+            Some(credits) => match credits.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    Credit::Taken
+                }
+                Err(_) => Credit::Missing,
+            },
+        }
+    }
+
+    fn return_credit(&self, credited: bool) {
+        if let (true, Some(credits)) = (credited, &self.credits) {
+            credits.add_permits(1);
+        }
+    }
+}
+
+enum Credit {
+    Taken,
+    NotNeeded,
+    Missing,
+}

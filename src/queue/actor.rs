@@ -1,0 +1,431 @@
+//! The queue actor: turns messages into calls on [`QueueState`] and carries out its effects.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::dev::SendError;
+use actix::prelude::*;
+use smallvec::SmallVec;
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::state::{Dispatch, Effect, QueueState, SettleError, SettleOp};
+use super::QUEUE_MAILBOX_CAPACITY;
+use crate::ids::{ConsumerId, QueueId};
+use crate::message::Message;
+use crate::registry::Registry;
+use crate::stats::QueueStats;
+
+/// A message for the queue (from a publisher, or a dead letter from another queue).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Enqueue {
+    pub(crate) msg: Arc<Message>,
+    pub(crate) credited: bool,
+}
+
+/// A publish refused under `reject-publish-dlx`, to be dead-lettered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Refuse {
+    pub(crate) msg: Arc<Message>,
+}
+
+/// A delivery to a subscriber.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Deliver {
+    pub(crate) epoch: u32,
+    pub(crate) tag: u64,
+    pub(crate) msg: Arc<Message>,
+    pub(crate) delivery_count: u32,
+}
+
+/// Registers a subscriber.
+#[derive(Message)]
+#[rtype(result = "Result<(), QueueGone>")]
+pub(crate) struct Subscribe {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) prefetch: u32,
+    pub(crate) recipient: Recipient<Deliver>,
+}
+
+/// The queue has been deleted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueGone;
+
+/// Settlements from a subscriber's handlers, batched.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Settle {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) ops: SmallVec<[SettleOp; 2]>,
+}
+
+/// One settlement from the manual-ack API, answered.
+#[derive(Message)]
+#[rtype(result = "Result<(), SettleError>")]
+pub(crate) struct ManualSettle {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) op: SettleOp,
+}
+
+/// A subscriber's handler panicked; it restarts as `epoch` after settling `ops`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Restarted {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) ops: SmallVec<[SettleOp; 2]>,
+}
+
+/// Stops deliveries to a consumer; answers once it holds nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Drain {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// Removes a consumer; answers `(requeued, lost)`.
+#[derive(Message)]
+#[rtype(result = "(u64, u64)")]
+pub(crate) struct Unsubscribe {
+    pub(crate) consumer: ConsumerId,
+}
+
+/// Asks for the counters.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub(crate) struct GetStats;
+
+/// Deletes the queue.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub(crate) struct Delete;
+
+/// The queue actor.
+pub(crate) struct QueueActor {
+    id: QueueId,
+    state: QueueState,
+    registry: Arc<Registry>,
+    credits: Option<Arc<Semaphore>>,
+    refused: Arc<AtomicU64>,
+    subscribers: Vec<(ConsumerId, Recipient<Deliver>)>,
+    drains: BTreeMap<ConsumerId, oneshot::Sender<()>>,
+    /// The one pending timer and when it fires: one timer per actor, moved only when an earlier
+    /// deadline appears, so actix never rescans a pile of timers.
+    timer: Option<(Instant, SpawnHandle)>,
+    idle_since: Option<Instant>,
+    had_consumer: bool,
+    deleted: bool,
+}
+
+impl QueueActor {
+    pub(crate) fn new(
+        id: QueueId,
+        state: QueueState,
+        registry: Arc<Registry>,
+        credits: Option<Arc<Semaphore>>,
+        refused: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            id,
+            state,
+            registry,
+            credits,
+            refused,
+            subscribers: Vec::new(),
+            drains: BTreeMap::new(),
+            timer: None,
+            idle_since: Some(Instant::now()),
+            had_consumer: false,
+            deleted: false,
+        }
+    }
+
+    /// Dispatches what it can, then carries out effects and moves the timer.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        while let Some(d) = self.state.dispatch(now) {
+            self.deliver(d, now);
+        }
+        self.after(ctx);
+    }
+
+    fn deliver(&mut self, d: Dispatch, now: Instant) {
+        let Some((_, recipient)) = self.subscribers.iter().find(|(id, _)| *id == d.consumer) else {
+            self.state.undo_dispatch(d);
+            return;
+        };
+        let deliver =
+            Deliver { epoch: d.epoch, tag: d.tag.0, msg: d.msg.clone(), delivery_count: d.delivery_count };
+        match recipient.try_send(deliver) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => self.state.undo_dispatch(d),
+            Err(SendError::Closed(_)) => {
+                // The subscriber actor is gone without unsubscribing: treat it as a consumer that left.
+                let consumer = d.consumer;
+                self.state.undo_dispatch(d);
+                self.remove(consumer, now);
+            }
+        }
+    }
+
+    fn after(&mut self, ctx: &mut Context<Self>) {
+        let freed = self.state.take_credits_freed();
+        if let (true, Some(credits)) = (freed > 0, &self.credits) {
+            credits.add_permits(freed);
+        }
+        let effects: SmallVec<[Effect; 4]> = self.state.take_effects().collect();
+        for effect in effects {
+            match effect {
+                Effect::DeadLetter(msg) => self.dead_letter(msg, ctx),
+            }
+        }
+        self.finish_drains();
+        self.arm_timer(ctx);
+    }
+
+    fn dead_letter(&mut self, msg: Arc<Message>, ctx: &mut Context<Self>) {
+        let target = self.state.spec().dead_letter.as_deref().and_then(|name| self.registry.queue(name));
+        let Some(target) = target else {
+            self.state.dead_letter_lost();
+            return;
+        };
+        match target.addr.try_send(Enqueue { msg, credited: false }) {
+            Ok(()) => {}
+            Err(SendError::Full(e)) => {
+                // The dead-letter queue's mailbox is full: wait for room without blocking this queue.
+                // Pending sends are bounded by the messages this queue held.
+                let addr = target.addr.clone();
+                ctx.spawn(async move { addr.send(e).await.is_ok() }.into_actor(self).map(|sent, act, _| {
+                    if !sent {
+                        act.state.dead_letter_lost()
+                    }
+                }));
+            }
+            Err(SendError::Closed(_)) => self.state.dead_letter_lost(),
+        }
+    }
+
+    fn finish_drains(&mut self) {
+        if self.drains.is_empty() {
+            return;
+        }
+        let done: Vec<ConsumerId> = self
+            .drains
+            .keys()
+            .copied()
+            .filter(|&c| self.state.consumer_in_flight(c).is_none_or(|n| n == 0))
+            .collect();
+        for consumer in done {
+            if let Some(tx) = self.drains.remove(&consumer) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let expiry = match (self.state.spec().expires, self.idle_since) {
+            (Some(after), Some(since)) => Some(since + after),
+            _ => None,
+        };
+        match (self.state.next_deadline(), expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(wake) = self.next_wake() else { return };
+        if let Some((at, handle)) = self.timer {
+            if at <= wake {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = wake.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.on_timer(ctx);
+        });
+        self.timer = Some((wake, handle));
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if let (Some(after), Some(since)) = (self.state.spec().expires, self.idle_since) {
+            if now >= since + after {
+                tracing::debug!(queue = %self.registry.queue_name(self.id), "queue expired unused");
+                self.delete(ctx);
+                return;
+            }
+        }
+        self.state.expire(now);
+        self.pump(ctx);
+    }
+
+    fn remove(&mut self, consumer: ConsumerId, now: Instant) -> (u64, u64) {
+        self.subscribers.retain(|(id, _)| *id != consumer);
+        let released = self.state.remove_consumer(consumer, now).unwrap_or((0, 0));
+        if self.state.consumer_count() == 0 {
+            self.idle_since = Some(now);
+        }
+        released
+    }
+
+    fn delete(&mut self, ctx: &mut Context<Self>) -> QueueStats {
+        if !self.deleted {
+            self.deleted = true;
+            self.state.delete(Instant::now());
+            self.subscribers.clear();
+            self.after(ctx);
+            let stats = self.stats();
+            self.registry.remove_queue(self.id, stats);
+            ctx.stop();
+        }
+        self.stats()
+    }
+
+    fn stats(&self) -> QueueStats {
+        let mut stats = self.state.stats();
+        stats.refused += self.refused.load(Ordering::Relaxed);
+        stats
+    }
+}
+
+impl Actor for QueueActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(QUEUE_MAILBOX_CAPACITY);
+        self.arm_timer(ctx);
+    }
+}
+
+impl Handler<Enqueue> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
+        self.state.enqueue(msg.msg, msg.credited, Instant::now());
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Refuse> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Refuse, ctx: &mut Self::Context) {
+        self.state.dead_letter_refused(msg.msg, Instant::now());
+        self.after(ctx);
+    }
+}
+
+impl Handler<Subscribe> for QueueActor {
+    type Result = Result<(), QueueGone>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        if self.deleted {
+            return Err(QueueGone);
+        }
+        self.state.add_consumer(msg.consumer, msg.prefetch);
+        self.subscribers.push((msg.consumer, msg.recipient));
+        self.had_consumer = true;
+        self.idle_since = None;
+        self.pump(ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Settle> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Settle, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        for op in msg.ops {
+            match self.state.settle(msg.consumer, msg.epoch, op, now) {
+                Ok(()) | Err(SettleError::Stale) => {}
+                Err(e) => {
+                    tracing::debug!(queue = %self.registry.queue_name(self.id), error = %e, "late settlement")
+                }
+            }
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<ManualSettle> for QueueActor {
+    type Result = Result<(), SettleError>;
+
+    fn handle(&mut self, msg: ManualSettle, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.state.settle(msg.consumer, msg.epoch, msg.op, Instant::now());
+        self.pump(ctx);
+        result
+    }
+}
+
+impl Handler<Restarted> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Restarted, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let old_epoch = msg.epoch.wrapping_sub(1);
+        for op in msg.ops {
+            let _ = self.state.settle(msg.consumer, old_epoch, op, now);
+        }
+        self.state.consumer_restarted(msg.consumer, msg.epoch, now);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Drain> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Drain, _ctx: &mut Self::Context) {
+        match self.state.drain_consumer(msg.consumer) {
+            Some(0) | None => {
+                let _ = msg.done.send(());
+            }
+            Some(_) => {
+                self.drains.insert(msg.consumer, msg.done);
+            }
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for QueueActor {
+    type Result = MessageResult<Unsubscribe>;
+
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Self::Context) -> Self::Result {
+        let released = self.remove(msg.consumer, Instant::now());
+        if let Some(tx) = self.drains.remove(&msg.consumer) {
+            let _ = tx.send(());
+        }
+        if self.state.spec().auto_delete && self.had_consumer && self.state.consumer_count() == 0 {
+            self.delete(ctx);
+        } else {
+            self.pump(ctx);
+        }
+        MessageResult(released)
+    }
+}
+
+impl Handler<GetStats> for QueueActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl Handler<Delete> for QueueActor {
+    type Result = MessageResult<Delete>;
+
+    fn handle(&mut self, _msg: Delete, ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.delete(ctx))
+    }
+}

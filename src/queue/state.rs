@@ -1,0 +1,517 @@
+//! The queue as a plain state machine: enqueue, dispatch, settle, requeue, expire, dead-letter.
+//!
+//! No actix, no async, no clock: the caller passes `now`. The actor in `actor.rs` turns messages into
+//! calls here and carries out the [`Effect`]s; the property tests drive it directly.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::ids::{ConsumerId, DeliveryTag};
+use crate::message::{DeathReason, Message};
+use crate::stats::QueueStats;
+use crate::topology::{Delivery, Overflow, QueueSpec};
+
+/// A message waiting in the queue, or in flight to a consumer.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) msg: Arc<Message>,
+    /// Position in the queue: requeued messages return to it.
+    pub(crate) seq: u64,
+    pub(crate) expires_at: Option<Instant>,
+    /// Deliveries so far (`x-delivery-count`).
+    pub(crate) deliveries: u32,
+    /// Whether it holds one of the publishers' credits (reject and block policies).
+    pub(crate) credited: bool,
+}
+
+#[derive(Debug)]
+struct Unacked {
+    tag: u64,
+    deadline: Instant,
+    entry: Entry,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    id: ConsumerId,
+    epoch: u32,
+    prefetch: u32,
+    next_tag: u64,
+    /// At-least-once: deliveries awaiting settlement, in tag (and so deadline) order.
+    unacked: VecDeque<Unacked>,
+    /// At-most-once: deliveries handed out whose handler has not reported back.
+    outstanding: u32,
+    /// Its mailbox refused a delivery; skipped until it settles something.
+    blocked: bool,
+    /// Unsubscribing: receives nothing more.
+    draining: bool,
+}
+
+impl Consumer {
+    fn in_flight(&self) -> usize {
+        self.unacked.len() + self.outstanding as usize
+    }
+}
+
+/// One delivery handed out by [`QueueState::dispatch`].
+#[derive(Debug, Clone)]
+pub(crate) struct Dispatch {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) tag: DeliveryTag,
+    pub(crate) msg: Arc<Message>,
+    pub(crate) delivery_count: u32,
+    seq: u64,
+    expires_at: Option<Instant>,
+    credited: bool,
+}
+
+/// How a consumer settles deliveries.
+#[derive(Debug, Clone)]
+pub(crate) enum SettleOp {
+    /// Acks `tag`, or with `multiple` every unsettled tag up to it.
+    Ack { tag: u64, multiple: bool },
+    /// Nacks `tag` (or every unsettled tag up to it): requeued, or dead-lettered as `rejected`.
+    Nack { tag: u64, multiple: bool, requeue: bool },
+    /// At-most-once: this many handlers finished.
+    Processed(u32),
+    /// At-most-once: a handler rejected this message; dead-letter it as `rejected`.
+    Rejected(Arc<Message>),
+}
+
+/// Why a settlement was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// The tag is not an unsettled delivery of this consumer (never delivered, already settled, or
+    /// redelivered after its ack deadline).
+    #[error("delivery tag {0} is not unsettled on this consumer")]
+    UnknownTag(u64),
+    /// The consumer is not subscribed (any more).
+    #[error("consumer is not subscribed to this queue")]
+    UnknownConsumer,
+    /// The consumer restarted since the delivery; the delivery was already requeued.
+    #[error("delivery belongs to an earlier incarnation of the consumer")]
+    Stale,
+}
+
+/// Something the actor must carry out on the state's behalf.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// Enqueue into the dead-letter queue (the death is already recorded).
+    DeadLetter(Arc<Message>),
+}
+
+/// What [`QueueState::enqueue`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Accepted,
+    /// A dead letter arrived at a full queue that does not drop its head; counted as overflow.
+    Refused,
+}
+
+/// The queue.
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    name: Arc<str>,
+    spec: QueueSpec,
+    started: Instant,
+    ready: VecDeque<Entry>,
+    next_seq: u64,
+    consumers: Vec<Consumer>,
+    next_consumer: usize,
+    stats: QueueStats,
+    effects: Vec<Effect>,
+    credits_freed: usize,
+}
+
+impl QueueState {
+    pub(crate) fn new(name: Arc<str>, spec: QueueSpec, started: Instant) -> Self {
+        Self {
+            name,
+            spec,
+            started,
+            ready: VecDeque::new(),
+            next_seq: 0,
+            consumers: Vec::new(),
+            next_consumer: 0,
+            stats: QueueStats::default(),
+            effects: Vec::new(),
+            credits_freed: 0,
+        }
+    }
+
+    pub(crate) fn spec(&self) -> &QueueSpec {
+        &self.spec
+    }
+
+    pub(crate) fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// Effects produced since the last call.
+    pub(crate) fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// Publisher credits freed since the last call (credited messages that left the ready list).
+    pub(crate) fn take_credits_freed(&mut self) -> usize {
+        std::mem::take(&mut self.credits_freed)
+    }
+
+    /// Accepts a message. `credited` messages were admitted by a publisher's credit and are always
+    /// accepted; others (dead letters) obey the overflow policy when the queue is full.
+    pub(crate) fn enqueue(&mut self, msg: Arc<Message>, credited: bool, now: Instant) -> Enqueued {
+        self.stats.enqueued += 1;
+        let full = self.ready.len() >= self.spec.depth_max;
+        if full && !credited && self.spec.overflow != Overflow::DropHead {
+            self.stats.dropped.overflow += 1;
+            return Enqueued::Refused;
+        }
+        let expires_at = self.spec.message_ttl.map(|ttl| now + ttl);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready.push_back(Entry { msg, seq, expires_at, deliveries: 0, credited });
+        while self.spec.overflow == Overflow::DropHead && self.ready.len() > self.spec.depth_max {
+            let head = self.pop_ready().expect("queue over depth_max is not empty");
+            self.dead_letter(head, DeathReason::Maxlen, now);
+        }
+        Enqueued::Accepted
+    }
+
+    /// Dead-letters a publish refused under `reject-publish-dlx` (the refusal itself is counted by the
+    /// publishers' side).
+    pub(crate) fn dead_letter_refused(&mut self, msg: Arc<Message>, now: Instant) {
+        if self.spec.dead_letter.is_some() {
+            self.stats.refused_dead_lettered += 1;
+            let died = msg.died(&self.name, DeathReason::Maxlen, self.ms_since_start(now));
+            self.effects.push(Effect::DeadLetter(Arc::new(died)));
+        }
+    }
+
+    /// Hands the next ready message to the next consumer with room, round robin (or to the single
+    /// active consumer). `None` when nothing is ready or no consumer has room.
+    pub(crate) fn dispatch(&mut self, now: Instant) -> Option<Dispatch> {
+        self.expire_head(now);
+        if self.ready.is_empty() {
+            return None;
+        }
+        let index = self.pick_consumer()?;
+        let mut entry = self.pop_ready().expect("checked not empty");
+        entry.deliveries += 1;
+        self.stats.delivered += 1;
+        self.stats.in_flight += 1;
+        if entry.deliveries > 1 {
+            self.stats.redelivered += 1;
+        }
+        let at_least_once = self.spec.delivery == Delivery::AtLeastOnce;
+        let deadline = now + self.spec.ack_timeout;
+        let consumer = &mut self.consumers[index];
+        consumer.next_tag += 1;
+        let dispatch = Dispatch {
+            consumer: consumer.id,
+            epoch: consumer.epoch,
+            tag: DeliveryTag(consumer.next_tag),
+            msg: entry.msg.clone(),
+            delivery_count: entry.deliveries,
+            seq: entry.seq,
+            expires_at: entry.expires_at,
+            credited: entry.credited,
+        };
+        if at_least_once {
+            entry.credited = false;
+            consumer.unacked.push_back(Unacked { tag: consumer.next_tag, deadline, entry });
+        } else {
+            consumer.outstanding += 1;
+        }
+        Some(dispatch)
+    }
+
+    /// Takes back the last dispatch, which the consumer's mailbox refused: the message returns to its
+    /// place, the counters to their values, and the consumer is skipped until it settles something.
+    pub(crate) fn undo_dispatch(&mut self, d: Dispatch) {
+        let at_least_once = self.spec.delivery == Delivery::AtLeastOnce;
+        let Some(consumer) = self.consumers.iter_mut().find(|c| c.id == d.consumer) else { return };
+        debug_assert_eq!(consumer.next_tag, d.tag.0, "only the last dispatch can be undone");
+        consumer.next_tag -= 1;
+        consumer.blocked = true;
+        if at_least_once {
+            let last = consumer.unacked.pop_back();
+            debug_assert!(last.is_some_and(|u| u.tag == d.tag.0), "undone dispatch is the newest unacked");
+        } else {
+            consumer.outstanding -= 1;
+        }
+        self.stats.delivered -= 1;
+        self.stats.in_flight -= 1;
+        if d.delivery_count > 1 {
+            self.stats.redelivered -= 1;
+        }
+        if d.credited {
+            self.credits_freed -= 1;
+        }
+        let entry = Entry {
+            msg: d.msg,
+            seq: d.seq,
+            expires_at: d.expires_at,
+            deliveries: d.delivery_count - 1,
+            credited: d.credited,
+        };
+        self.insert_ready(entry);
+    }
+
+    /// Applies one settlement from a consumer.
+    pub(crate) fn settle(
+        &mut self,
+        consumer: ConsumerId,
+        epoch: u32,
+        op: SettleOp,
+        now: Instant,
+    ) -> Result<(), SettleError> {
+        let index = self.consumer_index(consumer).ok_or(SettleError::UnknownConsumer)?;
+        if self.consumers[index].epoch != epoch {
+            return Err(SettleError::Stale);
+        }
+        self.consumers[index].blocked = false;
+        match op {
+            SettleOp::Ack { tag, multiple } => {
+                let settled = self.take_unacked(index, tag, multiple)?;
+                self.stats.acked += settled.len() as u64;
+                self.stats.in_flight -= settled.len() as u64;
+            }
+            SettleOp::Nack { tag, multiple, requeue } => {
+                let settled = self.take_unacked(index, tag, multiple)?;
+                self.stats.nacked += settled.len() as u64;
+                self.stats.in_flight -= settled.len() as u64;
+                for entry in settled {
+                    if requeue {
+                        self.requeue(entry, now);
+                    } else {
+                        self.dead_letter(entry, DeathReason::Rejected, now);
+                    }
+                }
+            }
+            SettleOp::Processed(n) => {
+                let n = self.take_outstanding(index, n)?;
+                self.stats.acked += u64::from(n);
+            }
+            SettleOp::Rejected(msg) => {
+                self.take_outstanding(index, 1)?;
+                self.stats.nacked += 1;
+                let entry = Entry { msg, seq: 0, expires_at: None, deliveries: 1, credited: false };
+                self.dead_letter(entry, DeathReason::Rejected, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// A consumer's handler panicked: everything it holds is requeued (at-least-once) or counted lost
+    /// (at-most-once), and later deliveries carry `epoch`.
+    pub(crate) fn consumer_restarted(&mut self, consumer: ConsumerId, epoch: u32, now: Instant) {
+        let Some(index) = self.consumer_index(consumer) else { return };
+        self.stats.restarts += 1;
+        self.release_consumer(index, now);
+        let c = &mut self.consumers[index];
+        c.epoch = epoch;
+        c.blocked = false;
+    }
+
+    pub(crate) fn add_consumer(&mut self, id: ConsumerId, prefetch: u32) {
+        self.consumers.push(Consumer {
+            id,
+            epoch: 0,
+            prefetch,
+            next_tag: 0,
+            unacked: VecDeque::new(),
+            outstanding: 0,
+            blocked: false,
+            draining: false,
+        });
+    }
+
+    /// Stops dispatching to a consumer; returns how many deliveries it still holds.
+    pub(crate) fn drain_consumer(&mut self, id: ConsumerId) -> Option<usize> {
+        let index = self.consumer_index(id)?;
+        self.consumers[index].draining = true;
+        Some(self.consumers[index].in_flight())
+    }
+
+    pub(crate) fn consumer_in_flight(&self, id: ConsumerId) -> Option<usize> {
+        self.consumer_index(id).map(|i| self.consumers[i].in_flight())
+    }
+
+    /// Removes a consumer, requeueing (at-least-once) or counting lost (at-most-once) what it still
+    /// holds. Returns `(requeued, lost)`, or `None` when it was not subscribed.
+    pub(crate) fn remove_consumer(&mut self, id: ConsumerId, now: Instant) -> Option<(u64, u64)> {
+        let index = self.consumer_index(id)?;
+        let released = self.release_consumer(index, now);
+        self.consumers.remove(index);
+        if self.next_consumer > index {
+            self.next_consumer -= 1;
+        }
+        Some(released)
+    }
+
+    /// A dead letter could not be handed over: its dead-letter queue has been deleted.
+    pub(crate) fn dead_letter_lost(&mut self) {
+        self.stats.dead_lettered -= 1;
+        self.stats.dropped.deleted += 1;
+    }
+
+    /// Redelivers what passed its ack deadline and drops or dead-letters expired ready messages.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        for index in 0..self.consumers.len() {
+            while self.consumers[index].unacked.front().is_some_and(|u| u.deadline <= now) {
+                let late = self.consumers[index].unacked.pop_front().expect("front exists");
+                self.stats.in_flight -= 1;
+                self.requeue(late.entry, now);
+            }
+        }
+        self.expire_head(now);
+    }
+
+    /// The next moment [`QueueState::expire`] has work: the head's expiry or the earliest ack deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let head = self.ready.front().and_then(|e| e.expires_at);
+        let acks = self.consumers.iter().filter_map(|c| c.unacked.front().map(|u| u.deadline)).min();
+        match (head, acks) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Empties the queue as it is deleted: ready messages are counted as dropped (`deleted`), as
+    /// RabbitMQ does not dead-letter the messages of a deleted queue.
+    pub(crate) fn delete(&mut self, now: Instant) {
+        for index in (0..self.consumers.len()).rev() {
+            let id = self.consumers[index].id;
+            self.remove_consumer(id, now);
+        }
+        self.stats.dropped.deleted += self.ready.len() as u64;
+        self.credits_freed += self.ready.iter().filter(|e| e.credited).count();
+        self.ready.clear();
+        self.effects.clear();
+        self.stats.deleted = true;
+    }
+
+    /// The counters now.
+    pub(crate) fn stats(&self) -> QueueStats {
+        QueueStats {
+            ready: self.ready.len() as u64,
+            consumers: self.consumers.len() as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    fn consumer_index(&self, id: ConsumerId) -> Option<usize> {
+        self.consumers.iter().position(|c| c.id == id)
+    }
+
+    fn pick_consumer(&mut self) -> Option<usize> {
+        let window = self.spec.depth_max;
+        let has_room = |c: &Consumer| {
+            !c.blocked
+                && !c.draining
+                && c.in_flight() < if c.prefetch == 0 { window } else { c.prefetch as usize }
+        };
+        if self.spec.single_active_consumer {
+            // The active consumer is the oldest one; the next takes over only once it has left, so a
+            // draining active consumer still holds the others back and order is kept.
+            return self.consumers.first().filter(|c| has_room(c)).map(|_| 0);
+        }
+        let n = self.consumers.len();
+        let start = self.next_consumer;
+        let found = (0..n).map(|i| (start + i) % n).find(|&i| has_room(&self.consumers[i]))?;
+        self.next_consumer = (found + 1) % n;
+        Some(found)
+    }
+
+    fn take_unacked(&mut self, index: usize, tag: u64, multiple: bool) -> Result<Vec<Entry>, SettleError> {
+        let unacked = &mut self.consumers[index].unacked;
+        if multiple {
+            let count = unacked.partition_point(|u| u.tag <= tag);
+            if count == 0 {
+                return Err(SettleError::UnknownTag(tag));
+            }
+            return Ok(unacked.drain(..count).map(|u| u.entry).collect());
+        }
+        let at = unacked.binary_search_by_key(&tag, |u| u.tag).map_err(|_| SettleError::UnknownTag(tag))?;
+        Ok(vec![unacked.remove(at).expect("found by search").entry])
+    }
+
+    fn take_outstanding(&mut self, index: usize, n: u32) -> Result<u32, SettleError> {
+        let c = &mut self.consumers[index];
+        if n > c.outstanding {
+            return Err(SettleError::UnknownTag(u64::from(n)));
+        }
+        c.outstanding -= n;
+        self.stats.in_flight -= u64::from(n);
+        Ok(n)
+    }
+
+    fn release_consumer(&mut self, index: usize, now: Instant) -> (u64, u64) {
+        let c = &mut self.consumers[index];
+        let held: Vec<Entry> = c.unacked.drain(..).map(|u| u.entry).collect();
+        let lost = u64::from(std::mem::take(&mut c.outstanding));
+        let requeued = held.len() as u64;
+        self.stats.in_flight -= requeued + lost;
+        self.stats.dropped.lost_at_most_once += lost;
+        for entry in held.into_iter().rev() {
+            self.requeue(entry, now);
+        }
+        (requeued, lost)
+    }
+
+    /// Puts a message back at its original position, or dead-letters it past the delivery limit.
+    fn requeue(&mut self, entry: Entry, now: Instant) {
+        if entry.deliveries >= self.spec.delivery_limit {
+            self.dead_letter(entry, DeathReason::DeliveryLimit, now);
+        } else {
+            self.insert_ready(entry);
+        }
+    }
+
+    fn insert_ready(&mut self, entry: Entry) {
+        let at = self.ready.partition_point(|e| e.seq < entry.seq);
+        self.ready.insert(at, entry);
+    }
+
+    fn pop_ready(&mut self) -> Option<Entry> {
+        let entry = self.ready.pop_front()?;
+        if entry.credited {
+            self.credits_freed += 1;
+        }
+        Some(entry)
+    }
+
+    fn expire_head(&mut self, now: Instant) {
+        while self.ready.front().is_some_and(|e| e.expires_at.is_some_and(|at| at <= now)) {
+            let entry = self.pop_ready().expect("front exists");
+            self.dead_letter(entry, DeathReason::Expired, now);
+        }
+    }
+
+    fn dead_letter(&mut self, entry: Entry, reason: DeathReason, now: Instant) {
+        let Some(target) = &self.spec.dead_letter else {
+            let dropped = &mut self.stats.dropped;
+            match reason {
+                DeathReason::Maxlen => dropped.overflow += 1,
+                DeathReason::Expired => dropped.expired += 1,
+                DeathReason::Rejected => dropped.rejected += 1,
+                DeathReason::DeliveryLimit => dropped.delivery_limit += 1,
+            }
+            return;
+        };
+        if entry.msg.would_cycle(target) {
+            self.stats.dropped.dead_letter_cycle += 1;
+            return;
+        }
+        self.stats.dead_lettered += 1;
+        let died = entry.msg.died(&self.name, reason, self.ms_since_start(now));
+        self.effects.push(Effect::DeadLetter(Arc::new(died)));
+    }
+
+    fn ms_since_start(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+}

@@ -1,0 +1,519 @@
+//! Subscribers: actors that run a handler for each delivery and settle it with the queue.
+//!
+//! # Delivery guarantees
+//! A handler returns an [`Outcome`]. On an at-least-once queue, `Ack` settles the delivery, `Nack`
+//! with requeue puts it back at its original position, `Nack` without requeue or `Reject`
+//! dead-letters it (reason `rejected`), and `Defer` leaves it unacked until the handler's [`Acker`]
+//! settles it (or the ack deadline redelivers it). On an at-most-once queue the message was already
+//! settled when it was handed out: a `Nack` or `Reject` dead-letters it, it is never redelivered.
+//!
+//! A handler that panics is caught (actix's `Supervisor` restarts only actors that stop themselves, so
+//! the subscriber catches the unwind itself) and the subscriber restarts: every delivery it held is
+//! requeued (at-least-once) or counted lost (at-most-once), and deliveries already in its mailbox from
+//! before the restart are discarded, since the queue requeued them. The handler value itself is kept.
+//!
+//! # Ordering
+//! One subscriber runs one handler at a time, in delivery order.
+//!
+//! # Backpressure
+//! At most `prefetch` deliveries are unsettled per subscriber (0: up to the queue's `depth_max`). Acks
+//! are batched: the outcomes of the deliveries handled in one turn of the actor travel to the queue as
+//! one message, with runs of acks folded into one cumulative ack (AMQP's `multiple`), at most
+//! [`SETTLE_BATCH_MAX`] at a time.
+//!
+//! # Shutdown
+//! [`Subscription::unsubscribe`] stops new deliveries, waits up to a timeout for the handler to settle
+//! what it holds, then requeues (or counts lost) the rest and stops the actor.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::SendError;
+use actix::prelude::*;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use smallvec::SmallVec;
+use tokio::sync::oneshot;
+
+use crate::ids::{ConsumerId, DeliveryTag, MessageId};
+use crate::message::{Death, Message};
+use crate::queue::state::SettleOp;
+use crate::queue::{Deliver, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe};
+use crate::registry::Registry;
+use crate::topology::Delivery as DeliveryMode;
+
+/// The most settlements a subscriber batches into one message to its queue.
+pub const SETTLE_BATCH_MAX: usize = 64;
+/// Mailbox room a subscriber keeps beyond its prefetch, for control messages.
+const MAILBOX_SLACK: usize = 8;
+
+/// What a handler decided about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: remove the message.
+    Ack,
+    /// Failed: requeue it (at its original position) or, without requeue, dead-letter it.
+    Nack {
+        /// Whether to requeue.
+        requeue: bool,
+    },
+    /// Refuse it: dead-letter it (reason `rejected`) or drop it. The same as `Nack { requeue: false }`.
+    Reject,
+    /// Leave it unsettled: the handler settles it later through [`Delivery::acker`].
+    Defer,
+}
+
+/// Runs for each delivery of a subscription.
+///
+/// Implemented for every `FnMut(Delivery<T>) -> impl Future<Output = Outcome>`; the future runs on the
+/// broker's arbiter and need not be `Send`.
+pub trait Handler<T>: Send + 'static {
+    /// The future the handler returns.
+    type Future: Future<Output = Outcome> + 'static;
+
+    /// Handles one delivery.
+    fn handle(&mut self, delivery: Delivery<T>) -> Self::Future;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    F: FnMut(Delivery<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = Outcome> + 'static,
+{
+    type Future = Fut;
+
+    fn handle(&mut self, delivery: Delivery<T>) -> Fut {
+        self(delivery)
+    }
+}
+
+/// The subscriber's link to its queue, shared by its deliveries.
+#[derive(Debug)]
+struct Link {
+    queue: Addr<QueueActor>,
+    consumer: ConsumerId,
+}
+
+/// One delivery: the value, and what is known of its journey.
+#[derive(Debug)]
+pub struct Delivery<T> {
+    value: Arc<T>,
+    msg: Arc<Message>,
+    tag: DeliveryTag,
+    epoch: u32,
+    delivery_count: u32,
+    link: Arc<Link>,
+}
+
+impl<T> Deref for Delivery<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Delivery<T> {
+    /// The value, shared.
+    pub fn value(&self) -> &Arc<T> {
+        &self.value
+    }
+
+    /// The message id.
+    pub fn id(&self) -> MessageId {
+        self.msg.id
+    }
+
+    /// The routing key it was published with.
+    pub fn key(&self) -> &str {
+        &self.msg.key
+    }
+
+    /// The delivery tag (per subscriber, from 1).
+    pub fn tag(&self) -> DeliveryTag {
+        self.tag
+    }
+
+    /// Whether it was delivered before (AMQP's `redelivered`).
+    pub fn redelivered(&self) -> bool {
+        self.delivery_count > 1
+    }
+
+    /// How often it has been delivered, this time included (`x-delivery-count` + 1).
+    pub fn delivery_count(&self) -> u32 {
+        self.delivery_count
+    }
+
+    /// Its death history, newest first (for deliveries from a dead-letter queue).
+    pub fn deaths(&self) -> &[Death] {
+        &self.msg.deaths
+    }
+
+    /// The message itself.
+    pub fn message(&self) -> &Arc<Message> {
+        &self.msg
+    }
+
+    /// A handle to settle this delivery later; return [`Outcome::Defer`] from the handler to use it.
+    pub fn acker(&self) -> Acker {
+        Acker { link: self.link.clone(), tag: self.tag.0, epoch: self.epoch }
+    }
+}
+
+/// Settles a deferred delivery, or with `multiple` every unsettled one up to it.
+#[derive(Debug, Clone)]
+pub struct Acker {
+    link: Arc<Link>,
+    tag: u64,
+    epoch: u32,
+}
+
+/// Why a manual settlement failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The queue refused it (unknown tag, a consumer that left or restarted).
+    #[error(transparent)]
+    Refused(#[from] SettleError),
+    /// The queue has been deleted or the broker stopped.
+    #[error("the queue is gone")]
+    QueueGone,
+}
+
+impl Acker {
+    /// The delivery tag this acker settles.
+    pub fn tag(&self) -> DeliveryTag {
+        DeliveryTag(self.tag)
+    }
+
+    /// Acks the delivery; with `multiple`, every unsettled delivery of this subscriber up to it.
+    ///
+    /// # Errors
+    /// [`AckError::Refused`] with [`SettleError::UnknownTag`] when the delivery is not unsettled (already
+    /// settled, or redelivered after its ack deadline).
+    pub async fn ack(&self, multiple: bool) -> Result<(), AckError> {
+        self.settle(SettleOp::Ack { tag: self.tag, multiple }).await
+    }
+
+    /// Nacks the delivery (or every unsettled one up to it): requeued, or dead-lettered.
+    ///
+    /// # Errors
+    /// As [`Acker::ack`].
+    pub async fn nack(&self, multiple: bool, requeue: bool) -> Result<(), AckError> {
+        self.settle(SettleOp::Nack { tag: self.tag, multiple, requeue }).await
+    }
+
+    /// Rejects the delivery: dead-lettered (reason `rejected`) or dropped.
+    ///
+    /// # Errors
+    /// As [`Acker::ack`].
+    pub async fn reject(&self) -> Result<(), AckError> {
+        self.nack(false, false).await
+    }
+
+    async fn settle(&self, op: SettleOp) -> Result<(), AckError> {
+        let msg = ManualSettle { consumer: self.link.consumer, epoch: self.epoch, op };
+        self.link.queue.send(msg).await.map_err(|_| AckError::QueueGone)?.map_err(AckError::Refused)
+    }
+}
+
+/// Options of one subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubscribeOptions {
+    /// Unsettled deliveries at most (0 = up to the queue's `depth_max`); `None` takes the queue's
+    /// `prefetch_default`.
+    pub prefetch: Option<u32>,
+}
+
+impl SubscribeOptions {
+    /// Sets the prefetch.
+    pub fn prefetch(mut self, prefetch: u32) -> Self {
+        self.prefetch = Some(prefetch);
+        self
+    }
+}
+
+/// What unsubscribing found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnsubscribeReport {
+    /// Whether everything the subscriber held was settled before the timeout.
+    pub drained: bool,
+    /// Unacked deliveries put back in the queue (at-least-once).
+    pub requeued: u64,
+    /// Deliveries counted lost (at-most-once).
+    pub lost: u64,
+}
+
+/// A running subscription. Dropping it leaves the subscriber running; call
+/// [`Subscription::unsubscribe`] to stop it.
+pub struct Subscription {
+    link: Arc<Link>,
+    queue: Arc<str>,
+    stop: Recipient<Stop>,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("queue", &self.queue)
+            .field("consumer", &self.link.consumer)
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        queue_addr: Addr<QueueActor>,
+        consumer: ConsumerId,
+        queue: Arc<str>,
+        stop: Recipient<Stop>,
+        registry: Arc<Registry>,
+    ) -> Self {
+        Self { link: Arc::new(Link { queue: queue_addr, consumer }), queue, stop, registry }
+    }
+
+    /// The consumer id.
+    pub fn consumer(&self) -> ConsumerId {
+        self.link.consumer
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Stops deliveries, waits up to `timeout` for the handler to settle what it holds, then requeues
+    /// (at-least-once) or counts lost (at-most-once) the rest, and stops the subscriber. A queue with
+    /// `auto_delete` is deleted when its last subscriber leaves this way.
+    pub async fn unsubscribe(self, timeout: Duration) -> UnsubscribeReport {
+        let (done, drained) = oneshot::channel();
+        let consumer = self.link.consumer;
+        self.registry.untrack_subscription(consumer);
+        let mut report = UnsubscribeReport::default();
+        if self.link.queue.send(Drain { consumer, done }).await.is_ok() {
+            report.drained = matches!(tokio::time::timeout(timeout, drained).await, Ok(Ok(())));
+        }
+        if let Ok((requeued, lost)) = self.link.queue.send(Unsubscribe { consumer }).await {
+            report.requeued = requeued;
+            report.lost = lost;
+        }
+        let _ = self.stop.send(Stop).await;
+        report
+    }
+}
+
+/// Stops a subscriber actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stop;
+
+/// Flushes batched settlements.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// The subscriber actor.
+pub(crate) struct SubscriberActor<T, H> {
+    link: Arc<Link>,
+    mode: DeliveryMode,
+    prefetch: u32,
+    handler: Box<H>,
+    epoch: u32,
+    pending: SmallVec<[SettleOp; 2]>,
+    processed: u32,
+    /// Every tag up to this one is settled or has its settlement in `pending`.
+    contiguous: u64,
+    flush_scheduled: bool,
+    _value: PhantomData<fn() -> T>,
+}
+
+impl<T, H> SubscriberActor<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    /// Builds the actor and its subscription handle (the stop recipient is filled in by the caller).
+    pub(crate) fn new(
+        queue: Addr<QueueActor>,
+        consumer: ConsumerId,
+        mode: DeliveryMode,
+        prefetch: u32,
+        handler: H,
+    ) -> Self {
+        Self {
+            link: Arc::new(Link { queue, consumer }),
+            mode,
+            prefetch,
+            handler: Box::new(handler),
+            epoch: 0,
+            pending: SmallVec::new(),
+            processed: 0,
+            contiguous: 0,
+            flush_scheduled: false,
+            _value: PhantomData,
+        }
+    }
+
+    fn record(&mut self, tag: u64, msg: &Arc<Message>, outcome: Outcome, ctx: &mut Context<Self>) {
+        match self.mode {
+            DeliveryMode::AtMostOnce => match outcome {
+                Outcome::Ack | Outcome::Defer => self.processed += 1,
+                Outcome::Nack { .. } | Outcome::Reject => self.pending.push(SettleOp::Rejected(msg.clone())),
+            },
+            DeliveryMode::AtLeastOnce => self.record_at_least_once(tag, outcome),
+        }
+        if self.pending.len() + self.processed as usize >= SETTLE_BATCH_MAX {
+            self.flush(ctx);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+    }
+
+    fn record_at_least_once(&mut self, tag: u64, outcome: Outcome) {
+        let in_order = tag == self.contiguous + 1;
+        let op = match outcome {
+            Outcome::Defer => return,
+            Outcome::Ack if in_order => {
+                self.contiguous = tag;
+                if let Some(SettleOp::Ack { tag: last, multiple: true }) = self.pending.last_mut() {
+                    *last = tag;
+                    return;
+                }
+                SettleOp::Ack { tag, multiple: true }
+            }
+            Outcome::Ack => SettleOp::Ack { tag, multiple: false },
+            Outcome::Nack { requeue } => SettleOp::Nack { tag, multiple: false, requeue },
+            Outcome::Reject => SettleOp::Nack { tag, multiple: false, requeue: false },
+        };
+        if in_order {
+            self.contiguous = tag;
+        }
+        self.pending.push(op);
+    }
+
+    fn take_ops(&mut self) -> SmallVec<[SettleOp; 2]> {
+        let mut ops = std::mem::take(&mut self.pending);
+        if self.processed > 0 {
+            ops.push(SettleOp::Processed(std::mem::take(&mut self.processed)));
+        }
+        ops
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let ops = self.take_ops();
+        if ops.is_empty() {
+            return;
+        }
+        let settle = Settle { consumer: self.link.consumer, epoch: self.epoch, ops };
+        if let Err(SendError::Full(settle)) = self.link.queue.try_send(settle) {
+            // The queue's mailbox is full: wait for room rather than lose the settlements.
+            let queue = self.link.queue.clone();
+            ctx.wait(
+                async move {
+                    queue.send(settle).await.ok();
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    fn crashed(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!(consumer = self.link.consumer.0, "handler panicked; restarting the subscriber");
+        let ops = self.take_ops();
+        self.epoch = self.epoch.wrapping_add(1);
+        self.contiguous = 0;
+        let restarted = Restarted { consumer: self.link.consumer, epoch: self.epoch, ops };
+        let queue = self.link.queue.clone();
+        ctx.wait(
+            async move {
+                queue.send(restarted).await.ok();
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl<T, H> Actor for SubscriberActor<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let window =
+            if self.prefetch == 0 { crate::queue::QUEUE_MAILBOX_CAPACITY } else { self.prefetch as usize };
+        ctx.set_mailbox_capacity(window + MAILBOX_SLACK);
+    }
+}
+
+impl<T, H> actix::Handler<Deliver> for SubscriberActor<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    type Result = ();
+
+    fn handle(&mut self, d: Deliver, ctx: &mut Self::Context) {
+        if d.epoch != self.epoch {
+            // Delivered before a restart: the queue has requeued (or counted) it already.
+            return;
+        }
+        let value = match d.msg.payload.read::<T>() {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
+                return self.record(d.tag, &d.msg, Outcome::Reject, ctx);
+            }
+        };
+        let delivery = Delivery {
+            value,
+            msg: d.msg.clone(),
+            tag: DeliveryTag(d.tag),
+            epoch: self.epoch,
+            delivery_count: d.delivery_count,
+            link: self.link.clone(),
+        };
+        let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(delivery))) else {
+            return self.crashed(ctx);
+        };
+        let (tag, msg, epoch) = (d.tag, d.msg, self.epoch);
+        ctx.wait(AssertUnwindSafe(future).catch_unwind().into_actor(self).map(move |result, act, ctx| {
+            match result {
+                Ok(outcome) if act.epoch == epoch => act.record(tag, &msg, outcome, ctx),
+                Ok(_) => {}
+                Err(_) => act.crashed(ctx),
+            }
+        }));
+    }
+}
+
+impl<T, H> actix::Handler<Flush> for SubscriberActor<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        self.flush_scheduled = false;
+        self.flush(ctx);
+    }
+}
+
+impl<T, H> actix::Handler<Stop> for SubscriberActor<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
