@@ -1,0 +1,234 @@
+//! `tubemail demo`: a modular monolith whose modules talk through topics and queues.
+//!
+//! - Orders publishes `orders.placed`, `orders.cancelled` and now and then `returns.requested`, which
+//!   no module binds (it lands in the `unrouted` alternate queue).
+//! - Contracts consumes placed orders and enqueues its follow-ups: `contracts.signed` or
+//!   `contracts.disputed` on the `contracts` topic.
+//! - Partners hears placed orders and signed contracts from two topics on one queue (n:1).
+//! - Support handles cancellations and disputes at least once; its handler fails now and then (the
+//!   message is redelivered) and always fails on poisoned tickets, which reach `support-dead` after
+//!   three deliveries.
+//! - Business counts everything at most once.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tubemail::{Broker, Delivery, Outcome, Stats, Topology};
+
+const TOPOLOGY: &str = r#"
+[topics.orders]
+kind = "topic"
+alternate = "unrouted"
+
+[topics.contracts]
+kind = "topic"
+
+[queues.contracts-orders]
+delivery = "at-least-once"
+
+[queues.partners-events]
+delivery = "at-least-once"
+
+[queues.support-tickets]
+delivery = "at-least-once"
+delivery_limit = 3
+dead_letter = "support-dead"
+
+[queues.support-dead]
+
+[queues.business-analytics]
+delivery = "at-most-once"
+depth_max = 100000
+
+[queues.unrouted]
+
+[[bindings]]
+topic = "orders"
+queue = "contracts-orders"
+key = "orders.placed"
+
+[[bindings]]
+topic = "orders"
+queue = "partners-events"
+key = "orders.placed"
+
+[[bindings]]
+topic = "contracts"
+queue = "partners-events"
+key = "contracts.signed"
+
+[[bindings]]
+topic = "orders"
+queue = "support-tickets"
+key = "orders.cancelled"
+
+[[bindings]]
+topic = "contracts"
+queue = "support-tickets"
+key = "contracts.disputed"
+
+[[bindings]]
+topic = "orders"
+queue = "business-analytics"
+key = "orders.#"
+
+[[bindings]]
+topic = "contracts"
+queue = "business-analytics"
+key = "contracts.#"
+"#;
+
+/// An event of the demo's modules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Event {
+    order: u32,
+    cents: u64,
+}
+
+pub(crate) fn run(orders: u32, seed: u64) -> Result<(), String> {
+    actix::System::new().block_on(demo(orders, seed))
+}
+
+async fn demo(orders: u32, seed: u64) -> Result<(), String> {
+    let topology = Topology::from_toml_str(TOPOLOGY).map_err(|e| e.to_string())?;
+    let broker = Broker::start(topology).map_err(|e| e.to_string())?;
+    let revenue = Arc::new(AtomicU64::new(0));
+    let dead_reasons = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    subscribe_modules(&broker, seed, revenue.clone(), dead_reasons.clone()).await?;
+
+    println!("tubemail demo: {orders} orders through a modular monolith (seed {seed})\n");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let orders_topic = broker.publisher("orders").map_err(|e| e.to_string())?;
+    for order in 0..orders {
+        let roll: f64 = rng.gen();
+        let key = if roll < 0.8 {
+            "orders.placed"
+        } else if roll < 0.97 {
+            "orders.cancelled"
+        } else {
+            "returns.requested"
+        };
+        let event = Event { order, cents: rng.gen_range(100..100_000) };
+        orders_topic.publish(key, event).await.map_err(|e| e.to_string())?;
+        if order % 100 == 99 {
+            // Pace the Orders module so the table shows traffic while it flows.
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        if order % 1000 == 500 {
+            print_table(&broker.stats().await, "while running");
+        }
+    }
+    wait_quiet(&broker).await;
+    let final_report = broker.shutdown(Duration::from_secs(2)).await;
+    print_table(&final_report.stats, "final");
+    let dead = dead_reasons.lock().expect("demo lock").clone();
+    println!("dead letters in support-dead by reason: {dead:?}");
+    println!(
+        "business revenue seen (at most once): {:.2}; conservation holds: {}",
+        revenue.load(Ordering::Relaxed) as f64 / 100.0,
+        final_report.stats.conserved()
+    );
+    if final_report.stats.conserved() {
+        Ok(())
+    } else {
+        Err("conservation failed: a message was lost without a reason".to_owned())
+    }
+}
+
+async fn subscribe_modules(
+    broker: &Broker,
+    seed: u64,
+    revenue: Arc<AtomicU64>,
+    dead_reasons: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+) -> Result<(), String> {
+    let contracts = broker.publisher("contracts").map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xC0);
+    let contracts_handler = move |d: Delivery<Event>| {
+        // The first job enqueues its follow-up, rather than doing everything in one step.
+        let key = if rng.gen_bool(0.9) { "contracts.signed" } else { "contracts.disputed" };
+        let (contracts, event) = (contracts.clone(), (*d).clone());
+        async move {
+            match contracts.publish(key, event).await {
+                Ok(_) => Outcome::Ack,
+                Err(_) => Outcome::Nack { requeue: true },
+            }
+        }
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5E);
+    let support_handler = move |d: Delivery<Event>| {
+        let poisoned = d.order % 97 == 13;
+        let flaky = rng.gen_bool(0.15);
+        async move {
+            if poisoned || flaky {
+                Outcome::Nack { requeue: true }
+            } else {
+                Outcome::Ack
+            }
+        }
+    };
+    let business_handler = move |d: Delivery<Event>| {
+        revenue.fetch_add(d.cents, Ordering::Relaxed);
+        async { Outcome::Ack }
+    };
+    let dead_handler = move |d: Delivery<Event>| {
+        let reason = d.deaths().first().map(|death| death.reason.to_string()).unwrap_or_default();
+        *dead_reasons.lock().expect("demo lock").entry(reason).or_default() += 1;
+        async { Outcome::Ack }
+    };
+    let fail = |e: tubemail::SubscribeError| e.to_string();
+    broker.subscribe("contracts-orders", contracts_handler).await.map_err(fail)?;
+    broker.subscribe("partners-events", |_: Delivery<Event>| async { Outcome::Ack }).await.map_err(fail)?;
+    broker.subscribe("partners-events", |_: Delivery<Event>| async { Outcome::Ack }).await.map_err(fail)?;
+    broker.subscribe("support-tickets", support_handler).await.map_err(fail)?;
+    broker.subscribe("business-analytics", business_handler).await.map_err(fail)?;
+    broker.subscribe("support-dead", dead_handler).await.map_err(fail)?;
+    Ok(())
+}
+
+/// Waits until no queue has work left, or two seconds at most.
+async fn wait_quiet(broker: &Broker) {
+    for _ in 0..200 {
+        let stats = broker.stats().await;
+        let busy =
+            stats.queues.iter().any(|(name, q)| name != "unrouted" && (q.ready > 0 || q.in_flight > 0));
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn print_table(stats: &Stats, title: &str) {
+    println!("-- {title}");
+    println!(
+        "{:<20} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>6} {:>6} {:>5}",
+        "queue", "enqueued", "delivered", "redeliv", "acked", "dead", "dropped", "ready", "unack", "cons"
+    );
+    for (name, q) in &stats.queues {
+        println!(
+            "{:<20} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>6} {:>6} {:>5}",
+            name,
+            q.enqueued,
+            q.delivered,
+            q.redelivered,
+            q.acked,
+            q.dead_lettered,
+            q.dropped.total(),
+            q.ready,
+            q.in_flight,
+            q.consumers
+        );
+    }
+    for (name, t) in &stats.topics {
+        println!(
+            "topic {name}: published {}, routed copies {}, unroutable {} (to alternate {})",
+            t.published, t.routed, t.unroutable, t.alternate
+        );
+    }
+    println!();
+}

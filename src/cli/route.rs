@@ -1,0 +1,54 @@
+//! `tubemail route`: which queues each routing key reaches, without starting a broker.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use smallvec::SmallVec;
+use tubemail::ids::QueueId;
+use tubemail::routing::{validate_key, RoutingTable};
+use tubemail::Topology;
+
+pub(crate) fn run(path: &Path, topic: Option<&str>, json: bool, keys: &[String]) -> Result<(), String> {
+    let topology = Topology::load(path).map_err(|e| e.to_string())?;
+    let topic = choose_topic(&topology, topic)?;
+    let kind = topology.topics[&topic].kind;
+    let names: Vec<&String> = topology.queues.keys().collect();
+    let id_of = |name: &str| QueueId(names.iter().position(|n| *n == name).expect("validated queue") as u32);
+    let mut table = RoutingTable::new(kind);
+    for b in topology.bindings.iter().filter(|b| b.topic == topic) {
+        table.bind(id_of(&b.queue), &b.key, b.weight).map_err(|e| e.to_string())?;
+    }
+    let mut routes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut out = SmallVec::new();
+    for key in keys {
+        validate_key(key).map_err(|e| format!("key {key:?}: {e}"))?;
+        table.route(key, &mut out);
+        let mut queues: Vec<&str> = out.iter().map(|id| names[id.0 as usize].as_str()).collect();
+        queues.sort_unstable();
+        if !json {
+            println!("{key}\t{}", queues.join(","));
+        }
+        routes.insert(key, queues);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&routes).expect("strings serialize"));
+    }
+    Ok(())
+}
+
+fn choose_topic(topology: &Topology, topic: Option<&str>) -> Result<String, String> {
+    let names: Vec<&String> = topology.topics.keys().collect();
+    match (topic, names.as_slice()) {
+        (Some(t), _) if topology.topics.contains_key(t) => Ok(t.to_owned()),
+        (Some(t), _) => Err(format!("no topic named {t:?} (topics: {})", join(&names))),
+        (None, [only]) => Ok((*only).clone()),
+        (None, []) => Err("the topology declares no topic".to_owned()),
+        (None, _) => {
+            Err(format!("the topology declares several topics; choose one with --topic ({})", join(&names)))
+        }
+    }
+}
+
+fn join(names: &[&String]) -> String {
+    names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
