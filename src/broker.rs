@@ -489,7 +489,7 @@ impl Publisher {
     /// # Errors
     /// As [`Broker::publish`].
     pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
-        self.publish_payload(key, Payload::Bytes(bytes.into())).await
+        self.publish_payload(key, Payload::Bytes(Arc::new(bytes.into()))).await
     }
 
     /// Publishes without waiting. See [`Broker::try_publish`].

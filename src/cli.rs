@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench;
 mod demo;
 mod route;
 
@@ -43,12 +44,42 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         keys: Vec<String>,
     },
+    /// Measures a scenario against a raw crossbeam-channel baseline of the same shape.
+    Bench {
+        /// The scenario.
+        #[arg(value_enum)]
+        scenario: Scenario,
+        /// Messages to publish per run.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Delivery mode; both when left out.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checks a topology file; prints the first error with its line, exits 1 on error.
     Validate {
         /// The topology file (TOML).
         #[arg(long)]
         topology: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Scenario {
+    /// 1 publisher, 4 queues (`orders.*`, `orders.paid`, `#`, `contracts.#`), 8 keys.
+    Fanout,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    AtMostOnce,
+    AtLeastOnce,
 }
 
 impl Cli {
@@ -59,6 +90,14 @@ impl Cli {
                 route::run(&topology, topic.as_deref(), json, &keys)
             }
             Command::Validate { topology } => validate(&topology),
+            Command::Bench { scenario: Scenario::Fanout, messages, payload, mode, json } => {
+                let modes = match mode {
+                    Some(Mode::AtMostOnce) => vec![tubemail::DeliveryMode::AtMostOnce],
+                    Some(Mode::AtLeastOnce) => vec![tubemail::DeliveryMode::AtLeastOnce],
+                    None => vec![tubemail::DeliveryMode::AtMostOnce, tubemail::DeliveryMode::AtLeastOnce],
+                };
+                bench::fanout(messages, payload, &modes, json)
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

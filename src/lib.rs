@@ -39,6 +39,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+#[doc(hidden)]
+pub mod bench;
 mod broker;
 pub mod ids;
 pub mod message;

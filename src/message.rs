@@ -29,8 +29,8 @@ pub enum Payload {
         /// Encodes the value as MessagePack.
         encode: Encode,
     },
-    /// Raw bytes (MessagePack when a typed subscriber reads them).
-    Bytes(Bytes),
+    /// Raw bytes (MessagePack when a typed subscriber reads them), shared as they are.
+    Bytes(Arc<Bytes>),
 }
 
 impl Payload {
@@ -52,7 +52,7 @@ impl Payload {
     /// When the value cannot be encoded.
     pub fn to_bytes(&self) -> Result<Bytes, PayloadError> {
         match self {
-            Payload::Bytes(b) => Ok(b.clone()),
+            Payload::Bytes(b) => Ok(Bytes::clone(b)),
             Payload::Value { value, type_name, encode } => encode(value.as_ref())
                 .map(Bytes::from)
                 .map_err(|e| PayloadError::Encode { type_name, reason: e.to_string() }),
@@ -66,18 +66,26 @@ impl Payload {
     /// [`PayloadError::TypeMismatch`] when a value of another type was published;
     /// [`PayloadError::Decode`] when bytes do not decode as `T`.
     pub fn read<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, PayloadError> {
-        if TypeId::of::<T>() == TypeId::of::<Bytes>() {
-            let bytes: Arc<dyn Any + Send + Sync> = Arc::new(self.to_bytes()?);
-            return Ok(bytes.downcast::<T>().expect("T is Bytes"));
-        }
+        let wants_bytes = TypeId::of::<T>() == TypeId::of::<Bytes>();
         match self {
-            Payload::Value { value, type_name, .. } => value.clone().downcast::<T>().map_err(|_| {
-                PayloadError::TypeMismatch { published: type_name, expected: std::any::type_name::<T>() }
-            }),
+            Payload::Value { value, type_name, .. } => match value.clone().downcast::<T>() {
+                Ok(value) => Ok(value),
+                Err(_) if wants_bytes => Self::bytes_as::<T>(Arc::new(self.to_bytes()?)),
+                Err(_) => Err(PayloadError::TypeMismatch {
+                    published: type_name,
+                    expected: std::any::type_name::<T>(),
+                }),
+            },
+            Payload::Bytes(b) if wants_bytes => Self::bytes_as::<T>(b.clone()),
             Payload::Bytes(b) => rmp_serde::from_slice::<T>(b).map(Arc::new).map_err(|e| {
                 PayloadError::Decode { expected: std::any::type_name::<T>(), reason: e.to_string() }
             }),
         }
+    }
+
+    fn bytes_as<T: Send + Sync + 'static>(bytes: Arc<Bytes>) -> Result<Arc<T>, PayloadError> {
+        let any: Arc<dyn Any + Send + Sync> = bytes;
+        Ok(any.downcast::<T>().expect("T is Bytes"))
     }
 }
 

@@ -53,8 +53,8 @@ use actix::Addr;
 use tokio::sync::Semaphore;
 
 pub(crate) use actor::{
-    Delete, Deliver, Drain, Enqueue, GetStats, ManualSettle, QueueActor, Refuse, Restarted, Settle,
-    Subscribe, Unsubscribe,
+    Delete, Deliver, DeliverItem, Drain, Enqueue, GetStats, ManualSettle, QueueActor, Refuse, Restarted,
+    Settle, Subscribe, Unsubscribe,
 };
 pub use state::SettleError;
 

@@ -76,9 +76,10 @@
 //!   `ln(total weight)` steps of jump consistent hash, and a binary search over the bindings.
 //!
 //! [`RoutingTable::route`] fills a caller-owned [`SmallVec`] that it clears first, and keeps its own
-//! scratch space on the stack, so routing a key of up to 16 words that reaches up to 8 queues
-//! allocates nothing. [`RoutingTable::route`] does not check the key's length: the publish path
-//! refuses long keys with [`validate_key`] first.
+//! scratch space on the stack, so in the common case (a key of up to 16 words, up to 8 matching
+//! bindings, a few wildcard branches) routing allocates nothing; past those sizes the scratch
+//! spills to the heap for that call only. [`RoutingTable::route`] does not check the key's length:
+//! the publish path refuses long keys with [`validate_key`] first.
 //!
 //! Binding and unbinding cost one trie path (Topic) or one map entry (Direct), plus, for Hash, a
 //! rebuild of the bucket table when a binding other than a new last one changes. Unbinding removes

@@ -25,6 +25,7 @@
 //! [`Subscription::unsubscribe`] stops new deliveries, waits up to a timeout for the handler to settle
 //! what it holds, then requeues (or counts lost) the rest and stops the actor.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -42,7 +43,9 @@ use tokio::sync::oneshot;
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{Death, Message};
 use crate::queue::state::SettleOp;
-use crate::queue::{Deliver, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe};
+use crate::queue::{
+    Deliver, DeliverItem, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe,
+};
 use crate::registry::Registry;
 use crate::topology::Delivery as DeliveryMode;
 
@@ -328,6 +331,10 @@ pub(crate) struct SubscriberActor<T, H> {
     /// Every tag up to this one is settled or has its settlement in `pending`.
     contiguous: u64,
     flush_scheduled: bool,
+    /// Deliveries received and not yet handled, in order; bounded by the prefetch.
+    backlog: VecDeque<DeliverItem>,
+    /// A handler future is pending.
+    running: bool,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -354,6 +361,8 @@ where
             processed: 0,
             contiguous: 0,
             flush_scheduled: false,
+            backlog: VecDeque::new(),
+            running: false,
             _value: PhantomData,
         }
     }
@@ -422,11 +431,74 @@ where
         }
     }
 
+    /// Runs handlers over the backlog in order until one has to wait.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        while !self.running {
+            let Some(item) = self.backlog.pop_front() else { return };
+            self.run(item, ctx);
+        }
+    }
+
+    fn run(&mut self, item: DeliverItem, ctx: &mut Context<Self>) {
+        let DeliverItem { tag, msg, delivery_count } = item;
+        let value = match msg.payload.read::<T>() {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
+                return self.record(tag, &msg, Outcome::Reject, ctx);
+            }
+        };
+        let epoch = self.epoch;
+        let delivery = Delivery {
+            value,
+            msg: msg.clone(),
+            tag: DeliveryTag(tag),
+            epoch,
+            delivery_count,
+            link: self.link.clone(),
+        };
+        let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(delivery))) else {
+            return self.crashed(ctx);
+        };
+        let mut future = Box::pin(AssertUnwindSafe(future).catch_unwind());
+        // Most handlers finish without waiting: poll once here and skip actix's wait machinery. A
+        // future that is not ready is polled again, with the actor's waker, by `ctx.wait`.
+        let mut poll_cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        match future.as_mut().poll(&mut poll_cx) {
+            std::task::Poll::Ready(result) => self.finished(epoch, tag, &msg, result, ctx),
+            std::task::Poll::Pending => {
+                self.running = true;
+                ctx.wait(future.into_actor(self).map(move |result, act, ctx| {
+                    act.running = false;
+                    act.finished(epoch, tag, &msg, result, ctx);
+                    act.drive(ctx);
+                }));
+            }
+        }
+    }
+
+    fn finished(
+        &mut self,
+        epoch: u32,
+        tag: u64,
+        msg: &Arc<Message>,
+        result: std::thread::Result<Outcome>,
+        ctx: &mut Context<Self>,
+    ) {
+        match result {
+            Ok(outcome) if self.epoch == epoch => self.record(tag, msg, outcome, ctx),
+            Ok(_) => {}
+            Err(_) => self.crashed(ctx),
+        }
+    }
+
     fn crashed(&mut self, ctx: &mut Context<Self>) {
         tracing::warn!(consumer = self.link.consumer.0, "handler panicked; restarting the subscriber");
         let ops = self.take_ops();
         self.epoch = self.epoch.wrapping_add(1);
         self.contiguous = 0;
+        // The queue requeues (or counts lost) everything this incarnation held, the backlog included.
+        self.backlog.clear();
         let restarted = Restarted { consumer: self.link.consumer, epoch: self.epoch, ops };
         let queue = self.link.queue.clone();
         ctx.wait(
@@ -464,32 +536,8 @@ where
             // Delivered before a restart: the queue has requeued (or counted) it already.
             return;
         }
-        let value = match d.msg.payload.read::<T>() {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
-                return self.record(d.tag, &d.msg, Outcome::Reject, ctx);
-            }
-        };
-        let delivery = Delivery {
-            value,
-            msg: d.msg.clone(),
-            tag: DeliveryTag(d.tag),
-            epoch: self.epoch,
-            delivery_count: d.delivery_count,
-            link: self.link.clone(),
-        };
-        let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(delivery))) else {
-            return self.crashed(ctx);
-        };
-        let (tag, msg, epoch) = (d.tag, d.msg, self.epoch);
-        ctx.wait(AssertUnwindSafe(future).catch_unwind().into_actor(self).map(move |result, act, ctx| {
-            match result {
-                Ok(outcome) if act.epoch == epoch => act.record(tag, &msg, outcome, ctx),
-                Ok(_) => {}
-                Err(_) => act.crashed(ctx),
-            }
-        }));
+        self.backlog.extend(d.items);
+        self.drive(ctx);
     }
 }
 

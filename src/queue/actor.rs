@@ -32,15 +32,26 @@ pub(crate) struct Refuse {
     pub(crate) msg: Arc<Message>,
 }
 
-/// A delivery to a subscriber.
+/// Deliveries to one subscriber, in tag order: everything one pump of the queue handed it.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct Deliver {
     pub(crate) epoch: u32,
+    pub(crate) items: Vec<DeliverItem>,
+}
+
+/// One delivery.
+#[derive(Debug)]
+pub(crate) struct DeliverItem {
     pub(crate) tag: u64,
     pub(crate) msg: Arc<Message>,
     pub(crate) delivery_count: u32,
 }
+
+/// Runs the dispatch loop once the mailbox has been drained (coalesced).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Pump;
 
 /// Registers a subscriber.
 #[derive(Message)]
@@ -122,6 +133,13 @@ pub(crate) struct QueueActor {
     idle_since: Option<Instant>,
     had_consumer: bool,
     deleted: bool,
+    pump_scheduled: bool,
+    /// Whether the state reads the clock on enqueue and dispatch (TTL, ack deadlines); when not, the
+    /// actor passes it the start time and spares a clock read per message.
+    timed: bool,
+    started: Instant,
+    /// Dispatches of the current pump, by consumer, reused between pumps.
+    outbox: Vec<(ConsumerId, Vec<Dispatch>)>,
 }
 
 impl QueueActor {
@@ -132,8 +150,15 @@ impl QueueActor {
         credits: Option<Arc<Semaphore>>,
         refused: Arc<AtomicU64>,
     ) -> Self {
+        let spec = state.spec();
+        let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::Delivery::AtLeastOnce;
+        let started = Instant::now();
         Self {
             id,
+            timed,
+            started,
+            pump_scheduled: false,
+            outbox: Vec::new(),
             state,
             registry,
             credits,
@@ -141,37 +166,74 @@ impl QueueActor {
             subscribers: Vec::new(),
             drains: BTreeMap::new(),
             timer: None,
-            idle_since: Some(Instant::now()),
+            idle_since: Some(started),
             had_consumer: false,
             deleted: false,
         }
     }
 
-    /// Dispatches what it can, then carries out effects and moves the timer.
-    fn pump(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        while let Some(d) = self.state.dispatch(now) {
-            self.deliver(d, now);
+    /// The time to pass to the state: the clock when the state needs it, the start time otherwise.
+    fn now(&self) -> Instant {
+        if self.timed {
+            Instant::now()
+        } else {
+            self.started
         }
+    }
+
+    /// Runs the dispatch loop after the messages waiting in the mailbox, so that one pump hands each
+    /// subscriber a batch.
+    fn schedule_pump(&mut self, ctx: &mut Context<Self>) {
+        if !self.pump_scheduled {
+            self.pump_scheduled = true;
+            ctx.notify(Pump);
+        }
+    }
+
+    /// Dispatches what it can, one batch per subscriber, then carries out effects and moves the timer.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let mut outbox = std::mem::take(&mut self.outbox);
+        while let Some(d) = self.state.dispatch(now) {
+            match outbox.iter_mut().find(|(c, _)| *c == d.consumer) {
+                Some((_, batch)) => batch.push(d),
+                None => outbox.push((d.consumer, vec![d])),
+            }
+        }
+        for (consumer, batch) in outbox.iter_mut() {
+            if !batch.is_empty() {
+                self.deliver(*consumer, batch, now);
+            }
+        }
+        self.outbox = outbox;
         self.after(ctx);
     }
 
-    fn deliver(&mut self, d: Dispatch, now: Instant) {
-        let Some((_, recipient)) = self.subscribers.iter().find(|(id, _)| *id == d.consumer) else {
-            self.state.undo_dispatch(d);
-            return;
-        };
-        let deliver =
-            Deliver { epoch: d.epoch, tag: d.tag.0, msg: d.msg.clone(), delivery_count: d.delivery_count };
-        match recipient.try_send(deliver) {
-            Ok(()) => {}
-            Err(SendError::Full(_)) => self.state.undo_dispatch(d),
-            Err(SendError::Closed(_)) => {
+    /// Sends one subscriber its batch; a full or closed mailbox gives every dispatch back.
+    fn deliver(&mut self, consumer: ConsumerId, batch: &mut Vec<Dispatch>, now: Instant) {
+        let epoch = batch[0].epoch;
+        let recipient = self.subscribers.iter().find(|(id, _)| *id == consumer).map(|(_, r)| r);
+        let sent = recipient.map(|recipient| {
+            let items = batch
+                .iter()
+                .map(|d| DeliverItem { tag: d.tag.0, msg: d.msg.clone(), delivery_count: d.delivery_count })
+                .collect();
+            recipient.try_send(Deliver { epoch, items })
+        });
+        match sent {
+            Some(Ok(())) => batch.clear(),
+            Some(Err(SendError::Full(_))) => self.undo(batch),
+            Some(Err(SendError::Closed(_))) | None => {
                 // The subscriber actor is gone without unsubscribing: treat it as a consumer that left.
-                let consumer = d.consumer;
-                self.state.undo_dispatch(d);
+                self.undo(batch);
                 self.remove(consumer, now);
             }
+        }
+    }
+
+    fn undo(&mut self, batch: &mut Vec<Dispatch>) {
+        while let Some(d) = batch.pop() {
+            self.state.undo_dispatch(d);
         }
     }
 
@@ -179,6 +241,11 @@ impl QueueActor {
         let freed = self.state.take_credits_freed();
         if let (true, Some(credits)) = (freed > 0, &self.credits) {
             credits.add_permits(freed);
+        }
+        if !self.state.has_effects() {
+            self.finish_drains();
+            self.arm_timer(ctx);
+            return;
         }
         let effects: SmallVec<[Effect; 4]> = self.state.take_effects().collect();
         for effect in effects {
@@ -311,8 +378,12 @@ impl Handler<Enqueue> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        self.state.enqueue(msg.msg, msg.credited, Instant::now());
-        self.pump(ctx);
+        let now = if self.state.spec().message_ttl.is_some() { Instant::now() } else { self.started };
+        self.state.enqueue(msg.msg, msg.credited, now);
+        if self.state.has_effects() {
+            self.after(ctx);
+        }
+        self.schedule_pump(ctx);
     }
 }
 
@@ -427,5 +498,14 @@ impl Handler<Delete> for QueueActor {
 
     fn handle(&mut self, _msg: Delete, ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.delete(ctx))
+    }
+}
+
+impl Handler<Pump> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Pump, ctx: &mut Self::Context) {
+        self.pump_scheduled = false;
+        self.pump(ctx);
     }
 }

@@ -150,6 +150,10 @@ impl QueueState {
         self.consumers.len()
     }
 
+    pub(crate) fn has_effects(&self) -> bool {
+        !self.effects.is_empty() || self.credits_freed > 0
+    }
+
     /// Effects produced since the last call.
     pub(crate) fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
         self.effects.drain(..)
@@ -515,3 +519,6 @@ impl QueueState {
         now.saturating_duration_since(self.started).as_millis() as u64
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -163,7 +163,9 @@ mod tests {
 
     #[test]
     fn agrees_with_the_definition_on_every_small_input() {
-        let patterns = all_strings(&["a", "b", "", "*", "#"], 4);
+        let mut patterns = all_strings(&["a", "b", "", "*", "#"], 4);
+        // Five words reach patterns with two segments between `#`s, like `#.a.#.b.#`.
+        patterns.extend(all_strings(&["a", "b", "*", "#"], 5));
         let keys = all_strings(&["a", "b", ""], 5);
         for pattern in &patterns {
             let p: Vec<&str> = words(pattern).collect();

@@ -119,7 +119,7 @@ impl TopicTrie {
     /// visited at most once.
     pub(super) fn route(&self, key: &str, out: &mut SmallVec<[QueueId; 8]>) -> usize {
         let key: SmallVec<[&str; 16]> = words(key).collect();
-        let mut stack: SmallVec<[Visit; 16]> = SmallVec::new();
+        let mut stack: SmallVec<[Visit; 32]> = SmallVec::new();
         stack.push(Visit { node: ROOT, from: 0, to: 1 });
         // Per `#` node reached: the first key position from which all its runs are already queued.
         let mut hash_runs: SmallVec<[(usize, usize); 8]> = SmallVec::new();
@@ -212,8 +212,9 @@ impl TopicTrie {
 fn claim_positions(runs: &mut SmallVec<[(usize, usize); 8]>, hash: usize, from: usize, end: usize) -> usize {
     match runs.binary_search_by_key(&hash, |(node, _)| *node) {
         Ok(at) => {
-            runs[at].1 = runs[at].1.min(from);
-            end
+            let first = runs[at].1;
+            runs[at].1 = first.min(from);
+            first
         }
         Err(at) => {
             runs.insert(at, (hash, from));
