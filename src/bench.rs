@@ -108,10 +108,10 @@ pub fn fanout_tubemail(messages: u64, payload: usize, mode: DeliveryMode) -> Mea
                         let _ = tx.send(Instant::now());
                     }
                 }
-                std::future::ready(Outcome::Ack)
+                Outcome::Ack
             };
             let options = SubscribeOptions::default().prefetch(256);
-            broker.subscribe_with(queue, options, handler).await.expect("queue exists");
+            broker.subscribe_sync(queue, options, handler).await.expect("queue exists");
         }
         let publisher = broker.publisher("orders").expect("topic exists");
         let body = vec![0xAB_u8; payload];

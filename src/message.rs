@@ -30,7 +30,7 @@ pub enum Payload {
         encode: Encode,
     },
     /// Raw bytes (MessagePack when a typed subscriber reads them), shared as they are.
-    Bytes(Arc<Bytes>),
+    Bytes(Bytes),
 }
 
 impl Payload {
@@ -52,7 +52,7 @@ impl Payload {
     /// When the value cannot be encoded.
     pub fn to_bytes(&self) -> Result<Bytes, PayloadError> {
         match self {
-            Payload::Bytes(b) => Ok(Bytes::clone(b)),
+            Payload::Bytes(b) => Ok(b.clone()),
             Payload::Value { value, type_name, encode } => encode(value.as_ref())
                 .map(Bytes::from)
                 .map_err(|e| PayloadError::Encode { type_name, reason: e.to_string() }),
@@ -66,26 +66,57 @@ impl Payload {
     /// [`PayloadError::TypeMismatch`] when a value of another type was published;
     /// [`PayloadError::Decode`] when bytes do not decode as `T`.
     pub fn read<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, PayloadError> {
-        let wants_bytes = TypeId::of::<T>() == TypeId::of::<Bytes>();
-        match self {
-            Payload::Value { value, type_name, .. } => match value.clone().downcast::<T>() {
-                Ok(value) => Ok(value),
-                Err(_) if wants_bytes => Self::bytes_as::<T>(Arc::new(self.to_bytes()?)),
-                Err(_) => Err(PayloadError::TypeMismatch {
-                    published: type_name,
-                    expected: std::any::type_name::<T>(),
-                }),
-            },
-            Payload::Bytes(b) if wants_bytes => Self::bytes_as::<T>(b.clone()),
-            Payload::Bytes(b) => rmp_serde::from_slice::<T>(b).map(Arc::new).map_err(|e| {
-                PayloadError::Decode { expected: std::any::type_name::<T>(), reason: e.to_string() }
-            }),
-        }
+        self.read_value::<T>().map(Value::into_arc)
     }
 
-    fn bytes_as<T: Send + Sync + 'static>(bytes: Arc<Bytes>) -> Result<Arc<T>, PayloadError> {
-        let any: Arc<dyn Any + Send + Sync> = bytes;
-        Ok(any.downcast::<T>().expect("T is Bytes"))
+    /// As [`Payload::read`], without an allocation where the value is shared or is bytes.
+    pub(crate) fn read_value<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Result<Value<T>, PayloadError> {
+        let expected = std::any::type_name::<T>();
+        match self {
+            Payload::Value { value, type_name, .. } => match value.clone().downcast::<T>() {
+                Ok(value) => Ok(Value::Shared(value)),
+                Err(_) if TypeId::of::<T>() == TypeId::of::<Bytes>() => Ok(Value::bytes(self.to_bytes()?)),
+                Err(_) => Err(PayloadError::TypeMismatch { published: type_name, expected }),
+            },
+            Payload::Bytes(b) if TypeId::of::<T>() == TypeId::of::<Bytes>() => Ok(Value::bytes(b.clone())),
+            Payload::Bytes(b) => rmp_serde::from_slice::<T>(b)
+                .map(Value::Owned)
+                .map_err(|e| PayloadError::Decode { expected, reason: e.to_string() }),
+        }
+    }
+}
+
+/// A payload value as a subscriber holds it: shared with every other reader, or its own.
+#[derive(Debug)]
+pub(crate) enum Value<T> {
+    Shared(Arc<T>),
+    Owned(T),
+}
+
+impl<T> Value<T> {
+    pub(crate) fn get(&self) -> &T {
+        match self {
+            Value::Shared(v) => v,
+            Value::Owned(v) => v,
+        }
+    }
+}
+
+impl<T: 'static> Value<T> {
+    /// `bytes` as a `Value<T>`, where the caller has checked that `T` is `Bytes`.
+    fn bytes(bytes: Bytes) -> Self {
+        let mut slot = Some(bytes);
+        let any: &mut dyn Any = &mut slot;
+        Value::Owned(any.downcast_mut::<Option<T>>().and_then(Option::take).expect("T is Bytes"))
+    }
+
+    fn into_arc(self) -> Arc<T> {
+        match self {
+            Value::Shared(v) => v,
+            Value::Owned(v) => Arc::new(v),
+        }
     }
 }
 
@@ -172,7 +203,8 @@ pub const DEATHS_MAX: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Message {
     pub(crate) id: MessageId,
-    pub(crate) key: Box<str>,
+    /// Inline up to 24 bytes, so that most keys cost no allocation.
+    pub(crate) key: compact_str::CompactString,
     pub(crate) payload: Payload,
     pub(crate) published_at: Instant,
     pub(crate) deaths: Vec<Death>,

@@ -33,10 +33,13 @@ pub struct Dropped {
     pub deleted: u64,
     /// Dead-lettering would have closed a cycle without a rejection.
     pub dead_letter_cycle: u64,
+    /// Publishes refused under `reject-publish-dlx` whose dead-letter queue had been deleted (the
+    /// publisher's confirm said refused; not part of this queue's conservation, as they never entered).
+    pub refused_dead_letter_lost: u64,
 }
 
 impl Dropped {
-    /// All drops.
+    /// All drops of messages that were in the queue (`refused_dead_letter_lost` never were).
     pub fn total(&self) -> u64 {
         self.overflow
             + self.expired

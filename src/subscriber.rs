@@ -30,6 +30,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
-use crate::message::{Death, Message};
+use crate::message::{Death, Message, Value};
 use crate::queue::state::SettleOp;
 use crate::queue::{
     Deliver, DeliverItem, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe,
@@ -94,6 +95,45 @@ where
     }
 }
 
+/// What running a handler gave: an outcome now, or a future to wait for.
+pub(crate) enum Run {
+    Done(Outcome),
+    Pending(Pin<Box<dyn Future<Output = Outcome>>>),
+}
+
+/// A handler as the subscriber actor runs it: async handlers are polled once in place and boxed only
+/// when they have to wait; sync handlers never are.
+pub(crate) trait Runner<T>: Send + 'static {
+    fn run(&mut self, delivery: Delivery<T>) -> Run;
+}
+
+/// Runs an async [`Handler`].
+pub(crate) struct AsyncRunner<H>(pub(crate) H);
+
+impl<T: 'static, H: Handler<T>> Runner<T> for AsyncRunner<H> {
+    fn run(&mut self, delivery: Delivery<T>) -> Run {
+        let mut future = Box::pin(self.0.handle(delivery));
+        // A future that is not ready is polled again, with the actor's waker, by `ctx.wait`.
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(outcome) => Run::Done(outcome),
+            std::task::Poll::Pending => Run::Pending(future),
+        }
+    }
+}
+
+/// Runs a synchronous handler.
+pub(crate) struct SyncRunner<F>(pub(crate) F);
+
+impl<T: 'static, F> Runner<T> for SyncRunner<F>
+where
+    F: FnMut(Delivery<T>) -> Outcome + Send + 'static,
+{
+    fn run(&mut self, delivery: Delivery<T>) -> Run {
+        Run::Done((self.0)(delivery))
+    }
+}
+
 /// The subscriber's link to its queue, shared by its deliveries.
 #[derive(Debug)]
 struct Link {
@@ -104,7 +144,7 @@ struct Link {
 /// One delivery: the value, and what is known of its journey.
 #[derive(Debug)]
 pub struct Delivery<T> {
-    value: Arc<T>,
+    value: Value<T>,
     msg: Arc<Message>,
     tag: DeliveryTag,
     epoch: u32,
@@ -116,14 +156,14 @@ impl<T> Deref for Delivery<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.value
+        self.value.get()
     }
 }
 
 impl<T> Delivery<T> {
-    /// The value, shared.
-    pub fn value(&self) -> &Arc<T> {
-        &self.value
+    /// The value.
+    pub fn value(&self) -> &T {
+        self.value.get()
     }
 
     /// The message id.
@@ -304,7 +344,8 @@ impl Subscription {
             report.requeued = requeued;
             report.lost = lost;
         }
-        let _ = self.stop.send(Stop).await;
+        // Not awaited: a subscriber handles `Stop` only once its running handler ends.
+        self.stop.do_send(Stop);
         report
     }
 }
@@ -341,7 +382,7 @@ pub(crate) struct SubscriberActor<T, H> {
 impl<T, H> SubscriberActor<T, H>
 where
     T: DeserializeOwned + Send + Sync + 'static,
-    H: Handler<T>,
+    H: Runner<T>,
 {
     /// Builds the actor and its subscription handle (the stop recipient is filled in by the caller).
     pub(crate) fn new(
@@ -441,7 +482,7 @@ where
 
     fn run(&mut self, item: DeliverItem, ctx: &mut Context<Self>) {
         let DeliverItem { tag, msg, delivery_count } = item;
-        let value = match msg.payload.read::<T>() {
+        let value = match msg.payload.read_value::<T>() {
             Ok(value) => value,
             Err(e) => {
                 tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
@@ -457,23 +498,19 @@ where
             delivery_count,
             link: self.link.clone(),
         };
-        let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(delivery))) else {
-            return self.crashed(ctx);
-        };
-        let mut future = Box::pin(AssertUnwindSafe(future).catch_unwind());
-        // Most handlers finish without waiting: poll once here and skip actix's wait machinery. A
-        // future that is not ready is polled again, with the actor's waker, by `ctx.wait`.
-        let mut poll_cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        match future.as_mut().poll(&mut poll_cx) {
-            std::task::Poll::Ready(result) => self.finished(epoch, tag, &msg, result, ctx),
-            std::task::Poll::Pending => {
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.run(delivery)));
+        match run {
+            Ok(Run::Done(outcome)) => self.finished(epoch, tag, &msg, Ok(outcome), ctx),
+            Ok(Run::Pending(future)) => {
                 self.running = true;
+                let future = AssertUnwindSafe(future).catch_unwind();
                 ctx.wait(future.into_actor(self).map(move |result, act, ctx| {
                     act.running = false;
                     act.finished(epoch, tag, &msg, result, ctx);
                     act.drive(ctx);
                 }));
             }
+            Err(_) => self.crashed(ctx),
         }
     }
 
@@ -513,7 +550,7 @@ where
 impl<T, H> Actor for SubscriberActor<T, H>
 where
     T: DeserializeOwned + Send + Sync + 'static,
-    H: Handler<T>,
+    H: Runner<T>,
 {
     type Context = Context<Self>;
 
@@ -527,7 +564,7 @@ where
 impl<T, H> actix::Handler<Deliver> for SubscriberActor<T, H>
 where
     T: DeserializeOwned + Send + Sync + 'static,
-    H: Handler<T>,
+    H: Runner<T>,
 {
     type Result = ();
 
@@ -544,7 +581,7 @@ where
 impl<T, H> actix::Handler<Flush> for SubscriberActor<T, H>
 where
     T: DeserializeOwned + Send + Sync + 'static,
-    H: Handler<T>,
+    H: Runner<T>,
 {
     type Result = ();
 
@@ -557,7 +594,7 @@ where
 impl<T, H> actix::Handler<Stop> for SubscriberActor<T, H>
 where
     T: DeserializeOwned + Send + Sync + 'static,
-    H: Handler<T>,
+    H: Runner<T>,
 {
     type Result = ();
 

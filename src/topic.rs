@@ -23,7 +23,7 @@
 //! The topic actor stops with the broker; the tables it published stay readable until then.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
@@ -49,7 +49,8 @@ pub(crate) struct TopicCounters {
 pub(crate) struct TopicHandle {
     pub(crate) name: Arc<str>,
     pub(crate) alternate: Option<QueueId>,
-    pub(crate) table: Arc<ArcSwap<RoutingTable>>,
+    pub(crate) table: Arc<ArcSwap<Snapshot>>,
+    pub(crate) cache: RouteCache,
     pub(crate) counters: TopicCounters,
     pub(crate) addr: Addr<TopicActor>,
 }
@@ -64,7 +65,12 @@ pub(crate) enum Route {
 impl TopicHandle {
     /// Fills `out` with the target queues of `key`.
     pub(crate) fn route(&self, key: &str, out: &mut SmallVec<[QueueId; 8]>) -> Route {
-        self.table.load().route(key, out);
+        let snapshot = self.table.load();
+        if snapshot.table.kind() == TopicKind::Topic {
+            self.cache.route(&snapshot, key, out);
+        } else {
+            snapshot.table.route(key, out);
+        }
         if !out.is_empty() {
             return Route::Queues;
         }
@@ -87,21 +93,81 @@ impl TopicHandle {
             alternate: get(&c.alternate),
             dropped_unroutable: get(&c.dropped_unroutable),
             refused: get(&c.refused),
-            bindings: self.table.load().len() as u64,
+            bindings: self.table.load().table.len() as u64,
         }
     }
+}
+
+/// A published routing table. The generation tells cached routes of an older table apart.
+pub(crate) struct Snapshot {
+    pub(crate) table: RoutingTable,
+    pub(crate) generation: u64,
+}
+
+/// Slots of a topic's route cache.
+pub(crate) const ROUTE_CACHE_SLOTS: usize = 256;
+/// Routing keys longer than this are not cached.
+const ROUTE_CACHE_KEY_MAX: usize = 64;
+
+/// A direct-mapped cache of recent routes of a topic, by routing key: most applications publish a
+/// few hundred distinct keys, and a hit costs a hash and a comparison instead of a trie walk. Each slot
+/// has its own lock, taken with `try_lock` so that publishers never wait for one another: a busy slot
+/// is a miss. Entries of an older routing table never match, since they carry its generation.
+pub(crate) struct RouteCache {
+    slots: Box<[Mutex<Option<CachedRoute>>]>,
+}
+
+struct CachedRoute {
+    generation: u64,
+    key: Box<str>,
+    targets: SmallVec<[QueueId; 8]>,
+}
+
+impl RouteCache {
+    pub(crate) fn new() -> Self {
+        Self { slots: (0..ROUTE_CACHE_SLOTS).map(|_| Mutex::new(None)).collect() }
+    }
+
+    fn route(&self, snapshot: &Snapshot, key: &str, out: &mut SmallVec<[QueueId; 8]>) {
+        if key.len() > ROUTE_CACHE_KEY_MAX {
+            return snapshot.table.route(key, out);
+        }
+        let slot = &self.slots[fnv1a(key) as usize % ROUTE_CACHE_SLOTS];
+        let Ok(mut slot) = slot.try_lock() else { return snapshot.table.route(key, out) };
+        match &mut *slot {
+            Some(hit) if hit.generation == snapshot.generation && &*hit.key == key => {
+                out.clear();
+                out.extend_from_slice(&hit.targets);
+            }
+            entry => {
+                snapshot.table.route(key, out);
+                *entry = Some(CachedRoute {
+                    generation: snapshot.generation,
+                    key: key.into(),
+                    targets: out.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn fnv1a(key: &str) -> u64 {
+    key.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The topic actor: owns the routing table and publishes snapshots of it.
 pub(crate) struct TopicActor {
     table: RoutingTable,
-    published: Arc<ArcSwap<RoutingTable>>,
+    generation: u64,
+    published: Arc<ArcSwap<Snapshot>>,
 }
 
 impl TopicActor {
-    pub(crate) fn new(kind: TopicKind) -> (Self, Arc<ArcSwap<RoutingTable>>) {
-        let published = Arc::new(ArcSwap::from_pointee(RoutingTable::new(kind)));
-        (Self { table: RoutingTable::new(kind), published: published.clone() }, published)
+    pub(crate) fn new(kind: TopicKind) -> (Self, Arc<ArcSwap<Snapshot>>) {
+        let snapshot = Snapshot { table: RoutingTable::new(kind), generation: 0 };
+        let published = Arc::new(ArcSwap::from_pointee(snapshot));
+        (Self { table: RoutingTable::new(kind), generation: 0, published: published.clone() }, published)
     }
 
     /// Applies a change before the actor starts (the topology's own bindings).
@@ -111,8 +177,9 @@ impl TopicActor {
         Ok(added)
     }
 
-    fn publish(&self) {
-        self.published.store(Arc::new(self.table.clone()));
+    fn publish(&mut self) {
+        self.generation += 1;
+        self.published.store(Arc::new(Snapshot { table: self.table.clone(), generation: self.generation }));
     }
 }
 

@@ -206,6 +206,10 @@ impl QueueActor {
             }
         }
         self.outbox = outbox;
+        if self.auto_delete_due() {
+            self.delete(ctx);
+            return;
+        }
         self.after(ctx);
     }
 
@@ -250,17 +254,17 @@ impl QueueActor {
         let effects: SmallVec<[Effect; 4]> = self.state.take_effects().collect();
         for effect in effects {
             match effect {
-                Effect::DeadLetter(msg) => self.dead_letter(msg, ctx),
+                Effect::DeadLetter { msg, refused } => self.dead_letter(msg, refused, ctx),
             }
         }
         self.finish_drains();
         self.arm_timer(ctx);
     }
 
-    fn dead_letter(&mut self, msg: Arc<Message>, ctx: &mut Context<Self>) {
+    fn dead_letter(&mut self, msg: Arc<Message>, refused: bool, ctx: &mut Context<Self>) {
         let target = self.state.spec().dead_letter.as_deref().and_then(|name| self.registry.queue(name));
         let Some(target) = target else {
-            self.state.dead_letter_lost();
+            self.state.dead_letter_lost(refused);
             return;
         };
         match target.addr.try_send(Enqueue { msg, credited: false }) {
@@ -269,14 +273,20 @@ impl QueueActor {
                 // The dead-letter queue's mailbox is full: wait for room without blocking this queue.
                 // Pending sends are bounded by the messages this queue held.
                 let addr = target.addr.clone();
-                ctx.spawn(async move { addr.send(e).await.is_ok() }.into_actor(self).map(|sent, act, _| {
-                    if !sent {
-                        act.state.dead_letter_lost()
-                    }
-                }));
+                ctx.spawn(async move { addr.send(e).await.is_ok() }.into_actor(self).map(
+                    move |sent, act, _| {
+                        if !sent {
+                            act.state.dead_letter_lost(refused)
+                        }
+                    },
+                ));
             }
-            Err(SendError::Closed(_)) => self.state.dead_letter_lost(),
+            Err(SendError::Closed(_)) => self.state.dead_letter_lost(refused),
         }
+    }
+
+    fn take_credit(&self) -> bool {
+        self.credits.as_ref().and_then(|c| c.try_acquire().ok()).map(|permit| permit.forget()).is_some()
     }
 
     fn finish_drains(&mut self) {
@@ -340,15 +350,20 @@ impl QueueActor {
         self.subscribers.retain(|(id, _)| *id != consumer);
         let released = self.state.remove_consumer(consumer, now).unwrap_or((0, 0));
         if self.state.consumer_count() == 0 {
-            self.idle_since = Some(now);
+            self.idle_since = Some(Instant::now());
         }
         released
+    }
+
+    /// Auto-delete queues go when their last consumer has left (if they ever had one).
+    fn auto_delete_due(&self) -> bool {
+        self.state.spec().auto_delete && self.had_consumer && self.state.consumer_count() == 0
     }
 
     fn delete(&mut self, ctx: &mut Context<Self>) -> QueueStats {
         if !self.deleted {
             self.deleted = true;
-            self.state.delete(Instant::now());
+            self.state.delete();
             self.subscribers.clear();
             self.after(ctx);
             let stats = self.stats();
@@ -379,7 +394,13 @@ impl Handler<Enqueue> for QueueActor {
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
         let now = if self.state.spec().message_ttl.is_some() { Instant::now() } else { self.started };
-        self.state.enqueue(msg.msg, msg.credited, now);
+        // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
+        let credited = msg.credited || self.take_credit();
+        if self.credits.is_some() && !credited {
+            self.state.refuse_dead_letter();
+        } else {
+            self.state.enqueue(msg.msg, credited, now);
+        }
         if self.state.has_effects() {
             self.after(ctx);
         }
@@ -476,7 +497,7 @@ impl Handler<Unsubscribe> for QueueActor {
         if let Some(tx) = self.drains.remove(&msg.consumer) {
             let _ = tx.send(());
         }
-        if self.state.spec().auto_delete && self.had_consumer && self.state.consumer_count() == 0 {
+        if self.auto_delete_due() {
             self.delete(ctx);
         } else {
             self.pump(ctx);

@@ -99,8 +99,9 @@ pub enum SettleError {
 /// Something the actor must carry out on the state's behalf.
 #[derive(Debug)]
 pub(crate) enum Effect {
-    /// Enqueue into the dead-letter queue (the death is already recorded).
-    DeadLetter(Arc<Message>),
+    /// Enqueue into the dead-letter queue (the death is already recorded). `refused`: a publish
+    /// refused under `reject-publish-dlx`, rather than a message that left the queue.
+    DeadLetter { msg: Arc<Message>, refused: bool },
 }
 
 /// What [`QueueState::enqueue`] did with a message.
@@ -190,7 +191,7 @@ impl QueueState {
         if self.spec.dead_letter.is_some() {
             self.stats.refused_dead_lettered += 1;
             let died = msg.died(&self.name, DeathReason::Maxlen, self.ms_since_start(now));
-            self.effects.push(Effect::DeadLetter(Arc::new(died)));
+            self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: true });
         }
     }
 
@@ -357,9 +358,20 @@ impl QueueState {
     }
 
     /// A dead letter could not be handed over: its dead-letter queue has been deleted.
-    pub(crate) fn dead_letter_lost(&mut self) {
-        self.stats.dead_lettered -= 1;
-        self.stats.dropped.deleted += 1;
+    pub(crate) fn dead_letter_lost(&mut self, refused: bool) {
+        if refused {
+            self.stats.refused_dead_lettered -= 1;
+            self.stats.dropped.refused_dead_letter_lost += 1;
+        } else {
+            self.stats.dead_lettered -= 1;
+            self.stats.dropped.deleted += 1;
+        }
+    }
+
+    /// Counts a dead letter refused for want of room (a full queue whose policy is not drop-head).
+    pub(crate) fn refuse_dead_letter(&mut self) {
+        self.stats.enqueued += 1;
+        self.stats.dropped.overflow += 1;
     }
 
     /// Redelivers what passed its ack deadline and drops or dead-letters expired ready messages.
@@ -386,10 +398,15 @@ impl QueueState {
 
     /// Empties the queue as it is deleted: ready messages are counted as dropped (`deleted`), as
     /// RabbitMQ does not dead-letter the messages of a deleted queue.
-    pub(crate) fn delete(&mut self, now: Instant) {
-        for index in (0..self.consumers.len()).rev() {
-            let id = self.consumers[index].id;
-            self.remove_consumer(id, now);
+    /// Deliveries still held by consumers are counted the same way: unacked ones as `deleted`,
+    /// at-most-once ones as `lost_at_most_once`.
+    pub(crate) fn delete(&mut self) {
+        for c in self.consumers.drain(..) {
+            let held = c.unacked.len() as u64;
+            let lost = u64::from(c.outstanding);
+            self.stats.in_flight -= held + lost;
+            self.stats.dropped.deleted += held;
+            self.stats.dropped.lost_at_most_once += lost;
         }
         self.stats.dropped.deleted += self.ready.len() as u64;
         self.credits_freed += self.ready.iter().filter(|e| e.credited).count();
@@ -512,7 +529,7 @@ impl QueueState {
         }
         self.stats.dead_lettered += 1;
         let died = entry.msg.died(&self.name, reason, self.ms_since_start(now));
-        self.effects.push(Effect::DeadLetter(Arc::new(died)));
+        self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: false });
     }
 
     fn ms_since_start(&self, now: Instant) -> u64 {

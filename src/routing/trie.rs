@@ -118,7 +118,13 @@ impl TopicTrie {
     /// Returns how many (node, position) visits it made, for the tests of its cost: each pair is
     /// visited at most once.
     pub(super) fn route(&self, key: &str, out: &mut SmallVec<[QueueId; 8]>) -> usize {
-        let key: SmallVec<[&str; 16]> = words(key).collect();
+        let mut key_words: SmallVec<[&str; 16]> = SmallVec::new();
+        if !key.is_empty() {
+            for word in key.split('.') {
+                key_words.push(word);
+            }
+        }
+        let key = key_words;
         let mut stack: SmallVec<[Visit; 32]> = SmallVec::new();
         stack.push(Visit { node: ROOT, from: 0, to: 1 });
         // Per `#` node reached: the first key position from which all its runs are already queued.
@@ -135,12 +141,13 @@ impl TopicTrie {
             match key.get(position) {
                 None => out.extend_from_slice(&node.queues),
                 Some(word) => {
-                    let children = [node.exact.get(*word).copied(), node.star];
-                    stack.extend(children.into_iter().flatten().map(|child| Visit {
-                        node: child,
-                        from: position + 1,
-                        to: position + 2,
-                    }));
+                    let next = Visit { node: 0, from: position + 1, to: position + 2 };
+                    if let Some(&child) = node.exact.get(*word) {
+                        stack.push(Visit { node: child, ..next });
+                    }
+                    if let Some(child) = node.star {
+                        stack.push(Visit { node: child, ..next });
+                    }
                 }
             }
             if let Some(hash) = node.hash {
