@@ -229,9 +229,13 @@ impl Broker {
         let credits = QueueHandle::credits_for(&spec);
         let refused = Arc::default();
         let state = QueueState::new(name.clone(), spec.clone(), self.registry.started);
-        let actor = QueueActor::new(id, state, self.registry.clone(), credits.clone(), Arc::clone(&refused));
-        let addr = QueueActor::start_in_arbiter(&self.registry.arbiter, |_| actor);
-        let handle = Arc::new(QueueHandle { id, name, addr, spec, credits, refused });
+        let (inbox, inbox_rx) = tokio::sync::mpsc::channel(crate::queue::QUEUE_MAILBOX_CAPACITY);
+        let (registry, credits_, refused_) = (self.registry.clone(), credits.clone(), Arc::clone(&refused));
+        // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
+        let addr = QueueActor::start_in_arbiter(&self.registry.arbiter, move |_| {
+            QueueActor::new(id, inbox_rx, state, registry, credits_, refused_)
+        });
+        let handle = Arc::new(QueueHandle { id, name, addr, inbox, spec, credits, refused });
         self.registry.insert_queue(handle.clone());
         handle
     }

@@ -29,9 +29,11 @@
 //! `block` makes `publish` wait for room. The latter three are enforced by publisher credits (a
 //! semaphore of `depth_max` permits, taken by a publish and returned when the message leaves the ready
 //! list), as RabbitMQ's credit flow between channels and queues. Requeued messages are never refused,
-//! so the ready list may exceed `depth_max` by the deliveries in flight. The mailbox holds at most
-//! [`QUEUE_MAILBOX_CAPACITY`] messages; a publisher finding it full waits (`publish`) or is refused
-//! (`try_publish`). Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
+//! so the ready list may exceed `depth_max` by the deliveries in flight. Messages reach the queue
+//! through its data inbox, a bounded channel of [`QUEUE_MAILBOX_CAPACITY`] that the actor drains as a
+//! stream, up to [`INBOX_BATCH_MAX`] at a time; a publisher finding it full waits (`publish`) or is
+//! refused (`try_publish`). Control messages (subscriptions, settlements, stats) use the actor's
+//! actix mailbox of the same capacity. Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
 //! `depth_max`); a subscriber whose mailbox is full is skipped and its messages stay in the queue.
 //!
 //! # Shutdown
@@ -48,8 +50,8 @@ pub(crate) mod state;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::dev::SendError;
 use actix::Addr;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Semaphore;
 
 pub(crate) use actor::{
@@ -62,8 +64,10 @@ use crate::ids::QueueId;
 use crate::message::Message;
 use crate::topology::{Overflow, QueueSpec};
 
-/// Capacity of a queue actor's mailbox.
+/// Capacity of a queue's data inbox (messages waiting to be enqueued), and of its control mailbox.
 pub const QUEUE_MAILBOX_CAPACITY: usize = 1024;
+/// The most inbox messages a queue takes in one turn before it dispatches.
+pub const INBOX_BATCH_MAX: usize = 128;
 
 /// What a queue did with an offered message.
 #[derive(Debug)]
@@ -83,7 +87,10 @@ pub(crate) enum Offer {
 pub(crate) struct QueueHandle {
     pub(crate) id: QueueId,
     pub(crate) name: Arc<str>,
+    /// The control mailbox (subscriptions, settlements, stats).
     pub(crate) addr: Addr<QueueActor>,
+    /// The data inbox: messages for the queue.
+    pub(crate) inbox: mpsc::Sender<Enqueue>,
     pub(crate) spec: QueueSpec,
     /// Publisher credits for the reject and block policies.
     pub(crate) credits: Option<Arc<Semaphore>>,
@@ -128,7 +135,7 @@ impl QueueHandle {
             Credit::Missing => return self.refuse(msg),
         };
         match self.send_now(msg, credited) {
-            Offer::Full(msg) => match self.addr.send(Enqueue { msg, credited }).await {
+            Offer::Full(msg) => match self.inbox.send(Enqueue { msg, credited }).await {
                 Ok(()) => Offer::Accepted,
                 Err(_) => self.closed(credited),
             },
@@ -137,13 +144,13 @@ impl QueueHandle {
     }
 
     fn send_now(&self, msg: Arc<Message>, credited: bool) -> Offer {
-        match self.addr.try_send(Enqueue { msg, credited }) {
+        match self.inbox.try_send(Enqueue { msg, credited }) {
             Ok(()) => Offer::Accepted,
-            Err(SendError::Full(e)) => {
+            Err(TrySendError::Full(e)) => {
                 self.return_credit(credited);
                 Offer::Full(e.msg)
             }
-            Err(SendError::Closed(_)) => self.closed(credited),
+            Err(TrySendError::Closed(_)) => self.closed(credited),
         }
     }
 

@@ -573,8 +573,22 @@ where
             // Delivered before a restart: the queue has requeued (or counted) it already.
             return;
         }
-        self.backlog.extend(d.items);
-        self.drive(ctx);
+        if self.running || !self.backlog.is_empty() {
+            self.backlog.extend(d.items);
+            return self.drive(ctx);
+        }
+        let mut items = d.items.into_iter();
+        while let Some(item) = items.next() {
+            self.run(item, ctx);
+            if self.epoch != d.epoch {
+                // The handler panicked: the queue requeues (or counts) the rest of the batch.
+                return;
+            }
+            if self.running {
+                self.backlog.extend(items);
+                return;
+            }
+        }
     }
 }
 

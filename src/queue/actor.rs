@@ -1,25 +1,27 @@
 //! The queue actor: turns messages into calls on [`QueueState`] and carries out its effects.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::dev::SendError;
 use actix::prelude::*;
 use smallvec::SmallVec;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 
-use super::state::{Dispatch, Effect, QueueState, SettleError, SettleOp};
-use super::QUEUE_MAILBOX_CAPACITY;
+use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
+use super::{INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
 use crate::registry::Registry;
 use crate::stats::QueueStats;
 
-/// A message for the queue (from a publisher, or a dead letter from another queue).
-#[derive(Message)]
-#[rtype(result = "()")]
+/// A message for the queue (from a publisher, or a dead letter from another queue), through its inbox.
+#[derive(Debug)]
 pub(crate) struct Enqueue {
     pub(crate) msg: Arc<Message>,
     pub(crate) credited: bool,
@@ -118,9 +120,20 @@ pub(crate) struct GetStats;
 #[rtype(result = "QueueStats")]
 pub(crate) struct Delete;
 
+/// One pump's deliveries to one consumer, and where each message stood, should the delivery fail.
+struct Batch {
+    consumer: ConsumerId,
+    epoch: u32,
+    items: Vec<DeliverItem>,
+    places: Vec<Place>,
+}
+
 /// The queue actor.
 pub(crate) struct QueueActor {
     id: QueueId,
+    /// The receiving end of the data inbox; taken by the inbox stream when the actor starts, and
+    /// drained directly before stats and deletion.
+    inbox: Rc<RefCell<mpsc::Receiver<Enqueue>>>,
     state: QueueState,
     registry: Arc<Registry>,
     credits: Option<Arc<Semaphore>>,
@@ -139,12 +152,13 @@ pub(crate) struct QueueActor {
     timed: bool,
     started: Instant,
     /// Dispatches of the current pump, by consumer, reused between pumps.
-    outbox: Vec<(ConsumerId, Vec<Dispatch>)>,
+    outbox: Vec<Batch>,
 }
 
 impl QueueActor {
     pub(crate) fn new(
         id: QueueId,
+        inbox: mpsc::Receiver<Enqueue>,
         state: QueueState,
         registry: Arc<Registry>,
         credits: Option<Arc<Semaphore>>,
@@ -155,6 +169,7 @@ impl QueueActor {
         let started = Instant::now();
         Self {
             id,
+            inbox: Rc::new(RefCell::new(inbox)),
             timed,
             started,
             pump_scheduled: false,
@@ -195,16 +210,28 @@ impl QueueActor {
         let now = self.now();
         let mut outbox = std::mem::take(&mut self.outbox);
         while let Some(d) = self.state.dispatch(now) {
-            match outbox.iter_mut().find(|(c, _)| *c == d.consumer) {
-                Some((_, batch)) => batch.push(d),
-                None => outbox.push((d.consumer, vec![d])),
-            }
+            let at = match outbox.iter().position(|b| b.consumer == d.consumer) {
+                Some(at) => at,
+                None => {
+                    outbox.push(Batch {
+                        consumer: d.consumer,
+                        epoch: d.epoch,
+                        items: Vec::new(),
+                        places: Vec::new(),
+                    });
+                    outbox.len() - 1
+                }
+            };
+            let batch = &mut outbox[at];
+            // Batches are reused between pumps; a consumer's epoch changes when it restarts.
+            batch.epoch = d.epoch;
+            batch.items.push(DeliverItem { tag: d.tag.0, msg: d.msg, delivery_count: d.delivery_count });
+            batch.places.push(d.place);
         }
-        for (consumer, batch) in outbox.iter_mut() {
-            if !batch.is_empty() {
-                self.deliver(*consumer, batch, now);
-            }
+        for batch in outbox.iter_mut().filter(|b| !b.items.is_empty()) {
+            self.deliver(batch, now);
         }
+        outbox.retain(|b| self.subscribers.iter().any(|(id, _)| *id == b.consumer));
         self.outbox = outbox;
         if self.auto_delete_due() {
             self.delete(ctx);
@@ -214,30 +241,34 @@ impl QueueActor {
     }
 
     /// Sends one subscriber its batch; a full or closed mailbox gives every dispatch back.
-    fn deliver(&mut self, consumer: ConsumerId, batch: &mut Vec<Dispatch>, now: Instant) {
-        let epoch = batch[0].epoch;
-        let recipient = self.subscribers.iter().find(|(id, _)| *id == consumer).map(|(_, r)| r);
-        let sent = recipient.map(|recipient| {
-            let items = batch
-                .iter()
-                .map(|d| DeliverItem { tag: d.tag.0, msg: d.msg.clone(), delivery_count: d.delivery_count })
-                .collect();
-            recipient.try_send(Deliver { epoch, items })
-        });
-        match sent {
-            Some(Ok(())) => batch.clear(),
-            Some(Err(SendError::Full(_))) => self.undo(batch),
-            Some(Err(SendError::Closed(_))) | None => {
-                // The subscriber actor is gone without unsubscribing: treat it as a consumer that left.
-                self.undo(batch);
-                self.remove(consumer, now);
+    fn deliver(&mut self, batch: &mut Batch, now: Instant) {
+        let recipient = self.subscribers.iter().find(|(id, _)| *id == batch.consumer).map(|(_, r)| r);
+        let items = std::mem::take(&mut batch.items);
+        let failed = match recipient.map(|r| r.try_send(Deliver { epoch: batch.epoch, items })) {
+            Some(Ok(())) => {
+                batch.places.clear();
+                return;
             }
+            Some(Err(SendError::Full(d))) => Some(d.items),
+            Some(Err(SendError::Closed(d))) => {
+                self.undo(batch, d.items);
+                // The subscriber actor is gone without unsubscribing: treat it as a consumer that left.
+                self.remove(batch.consumer, now);
+                None
+            }
+            None => None,
+        };
+        if let Some(items) = failed {
+            self.undo(batch, items);
         }
     }
 
-    fn undo(&mut self, batch: &mut Vec<Dispatch>) {
-        while let Some(d) = batch.pop() {
-            self.state.undo_dispatch(d);
+    fn undo(&mut self, batch: &mut Batch, items: Vec<DeliverItem>) {
+        let places = std::mem::take(&mut batch.places);
+        for (item, place) in items.into_iter().zip(places).rev() {
+            let DeliverItem { tag, msg, delivery_count } = item;
+            let (consumer, epoch, tag) = (batch.consumer, batch.epoch, crate::ids::DeliveryTag(tag));
+            self.state.undo_dispatch(Dispatch { consumer, epoch, tag, msg, delivery_count, place });
         }
     }
 
@@ -267,13 +298,13 @@ impl QueueActor {
             self.state.dead_letter_lost(refused);
             return;
         };
-        match target.addr.try_send(Enqueue { msg, credited: false }) {
+        match target.inbox.try_send(Enqueue { msg, credited: false }) {
             Ok(()) => {}
-            Err(SendError::Full(e)) => {
-                // The dead-letter queue's mailbox is full: wait for room without blocking this queue.
+            Err(TrySendError::Full(e)) => {
+                // The dead-letter queue's inbox is full: wait for room without blocking this queue.
                 // Pending sends are bounded by the messages this queue held.
-                let addr = target.addr.clone();
-                ctx.spawn(async move { addr.send(e).await.is_ok() }.into_actor(self).map(
+                let inbox = target.inbox.clone();
+                ctx.spawn(async move { inbox.send(e).await.is_ok() }.into_actor(self).map(
                     move |sent, act, _| {
                         if !sent {
                             act.state.dead_letter_lost(refused)
@@ -281,7 +312,26 @@ impl QueueActor {
                     },
                 ));
             }
-            Err(SendError::Closed(_)) => self.state.dead_letter_lost(refused),
+            Err(TrySendError::Closed(_)) => self.state.dead_letter_lost(refused),
+        }
+    }
+
+    fn enqueue(&mut self, msg: Enqueue) {
+        let now = if self.state.spec().message_ttl.is_some() { Instant::now() } else { self.started };
+        // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
+        let credited = msg.credited || self.take_credit();
+        if self.credits.is_some() && !credited {
+            self.state.refuse_dead_letter();
+        } else {
+            self.state.enqueue(msg.msg, credited, now);
+        }
+    }
+
+    /// Takes in what waits in the inbox, so that stats and deletion see every accepted message.
+    fn drain_inbox(&mut self) {
+        let inbox = self.inbox.clone();
+        while let Ok(msg) = inbox.borrow_mut().try_recv() {
+            self.enqueue(msg);
         }
     }
 
@@ -363,6 +413,8 @@ impl QueueActor {
     fn delete(&mut self, ctx: &mut Context<Self>) -> QueueStats {
         if !self.deleted {
             self.deleted = true;
+            self.drain_inbox();
+            self.inbox.borrow_mut().close();
             self.state.delete();
             self.subscribers.clear();
             self.after(ctx);
@@ -385,26 +437,21 @@ impl Actor for QueueActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(QUEUE_MAILBOX_CAPACITY);
+        ctx.add_stream(Inbox(self.inbox.clone()));
         self.arm_timer(ctx);
     }
 }
 
-impl Handler<Enqueue> for QueueActor {
-    type Result = ();
+impl StreamHandler<Vec<Enqueue>> for QueueActor {
+    fn handle(&mut self, batch: Vec<Enqueue>, ctx: &mut Self::Context) {
+        for msg in batch {
+            self.enqueue(msg);
+        }
+        self.pump(ctx);
+    }
 
-    fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        let now = if self.state.spec().message_ttl.is_some() { Instant::now() } else { self.started };
-        // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
-        let credited = msg.credited || self.take_credit();
-        if self.credits.is_some() && !credited {
-            self.state.refuse_dead_letter();
-        } else {
-            self.state.enqueue(msg.msg, credited, now);
-        }
-        if self.state.has_effects() {
-            self.after(ctx);
-        }
-        self.schedule_pump(ctx);
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // Every sender is gone: the broker is being dropped. The actor stops with its arbiter.
     }
 }
 
@@ -446,7 +493,8 @@ impl Handler<Settle> for QueueActor {
                 }
             }
         }
-        self.pump(ctx);
+        self.after(ctx);
+        self.schedule_pump(ctx);
     }
 }
 
@@ -509,7 +557,9 @@ impl Handler<Unsubscribe> for QueueActor {
 impl Handler<GetStats> for QueueActor {
     type Result = MessageResult<GetStats>;
 
-    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _msg: GetStats, ctx: &mut Self::Context) -> Self::Result {
+        self.drain_inbox();
+        self.pump(ctx);
         MessageResult(self.stats())
     }
 }
@@ -528,5 +578,24 @@ impl Handler<Pump> for QueueActor {
     fn handle(&mut self, _: Pump, ctx: &mut Self::Context) {
         self.pump_scheduled = false;
         self.pump(ctx);
+    }
+}
+
+/// The data inbox as a stream of batches, so that actix calls the actor once per batch.
+struct Inbox(Rc<RefCell<mpsc::Receiver<Enqueue>>>);
+
+impl futures::Stream for Inbox {
+    type Item = Vec<Enqueue>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let mut batch = Vec::new();
+        match self.0.borrow_mut().poll_recv_many(cx, &mut batch, INBOX_BATCH_MAX) {
+            std::task::Poll::Ready(0) => std::task::Poll::Ready(None),
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(Some(batch)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
     }
 }

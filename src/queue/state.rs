@@ -63,9 +63,15 @@ pub(crate) struct Dispatch {
     pub(crate) tag: DeliveryTag,
     pub(crate) msg: Arc<Message>,
     pub(crate) delivery_count: u32,
-    seq: u64,
-    expires_at: Option<Instant>,
-    credited: bool,
+    pub(crate) place: Place,
+}
+
+/// Where a dispatched message stood in the queue, to put it back if its delivery fails.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place {
+    pub(crate) seq: u64,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) credited: bool,
 }
 
 /// How a consumer settles deliveries.
@@ -220,9 +226,7 @@ impl QueueState {
             tag: DeliveryTag(consumer.next_tag),
             msg: entry.msg.clone(),
             delivery_count: entry.deliveries,
-            seq: entry.seq,
-            expires_at: entry.expires_at,
-            credited: entry.credited,
+            place: Place { seq: entry.seq, expires_at: entry.expires_at, credited: entry.credited },
         };
         if at_least_once {
             entry.credited = false;
@@ -252,15 +256,15 @@ impl QueueState {
         if d.delivery_count > 1 {
             self.stats.redelivered -= 1;
         }
-        if d.credited {
+        if d.place.credited {
             self.credits_freed -= 1;
         }
         let entry = Entry {
             msg: d.msg,
-            seq: d.seq,
-            expires_at: d.expires_at,
+            seq: d.place.seq,
+            expires_at: d.place.expires_at,
             deliveries: d.delivery_count - 1,
-            credited: d.credited,
+            credited: d.place.credited,
         };
         self.insert_ready(entry);
     }

@@ -324,7 +324,10 @@ impl Harness {
     fn dispatched(&mut self, d: &Dispatch) {
         let spec = &self.st.spec;
         assert!(d.delivery_count >= 1 && d.delivery_count <= spec.delivery_limit, "{d:?}");
-        assert!(d.expires_at.is_none_or(|at| at > self.now), "an expired message was dispatched: {d:?}");
+        assert!(
+            d.place.expires_at.is_none_or(|at| at > self.now),
+            "an expired message was dispatched: {d:?}"
+        );
         if spec.single_active_consumer {
             assert_eq!(d.consumer, self.st.consumers[0].id, "dispatched past the single active consumer");
         }
@@ -336,9 +339,13 @@ impl Harness {
         }
         if d.delivery_count == 1 {
             if let Some(last) = self.last_first_seq {
-                assert!(d.seq > last, "first deliveries out of enqueue order: {} after {last}", d.seq);
+                assert!(
+                    d.place.seq > last,
+                    "first deliveries out of enqueue order: {} after {last}",
+                    d.place.seq
+                );
             }
-            self.last_first_seq = Some(d.seq);
+            self.last_first_seq = Some(d.place.seq);
         }
     }
 
