@@ -529,7 +529,10 @@ impl Publisher {
     /// # Errors
     /// As [`Broker::publish`].
     pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
-        self.publish_payload(key, Payload::Bytes(bytes.into())).await
+        // A `Bytes` made from a `Vec` is promoted to a shared buffer (an allocation) on its first clone:
+        // clone it here, on the publisher's thread, so that deliveries only bump a count.
+        let shared = Bytes::clone(&bytes.into());
+        self.publish_payload(key, Payload::Bytes(shared)).await
     }
 
     /// Publishes without waiting. See [`Broker::try_publish`].
