@@ -65,3 +65,8 @@ pub use subscriber::{
 pub use topology::{
     Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
 };
+
+/// The README's examples, run as doctests so that it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
