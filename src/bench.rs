@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 
 use crate::ids::QueueId;
 use crate::routing::RoutingTable;
-use crate::topology::{Delivery as DeliveryMode, QueueSpec, TopicKind, TopicSpec, Topology};
+use crate::topology::{Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology};
 use crate::{Broker, Delivery, Outcome, SubscribeOptions};
 
 /// The bindings of the fan-out shape: (queue, pattern).
@@ -38,6 +38,9 @@ pub const FANOUT_KEYS: [&str; 8] = [
     "orders.paid.eu",
     "contracts",
 ];
+
+/// Depth of each tubemail queue in the fan-out shape (`block` overflow, so nothing is lost).
+pub const FANOUT_DEPTH_MAX: usize = 10_000;
 
 /// Capacity of each baseline channel, equal to a queue actor's mailbox.
 pub const BASELINE_CHANNEL_CAPACITY: usize = crate::queue::QUEUE_MAILBOX_CAPACITY;
@@ -65,7 +68,10 @@ pub fn fanout_topology(mode: DeliveryMode) -> Topology {
     let mut topology = Topology::new().topic("orders", TopicSpec::new(TopicKind::Topic));
     for (queue, pattern) in FANOUT_BINDINGS {
         topology = topology
-            .queue(queue, QueueSpec::default().delivery(mode).depth_max(100_000))
+            .queue(
+                queue,
+                QueueSpec::default().delivery(mode).depth_max(FANOUT_DEPTH_MAX).overflow(Overflow::Block),
+            )
             .bind("orders", queue, pattern);
     }
     topology

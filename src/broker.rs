@@ -590,13 +590,7 @@ impl Publisher {
         let mut targets = SmallVec::new();
         let route = self.topic.route(key, &mut targets);
         self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
-        let msg = Message {
-            id: self.registry.message_id(),
-            key: key.into(),
-            payload,
-            published_at: Instant::now(),
-            deaths: Vec::new(),
-        };
+        let msg = Message { id: self.registry.message_id(), key: key.into(), payload, deaths: Vec::new() };
         (Arc::new(msg), Routed { route, targets })
     }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use crate::ids::MessageId;
 
@@ -66,21 +65,42 @@ impl Payload {
     /// [`PayloadError::TypeMismatch`] when a value of another type was published;
     /// [`PayloadError::Decode`] when bytes do not decode as `T`.
     pub fn read<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, PayloadError> {
-        self.read_value::<T>().map(Value::into_arc)
+        match self.read_value::<T>()? {
+            Value::Owned(v) => Ok(Arc::new(v)),
+            Value::InMessage => match self {
+                Payload::Value { value, .. } => Ok(value.clone().downcast::<T>().expect("checked")),
+                Payload::Bytes(b) => match Value::<T>::bytes(b.clone()) {
+                    Value::Owned(v) => Ok(Arc::new(v)),
+                    Value::InMessage => unreachable!("Value::bytes always owns"),
+                },
+            },
+        }
     }
 
-    /// As [`Payload::read`], without an allocation where the value is shared or is bytes.
+    /// The payload as a `&T`, when it holds a `T` (a value published as `T`, or bytes read as
+    /// [`Bytes`]); no copy, no decoding.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        match self {
+            Payload::Value { value, .. } => value.downcast_ref::<T>(),
+            Payload::Bytes(b) => (b as &dyn Any).downcast_ref::<T>(),
+        }
+    }
+
+    /// As [`Payload::read`], without touching the payload where it already holds a `T`.
     pub(crate) fn read_value<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
     ) -> Result<Value<T>, PayloadError> {
+        if self.get::<T>().is_some() {
+            return Ok(Value::InMessage);
+        }
         let expected = std::any::type_name::<T>();
         match self {
-            Payload::Value { value, type_name, .. } => match value.clone().downcast::<T>() {
-                Ok(value) => Ok(Value::Shared(value)),
-                Err(_) if TypeId::of::<T>() == TypeId::of::<Bytes>() => Ok(Value::bytes(self.to_bytes()?)),
-                Err(_) => Err(PayloadError::TypeMismatch { published: type_name, expected }),
-            },
-            Payload::Bytes(b) if TypeId::of::<T>() == TypeId::of::<Bytes>() => Ok(Value::bytes(b.clone())),
+            Payload::Value { .. } if TypeId::of::<T>() == TypeId::of::<Bytes>() => {
+                Ok(Value::bytes(self.to_bytes()?))
+            }
+            Payload::Value { type_name, .. } => {
+                Err(PayloadError::TypeMismatch { published: type_name, expected })
+            }
             Payload::Bytes(b) => rmp_serde::from_slice::<T>(b)
                 .map(Value::Owned)
                 .map_err(|e| PayloadError::Decode { expected, reason: e.to_string() }),
@@ -88,20 +108,11 @@ impl Payload {
     }
 }
 
-/// A payload value as a subscriber holds it: shared with every other reader, or its own.
+/// A payload value as a subscriber holds it: the message's own (read in place), or decoded for it.
 #[derive(Debug)]
 pub(crate) enum Value<T> {
-    Shared(Arc<T>),
+    InMessage,
     Owned(T),
-}
-
-impl<T> Value<T> {
-    pub(crate) fn get(&self) -> &T {
-        match self {
-            Value::Shared(v) => v,
-            Value::Owned(v) => v,
-        }
-    }
 }
 
 impl<T: 'static> Value<T> {
@@ -112,10 +123,11 @@ impl<T: 'static> Value<T> {
         Value::Owned(any.downcast_mut::<Option<T>>().and_then(Option::take).expect("T is Bytes"))
     }
 
-    fn into_arc(self) -> Arc<T> {
+    /// The value, read from `payload` when it is the message's own.
+    pub(crate) fn get<'a>(&'a self, payload: &'a Payload) -> &'a T {
         match self {
-            Value::Shared(v) => v,
-            Value::Owned(v) => Arc::new(v),
+            Value::Owned(v) => v,
+            Value::InMessage => payload.get::<T>().expect("checked when the delivery was made"),
         }
     }
 }
@@ -206,7 +218,6 @@ pub struct Message {
     /// Inline up to 24 bytes, so that most keys cost no allocation.
     pub(crate) key: compact_str::CompactString,
     pub(crate) payload: Payload,
-    pub(crate) published_at: Instant,
     pub(crate) deaths: Vec<Death>,
 }
 
@@ -224,11 +235,6 @@ impl Message {
     /// The payload.
     pub fn payload(&self) -> &Payload {
         &self.payload
-    }
-
-    /// When it was published (tokio's clock).
-    pub fn published_at(&self) -> Instant {
-        self.published_at
     }
 
     /// Its death history, newest first.

@@ -152,18 +152,18 @@ pub struct Delivery<T> {
     link: Arc<Link>,
 }
 
-impl<T> Deref for Delivery<T> {
+impl<T: 'static> Deref for Delivery<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        self.value.get()
+        self.value.get(&self.msg.payload)
     }
 }
 
-impl<T> Delivery<T> {
+impl<T: 'static> Delivery<T> {
     /// The value.
     pub fn value(&self) -> &T {
-        self.value.get()
+        self.value.get(&self.msg.payload)
     }
 
     /// The message id.
