@@ -11,12 +11,14 @@ use serde::Serialize;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use crate::ids::QueueId;
+use crate::ids::{MessageId, QueueId};
 use crate::message::{Message, Payload};
 use crate::queue::state::QueueState;
 use crate::queue::{Delete, Drain, GetStats, Offer, QueueActor, QueueHandle, Subscribe, Unsubscribe};
 use crate::registry::Registry;
 use crate::routing::{validate_key, RoutingError};
+use crate::sim::history::What;
+use crate::sim::inject::Injector;
 use crate::stats::Stats;
 use crate::subscriber::{
     AsyncRunner, Delivery, Handler, Outcome, Runner, Stop, SubscribeOptions, SubscriberActor, Subscription,
@@ -198,8 +200,12 @@ impl Broker {
     /// # Panics
     /// When called outside an actix system.
     pub fn start(topology: Topology) -> Result<Broker, StartError> {
+        Self::start_with(topology, None)
+    }
+
+    pub(crate) fn start_with(topology: Topology, sim: Option<Arc<Injector>>) -> Result<Broker, StartError> {
         topology.validate()?;
-        let registry = Arc::new(Registry::new(Arbiter::current()));
+        let registry = Arc::new(Registry::new(Arbiter::current(), sim));
         let broker = Broker { registry };
         for (name, spec) in &topology.queues {
             broker.start_queue(name, spec.clone());
@@ -393,13 +399,9 @@ impl Broker {
         let handle = self.registry.queue(queue).ok_or_else(unknown)?;
         let consumer = self.registry.consumer_id();
         let prefetch = options.prefetch.unwrap_or(handle.spec.prefetch_default);
-        let actor = SubscriberActor::<T, R>::new(
-            handle.addr.clone(),
-            consumer,
-            handle.spec.delivery,
-            prefetch,
-            runner,
-        );
+        let sim = self.registry.sim.clone();
+        let (addr, name, mode) = (handle.addr.clone(), handle.name.clone(), handle.spec.delivery);
+        let actor = SubscriberActor::<T, R>::new(addr, name, consumer, mode, prefetch, runner, sim);
         let addr = SubscriberActor::start_in_arbiter(&self.registry.arbiter, |_| actor);
         let stop = addr.clone().recipient::<Stop>();
         let subscribe = Subscribe { consumer, prefetch, recipient: addr.recipient() };
@@ -506,6 +508,8 @@ impl std::fmt::Debug for Publisher {
 /// How far a publish got without waiting.
 struct Attempt {
     accepted: u32,
+    /// The accepting queues' names, kept only in a simulation.
+    accepted_names: Option<Vec<String>>,
     refused: SmallVec<[Arc<str>; 1]>,
     /// Target queues that need waiting for (or, for `try_publish`, could not take it now).
     waiting: SmallVec<[Arc<QueueHandle>; 2]>,
@@ -549,7 +553,7 @@ impl Publisher {
             Err(PublishError::Closed) => return Err(TryPublishError::Closed(value)),
             Err(e) => return Err(TryPublishError::Invalid(e)),
         }
-        let (msg, route) = self.prepare(key, Payload::value(value));
+        let (msg, route) = self.prepare(key, Payload::value(value), None);
         let Some((msg, route)) = self.unroutable(msg, route) else { return Ok(self.unroutable_confirm()) };
         let mut attempt = self.attempt(&msg, &route);
         if attempt.accepted == 0 && attempt.refused.is_empty() && !attempt.waiting.is_empty() {
@@ -564,18 +568,52 @@ impl Publisher {
     }
 
     async fn publish_payload(&self, key: &str, payload: Payload) -> Result<Confirm, PublishError> {
+        self.publish_as(key, payload, None, 1).await.map(|(_, confirm)| confirm)
+    }
+
+    /// Publishes with a given message id (a retry keeps its id), recording the publish and its
+    /// confirm in a simulation's history.
+    pub(crate) async fn publish_as(
+        &self,
+        key: &str,
+        payload: Payload,
+        id: Option<MessageId>,
+        attempt_no: u32,
+    ) -> Result<(MessageId, Confirm), PublishError> {
         self.check(key)?;
-        let (msg, route) = self.prepare(key, payload);
-        let Some((msg, route)) = self.unroutable(msg, route) else { return Ok(self.unroutable_confirm()) };
+        let (msg, route) = self.prepare(key, payload, id);
+        let id = msg.id;
+        if let Some(sim) = &self.registry.sim {
+            sim.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
+        }
+        let Some((msg, route)) = self.unroutable(msg, route) else {
+            self.record_confirm(id, Vec::new(), Vec::new());
+            return Ok((id, self.unroutable_confirm()));
+        };
         let mut attempt = self.attempt(&msg, &route);
         for queue in std::mem::take(&mut attempt.waiting) {
             match queue.offer(msg.clone()).await {
-                Offer::Accepted => attempt.accepted += 1,
+                Offer::Accepted => {
+                    attempt.accepted += 1;
+                    if let Some(names) = &mut attempt.accepted_names {
+                        names.push(queue.name.to_string());
+                    }
+                }
                 Offer::Refused => attempt.refused.push(queue.name.clone()),
                 Offer::Full(_) | Offer::Closed => {}
             }
         }
-        Ok(self.confirm(attempt, &route))
+        if let Some(names) = attempt.accepted_names.take() {
+            let refused = attempt.refused.iter().map(|q| q.to_string()).collect();
+            self.record_confirm(id, names, refused);
+        }
+        Ok((id, self.confirm(attempt, &route)))
+    }
+
+    fn record_confirm(&self, msg: MessageId, queues: Vec<String>, refused: Vec<String>) {
+        if let Some(sim) = &self.registry.sim {
+            sim.record(What::Confirm { msg, queues, refused });
+        }
     }
 
     fn check(&self, key: &str) -> Result<(), PublishError> {
@@ -586,11 +624,16 @@ impl Publisher {
         Ok(())
     }
 
-    fn prepare(&self, key: &str, payload: Payload) -> (Arc<Message>, Routed) {
+    fn prepare(&self, key: &str, payload: Payload, id: Option<MessageId>) -> (Arc<Message>, Routed) {
         let mut targets = SmallVec::new();
         let route = self.topic.route(key, &mut targets);
+        if self.registry.sim.as_ref().is_some_and(|s| s.bugs.router_skips_binding) && targets.len() > 1 {
+            // Broken on purpose: the last matching binding is skipped.
+            targets.pop();
+        }
         self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
-        let msg = Message { id: self.registry.message_id(), key: key.into(), payload, deaths: Vec::new() };
+        let id = id.unwrap_or_else(|| self.registry.message_id());
+        let msg = Message { id, key: key.into(), payload, deaths: Vec::new() };
         (Arc::new(msg), Routed { route, targets })
     }
 
@@ -611,11 +654,18 @@ impl Publisher {
 
     fn attempt(&self, msg: &Arc<Message>, routed: &Routed) -> Attempt {
         let queues = self.registry.queues();
-        let mut attempt = Attempt { accepted: 0, refused: SmallVec::new(), waiting: SmallVec::new() };
+        let accepted_names = self.registry.sim.as_ref().map(|_| Vec::new());
+        let mut attempt =
+            Attempt { accepted: 0, accepted_names, refused: SmallVec::new(), waiting: SmallVec::new() };
         for id in &routed.targets {
             let Some(Some(queue)) = queues.by_id.get(id.0 as usize) else { continue };
             match queue.try_offer(msg.clone()) {
-                Offer::Accepted => attempt.accepted += 1,
+                Offer::Accepted => {
+                    attempt.accepted += 1;
+                    if let Some(names) = &mut attempt.accepted_names {
+                        names.push(queue.name.to_string());
+                    }
+                }
                 Offer::Refused => attempt.refused.push(queue.name.clone()),
                 Offer::Full(_) => attempt.waiting.push(queue.clone()),
                 Offer::Closed => {}

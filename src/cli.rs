@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod route;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,46 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Runs the built-in scenario over many seeds with injected faults and checks the mode's promise.
+    Check {
+        /// The delivery mode to judge.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// `all`, `none`, or fault kinds separated by commas (drop, duplicate, delay, ack-loss,
+        /// crash-before, crash-after, queue-restart, confirm-loss, slow).
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed (seeds run from it upwards).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Messages per run.
+        #[arg(long, default_value_t = 1000)]
+        messages: u32,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the history of one simulated run: the same seed always prints the same run.
+    Replay {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// As for `check`.
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// The delivery mode.
+        #[arg(long, value_enum, default_value = "at-least-once")]
+        mode: Mode,
+        /// Messages in the run.
+        #[arg(long, default_value_t = 1000)]
+        messages: u32,
+        /// Every event, not only the first 200.
+        #[arg(long)]
+        full: bool,
+    },
     /// Checks a topology file; prints the first error with its line, exits 1 on error.
     Validate {
         /// The topology file (TOML).
@@ -82,9 +123,55 @@ enum Mode {
     AtLeastOnce,
 }
 
+impl Mode {
+    fn delivery(self) -> tubemail::DeliveryMode {
+        match self {
+            Mode::AtMostOnce => tubemail::DeliveryMode::AtMostOnce,
+            Mode::AtLeastOnce => tubemail::DeliveryMode::AtLeastOnce,
+        }
+    }
+}
+
+fn fault_plan(faults: &str) -> Result<tubemail::sim::FaultPlan, String> {
+    faults.parse().map_err(|e| format!("--faults {faults:?}: {e}"))
+}
+
+fn verdict(held: Result<bool, String>) -> Result<(), String> {
+    match held {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the delivery promise was broken (see above)".to_owned()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Cli {
     pub(crate) fn run(self) -> ExitCode {
         let result = match self.command {
+            Command::Check { mode, faults, seeds, seed, messages, json } => {
+                verdict(fault_plan(&faults).and_then(|plan| {
+                    let args = sim::CheckArgs {
+                        mode: mode.delivery(),
+                        faults: plan,
+                        faults_arg: faults.clone(),
+                        seeds,
+                        first_seed: seed,
+                        messages,
+                        json,
+                    };
+                    sim::check(&args)
+                }))
+            }
+            Command::Replay { seed, faults, mode, messages, full } => {
+                verdict(fault_plan(&faults).map(|plan| {
+                    let scenario = tubemail::sim::Scenario {
+                        mode: mode.delivery(),
+                        messages,
+                        plan,
+                        ..Default::default()
+                    };
+                    sim::replay(&scenario, seed, full)
+                }))
+            }
             Command::Demo { orders, seed } => demo::run(orders, seed),
             Command::Route { topology, topic, json, keys } => {
                 route::run(&topology, topic.as_deref(), json, &keys)

@@ -47,6 +47,7 @@ pub mod message;
 pub mod queue;
 mod registry;
 pub mod routing;
+pub mod sim;
 pub mod stats;
 pub mod subscriber;
 mod topic;

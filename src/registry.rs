@@ -35,12 +35,14 @@ pub(crate) struct Registry {
     pub(crate) started: Instant,
     pub(crate) arbiter: ArbiterHandle,
     pub(crate) closed: AtomicBool,
+    /// The simulation's injector, when the broker runs in one.
+    pub(crate) sim: Option<Arc<crate::sim::inject::Injector>>,
     next_message: AtomicU64,
     next_consumer: AtomicU64,
 }
 
 impl Registry {
-    pub(crate) fn new(arbiter: ArbiterHandle) -> Self {
+    pub(crate) fn new(arbiter: ArbiterHandle, sim: Option<Arc<crate::sim::inject::Injector>>) -> Self {
         Self {
             queues: ArcSwap::from_pointee(QueueMap::default()),
             topics: ArcSwap::from_pointee(BTreeMap::new()),
@@ -50,6 +52,7 @@ impl Registry {
             started: Instant::now(),
             arbiter,
             closed: AtomicBool::new(false),
+            sim,
             next_message: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
         }

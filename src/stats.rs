@@ -33,6 +33,10 @@ pub struct Dropped {
     pub deleted: u64,
     /// Dead-lettering would have closed a cycle without a rejection.
     pub dead_letter_cycle: u64,
+    /// Lost with the queue's in-memory state when the queue actor restarted (simulation faults).
+    pub queue_restart: u64,
+    /// At-most-once deliveries dropped on the way to the subscriber by an injected fault.
+    pub fault: u64,
     /// Publishes refused under `reject-publish-dlx` whose dead-letter queue had been deleted (the
     /// publisher's confirm said refused; not part of this queue's conservation, as they never entered).
     pub refused_dead_letter_lost: u64,

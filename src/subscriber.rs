@@ -25,7 +25,7 @@
 //! [`Subscription::unsubscribe`] stops new deliveries, waits up to a timeout for the handler to settle
 //! what it holds, then requeues (or counts lost) the rest and stops the actor.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -48,10 +48,14 @@ use crate::queue::{
     Deliver, DeliverItem, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe,
 };
 use crate::registry::Registry;
+use crate::sim::history::{FaultKind, What};
+use crate::sim::inject::Injector;
 use crate::topology::Delivery as DeliveryMode;
 
 /// The most settlements a subscriber batches into one message to its queue.
 pub const SETTLE_BATCH_MAX: usize = 64;
+/// Tags an at-most-once subscriber remembers, to skip duplicated deliveries.
+const SEEN_TAGS_MAX: usize = 4096;
 /// Mailbox room a subscriber keeps beyond its prefetch, for control messages.
 const MAILBOX_SLACK: usize = 8;
 
@@ -99,6 +103,19 @@ where
 pub(crate) enum Run {
     Done(Outcome),
     Pending(Pin<Box<dyn Future<Output = Outcome>>>),
+}
+
+impl Run {
+    /// The same outcome, reported only after `delay` of (simulated) time.
+    fn slowed(self, delay: std::time::Duration) -> Run {
+        Run::Pending(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            match self {
+                Run::Done(outcome) => outcome,
+                Run::Pending(future) => future.await,
+            }
+        }))
+    }
 }
 
 /// A handler as the subscriber actor runs it: async handlers are polled once in place and boxed only
@@ -376,6 +393,10 @@ pub(crate) struct SubscriberActor<T, H> {
     backlog: VecDeque<DeliverItem>,
     /// A handler future is pending.
     running: bool,
+    /// At most once: the tags handled in this incarnation, newest [`SEEN_TAGS_MAX`].
+    seen: BTreeSet<u64>,
+    queue: Arc<str>,
+    sim: Option<Arc<Injector>>,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -386,14 +407,16 @@ where
 {
     /// Builds the actor and its subscription handle (the stop recipient is filled in by the caller).
     pub(crate) fn new(
-        queue: Addr<QueueActor>,
+        queue_addr: Addr<QueueActor>,
+        queue: Arc<str>,
         consumer: ConsumerId,
         mode: DeliveryMode,
         prefetch: u32,
         handler: H,
+        sim: Option<Arc<Injector>>,
     ) -> Self {
         Self {
-            link: Arc::new(Link { queue, consumer }),
+            link: Arc::new(Link { queue: queue_addr, consumer }),
             mode,
             prefetch,
             handler: Box::new(handler),
@@ -404,6 +427,9 @@ where
             flush_scheduled: false,
             backlog: VecDeque::new(),
             running: false,
+            seen: BTreeSet::new(),
+            queue,
+            sim,
             _value: PhantomData,
         }
     }
@@ -482,6 +508,18 @@ where
 
     fn run(&mut self, item: DeliverItem, ctx: &mut Context<Self>) {
         let DeliverItem { tag, msg, delivery_count } = item;
+        if self.mode == DeliveryMode::AtMostOnce && !self.first_time(tag) {
+            // A duplicated delivery: at most once, the handler never runs twice.
+            return;
+        }
+        if let Some(sim) = &self.sim {
+            if sim.strikes(FaultKind::CrashBefore) {
+                sim.fault(FaultKind::CrashBefore, Some(msg.id), Some(&self.queue));
+                return self.crashed(ctx, Some(true));
+            }
+            let (queue, consumer) = (self.queue.to_string(), self.link.consumer.0);
+            sim.record(What::HandlerStart { msg: msg.id, queue, consumer, tag });
+        }
         let value = match msg.payload.read_value::<T>() {
             Ok(value) => value,
             Err(e) => {
@@ -498,7 +536,13 @@ where
             delivery_count,
             link: self.link.clone(),
         };
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.run(delivery)));
+        let mut run = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.run(delivery)));
+        if let (Some(sim), Ok(ran)) = (&self.sim, &mut run) {
+            if sim.strikes(FaultKind::Slow) {
+                sim.fault(FaultKind::Slow, Some(msg.id), Some(&self.queue));
+                *ran = Run::slowed(std::mem::replace(ran, Run::Done(Outcome::Ack)), sim.slowness());
+            }
+        }
         match run {
             Ok(Run::Done(outcome)) => self.finished(epoch, tag, &msg, Ok(outcome), ctx),
             Ok(Run::Pending(future)) => {
@@ -510,8 +554,22 @@ where
                     act.drive(ctx);
                 }));
             }
-            Err(_) => self.crashed(ctx),
+            Err(_) => self.crashed(ctx, None),
         }
+    }
+
+    /// At most once: whether this tag is new in this incarnation (duplicates are skipped). The
+    /// record is bounded: tags far below the newest are forgotten, as the queue never holds more than
+    /// the prefetch window in flight.
+    fn first_time(&mut self, tag: u64) -> bool {
+        if self.sim.as_ref().is_some_and(|s| s.bugs.at_most_once_redelivers) {
+            return true;
+        }
+        let fresh = self.seen.insert(tag);
+        while self.seen.len() > SEEN_TAGS_MAX {
+            self.seen.pop_first();
+        }
+        fresh
     }
 
     fn finished(
@@ -522,15 +580,36 @@ where
         result: std::thread::Result<Outcome>,
         ctx: &mut Context<Self>,
     ) {
+        if let Some(sim) = &self.sim {
+            let (queue, consumer) = (self.queue.to_string(), self.link.consumer.0);
+            let outcome = match &result {
+                Ok(outcome) => format!("{outcome:?}"),
+                Err(_) => "panic".to_owned(),
+            };
+            sim.record(What::HandlerEnd { msg: msg.id, queue, consumer, tag, outcome });
+            if result.is_ok() && self.epoch == epoch && sim.strikes(FaultKind::CrashAfter) {
+                sim.fault(FaultKind::CrashAfter, Some(msg.id), Some(&self.queue));
+                return self.crashed(ctx, Some(false));
+            }
+        }
         match result {
             Ok(outcome) if self.epoch == epoch => self.record(tag, msg, outcome, ctx),
             Ok(_) => {}
-            Err(_) => self.crashed(ctx),
+            Err(_) => self.crashed(ctx, None),
         }
     }
 
-    fn crashed(&mut self, ctx: &mut Context<Self>) {
-        tracing::warn!(consumer = self.link.consumer.0, "handler panicked; restarting the subscriber");
+    /// The subscriber restarts: a handler panicked (`injected` is `None`), or the simulation crashed it
+    /// before (`Some(true)`) or after (`Some(false)`) its handler ran.
+    fn crashed(&mut self, ctx: &mut Context<Self>, injected: Option<bool>) {
+        if injected.is_none() {
+            tracing::warn!(consumer = self.link.consumer.0, "handler panicked; restarting the subscriber");
+        }
+        if let Some(sim) = &self.sim {
+            let (queue, consumer) = (self.queue.to_string(), self.link.consumer.0);
+            sim.record(What::Crash { queue, consumer, before_handler: injected.unwrap_or(false) });
+        }
+        self.seen.clear();
         let ops = self.take_ops();
         self.epoch = self.epoch.wrapping_add(1);
         self.contiguous = 0;

@@ -11,13 +11,15 @@ use actix::prelude::*;
 use smallvec::SmallVec;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
 use super::{INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
 use crate::registry::Registry;
+use crate::sim::history::{FaultKind, What};
+use crate::sim::inject::Injector;
 use crate::stats::QueueStats;
 
 /// A message for the queue (from a publisher, or a dead letter from another queue), through its inbox.
@@ -153,6 +155,8 @@ pub(crate) struct QueueActor {
     started: Instant,
     /// Dispatches of the current pump, by consumer, reused between pumps.
     outbox: Vec<Batch>,
+    /// The simulation's injector, when the queue runs in one.
+    sim: Option<Arc<Injector>>,
 }
 
 impl QueueActor {
@@ -164,6 +168,8 @@ impl QueueActor {
         credits: Option<Arc<Semaphore>>,
         refused: Arc<AtomicU64>,
     ) -> Self {
+        let sim = registry.sim.clone();
+        let state = state.traced(sim.clone());
         let spec = state.spec();
         let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::Delivery::AtLeastOnce;
         let started = Instant::now();
@@ -174,6 +180,7 @@ impl QueueActor {
             started,
             pump_scheduled: false,
             outbox: Vec::new(),
+            sim,
             state,
             registry,
             credits,
@@ -229,7 +236,7 @@ impl QueueActor {
             batch.places.push(d.place);
         }
         for batch in outbox.iter_mut().filter(|b| !b.items.is_empty()) {
-            self.deliver(batch, now);
+            self.deliver(batch, now, ctx);
         }
         outbox.retain(|b| self.subscribers.iter().any(|(id, _)| *id == b.consumer));
         self.outbox = outbox;
@@ -241,26 +248,124 @@ impl QueueActor {
     }
 
     /// Sends one subscriber its batch; a full or closed mailbox gives every dispatch back.
-    fn deliver(&mut self, batch: &mut Batch, now: Instant) {
+    fn deliver(&mut self, batch: &mut Batch, now: Instant, ctx: &mut Context<Self>) {
+        self.trace_deliveries(batch);
+        let mut items = std::mem::take(&mut batch.items);
+        if self.sim.is_some() {
+            items = self.inject_link_faults(batch, items, ctx);
+        }
         let recipient = self.subscribers.iter().find(|(id, _)| *id == batch.consumer).map(|(_, r)| r);
-        let items = std::mem::take(&mut batch.items);
-        let failed = match recipient.map(|r| r.try_send(Deliver { epoch: batch.epoch, items })) {
-            Some(Ok(())) => {
-                batch.places.clear();
-                return;
-            }
-            Some(Err(SendError::Full(d))) => Some(d.items),
-            Some(Err(SendError::Closed(d))) => {
-                self.undo(batch, d.items);
-                // The subscriber actor is gone without unsubscribing: treat it as a consumer that left.
-                self.remove(batch.consumer, now);
-                None
-            }
-            None => None,
+        let (items, gone) = match recipient {
+            None => (items, true),
+            Some(r) => match r.try_send(Deliver { epoch: batch.epoch, items }) {
+                Ok(()) => {
+                    batch.places.clear();
+                    return;
+                }
+                Err(SendError::Full(d)) => (d.items, false),
+                Err(SendError::Closed(d)) => (d.items, true),
+            },
         };
-        if let Some(items) = failed {
+        if self.sim.is_some() {
+            // Faults reshaped the batch, so it cannot be undone in order: treat it as lost on the way
+            // (at least once, the ack deadline brings it back).
+            let mut tags: Vec<u64> = Vec::new();
+            for item in &items {
+                if !tags.contains(&item.tag) {
+                    tags.push(item.tag);
+                    self.state.lost_in_transit(batch.consumer, &item.msg);
+                }
+            }
+            batch.places.clear();
+        } else {
             self.undo(batch, items);
         }
+        if gone {
+            // The subscriber actor is gone without unsubscribing: treat it as a consumer that left.
+            self.remove(batch.consumer, now);
+        }
+    }
+
+    /// Whether a fault drops this settlement on the ack link (acks and nacks; at-most-once handlers'
+    /// reports are auto-acks and never cross it).
+    fn ack_lost(&self, op: &SettleOp) -> bool {
+        let Some(sim) = &self.sim else { return false };
+        let on_the_wire = matches!(op, SettleOp::Ack { .. } | SettleOp::Nack { .. });
+        let lost = on_the_wire && sim.strikes(FaultKind::AckLoss);
+        if lost {
+            sim.fault(FaultKind::AckLoss, None, Some(&self.registry.queue_name(self.id)));
+        }
+        lost
+    }
+
+    fn trace_deliveries(&self, batch: &Batch) {
+        let Some(sim) = &self.sim else { return };
+        for item in &batch.items {
+            sim.record(What::Deliver {
+                msg: item.msg.id,
+                queue: self.registry.queue_name(self.id),
+                consumer: batch.consumer.0,
+                tag: item.tag,
+                attempt: item.delivery_count,
+            });
+        }
+    }
+
+    /// Drops, duplicates and delays deliveries on their way to the subscriber, as the fault plan says.
+    /// A dropped at-least-once delivery stays unacked and comes back after the ack deadline; a dropped
+    /// at-most-once one is lost, and counted.
+    fn inject_link_faults(
+        &mut self,
+        batch: &mut Batch,
+        items: Vec<DeliverItem>,
+        ctx: &mut Context<Self>,
+    ) -> Vec<DeliverItem> {
+        let sim = self.sim.clone().expect("called in simulation");
+        let queue = self.registry.queue_name(self.id);
+        let mut kept = Vec::with_capacity(items.len());
+        let mut places = Vec::with_capacity(items.len());
+        for (item, place) in items.into_iter().zip(std::mem::take(&mut batch.places)) {
+            if sim.strikes(FaultKind::Drop) {
+                sim.fault(FaultKind::Drop, Some(item.msg.id), Some(&queue));
+                self.state.lost_in_transit(batch.consumer, &item.msg);
+                continue;
+            }
+            if sim.strikes(FaultKind::Delay) {
+                sim.fault(FaultKind::Delay, Some(item.msg.id), Some(&queue));
+                self.send_later(batch.consumer, batch.epoch, item, sim.delay(), ctx);
+                continue;
+            }
+            if sim.strikes(FaultKind::Duplicate) {
+                sim.fault(FaultKind::Duplicate, Some(item.msg.id), Some(&queue));
+                let copy =
+                    DeliverItem { tag: item.tag, msg: item.msg.clone(), delivery_count: item.delivery_count };
+                kept.push(copy);
+                places.push(place);
+            }
+            kept.push(item);
+            places.push(place);
+        }
+        batch.places = places;
+        kept
+    }
+
+    fn send_later(
+        &mut self,
+        consumer: ConsumerId,
+        epoch: u32,
+        item: DeliverItem,
+        delay: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        ctx.run_later(delay, move |act, _| {
+            let msg = item.msg.clone();
+            let recipient = act.subscribers.iter().find(|(id, _)| *id == consumer).map(|(_, r)| r);
+            let sent = recipient.is_some_and(|r| r.try_send(Deliver { epoch, items: vec![item] }).is_ok());
+            if !sent {
+                // The subscriber is gone or full: at least once, the ack deadline brings it back.
+                act.state.lost_in_transit(consumer, &msg);
+            }
+        });
     }
 
     fn undo(&mut self, batch: &mut Batch, items: Vec<DeliverItem>) {
@@ -321,7 +426,7 @@ impl QueueActor {
         // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
         let credited = msg.credited || self.take_credit();
         if self.credits.is_some() && !credited {
-            self.state.refuse_dead_letter();
+            self.state.refuse_dead_letter(&msg.msg);
         } else {
             self.state.enqueue(msg.msg, credited, now);
         }
@@ -444,6 +549,14 @@ impl Actor for QueueActor {
 
 impl StreamHandler<Vec<Enqueue>> for QueueActor {
     fn handle(&mut self, batch: Vec<Enqueue>, ctx: &mut Self::Context) {
+        if let Some(sim) = self.sim.clone() {
+            if sim.strikes(FaultKind::QueueRestart) {
+                let queue = self.registry.queue_name(self.id);
+                sim.fault(FaultKind::QueueRestart, None, Some(&queue));
+                sim.record(What::QueueRestart { queue });
+                self.state.restart();
+            }
+        }
         for msg in batch {
             self.enqueue(msg);
         }
@@ -486,6 +599,9 @@ impl Handler<Settle> for QueueActor {
     fn handle(&mut self, msg: Settle, ctx: &mut Self::Context) {
         let now = Instant::now();
         for op in msg.ops {
+            if self.ack_lost(&op) {
+                continue;
+            }
             match self.state.settle(msg.consumer, msg.epoch, op, now) {
                 Ok(()) | Err(SettleError::Stale) => {}
                 Err(e) => {

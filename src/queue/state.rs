@@ -10,6 +10,8 @@ use tokio::time::Instant;
 
 use crate::ids::{ConsumerId, DeliveryTag};
 use crate::message::{DeathReason, Message};
+use crate::sim::history::What;
+use crate::sim::inject::{Bugs, Injector};
 use crate::stats::QueueStats;
 use crate::topology::{Delivery, Overflow, QueueSpec};
 
@@ -50,6 +52,19 @@ struct Consumer {
 }
 
 impl Consumer {
+    fn new(id: ConsumerId, prefetch: u32) -> Self {
+        Consumer {
+            id,
+            epoch: 0,
+            prefetch,
+            next_tag: 0,
+            unacked: VecDeque::new(),
+            outstanding: 0,
+            blocked: false,
+            draining: false,
+        }
+    }
+
     fn in_flight(&self) -> usize {
         self.unacked.len() + self.outstanding as usize
     }
@@ -131,6 +146,8 @@ pub(crate) struct QueueState {
     stats: QueueStats,
     effects: Vec<Effect>,
     credits_freed: usize,
+    /// The simulation's recorder, when this queue runs in one.
+    trace: Option<Arc<Injector>>,
 }
 
 impl QueueState {
@@ -146,7 +163,24 @@ impl QueueState {
             stats: QueueStats::default(),
             effects: Vec::new(),
             credits_freed: 0,
+            trace: None,
         }
+    }
+
+    /// Records this queue's events into a simulation's history.
+    pub(crate) fn traced(mut self, trace: Option<Arc<Injector>>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    fn note(&self, what: impl FnOnce(String) -> What) {
+        if let Some(trace) = &self.trace {
+            trace.record(what(self.name.to_string()));
+        }
+    }
+
+    fn bugs(&self) -> Bugs {
+        self.trace.as_ref().map(|t| t.bugs).unwrap_or_default()
     }
 
     pub(crate) fn spec(&self) -> &QueueSpec {
@@ -183,6 +217,7 @@ impl QueueState {
         let expires_at = self.spec.message_ttl.map(|ttl| now + ttl);
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.note(|queue| What::Enqueue { msg: msg.id, queue });
         self.ready.push_back(Entry { msg, seq, expires_at, deliveries: 0, credited });
         while self.spec.overflow == Overflow::DropHead && self.ready.len() > self.spec.depth_max {
             let head = self.pop_ready().expect("queue over depth_max is not empty");
@@ -287,14 +322,20 @@ impl QueueState {
                 let settled = self.take_unacked(index, tag, multiple)?;
                 self.stats.acked += settled.len() as u64;
                 self.stats.in_flight -= settled.len() as u64;
+                for (tag, entry) in &settled {
+                    let (msg, tag) = (entry.msg.id, *tag);
+                    self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
+                }
             }
             SettleOp::Nack { tag, multiple, requeue } => {
                 let settled = self.take_unacked(index, tag, multiple)?;
                 self.stats.nacked += settled.len() as u64;
                 self.stats.in_flight -= settled.len() as u64;
-                for entry in settled {
+                for (_, entry) in settled {
+                    let msg = entry.msg.id;
+                    self.note(|queue| What::Nack { msg, queue, requeue });
                     if requeue {
-                        self.requeue(entry, now);
+                        self.requeue(entry, now, "nack");
                     } else {
                         self.dead_letter(entry, DeathReason::Rejected, now);
                     }
@@ -319,23 +360,14 @@ impl QueueState {
     pub(crate) fn consumer_restarted(&mut self, consumer: ConsumerId, epoch: u32, now: Instant) {
         let Some(index) = self.consumer_index(consumer) else { return };
         self.stats.restarts += 1;
-        self.release_consumer(index, now);
+        self.release_consumer(index, now, "consumer_crash");
         let c = &mut self.consumers[index];
         c.epoch = epoch;
         c.blocked = false;
     }
 
     pub(crate) fn add_consumer(&mut self, id: ConsumerId, prefetch: u32) {
-        self.consumers.push(Consumer {
-            id,
-            epoch: 0,
-            prefetch,
-            next_tag: 0,
-            unacked: VecDeque::new(),
-            outstanding: 0,
-            blocked: false,
-            draining: false,
-        });
+        self.consumers.push(Consumer::new(id, prefetch));
     }
 
     /// Stops dispatching to a consumer; returns how many deliveries it still holds.
@@ -353,7 +385,7 @@ impl QueueState {
     /// holds. Returns `(requeued, lost)`, or `None` when it was not subscribed.
     pub(crate) fn remove_consumer(&mut self, id: ConsumerId, now: Instant) -> Option<(u64, u64)> {
         let index = self.consumer_index(id)?;
-        let released = self.release_consumer(index, now);
+        let released = self.release_consumer(index, now, "consumer_left");
         self.consumers.remove(index);
         if self.next_consumer > index {
             self.next_consumer -= 1;
@@ -373,7 +405,9 @@ impl QueueState {
     }
 
     /// Counts a dead letter refused for want of room (a full queue whose policy is not drop-head).
-    pub(crate) fn refuse_dead_letter(&mut self) {
+    pub(crate) fn refuse_dead_letter(&mut self, msg: &Message) {
+        let msg = msg.id;
+        self.note(|queue| What::Drop { msg, queue, reason: "overflow".to_owned() });
         self.stats.enqueued += 1;
         self.stats.dropped.overflow += 1;
     }
@@ -384,7 +418,7 @@ impl QueueState {
             while self.consumers[index].unacked.front().is_some_and(|u| u.deadline <= now) {
                 let late = self.consumers[index].unacked.pop_front().expect("front exists");
                 self.stats.in_flight -= 1;
-                self.requeue(late.entry, now);
+                self.requeue(late.entry, now, "ack_timeout");
             }
         }
         self.expire_head(now);
@@ -405,18 +439,60 @@ impl QueueState {
     /// Deliveries still held by consumers are counted the same way: unacked ones as `deleted`,
     /// at-most-once ones as `lost_at_most_once`.
     pub(crate) fn delete(&mut self) {
-        for c in self.consumers.drain(..) {
-            let held = c.unacked.len() as u64;
-            let lost = u64::from(c.outstanding);
-            self.stats.in_flight -= held + lost;
-            self.stats.dropped.deleted += held;
-            self.stats.dropped.lost_at_most_once += lost;
-        }
-        self.stats.dropped.deleted += self.ready.len() as u64;
-        self.credits_freed += self.ready.iter().filter(|e| e.credited).count();
-        self.ready.clear();
+        let consumers = std::mem::take(&mut self.consumers);
+        self.forget(consumers, "deleted");
         self.effects.clear();
         self.stats.deleted = true;
+    }
+
+    /// The queue actor restarts and loses its in-memory state: every ready and unacked message is
+    /// dropped (`queue_restart`) and consumers stay subscribed, holding nothing.
+    pub(crate) fn restart(&mut self) {
+        let consumers: Vec<Consumer> = self
+            .consumers
+            .iter_mut()
+            .map(|c| Consumer {
+                unacked: std::mem::take(&mut c.unacked),
+                outstanding: std::mem::take(&mut c.outstanding),
+                ..Consumer::new(c.id, c.prefetch)
+            })
+            .collect();
+        self.forget(consumers, "queue_restart");
+    }
+
+    fn forget(&mut self, consumers: Vec<Consumer>, reason: &'static str) {
+        let mut gone = 0;
+        for c in consumers {
+            let lost = u64::from(c.outstanding);
+            self.stats.in_flight -= c.unacked.len() as u64 + lost;
+            self.stats.dropped.lost_at_most_once += lost;
+            gone += c.unacked.len() as u64;
+            for u in &c.unacked {
+                let msg = u.entry.msg.id;
+                self.note(|queue| What::Drop { msg, queue, reason: reason.to_owned() });
+            }
+        }
+        for e in &self.ready {
+            let msg = e.msg.id;
+            self.note(|queue| What::Drop { msg, queue, reason: reason.to_owned() });
+        }
+        gone += self.ready.len() as u64;
+        match reason {
+            "deleted" => self.stats.dropped.deleted += gone,
+            _ => self.stats.dropped.queue_restart += gone,
+        }
+        self.credits_freed += self.ready.iter().filter(|e| e.credited).count();
+        self.ready.clear();
+    }
+
+    /// At-most-once deliveries that a fault dropped on the way to `consumer`: lost, and counted.
+    pub(crate) fn lost_in_transit(&mut self, consumer: ConsumerId, msg: &Message) {
+        let Some(index) = self.consumer_index(consumer) else { return };
+        if self.take_outstanding(index, 1).is_ok() {
+            let msg = msg.id;
+            self.note(|queue| What::Drop { msg, queue, reason: "fault_drop".to_owned() });
+            self.stats.dropped.fault += 1;
+        }
     }
 
     /// The counters now.
@@ -451,52 +527,72 @@ impl QueueState {
         Some(found)
     }
 
-    fn take_unacked(&mut self, index: usize, tag: u64, multiple: bool) -> Result<Vec<Entry>, SettleError> {
+    fn take_unacked(
+        &mut self,
+        index: usize,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<Vec<(u64, Entry)>, SettleError> {
         let unacked = &mut self.consumers[index].unacked;
         if multiple {
             let count = unacked.partition_point(|u| u.tag <= tag);
             if count == 0 {
                 return Err(SettleError::UnknownTag(tag));
             }
-            return Ok(unacked.drain(..count).map(|u| u.entry).collect());
+            return Ok(unacked.drain(..count).map(|u| (u.tag, u.entry)).collect());
         }
         let at = unacked.binary_search_by_key(&tag, |u| u.tag).map_err(|_| SettleError::UnknownTag(tag))?;
-        Ok(vec![unacked.remove(at).expect("found by search").entry])
+        let u = unacked.remove(at).expect("found by search");
+        Ok(vec![(u.tag, u.entry)])
     }
 
     fn take_outstanding(&mut self, index: usize, n: u32) -> Result<u32, SettleError> {
         let c = &mut self.consumers[index];
-        if n > c.outstanding {
+        if c.outstanding == 0 {
             return Err(SettleError::UnknownTag(u64::from(n)));
         }
+        // After a queue restart forgot some, fewer may be outstanding than reported.
+        let n = n.min(c.outstanding);
         c.outstanding -= n;
         self.stats.in_flight -= u64::from(n);
         Ok(n)
     }
 
-    fn release_consumer(&mut self, index: usize, now: Instant) -> (u64, u64) {
+    fn release_consumer(&mut self, index: usize, now: Instant, reason: &'static str) -> (u64, u64) {
+        let forget = reason == "consumer_crash" && self.bugs().forget_requeue_on_crash;
         let c = &mut self.consumers[index];
         let held: Vec<Entry> = c.unacked.drain(..).map(|u| u.entry).collect();
         let lost = u64::from(std::mem::take(&mut c.outstanding));
         let requeued = held.len() as u64;
         self.stats.in_flight -= requeued + lost;
         self.stats.dropped.lost_at_most_once += lost;
+        if forget {
+            // Broken on purpose: what the crashed consumer held vanishes without a trace.
+            self.stats.enqueued -= requeued;
+            return (0, lost);
+        }
         for entry in held.into_iter().rev() {
-            self.requeue(entry, now);
+            self.requeue(entry, now, reason);
         }
         (requeued, lost)
     }
 
     /// Puts a message back at its original position, or dead-letters it past the delivery limit.
-    fn requeue(&mut self, entry: Entry, now: Instant) {
+    fn requeue(&mut self, entry: Entry, now: Instant, reason: &'static str) {
         if entry.deliveries >= self.spec.delivery_limit {
             self.dead_letter(entry, DeathReason::DeliveryLimit, now);
         } else {
+            let msg = entry.msg.id;
+            self.note(|queue| What::Redeliver { msg, queue, reason: reason.to_owned() });
             self.insert_ready(entry);
         }
     }
 
     fn insert_ready(&mut self, entry: Entry) {
+        if self.bugs().requeue_at_back {
+            // Broken on purpose: a requeued message loses its place.
+            return self.ready.push_back(entry);
+        }
         let at = self.ready.partition_point(|e| e.seq < entry.seq);
         self.ready.insert(at, entry);
     }
@@ -517,7 +613,9 @@ impl QueueState {
     }
 
     fn dead_letter(&mut self, entry: Entry, reason: DeathReason, now: Instant) {
+        let msg = entry.msg.id;
         let Some(target) = &self.spec.dead_letter else {
+            self.note(|queue| What::Drop { msg, queue, reason: reason.to_string() });
             let dropped = &mut self.stats.dropped;
             match reason {
                 DeathReason::Maxlen => dropped.overflow += 1,
@@ -528,9 +626,11 @@ impl QueueState {
             return;
         };
         if entry.msg.would_cycle(target) {
+            self.note(|queue| What::Drop { msg, queue, reason: "dead_letter_cycle".to_owned() });
             self.stats.dropped.dead_letter_cycle += 1;
             return;
         }
+        self.note(|queue| What::DeadLetter { msg, queue, reason });
         self.stats.dead_lettered += 1;
         let died = entry.msg.died(&self.name, reason, self.ms_since_start(now));
         self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: false });

@@ -395,12 +395,13 @@ impl Harness {
         }
         let before = self.st.stats();
         let result = self.st.settle(id, epoch, SettleOp::Processed(n), self.now);
-        if n > outstanding {
+        if outstanding == 0 {
             assert!(matches!(result, Err(SettleError::UnknownTag(_))), "{result:?}");
             assert_eq!(self.st.stats(), before);
         } else {
+            // More reported than outstanding (a queue restart forgot some) settles what is outstanding.
             assert_eq!(result, Ok(()));
-            assert_eq!(self.st.stats().acked, before.acked + u64::from(n));
+            assert_eq!(self.st.stats().acked, before.acked + u64::from(n.min(outstanding)));
         }
     }
 
