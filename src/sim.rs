@@ -15,11 +15,13 @@
 
 pub mod check;
 mod fault;
+mod harness;
 pub mod history;
 pub(crate) mod inject;
 mod run;
 
 pub use fault::{FaultPlan, MsRange};
+pub use harness::{Harness, Verdict};
 #[doc(hidden)]
 pub use inject::Bugs;
 pub use run::{

@@ -91,6 +91,11 @@ impl FaultPlan {
         *plan.probability_mut(kind)
     }
 
+    /// Sets the probability of one kind.
+    pub fn set_probability(&mut self, kind: FaultKind, p: f64) {
+        *self.probability_mut(kind) = p;
+    }
+
     fn probability_mut(&mut self, kind: FaultKind) -> &mut f64 {
         match kind {
             FaultKind::Drop => &mut self.drop,

@@ -11,7 +11,7 @@ use crate::message::Payload;
 use crate::stats::Stats;
 use crate::subscriber::{Delivery, Outcome, SubscribeOptions};
 use crate::topology::{Delivery as DeliveryMode, QueueSpec, TopicKind, TopicSpec, Topology};
-use crate::Broker;
+use crate::{Broker, Publisher};
 
 /// Publishes a retry after a lost confirm at most this often per message.
 pub const PUBLISH_ATTEMPTS_MAX: u32 = 3;
@@ -70,14 +70,7 @@ impl SimRun {
 
 /// Runs the scenario once with `seed`, on a fresh single-threaded actix system under paused time.
 pub fn run(scenario: &Scenario, seed: u64) -> SimRun {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime")
-    };
-    actix::System::with_tokio_rt(runtime).block_on(run_inside(scenario.clone(), seed))
+    actix::System::with_tokio_rt(paused_runtime).block_on(run_inside(scenario.clone(), seed))
 }
 
 fn topology(mode: DeliveryMode) -> Topology {
@@ -115,21 +108,8 @@ async fn run_inside(scenario: Scenario, seed: u64) -> SimRun {
         }
     }
     let publisher = broker.publisher("events").expect("the topic exists");
-    for i in 0..scenario.messages {
-        let key = format!("k{}", i % 8);
-        let Ok((id, _)) = publisher.publish_as(&key, Payload::value(i), None, 1).await else { break };
-        let mut attempt = 1;
-        while attempt < PUBLISH_ATTEMPTS_MAX && injector.strikes(FaultKind::ConfirmLoss) {
-            injector.fault(FaultKind::ConfirmLoss, Some(id), None);
-            injector.record(What::ConfirmLost { msg: id });
-            attempt += 1;
-            let _ = publisher.publish_as(&key, Payload::value(i), Some(id), attempt).await;
-        }
-        if i % 10 == 9 {
-            // Let the actors work while publishing goes on, so faults meet a moving system.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
+    let workload = (0..scenario.messages).map(|i| (format!("k{}", i % 8), Payload::value(i)));
+    publish_all(&publisher, &injector, workload).await;
     let settled = settle(&broker).await;
     let stats = broker.stats().await;
     broker.shutdown(Duration::ZERO).await;
@@ -138,8 +118,36 @@ async fn run_inside(scenario: Scenario, seed: u64) -> SimRun {
     SimRun { seed, history, stats, report, settled }
 }
 
+/// Publishes a workload in order; a lost confirm makes the publisher publish again with the same id,
+/// up to [`PUBLISH_ATTEMPTS_MAX`] times. Actors get to run every ten messages.
+pub(super) async fn publish_all(
+    publisher: &Publisher,
+    injector: &Injector,
+    workload: impl IntoIterator<Item = (String, Payload)>,
+) {
+    for (i, (key, payload)) in workload.into_iter().enumerate() {
+        let Ok((id, _)) = publisher.publish_as(&key, payload.clone(), None, 1).await else { break };
+        let mut attempt = 1;
+        while attempt < PUBLISH_ATTEMPTS_MAX && injector.strikes(FaultKind::ConfirmLoss) {
+            injector.fault(FaultKind::ConfirmLoss, Some(id), None);
+            injector.record(What::ConfirmLost { msg: id });
+            attempt += 1;
+            let _ = publisher.publish_as(&key, payload.clone(), Some(id), attempt).await;
+        }
+        if i % 10 == 9 {
+            // Let the actors work while publishing goes on, so faults meet a moving system.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// A current-thread runtime under paused time, for one simulated run.
+pub(super) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("a runtime")
+}
+
 /// Waits (in simulated time) until no queue holds a ready or unsettled message.
-async fn settle(broker: &Broker) -> bool {
+pub(super) async fn settle(broker: &Broker) -> bool {
     let step = Duration::from_millis(50);
     let mut waited = Duration::ZERO;
     while waited < SETTLE_TIME_MAX {
