@@ -498,6 +498,15 @@ where
         }
     }
 
+    fn adopt(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        self.pending.clear();
+        self.processed = 0;
+        self.contiguous = 0;
+        self.seen.clear();
+        self.backlog.clear();
+    }
+
     /// Runs handlers over the backlog in order until one has to wait.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         while !self.running {
@@ -648,6 +657,10 @@ where
     type Result = ();
 
     fn handle(&mut self, d: Deliver, ctx: &mut Self::Context) {
+        if d.epoch > self.epoch {
+            // The queue restarted and forgot what this subscriber held: start a new incarnation.
+            self.adopt(d.epoch);
+        }
         if d.epoch != self.epoch {
             // Delivered before a restart: the queue has requeued (or counted) it already.
             return;

@@ -130,6 +130,9 @@ fn summary(outcome: &SimRun) -> String {
     if !outcome.settled {
         return "the run did not settle: messages still ready or unsettled".to_owned();
     }
+    if let Some(first) = outcome.misrouted.first() {
+        return format!("misrouted: {first}");
+    }
     outcome.report.to_string().lines().take(12).collect::<Vec<_>>().join("\n  ")
 }
 

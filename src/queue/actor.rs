@@ -217,6 +217,7 @@ impl QueueActor {
         let now = self.now();
         let mut outbox = std::mem::take(&mut self.outbox);
         while let Some(d) = self.state.dispatch(now) {
+            self.trace_dispatch(&d);
             let at = match outbox.iter().position(|b| b.consumer == d.consumer) {
                 Some(at) => at,
                 None => {
@@ -249,7 +250,6 @@ impl QueueActor {
 
     /// Sends one subscriber its batch; a full or closed mailbox gives every dispatch back.
     fn deliver(&mut self, batch: &mut Batch, now: Instant, ctx: &mut Context<Self>) {
-        self.trace_deliveries(batch);
         let mut items = std::mem::take(&mut batch.items);
         if self.sim.is_some() {
             items = self.inject_link_faults(batch, items, ctx);
@@ -298,17 +298,16 @@ impl QueueActor {
         lost
     }
 
-    fn trace_deliveries(&self, batch: &Batch) {
+    /// Records a dispatch in a simulation's history, in the order the queue hands messages out.
+    fn trace_dispatch(&self, d: &Dispatch) {
         let Some(sim) = &self.sim else { return };
-        for item in &batch.items {
-            sim.record(What::Deliver {
-                msg: item.msg.id,
-                queue: self.registry.queue_name(self.id),
-                consumer: batch.consumer.0,
-                tag: item.tag,
-                attempt: item.delivery_count,
-            });
-        }
+        sim.record(What::Deliver {
+            msg: d.msg.id,
+            queue: self.registry.queue_name(self.id),
+            consumer: d.consumer.0,
+            tag: d.tag.0,
+            attempt: d.delivery_count,
+        });
     }
 
     /// Drops, duplicates and delays deliveries on their way to the subscriber, as the fault plan says.

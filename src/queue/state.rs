@@ -133,6 +133,10 @@ pub(crate) enum Enqueued {
     Refused,
 }
 
+/// How far a queue restart moves every consumer's epoch: far past the epochs a subscriber reaches by
+/// crashing (one each), so that a crash report from before the restart is recognized as stale.
+const QUEUE_RESTART_EPOCH_STEP: u32 = 1 << 16;
+
 /// The queue.
 #[derive(Debug)]
 pub(crate) struct QueueState {
@@ -360,6 +364,11 @@ impl QueueState {
     pub(crate) fn consumer_restarted(&mut self, consumer: ConsumerId, epoch: u32, now: Instant) {
         let Some(index) = self.consumer_index(consumer) else { return };
         self.stats.restarts += 1;
+        if epoch <= self.consumers[index].epoch {
+            // The queue restarted since that incarnation and already forgot what it held; what it
+            // delivered since carries a newer epoch, which the subscriber adopts.
+            return;
+        }
         self.release_consumer(index, now, "consumer_crash");
         let c = &mut self.consumers[index];
         c.epoch = epoch;
@@ -451,10 +460,16 @@ impl QueueState {
         let consumers: Vec<Consumer> = self
             .consumers
             .iter_mut()
-            .map(|c| Consumer {
-                unacked: std::mem::take(&mut c.unacked),
-                outstanding: std::mem::take(&mut c.outstanding),
-                ..Consumer::new(c.id, c.prefetch)
+            .map(|c| {
+                // A new incarnation of the queue: settlements of deliveries it no longer knows are
+                // stale, and the subscriber adopts the new epoch with its next delivery.
+                c.epoch = c.epoch.wrapping_add(QUEUE_RESTART_EPOCH_STEP);
+                c.blocked = false;
+                Consumer {
+                    unacked: std::mem::take(&mut c.unacked),
+                    outstanding: std::mem::take(&mut c.outstanding),
+                    ..Consumer::new(c.id, c.prefetch)
+                }
             })
             .collect();
         self.forget(consumers, "queue_restart");

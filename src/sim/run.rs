@@ -59,12 +59,15 @@ pub struct SimRun {
     pub report: Report,
     /// Whether every queue was empty and settled before [`SETTLE_TIME_MAX`].
     pub settled: bool,
+    /// Publishes whose confirmed queues differ from what the reference matcher says their key
+    /// reaches (checked against the topology's bindings with `routing::pattern_matches`).
+    pub misrouted: Vec<String>,
 }
 
 impl SimRun {
     /// Whether the mode's promise held (and the run settled).
     pub fn ok(&self) -> bool {
-        self.settled && self.report.ok()
+        self.settled && self.report.ok() && self.misrouted.is_empty()
     }
 }
 
@@ -115,7 +118,42 @@ async fn run_inside(scenario: Scenario, seed: u64) -> SimRun {
     broker.shutdown(Duration::ZERO).await;
     let history = injector.take_history();
     let report = check(&history, &expectation(scenario.mode));
-    SimRun { seed, history, stats, report, settled }
+    let misrouted = misrouted(&history, &topology(scenario.mode));
+    SimRun { seed, history, stats, report, settled, misrouted }
+}
+
+/// Compares every confirm with the reference matcher over the topology's bindings.
+pub(super) fn misrouted(history: &History, topology: &Topology) -> Vec<String> {
+    let mut keys = std::collections::BTreeMap::new();
+    let mut wrong = Vec::new();
+    for event in history.events() {
+        match &event.what {
+            What::Publish { msg, key, .. } => {
+                keys.insert(*msg, key.clone());
+            }
+            What::Confirm { msg, queues, refused } => {
+                let Some(key) = keys.get(msg) else { continue };
+                let mut expected: Vec<&str> = topology
+                    .bindings
+                    .iter()
+                    .filter(|b| crate::routing::pattern_matches(&b.key, key))
+                    .map(|b| b.queue.as_str())
+                    .collect();
+                expected.sort_unstable();
+                expected.dedup();
+                let mut got: Vec<&str> = queues.iter().chain(refused).map(String::as_str).collect();
+                got.sort_unstable();
+                if got != expected {
+                    wrong.push(format!(
+                        "message {} with key {key:?} reached {got:?}, not {expected:?}",
+                        msg.0
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    wrong
 }
 
 /// Publishes a workload in order; a lost confirm makes the publisher publish again with the same id,
