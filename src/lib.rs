@@ -42,6 +42,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod broker;
+pub mod consumer;
 pub mod ids;
 pub mod message;
 pub mod queue;

@@ -52,6 +52,8 @@ impl Dropped {
             + self.lost_at_most_once
             + self.deleted
             + self.dead_letter_cycle
+            + self.queue_restart
+            + self.fault
     }
 }
 

@@ -85,6 +85,11 @@ pub trait Handler<T>: Send + 'static {
 
     /// Handles one delivery.
     fn handle(&mut self, delivery: Delivery<T>) -> Self::Future;
+
+    /// Called when the subscriber restarts after a crash (a panic in the handler, or an injected
+    /// crash), before it handles anything more. The handler value itself is kept; the default does
+    /// nothing.
+    fn restarted(&mut self) {}
 }
 
 impl<T, F, Fut> Handler<T> for F
@@ -122,6 +127,8 @@ impl Run {
 /// when they have to wait; sync handlers never are.
 pub(crate) trait Runner<T>: Send + 'static {
     fn run(&mut self, delivery: Delivery<T>) -> Run;
+
+    fn restarted(&mut self) {}
 }
 
 /// Runs an async [`Handler`].
@@ -136,6 +143,10 @@ impl<T: 'static, H: Handler<T>> Runner<T> for AsyncRunner<H> {
             std::task::Poll::Ready(outcome) => Run::Done(outcome),
             std::task::Poll::Pending => Run::Pending(future),
         }
+    }
+
+    fn restarted(&mut self) {
+        self.0.restarted();
     }
 }
 
@@ -619,6 +630,7 @@ where
             sim.record(What::Crash { queue, consumer, before_handler: injected.unwrap_or(false) });
         }
         self.seen.clear();
+        self.handler.restarted();
         let ops = self.take_ops();
         self.epoch = self.epoch.wrapping_add(1);
         self.contiguous = 0;

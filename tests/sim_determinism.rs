@@ -1,20 +1,65 @@
-//! The same seed replays the same run.
+//! The same seed replays the same run: twice in this process, and once in a child process (the
+//! `tubemail replay` command), for several seeds and both delivery modes.
+
+use std::process::Command;
 
 use tubemail::sim::{run, FaultPlan, Scenario};
 use tubemail::DeliveryMode;
 
+const SEEDS: [u64; 4] = [0, 7, 42, 1_000_003];
+
+fn scenario(mode: DeliveryMode) -> Scenario {
+    Scenario { mode, messages: 200, plan: FaultPlan::all(), ..Default::default() }
+}
+
 #[test]
-fn a_seed_replays_the_same_history() {
-    let scenario = Scenario {
-        messages: 200,
-        plan: FaultPlan::all(),
-        mode: DeliveryMode::AtLeastOnce,
-        ..Default::default()
-    };
-    let a = run(&scenario, 7);
-    let b = run(&scenario, 7);
-    assert!(a.history.len() > 400, "{}", a.history.len());
-    assert_eq!(a.history, b.history);
-    assert!(a.settled, "{:?}", a.stats);
-    assert!(a.stats.conserved(), "{:?}", a.stats);
+fn a_seed_replays_the_same_history_in_this_process() {
+    for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::AtMostOnce] {
+        for seed in SEEDS {
+            let (a, b) = (run(&scenario(mode), seed), run(&scenario(mode), seed));
+            assert!(a.history.len() > 400, "{}", a.history.len());
+            assert_eq!(a.history.hash(), b.history.hash(), "{mode:?} seed {seed}");
+            assert_eq!(a.history, b.history);
+            assert!(a.settled && a.stats.conserved(), "{:?}", a.stats);
+        }
+    }
+}
+
+#[test]
+fn different_seeds_give_different_histories() {
+    let hashes: Vec<u64> =
+        SEEDS.iter().map(|&s| run(&scenario(DeliveryMode::AtLeastOnce), s).history.hash()).collect();
+    let mut unique = hashes.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), hashes.len(), "{hashes:?}");
+}
+
+#[test]
+fn a_child_process_replays_the_same_history() {
+    for (mode, name) in
+        [(DeliveryMode::AtLeastOnce, "at-least-once"), (DeliveryMode::AtMostOnce, "at-most-once")]
+    {
+        for seed in SEEDS {
+            let here = run(&scenario(mode), seed).history.hash();
+            let out = Command::new(env!("CARGO_BIN_EXE_tubemail"))
+                .args([
+                    "replay",
+                    "--seed",
+                    &seed.to_string(),
+                    "--mode",
+                    name,
+                    "--messages",
+                    "200",
+                    "--faults",
+                    "all",
+                ])
+                .output()
+                .expect("the tubemail command runs");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().find(|l| l.starts_with("history hash ")).expect("a hash line");
+            let there = u64::from_str_radix(line.trim_start_matches("history hash "), 16).expect("hex");
+            assert_eq!(here, there, "{name} seed {seed}: this process and a child process differ");
+        }
+    }
 }

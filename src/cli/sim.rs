@@ -130,6 +130,9 @@ fn summary(outcome: &SimRun) -> String {
     if !outcome.settled {
         return "the run did not settle: messages still ready or unsettled".to_owned();
     }
+    if !outcome.stats.conserved() {
+        return format!("the broker's counters do not balance: {:?}", outcome.stats);
+    }
     if let Some(first) = outcome.misrouted.first() {
         return format!("misrouted: {first}");
     }
@@ -158,12 +161,8 @@ pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool) -> bool {
         if shown < events.len() {
             writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
         }
-        writeln!(out, "history hash {:016x}", fnv(&format!("{:?}", events)))?;
+        writeln!(out, "history hash {:016x}", outcome.history.hash())?;
         writeln!(out, "{}", outcome.report)
     })();
     outcome.ok()
-}
-
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }

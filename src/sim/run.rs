@@ -65,9 +65,10 @@ pub struct SimRun {
 }
 
 impl SimRun {
-    /// Whether the mode's promise held (and the run settled).
+    /// Whether the mode's promise held, the run settled, routing matched the reference matcher, and
+    /// the broker's counters balance.
     pub fn ok(&self) -> bool {
-        self.settled && self.report.ok() && self.misrouted.is_empty()
+        self.settled && self.report.ok() && self.misrouted.is_empty() && self.stats.conserved()
     }
 }
 
