@@ -68,8 +68,9 @@ enum Command {
         /// The delivery mode to judge.
         #[arg(long, value_enum)]
         mode: Mode,
-        /// `all`, `none`, or fault kinds separated by commas (drop, duplicate, delay, ack-loss,
-        /// crash-before, crash-after, queue-restart, confirm-loss, slow).
+        /// `all`, `none`, fault kinds separated by commas (drop, duplicate, delay, ack-loss,
+        /// crash-before, crash-after, queue-restart, confirm-loss, slow), each optionally `=P`, or a
+        /// TOML file of a fault plan (`plan.toml`).
         #[arg(long, default_value = "all")]
         faults: String,
         /// How many seeds.
@@ -132,7 +133,14 @@ impl Mode {
     }
 }
 
+/// A fault plan from `--faults`: a TOML file of the plan's fields, or kinds as `FaultPlan` parses them.
 fn fault_plan(faults: &str) -> Result<tubemail::sim::FaultPlan, String> {
+    if faults.ends_with(".toml") {
+        let text = std::fs::read_to_string(faults).map_err(|e| format!("cannot read {faults}: {e}"))?;
+        let plan: tubemail::sim::FaultPlan = toml::from_str(&text).map_err(|e| format!("{faults}: {e}"))?;
+        plan.validate().map_err(|e| format!("{faults}: {e}"))?;
+        return Ok(plan);
+    }
     faults.parse().map_err(|e| format!("--faults {faults:?}: {e}"))
 }
 

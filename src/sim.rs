@@ -19,6 +19,7 @@ mod harness;
 pub mod history;
 pub(crate) mod inject;
 mod run;
+pub mod strategy;
 
 pub use fault::{FaultPlan, MsRange};
 pub use harness::{Harness, Verdict};

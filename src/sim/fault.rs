@@ -144,20 +144,35 @@ fn default_probability(kind: FaultKind) -> f64 {
     }
 }
 
-/// Parses `all` or a comma-separated list of fault kinds (`drop,duplicate,delay`).
+/// Parses `all`, `none`, or a comma-separated list of fault kinds, each at its default probability
+/// or at one given after `=` (`drop,duplicate=0.1,delay`): the form [`FaultPlan`]'s `Display` prints.
 impl FromStr for FaultPlan {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim() == "all" {
-            return Ok(Self::all());
+        match s.trim() {
+            "all" => return Ok(Self::all()),
+            "none" | "" => return Ok(Self::none()),
+            _ => {}
         }
-        if s.trim() == "none" {
-            return Ok(Self::none());
+        let mut plan = Self::none();
+        for item in s.split(',') {
+            let (kind, p) = match item.split_once('=') {
+                Some((kind, p)) => (kind, Some(p)),
+                None => (item, None),
+            };
+            let kind: FaultKind =
+                kind.trim().parse().map_err(|e: super::history::ParseFaultKindError| e.to_string())?;
+            let p = match p {
+                Some(p) => {
+                    p.trim().parse::<f64>().map_err(|_| format!("{kind}: {p:?} is not a probability"))?
+                }
+                None => default_probability(kind),
+            };
+            plan.set_probability(kind, p);
         }
-        let kinds: Result<Vec<FaultKind>, String> =
-            s.split(',').map(|k| k.trim().parse::<FaultKind>().map_err(|e| e.to_string())).collect();
-        Ok(Self::only(&kinds?))
+        plan.validate()?;
+        Ok(plan)
     }
 }
 
@@ -173,5 +188,32 @@ impl fmt::Display for FaultPlan {
         } else {
             f.write_str(&on.join(","))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_printed_plan_parses_back_to_itself() {
+        for text in ["all", "none", "drop", "drop=0.5,slow", "duplicate=0.02,crash-after=0.01"] {
+            let plan: FaultPlan = text.parse().unwrap();
+            assert_eq!(plan.to_string().parse::<FaultPlan>().unwrap(), plan, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_field() {
+        assert!("drop=2".parse::<FaultPlan>().unwrap_err().contains("drop"));
+        assert!("dorp".parse::<FaultPlan>().unwrap_err().contains("dorp"));
+        assert!("drop=x".parse::<FaultPlan>().unwrap_err().contains("drop"));
+    }
+
+    #[test]
+    fn plans_round_trip_through_toml() {
+        let plan = FaultPlan::all();
+        let text = toml::to_string(&plan).unwrap();
+        assert_eq!(toml::from_str::<FaultPlan>(&text).unwrap(), plan);
     }
 }
