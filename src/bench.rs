@@ -18,6 +18,11 @@ use crate::ids::QueueId;
 use crate::routing::RoutingTable;
 use crate::topology::{Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology};
 use crate::{Broker, Delivery, Outcome, SubscribeOptions};
+#[cfg(feature = "peers")]
+pub mod peers;
+
+pub mod memory;
+pub mod shapes;
 
 /// The bindings of the fan-out shape: (queue, pattern).
 pub const FANOUT_BINDINGS: [(&str, &str); 4] = [

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod plot;
 mod route;
 mod sim;
 
@@ -45,10 +46,12 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         keys: Vec<String>,
     },
-    /// Measures a scenario against a raw crossbeam-channel baseline of the same shape.
+    /// Measures a scenario against a raw crossbeam-channel baseline of the same shape, in one run.
     Bench {
-        /// The scenario.
-        #[arg(value_enum)]
+        /// fanout (4 queues, 8 keys), work-queue (1 queue, 4 consumers), wide (1 to 1,000 queues),
+        /// bindings (10 to 100,000 patterns), latency (a paced publisher), memory; with `--topology`
+        /// and `--keys`, a topology and key mix of your own.
+        #[arg(value_enum, default_value = "fanout")]
         scenario: Scenario,
         /// Messages to publish per run.
         #[arg(long, default_value_t = 200_000)]
@@ -62,6 +65,22 @@ enum Command {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also run the scenario against RabbitMQ (127.0.0.1:5672) and NATS (127.0.0.1:4222) where
+        /// they answer (a build with `--features peers`).
+        #[arg(long)]
+        peers: bool,
+        /// Draw the results as SVG (wide, bindings, latency).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Publishes per second of the latency scenario.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// A topology file of your own (its first topic is published to).
+        #[arg(long, requires = "keys")]
+        topology: Option<PathBuf>,
+        /// Routing keys of your own, one per line, published in turn.
+        #[arg(long, requires = "topology")]
+        keys: Option<PathBuf>,
     },
     /// Runs the built-in scenario over many seeds with injected faults and checks the mode's promise.
     Check {
@@ -116,6 +135,29 @@ enum Command {
 enum Scenario {
     /// 1 publisher, 4 queues (`orders.*`, `orders.paid`, `#`, `contracts.#`), 8 keys.
     Fanout,
+    /// One queue, 4 competing consumers, acks.
+    WorkQueue,
+    /// One fanout topic, 1, 10, 100 and 1,000 queues.
+    Wide,
+    /// 10, 1,000 and 100,000 pattern bindings: routing throughput.
+    Bindings,
+    /// A paced publisher: p50/p99/p99.9/max publish → handler.
+    Latency,
+    /// Bytes per queued message, idle queue and idle subscriber; peak RSS.
+    Memory,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::WorkQueue => "work-queue",
+            Scenario::Wide => "wide",
+            Scenario::Bindings => "bindings",
+            Scenario::Latency => "latency",
+            Scenario::Memory => "memory",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -153,6 +195,11 @@ fn verdict(held: Result<bool, String>) -> Result<(), String> {
 }
 
 impl Cli {
+    /// Whether this is `tubemail bench memory`, which counts live heap bytes.
+    pub(crate) fn measures_memory(&self) -> bool {
+        matches!(self.command, Command::Bench { scenario: Scenario::Memory, .. })
+    }
+
     pub(crate) fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Check { mode, faults, seeds, seed, messages, json } => {
@@ -185,13 +232,25 @@ impl Cli {
                 route::run(&topology, topic.as_deref(), json, &keys)
             }
             Command::Validate { topology } => validate(&topology),
-            Command::Bench { scenario: Scenario::Fanout, messages, payload, mode, json } => {
+            Command::Bench { scenario, messages, payload, mode, json, peers, plot, rate, topology, keys } => {
                 let modes = match mode {
-                    Some(Mode::AtMostOnce) => vec![tubemail::DeliveryMode::AtMostOnce],
-                    Some(Mode::AtLeastOnce) => vec![tubemail::DeliveryMode::AtLeastOnce],
+                    Some(m) => vec![m.delivery()],
                     None => vec![tubemail::DeliveryMode::AtMostOnce, tubemail::DeliveryMode::AtLeastOnce],
                 };
-                bench::fanout(messages, payload, &modes, json)
+                let scenario = if topology.is_some() { "custom" } else { scenario.name() };
+                let args = bench::BenchArgs {
+                    scenario,
+                    messages,
+                    payload,
+                    modes,
+                    json,
+                    peers,
+                    plot,
+                    rate,
+                    topology,
+                    keys,
+                };
+                bench::run(&args)
             }
         };
         match result {

@@ -51,7 +51,7 @@ pub mod routing;
 pub mod sim;
 pub mod stats;
 pub mod subscriber;
-mod topic;
+pub(crate) mod topic;
 pub mod topology;
 
 pub use broker::{

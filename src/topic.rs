@@ -128,7 +128,7 @@ impl RouteCache {
         Self { slots: (0..ROUTE_CACHE_SLOTS).map(|_| Mutex::new(None)).collect() }
     }
 
-    fn route(&self, snapshot: &Snapshot, key: &str, out: &mut SmallVec<[QueueId; 8]>) {
+    pub(crate) fn route(&self, snapshot: &Snapshot, key: &str, out: &mut SmallVec<[QueueId; 8]>) {
         if key.len() > ROUTE_CACHE_KEY_MAX {
             return snapshot.table.route(key, out);
         }

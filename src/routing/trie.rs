@@ -1,6 +1,6 @@
 //! The trie of topic patterns: routing cost follows the key and its matches, not the bindings.
 
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 use smallvec::SmallVec;
 
@@ -19,8 +19,9 @@ pub(super) struct TopicTrie {
 
 #[derive(Debug, Clone, Default)]
 struct Node {
-    /// Ordered, so that nothing about the trie depends on a hash seed.
-    exact: BTreeMap<Box<str>, usize>,
+    /// Looked up, inserted and removed by word, never iterated, so no order reaches behaviour; the
+    /// hash (FxHash) has no seed, so the trie is the same in every process.
+    exact: FxHashMap<Box<str>, usize>,
     star: Option<usize>,
     hash: Option<usize>,
     /// The queues whose pattern ends here, ascending and each once.

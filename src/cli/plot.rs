@@ -1,0 +1,91 @@
+//! `--plot FILE.svg`: throughput against queues or bindings, and latency distributions.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde_json::Value;
+
+/// Draws the scenario's results; scenarios without a curve to draw are refused.
+pub(crate) fn draw(path: &Path, scenario: &str, results: &[Value]) -> Result<(), String> {
+    let series = match scenario {
+        "wide" => curves(results, "queues", "deliveries_per_sec"),
+        "bindings" => curves(results, "bindings", "deliveries_per_sec"),
+        "latency" => latency_curves(results),
+        other => return Err(format!("--plot draws wide, bindings and latency, not {other}")),
+    };
+    let (x_label, y_label, log_x) = match scenario {
+        "wide" => ("queues", "deliveries/s", true),
+        "bindings" => ("bindings", "routes/s", true),
+        _ => ("percentile", "publish → handler, µs", false),
+    };
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|(x, _)| *x));
+    let ys = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
+    let (x_max, y_max) = (xs.fold(1.0_f64, f64::max), ys.fold(1.0_f64, f64::max) * 1.1);
+    let caption = format!("tubemail bench {scenario}");
+    let mut chart = ChartBuilder::on(&root);
+    chart.caption(caption, ("sans-serif", 22)).margin(15).x_label_area_size(40).y_label_area_size(70);
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    if log_x {
+        let mut c = chart
+            .build_cartesian_2d((1.0..x_max * 1.5).log_scale(), 0.0..y_max)
+            .map_err(|e| e.to_string())?;
+        c.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| e.to_string())?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        c.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())?;
+    } else {
+        let mut c = chart.build_cartesian_2d(0.0..x_max, 0.0..y_max).map_err(|e| e.to_string())?;
+        c.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| e.to_string())?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = palette[i % palette.len()];
+            c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        c.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+type Series = Vec<(String, Vec<(f64, f64)>)>;
+
+fn label(r: &Value) -> String {
+    match r["mode"].as_str() {
+        Some(mode) => format!("{} {mode}", r["system"].as_str().unwrap_or_default()),
+        None => r["system"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+fn curves(results: &[Value], x: &str, y: &str) -> Series {
+    let mut series: Series = Vec::new();
+    for r in results {
+        let (Some(xv), Some(yv)) = (r[x].as_f64(), r[y].as_f64()) else { continue };
+        let name = label(r);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points)) => points.push((xv, yv)),
+            None => series.push((name, vec![(xv, yv)])),
+        }
+    }
+    series
+}
+
+fn latency_curves(results: &[Value]) -> Series {
+    results
+        .iter()
+        .filter_map(|r| {
+            let d = r["distribution"].as_array()?;
+            Some((
+                label(r),
+                d.iter().enumerate().filter_map(|(i, v)| Some(((i + 1) as f64, v.as_f64()?))).collect(),
+            ))
+        })
+        .collect()
+}
