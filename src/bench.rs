@@ -21,6 +21,7 @@ use crate::{Broker, Delivery, Outcome, SubscribeOptions};
 #[cfg(feature = "peers")]
 pub mod peers;
 
+pub mod hot;
 pub mod memory;
 pub mod shapes;
 
