@@ -105,7 +105,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-mod hash;
+pub(crate) mod hash;
 mod pattern;
 mod table;
 mod trie;

@@ -453,7 +453,8 @@ where
             },
             DeliveryMode::AtLeastOnce => self.record_at_least_once(tag, outcome),
         }
-        if self.pending.len() + self.processed as usize >= SETTLE_BATCH_MAX {
+        // A run of handled at-most-once deliveries travels as one `Processed(n)`: count it as one op.
+        if self.pending.len() + usize::from(self.processed > 0) >= SETTLE_BATCH_MAX {
             self.flush(ctx);
         } else if !self.flush_scheduled {
             self.flush_scheduled = true;
@@ -582,7 +583,10 @@ where
     /// record is bounded: tags far below the newest are forgotten, as the queue never holds more than
     /// the prefetch window in flight.
     fn first_time(&mut self, tag: u64) -> bool {
-        if self.sim.as_ref().is_some_and(|s| s.bugs.at_most_once_redelivers) {
+        // Outside a simulation nothing duplicates a delivery on its way (an actor mailbox delivers each
+        // message once), so only a simulated link needs the record.
+        let Some(sim) = &self.sim else { return true };
+        if sim.bugs.at_most_once_redelivers {
             return true;
         }
         let fresh = self.seen.insert(tag);

@@ -152,8 +152,7 @@ impl RouteCache {
 }
 
 fn fnv1a(key: &str) -> u64 {
-    key.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    crate::routing::hash::fnv1a64(key.as_bytes())
 }
 
 /// The topic actor: owns the routing table and publishes snapshots of it.
