@@ -293,7 +293,7 @@ impl QueueActor {
         let on_the_wire = matches!(op, SettleOp::Ack { .. } | SettleOp::Nack { .. });
         let lost = on_the_wire && sim.strikes(FaultKind::AckLoss);
         if lost {
-            sim.fault(FaultKind::AckLoss, None, Some(&self.registry.queue_name(self.id)));
+            sim.fault(FaultKind::AckLoss, None, Some(&self.state.name().to_owned()));
         }
         lost
     }
@@ -303,7 +303,7 @@ impl QueueActor {
         let Some(sim) = &self.sim else { return };
         sim.record(What::Deliver {
             msg: d.msg.id,
-            queue: self.registry.queue_name(self.id),
+            queue: self.state.name().to_owned(),
             consumer: d.consumer.0,
             tag: d.tag.0,
             attempt: d.delivery_count,
@@ -320,7 +320,7 @@ impl QueueActor {
         ctx: &mut Context<Self>,
     ) -> Vec<DeliverItem> {
         let sim = self.sim.clone().expect("called in simulation");
-        let queue = self.registry.queue_name(self.id);
+        let queue = self.state.name().to_owned();
         let mut kept = Vec::with_capacity(items.len());
         let mut places = Vec::with_capacity(items.len());
         for (item, place) in items.into_iter().zip(std::mem::take(&mut batch.places)) {
@@ -491,7 +491,7 @@ impl QueueActor {
         let now = Instant::now();
         if let (Some(after), Some(since)) = (self.state.spec().expires, self.idle_since) {
             if now >= since + after {
-                tracing::debug!(queue = %self.registry.queue_name(self.id), "queue expired unused");
+                tracing::debug!(queue = %self.state.name().to_owned(), "queue expired unused");
                 self.delete(ctx);
                 return;
             }
@@ -550,7 +550,7 @@ impl StreamHandler<Vec<Enqueue>> for QueueActor {
     fn handle(&mut self, batch: Vec<Enqueue>, ctx: &mut Self::Context) {
         if let Some(sim) = self.sim.clone() {
             if sim.strikes(FaultKind::QueueRestart) {
-                let queue = self.registry.queue_name(self.id);
+                let queue = self.state.name().to_owned();
                 sim.fault(FaultKind::QueueRestart, None, Some(&queue));
                 sim.record(What::QueueRestart { queue });
                 self.state.restart();
@@ -604,7 +604,7 @@ impl Handler<Settle> for QueueActor {
             match self.state.settle(msg.consumer, msg.epoch, op, now) {
                 Ok(()) | Err(SettleError::Stale) => {}
                 Err(e) => {
-                    tracing::debug!(queue = %self.registry.queue_name(self.id), error = %e, "late settlement")
+                    tracing::debug!(queue = %self.state.name().to_owned(), error = %e, "late settlement")
                 }
             }
         }

@@ -187,6 +187,10 @@ impl QueueState {
         self.trace.as_ref().map(|t| t.bugs).unwrap_or_default()
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub(crate) fn spec(&self) -> &QueueSpec {
         &self.spec
     }

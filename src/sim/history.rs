@@ -251,6 +251,11 @@ impl History {
         Self::default()
     }
 
+    /// An empty history with room for `events` events.
+    pub fn with_capacity(events: usize) -> Self {
+        Self { events: Vec::with_capacity(events) }
+    }
+
     /// Appends an event that happened `at_us` simulated microseconds into the run.
     pub fn push(&mut self, at_us: u64, what: What) {
         self.events.push(Event { at_us, what });

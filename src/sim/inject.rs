@@ -10,6 +10,9 @@ use super::fault::{FaultPlan, MsRange};
 use super::history::{FaultKind, History, What};
 use crate::ids::MessageId;
 
+/// Events a history makes room for up front.
+const HISTORY_CAPACITY: usize = 16_384;
+
 /// Deliberately broken variants of the runtime, to prove that the checkers catch real bugs. Off in
 /// every run unless a test turns one on.
 #[doc(hidden)]
@@ -40,7 +43,8 @@ impl Injector {
         Self {
             plan,
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
-            history: Mutex::new(History::new()),
+            // A run of a thousand messages records about ten thousand events.
+            history: Mutex::new(History::with_capacity(HISTORY_CAPACITY)),
             start: Instant::now(),
             bugs,
         }
