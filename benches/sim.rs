@@ -23,4 +23,8 @@ fn simulated_run(c: &mut Criterion) {
 }
 
 criterion_group!(benches, simulated_run);
+
+/// The same allocator as the `tubemail` command.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 criterion_main!(benches);

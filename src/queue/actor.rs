@@ -293,7 +293,7 @@ impl QueueActor {
         let on_the_wire = matches!(op, SettleOp::Ack { .. } | SettleOp::Nack { .. });
         let lost = on_the_wire && sim.strikes(FaultKind::AckLoss);
         if lost {
-            sim.fault(FaultKind::AckLoss, None, Some(&self.state.name().to_owned()));
+            sim.fault(FaultKind::AckLoss, None, Some(self.state.name()));
         }
         lost
     }
