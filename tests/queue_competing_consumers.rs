@@ -1,11 +1,10 @@
 //! Competing consumers: a queue hands its messages out round robin among the consumers with room.
 
-use std::time::Duration;
+mod common;
+use common::wait_until;
 
 use tokio::sync::mpsc;
-use tubemail::{
-    Broker, Delivery, Outcome, QueueSpec, Stats, SubscribeOptions, TopicKind, TopicSpec, Topology,
-};
+use tubemail::{Broker, Delivery, Outcome, QueueSpec, SubscribeOptions, TopicKind, TopicSpec, Topology};
 
 fn topology() -> Topology {
     Topology::new()
@@ -31,17 +30,6 @@ async fn consumer(
         })
         .await
         .unwrap();
-}
-
-async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    for _ in 0..1000 {
-        let stats = broker.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("waited in vain for {what}: {:?}", broker.stats().await);
 }
 
 fn got(seen: &[(&str, u32)], name: &str) -> Vec<u32> {

@@ -1,10 +1,11 @@
 //! The delivery limit (quorum queues' `delivery-limit`): a message nacked with requeue every time is
 //! dead-lettered with reason `delivery_limit` once it has been delivered `delivery_limit` times.
 
-use std::time::Duration;
+mod common;
+use common::wait_until;
 
 use tokio::sync::mpsc;
-use tubemail::{Broker, DeathReason, Delivery, Outcome, QueueSpec, Stats, TopicKind, TopicSpec, Topology};
+use tubemail::{Broker, DeathReason, Delivery, Outcome, QueueSpec, TopicKind, TopicSpec, Topology};
 
 const LIMIT: u32 = 3;
 
@@ -27,17 +28,6 @@ async fn start(spec: QueueSpec) -> (Broker, mpsc::UnboundedReceiver<u32>) {
         .await
         .unwrap();
     (broker, rx)
-}
-
-async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    for _ in 0..1000 {
-        let stats = broker.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("waited in vain for {what}: {:?}", broker.stats().await);
 }
 
 #[actix::test]

@@ -1,12 +1,15 @@
 //! Queue lifecycle: `expires` deletes a queue unused for that long, and `auto_delete` deletes it when
 //! its last consumer leaves. A deleted queue's messages are counted as `dropped.deleted`.
 
+mod common;
+use common::wait_until;
+
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tubemail::{
-    Broker, Delivery, Outcome, QueueSpec, QueueStats, Stats, SubscribeError, Subscription, TopicKind,
-    TopicSpec, Topology,
+    Broker, Delivery, Outcome, QueueSpec, QueueStats, SubscribeError, Subscription, TopicKind, TopicSpec,
+    Topology,
 };
 
 const EXPIRES: Duration = Duration::from_secs(10);
@@ -37,17 +40,6 @@ async fn subscribe_acking(broker: &Broker) -> (Subscription, mpsc::UnboundedRece
         .await
         .unwrap();
     (sub, rx)
-}
-
-async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    for _ in 0..1000 {
-        let stats = broker.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("waited in vain for {what}: {:?}", broker.stats().await);
 }
 
 #[actix::test]

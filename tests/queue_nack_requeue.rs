@@ -2,12 +2,13 @@
 //! requeue it is dead-lettered as `rejected`. Manual acks: `multiple` settles every earlier deferred
 //! tag, and settling a settled tag is an error.
 
-use std::time::Duration;
+mod common;
+use common::wait_until;
 
 use tokio::sync::mpsc;
 use tubemail::queue::SettleError;
 use tubemail::{
-    AckError, Acker, Broker, DeathReason, Delivery, Outcome, QueueSpec, Stats, SubscribeOptions, TopicKind,
+    AckError, Acker, Broker, DeathReason, Delivery, Outcome, QueueSpec, SubscribeOptions, TopicKind,
     TopicSpec, Topology,
 };
 
@@ -17,17 +18,6 @@ fn topology(spec: QueueSpec) -> Topology {
         .queue("q", spec)
         .queue("dlq", QueueSpec::default())
         .bind("t", "q", "")
-}
-
-async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    for _ in 0..1000 {
-        let stats = broker.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("waited in vain for {what}: {:?}", broker.stats().await);
 }
 
 /// Subscribes a handler that defers every delivery and hands out its value and acker.

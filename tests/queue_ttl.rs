@@ -1,12 +1,13 @@
 //! Message TTL: messages older than the queue's `message_ttl` are never delivered; they are counted as
 //! `dropped.expired`, or dead-lettered with reason `expired`.
 
+mod common;
+use common::wait_until;
+
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tubemail::{
-    Acker, Broker, DeathReason, Delivery, Outcome, QueueSpec, Stats, TopicKind, TopicSpec, Topology,
-};
+use tubemail::{Acker, Broker, DeathReason, Delivery, Outcome, QueueSpec, TopicKind, TopicSpec, Topology};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -31,18 +32,6 @@ async fn collect(broker: &Broker, queue: &str) -> mpsc::UnboundedReceiver<Delive
         .await
         .unwrap();
     rx
-}
-
-/// Polls the stats under paused time until `done` holds.
-async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    for _ in 0..1000 {
-        let stats = broker.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("waited in vain for {what}: {:?}", broker.stats().await);
 }
 
 #[actix::test]

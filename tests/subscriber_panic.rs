@@ -1,6 +1,9 @@
 //! A handler that panics: the subscriber restarts. At-least-once: what it held is redelivered and
 //! nothing is lost. At-most-once: the panicking delivery is lost (and counted), never delivered twice.
 
+mod common;
+use common::wait_until;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,23 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tubemail::{
-    Broker, Delivery, DeliveryMode, Outcome, QueueSpec, Stats, SubscribeOptions, TopicKind, TopicSpec,
-    Topology,
+    Broker, Delivery, DeliveryMode, Outcome, QueueSpec, SubscribeOptions, TopicKind, TopicSpec, Topology,
 };
 
 fn topology(spec: QueueSpec) -> Topology {
     Topology::new().topic("t", TopicSpec::new(TopicKind::Fanout)).queue("q", spec).bind("t", "q", "")
-}
-
-async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
-    for _ in 0..1000 {
-        let stats = broker.stats().await;
-        if done(&stats) {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("waited in vain for {what}: {:?}", broker.stats().await);
 }
 
 #[actix::test]
