@@ -263,20 +263,27 @@ impl QueueState {
         let deadline = now + self.spec.ack_timeout;
         let consumer = &mut self.consumers[index];
         consumer.next_tag += 1;
+        let place = Place { seq: entry.seq, expires_at: entry.expires_at, credited: entry.credited };
+        let delivery_count = entry.deliveries;
+        // At least once the queue keeps the entry until it is settled; at most once the message
+        // leaves with the delivery, moved rather than shared (no reference count traffic).
+        let msg = if at_least_once {
+            let msg = entry.msg.clone();
+            entry.credited = false;
+            consumer.unacked.push_back(Unacked { tag: consumer.next_tag, deadline, entry });
+            msg
+        } else {
+            consumer.outstanding += 1;
+            entry.msg
+        };
         let dispatch = Dispatch {
             consumer: consumer.id,
             epoch: consumer.epoch,
             tag: DeliveryTag(consumer.next_tag),
-            msg: entry.msg.clone(),
-            delivery_count: entry.deliveries,
-            place: Place { seq: entry.seq, expires_at: entry.expires_at, credited: entry.credited },
+            msg,
+            delivery_count,
+            place,
         };
-        if at_least_once {
-            entry.credited = false;
-            consumer.unacked.push_back(Unacked { tag: consumer.next_tag, deadline, entry });
-        } else {
-            consumer.outstanding += 1;
-        }
         Some(dispatch)
     }
 
