@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::ids::{MessageId, QueueId};
-use crate::message::{Message, Payload};
+use crate::message::{Deaths, Message, Payload};
 use crate::queue::state::QueueState;
 use crate::queue::{Delete, Drain, GetStats, Offer, QueueActor, QueueHandle, Subscribe, Unsubscribe};
 use crate::registry::Registry;
@@ -533,10 +533,9 @@ impl Publisher {
     /// # Errors
     /// As [`Broker::publish`].
     pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
-        // A `Bytes` made from a `Vec` is promoted to a shared buffer (an allocation) on its first clone:
-        // clone it here, on the publisher's thread, so that deliveries only bump a count.
-        let shared = Bytes::clone(&bytes.into());
-        self.publish_payload(key, Payload::Bytes(shared)).await
+        // Never cloned on the way: every queue shares the message, and subscribers read the bytes in
+        // place, so a `Bytes` made from a `Vec` is never promoted to a shared buffer (an allocation).
+        self.publish_payload(key, Payload::Bytes(bytes.into())).await
     }
 
     /// Publishes without waiting. See [`Broker::try_publish`].
@@ -633,7 +632,7 @@ impl Publisher {
         }
         self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
         let id = id.unwrap_or_else(|| self.registry.message_id());
-        let msg = Message { id, key: key.into(), payload, deaths: Vec::new() };
+        let msg = Message { id, key: key.into(), payload, deaths: Deaths::NONE };
         (Arc::new(msg), Routed { route, targets })
     }
 
@@ -706,7 +705,7 @@ fn take_value<T: Send + Sync + 'static>(msg: Arc<Message>) -> T {
     let msg =
         Arc::try_unwrap(msg).unwrap_or_else(|_| unreachable!("no queue holds a message it did not take"));
     match msg.payload {
-        Payload::Value { value, .. } => match value.downcast::<T>().map(Arc::try_unwrap) {
+        Payload::Value(value) => match Payload::any(value).downcast::<T>().map(Arc::try_unwrap) {
             Ok(Ok(value)) => value,
             _ => unreachable!("the payload was built from this T and not shared"),
         },

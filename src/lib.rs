@@ -59,7 +59,7 @@ pub use broker::{
     SubscribeError, TryPublishError,
 };
 pub use bytes::Bytes;
-pub use message::{Death, DeathReason, Message, Payload};
+pub use message::{Death, DeathReason, Message, Payload, TypedValue};
 pub use stats::{Dropped, QueueStats, Stats, TopicStats};
 pub use subscriber::{
     AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions, Subscription, UnsubscribeReport,

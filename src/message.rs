@@ -10,7 +10,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::MessageId;
 
-type Encode = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, rmp_serde::encode::Error>;
+/// A typed value inside a [`Payload`]: any `Serialize + Send + Sync + 'static` type is one. One
+/// pointer to the value and one to this trait's table, where a name and an encoder beside the value
+/// took three more words in every message.
+pub trait TypedValue: Any + Send + Sync {
+    /// The value's type name, for error messages.
+    fn type_name(&self) -> &'static str;
+    /// The value as MessagePack (rmp-serde, named fields).
+    ///
+    /// # Errors
+    /// When the value's `Serialize` implementation fails.
+    fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error>;
+}
+
+impl<T: Serialize + Send + Sync + 'static> TypedValue for T {
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+}
 
 /// The body of a message: a typed value shared by reference, or raw bytes.
 ///
@@ -20,14 +41,7 @@ type Encode = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, rmp_serde::encode:
 #[derive(Clone)]
 pub enum Payload {
     /// A value published with a type.
-    Value {
-        /// The value.
-        value: Arc<dyn Any + Send + Sync>,
-        /// Its type's name, for error messages.
-        type_name: &'static str,
-        /// Encodes the value as MessagePack.
-        encode: Encode,
-    },
+    Value(Arc<dyn TypedValue>),
     /// Raw bytes (MessagePack when a typed subscriber reads them), shared as they are.
     Bytes(Bytes),
 }
@@ -35,14 +49,7 @@ pub enum Payload {
 impl Payload {
     /// Wraps a typed value.
     pub fn value<T: Serialize + Send + Sync + 'static>(value: T) -> Self {
-        fn encode<T: Serialize + 'static>(
-            v: &(dyn Any + Send + Sync),
-        ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-            // The function pointer is stored beside a value of type T, so the downcast cannot fail.
-            let v = v.downcast_ref::<T>().expect("payload encoder paired with its own type");
-            rmp_serde::to_vec_named(v)
-        }
-        Payload::Value { value: Arc::new(value), type_name: std::any::type_name::<T>(), encode: encode::<T> }
+        Payload::Value(Arc::new(value))
     }
 
     /// The payload as MessagePack bytes (a cheap clone for [`Payload::Bytes`]).
@@ -52,9 +59,10 @@ impl Payload {
     pub fn to_bytes(&self) -> Result<Bytes, PayloadError> {
         match self {
             Payload::Bytes(b) => Ok(b.clone()),
-            Payload::Value { value, type_name, encode } => encode(value.as_ref())
+            Payload::Value(value) => value
+                .encode()
                 .map(Bytes::from)
-                .map_err(|e| PayloadError::Encode { type_name, reason: e.to_string() }),
+                .map_err(|e| PayloadError::Encode { type_name: value.type_name(), reason: e.to_string() }),
         }
     }
 
@@ -68,7 +76,7 @@ impl Payload {
         match self.read_value::<T>()? {
             Value::Owned(v) => Ok(Arc::new(v)),
             Value::InMessage => match self {
-                Payload::Value { value, .. } => Ok(value.clone().downcast::<T>().expect("checked")),
+                Payload::Value(value) => Ok(Payload::any(value.clone()).downcast::<T>().expect("checked")),
                 Payload::Bytes(b) => match Value::<T>::bytes(b.clone()) {
                     Value::Owned(v) => Ok(Arc::new(v)),
                     Value::InMessage => unreachable!("Value::bytes always owns"),
@@ -81,9 +89,14 @@ impl Payload {
     /// [`Bytes`]); no copy, no decoding.
     pub fn get<T: 'static>(&self) -> Option<&T> {
         match self {
-            Payload::Value { value, .. } => value.downcast_ref::<T>(),
+            Payload::Value(value) => (&**value as &dyn Any).downcast_ref::<T>(),
             Payload::Bytes(b) => (b as &dyn Any).downcast_ref::<T>(),
         }
+    }
+
+    /// The shared value as `Any`, to downcast it.
+    pub(crate) fn any(value: Arc<dyn TypedValue>) -> Arc<dyn Any + Send + Sync> {
+        value
     }
 
     /// As [`Payload::read`], without touching the payload where it already holds a `T`.
@@ -95,11 +108,11 @@ impl Payload {
         }
         let expected = std::any::type_name::<T>();
         match self {
-            Payload::Value { .. } if TypeId::of::<T>() == TypeId::of::<Bytes>() => {
+            Payload::Value(_) if TypeId::of::<T>() == TypeId::of::<Bytes>() => {
                 Ok(Value::bytes(self.to_bytes()?))
             }
-            Payload::Value { type_name, .. } => {
-                Err(PayloadError::TypeMismatch { published: type_name, expected })
+            Payload::Value(value) => {
+                Err(PayloadError::TypeMismatch { published: value.type_name(), expected })
             }
             Payload::Bytes(b) => rmp_serde::from_slice::<T>(b)
                 .map(Value::Owned)
@@ -135,7 +148,7 @@ impl<T: 'static> Value<T> {
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Payload::Value { type_name, .. } => write!(f, "Payload::Value({type_name})"),
+            Payload::Value(value) => write!(f, "Payload::Value({})", value.type_name()),
             Payload::Bytes(b) => write!(f, "Payload::Bytes({} bytes)", b.len()),
         }
     }
@@ -211,6 +224,30 @@ pub struct Death {
 /// The most deaths a message records; older entries are dropped beyond it.
 pub const DEATHS_MAX: usize = 16;
 
+/// A message's death history, newest first: empty for almost every message, so one pointer wide
+/// (null until a first death) rather than a vector's three words.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Deaths(Option<Box<DeathList>>);
+
+#[derive(Debug, Clone)]
+struct DeathList(Vec<Death>);
+
+impl Deaths {
+    /// No deaths.
+    pub(crate) const NONE: Deaths = Deaths(None);
+
+    /// The history, newest first.
+    pub(crate) fn as_slice(&self) -> &[Death] {
+        self.0.as_deref().map_or(&[], |list| &list.0)
+    }
+}
+
+impl From<Vec<Death>> for Deaths {
+    fn from(deaths: Vec<Death>) -> Self {
+        Deaths((!deaths.is_empty()).then(|| Box::new(DeathList(deaths))))
+    }
+}
+
 /// A published message. Immutable once published and shared (`Arc`) by every queue it reaches.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -218,7 +255,7 @@ pub struct Message {
     /// Inline up to 24 bytes, so that most keys cost no allocation.
     pub(crate) key: compact_str::CompactString,
     pub(crate) payload: Payload,
-    pub(crate) deaths: Vec<Death>,
+    pub(crate) deaths: Deaths,
 }
 
 impl Message {
@@ -239,25 +276,39 @@ impl Message {
 
     /// Its death history, newest first.
     pub fn deaths(&self) -> &[Death] {
-        &self.deaths
+        self.deaths.as_slice()
     }
 
     /// A copy with one more death recorded (the payload stays shared).
     pub(crate) fn died(&self, queue: &Arc<str>, reason: DeathReason, at_ms: u64) -> Message {
-        let mut deaths = self.deaths.clone();
+        let mut deaths = self.deaths.as_slice().to_vec();
         let count = match deaths.iter().position(|d| &d.queue == queue && d.reason == reason) {
             Some(i) => deaths.remove(i).count + 1,
             None => 1,
         };
         deaths.insert(0, Death { queue: queue.clone(), reason, count, at_ms });
         deaths.truncate(DEATHS_MAX);
-        Message { deaths, ..self.clone() }
+        Message { deaths: deaths.into(), ..self.clone() }
     }
 
     /// Whether dead-lettering into `target` would close a cycle of automatic deaths (no rejection),
     /// which RabbitMQ cuts by dropping the message.
     pub(crate) fn would_cycle(&self, target: &str) -> bool {
-        self.deaths.iter().any(|d| &*d.queue == target)
-            && self.deaths.iter().all(|d| d.reason != DeathReason::Rejected)
+        let deaths = self.deaths.as_slice();
+        deaths.iter().any(|d| &*d.queue == target) && deaths.iter().all(|d| d.reason != DeathReason::Rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::state::Entry;
+
+    /// Every queued message carries one `Message` and one queue entry per queue it waits in; the
+    /// memory benchmark's per-message figure is made of these (and the payload).
+    #[test]
+    fn a_message_and_a_queue_entry_stay_small() {
+        assert!(size_of::<Message>() <= 72, "Message is {} bytes", size_of::<Message>());
+        assert!(size_of::<Entry>() <= 32, "Entry is {} bytes", size_of::<Entry>());
     }
 }

@@ -221,7 +221,7 @@ impl<T: 'static> Delivery<T> {
 
     /// Its death history, newest first (for deliveries from a dead-letter queue).
     pub fn deaths(&self) -> &[Death] {
-        &self.msg.deaths
+        self.msg.deaths.as_slice()
     }
 
     /// The message itself.

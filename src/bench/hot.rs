@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::ids::{ConsumerId, MessageId};
-use crate::message::{Message, Payload};
+use crate::message::{Deaths, Message, Payload};
 use crate::queue::state::{QueueState, SettleOp};
 use crate::topology::{Delivery as DeliveryMode, QueueSpec};
 
@@ -29,7 +29,7 @@ impl QueueBench {
             id: MessageId(1),
             key: "orders.paid".into(),
             payload: Payload::Bytes(bytes::Bytes::from_static(&[0xAB; 64])),
-            deaths: Vec::new(),
+            deaths: Deaths::NONE,
         });
         Self { state, msg, now, mode }
     }

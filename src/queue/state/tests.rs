@@ -171,7 +171,7 @@ impl Harness {
     fn message(&mut self, deaths: Vec<Death>) -> Arc<Message> {
         let id = MessageId(self.next_msg);
         self.next_msg += 1;
-        Arc::new(Message { id, key: "k".into(), payload: Payload::value(id.0), deaths })
+        Arc::new(Message { id, key: "k".into(), payload: Payload::value(id.0), deaths: deaths.into() })
     }
 
     fn consumer(&self, pick: usize) -> Option<usize> {
@@ -290,7 +290,7 @@ impl Harness {
             let late = c.unacked.iter().any(|u| u.deadline <= now);
             assert!(!late, "an unacked delivery outlived its deadline");
         }
-        let head = self.st.ready.front().and_then(|e| e.expires_at);
+        let head = self.st.ready.front().and_then(|e| self.st.instant(e.expires_at));
         assert!(head.is_none_or(|at| at > now), "an expired message stayed at the head");
     }
 
@@ -319,7 +319,7 @@ impl Harness {
         let spec = &self.st.spec;
         assert!(d.delivery_count >= 1 && d.delivery_count <= spec.delivery_limit, "{d:?}");
         assert!(
-            d.place.expires_at.is_none_or(|at| at > self.now),
+            self.st.instant(d.place.expires_at).is_none_or(|at| at > self.now),
             "an expired message was dispatched: {d:?}"
         );
         if spec.single_active_consumer {
@@ -427,7 +427,7 @@ impl Harness {
         let effects: Vec<Effect> = self.st.take_effects().collect();
         for Effect::DeadLetter { msg, .. } in effects {
             assert!(self.st.spec.dead_letter.is_some(), "dead-lettered without a dead-letter queue");
-            let death = msg.deaths.first().expect("a dead letter records its death");
+            let death = msg.deaths().first().expect("a dead letter records its death");
             assert_eq!(&*death.queue, NAME);
             self.dead_letters += 1;
         }
