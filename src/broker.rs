@@ -676,7 +676,9 @@ impl Publisher {
     fn confirm(&self, attempt: Attempt, routed: &Routed) -> Confirm {
         let counters = &self.topic.counters;
         counters.routed.fetch_add(u64::from(attempt.accepted), Ordering::Relaxed);
-        counters.refused.fetch_add(attempt.refused.len() as u64, Ordering::Relaxed);
+        if !attempt.refused.is_empty() {
+            counters.refused.fetch_add(attempt.refused.len() as u64, Ordering::Relaxed);
+        }
         if let Route::Alternate = routed.route {
             counters.unroutable.fetch_add(1, Ordering::Relaxed);
             if attempt.accepted == 1 {

@@ -47,17 +47,24 @@ impl Shape {
 
     /// Deliveries that `messages` publishes make.
     pub fn deliveries(&self, messages: u64) -> u64 {
+        self.deliveries_per_queue(messages).iter().sum()
+    }
+
+    /// Deliveries that `messages` publishes make to each queue, in the order of `queues`.
+    pub fn deliveries_per_queue(&self, messages: u64) -> Vec<u64> {
         let table = self.table();
         let mut out = SmallVec::new();
-        let per_key: Vec<u64> = self
-            .keys
-            .iter()
-            .map(|k| {
-                table.route(k, &mut out);
-                out.len() as u64
-            })
-            .collect();
-        (0..messages).map(|i| per_key[(i % per_key.len() as u64) as usize]).sum()
+        let mut per_queue = vec![0_u64; self.queues.len()];
+        let keys = self.keys.len() as u64;
+        for (i, key) in self.keys.iter().enumerate() {
+            // Publishes of this key: one per round of keys, plus one in the last, partial round.
+            let published = messages / keys + u64::from((i as u64) < messages % keys);
+            table.route(key, &mut out);
+            for q in &out {
+                per_queue[q.0 as usize] += published;
+            }
+        }
+        per_queue
     }
 
     fn topology(&self, mode: DeliveryMode) -> Topology {
@@ -76,21 +83,34 @@ impl Shape {
 /// Runs a shape through tubemail: actors on one arbiter (this thread), the publisher on a thread of
 /// its own; only publishing and delivering is timed.
 pub fn run_tubemail(shape: &Shape, messages: u64, payload: usize, mode: DeliveryMode) -> Measurement {
-    let expected = shape.deliveries(messages);
+    let per_queue = shape.deliveries_per_queue(messages);
     let shape = shape.clone();
     actix::System::new().block_on(async move {
         let broker = Broker::start(shape.topology(mode)).expect("valid topology");
         let handled = Arc::new(AtomicU64::new(0));
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
-        let done_tx = Arc::new(Mutex::new(Some(done_tx)));
-        for queue in &shape.queues {
+        let done = Arc::new(Done { queues_left: AtomicU64::new(0), at: Mutex::new(Some(done_tx)) });
+        for (queue, &expected) in shape.queues.iter().zip(&per_queue) {
+            if expected > 0 {
+                done.queues_left.fetch_add(1, Ordering::Relaxed);
+            }
+            // A lone subscriber counts in a local variable, as the baseline's consumer threads do;
+            // competing subscribers share a counter per queue.
+            let queue_handled = Arc::new(AtomicU64::new(0));
             for _ in 0..shape.consumers {
-                let (handled, done_tx) = (handled.clone(), done_tx.clone());
+                let (handled, done, queue_handled) = (handled.clone(), done.clone(), queue_handled.clone());
+                let alone = shape.consumers == 1;
+                let mut local = 0_u64;
                 let handler = move |_: Delivery<Bytes>| {
-                    if handled.fetch_add(1, Ordering::Relaxed) + 1 == expected {
-                        if let Some(tx) = done_tx.lock().expect("bench lock").take() {
-                            let _ = tx.send(Instant::now());
-                        }
+                    local += 1;
+                    let finished = if alone {
+                        local == expected
+                    } else {
+                        queue_handled.fetch_add(1, Ordering::Relaxed) + 1 == expected
+                    };
+                    if finished {
+                        handled.fetch_add(if alone { local } else { expected }, Ordering::Relaxed);
+                        done.queue_finished();
                     }
                     Outcome::Ack
                 };
@@ -110,10 +130,27 @@ pub fn run_tubemail(shape: &Shape, messages: u64, payload: usize, mode: Delivery
                 }
             })
         });
+        let expected: u64 = per_queue.iter().sum();
         let end = if expected == 0 { Instant::now() } else { done_rx.await.expect("all deliveries handled") };
         publishing.join().expect("publisher thread");
         Measurement { published: messages, deliveries: handled.load(Ordering::Relaxed), elapsed: end - start }
     })
+}
+
+/// Tells the run when every queue has had all its deliveries handled.
+struct Done {
+    queues_left: AtomicU64,
+    at: Mutex<Option<tokio::sync::oneshot::Sender<Instant>>>,
+}
+
+impl Done {
+    fn queue_finished(&self) {
+        if self.queues_left.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Some(tx) = self.at.lock().expect("bench lock").take() {
+                let _ = tx.send(Instant::now());
+            }
+        }
+    }
 }
 
 /// Runs a shape on raw crossbeam-channel threads: a publisher thread matching keys with the same
@@ -298,4 +335,18 @@ pub fn latency_baseline(rate: u64, messages: u64) -> hdrhistogram::Histogram<u64
     }
     drop(tx);
     consumer.join().expect("consumer thread")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Per queue, eight publishes of the fan-out keys reach `orders.*` 3 times, `orders.paid` once,
+    /// `#` 8 times and `contracts.#` 3 times: 15 deliveries, the figure the benchmarks quote.
+    #[test]
+    fn fanout_deliveries_per_queue_for_one_round_and_a_partial_one() {
+        let shape = crate::bench::fanout_shape();
+        assert_eq!(shape.deliveries_per_queue(8), [3, 1, 8, 3]);
+        assert_eq!(shape.deliveries(8), 15);
+        // Ten publishes: one round, then `orders.paid` and `orders.placed` once more.
+        assert_eq!(shape.deliveries_per_queue(10), [5, 2, 10, 3]);
+    }
 }
