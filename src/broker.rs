@@ -513,6 +513,8 @@ struct Attempt {
     refused: SmallVec<[Arc<str>; 1]>,
     /// Target queues that need waiting for (or, for `try_publish`, could not take it now).
     waiting: SmallVec<[Arc<QueueHandle>; 2]>,
+    /// The message, when the publisher still holds a reference: kept for the waiting queues.
+    held: Option<Arc<Message>>,
 }
 
 impl Publisher {
@@ -554,9 +556,10 @@ impl Publisher {
         }
         let (msg, route) = self.prepare(key, Payload::value(value), None);
         let Some((msg, route)) = self.unroutable(msg, route) else { return Ok(self.unroutable_confirm()) };
-        let mut attempt = self.attempt(&msg, &route);
+        let mut attempt = self.attempt(msg, &route);
         if attempt.accepted == 0 && attempt.refused.is_empty() && !attempt.waiting.is_empty() {
             self.topic.counters.published.fetch_sub(1, Ordering::Relaxed);
+            let msg = attempt.held.take().expect("a queue with no room hands the message back");
             return Err(TryPublishError::Full(take_value(msg)));
         }
         for queue in attempt.waiting.drain(..) {
@@ -589,9 +592,11 @@ impl Publisher {
             self.record_confirm(id, Vec::new(), Vec::new());
             return Ok((id, self.unroutable_confirm()));
         };
-        let mut attempt = self.attempt(&msg, &route);
+        let mut attempt = self.attempt(msg, &route);
+        let held = attempt.held.take();
         for queue in std::mem::take(&mut attempt.waiting) {
-            match queue.offer(msg.clone()).await {
+            let msg = held.clone().expect("a queue with no room hands the message back");
+            match queue.offer(msg).await {
                 Offer::Accepted => {
                     attempt.accepted += 1;
                     if let Some(names) = &mut attempt.accepted_names {
@@ -651,14 +656,35 @@ impl Publisher {
         Confirm::Unroutable { alternate: None }
     }
 
-    fn attempt(&self, msg: &Arc<Message>, routed: &Routed) -> Attempt {
+    /// Offers `msg` to every target without waiting. The last target gets the publisher's own
+    /// reference rather than a clone, sparing a reference count round trip with the broker's thread;
+    /// the message comes back in `Attempt::held` when a queue hands it back (no room now).
+    fn attempt(&self, msg: Arc<Message>, routed: &Routed) -> Attempt {
         let queues = self.registry.queues();
         let accepted_names = self.registry.sim.as_ref().map(|_| Vec::new());
-        let mut attempt =
-            Attempt { accepted: 0, accepted_names, refused: SmallVec::new(), waiting: SmallVec::new() };
-        for id in &routed.targets {
+        let mut attempt = Attempt {
+            accepted: 0,
+            accepted_names,
+            refused: SmallVec::new(),
+            waiting: SmallVec::new(),
+            held: None,
+        };
+        let mut msg = Some(msg);
+        for (i, id) in routed.targets.iter().enumerate() {
             let Some(Some(queue)) = queues.by_id.get(id.0 as usize) else { continue };
-            match queue.try_offer(msg.clone()) {
+            let offered = match msg.take() {
+                Some(last) if i + 1 == routed.targets.len() => last,
+                Some(own) => {
+                    let copy = own.clone();
+                    msg = Some(own);
+                    copy
+                }
+                None => match &attempt.held {
+                    Some(held) => held.clone(),
+                    None => break,
+                },
+            };
+            match queue.try_offer(offered) {
                 Offer::Accepted => {
                     attempt.accepted += 1;
                     if let Some(names) = &mut attempt.accepted_names {
@@ -666,9 +692,15 @@ impl Publisher {
                     }
                 }
                 Offer::Refused => attempt.refused.push(queue.name.clone()),
-                Offer::Full(_) => attempt.waiting.push(queue.clone()),
+                Offer::Full(back) => {
+                    attempt.waiting.push(queue.clone());
+                    attempt.held = Some(back);
+                }
                 Offer::Closed => {}
             }
+        }
+        if attempt.held.is_none() {
+            attempt.held = msg;
         }
         attempt
     }
