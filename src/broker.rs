@@ -218,6 +218,7 @@ impl Broker {
             }
             let handle = TopicHandle {
                 name: name.as_str().into(),
+                kind: spec.kind,
                 alternate: spec.alternate.as_deref().map(queue_id),
                 table,
                 cache: crate::topic::RouteCache::new(),
@@ -507,6 +508,9 @@ impl std::fmt::Debug for Publisher {
 
 /// How far a publish got without waiting.
 struct Attempt {
+    route: Route,
+    /// The alternate queue's name, for [`Route::Alternate`].
+    alternate: Option<Arc<str>>,
     accepted: u32,
     /// The accepting queues' names, kept only in a simulation.
     accepted_names: Option<Vec<String>>,
@@ -554,9 +558,11 @@ impl Publisher {
             Err(PublishError::Closed) => return Err(TryPublishError::Closed(value)),
             Err(e) => return Err(TryPublishError::Invalid(e)),
         }
-        let (msg, route) = self.prepare(key, Payload::value(value), None);
-        let Some((msg, route)) = self.unroutable(msg, route) else { return Ok(self.unroutable_confirm()) };
-        let mut attempt = self.attempt(msg, &route);
+        let msg = self.message(key, Payload::value(value), None);
+        let mut attempt = self.route_and_offer(key, msg);
+        if attempt.route == Route::Unroutable {
+            return Ok(self.unroutable());
+        }
         if attempt.accepted == 0 && attempt.refused.is_empty() && !attempt.waiting.is_empty() {
             self.topic.counters.published.fetch_sub(1, Ordering::Relaxed);
             let msg = attempt.held.take().expect("a queue with no room hands the message back");
@@ -566,7 +572,7 @@ impl Publisher {
             queue.refused.fetch_add(1, Ordering::Relaxed);
             attempt.refused.push(queue.name.clone());
         }
-        Ok(self.confirm(attempt, &route))
+        Ok(self.confirm(attempt))
     }
 
     async fn publish_payload(&self, key: &str, payload: Payload) -> Result<Confirm, PublishError> {
@@ -583,16 +589,16 @@ impl Publisher {
         attempt_no: u32,
     ) -> Result<(MessageId, Confirm), PublishError> {
         self.check(key)?;
-        let (msg, route) = self.prepare(key, payload, id);
+        let msg = self.message(key, payload, id);
         let id = msg.id;
         if let Some(sim) = &self.registry.sim {
             sim.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
         }
-        let Some((msg, route)) = self.unroutable(msg, route) else {
+        let mut attempt = self.route_and_offer(key, msg);
+        if attempt.route == Route::Unroutable {
             self.record_confirm(id, Vec::new(), Vec::new());
-            return Ok((id, self.unroutable_confirm()));
-        };
-        let mut attempt = self.attempt(msg, &route);
+            return Ok((id, self.unroutable()));
+        }
         let held = attempt.held.take();
         for queue in std::mem::take(&mut attempt.waiting) {
             let msg = held.clone().expect("a queue with no room hands the message back");
@@ -611,7 +617,7 @@ impl Publisher {
             let refused = attempt.refused.iter().map(|q| q.to_string()).collect();
             self.record_confirm(id, names, refused);
         }
-        Ok((id, self.confirm(attempt, &route)))
+        Ok((id, self.confirm(attempt)))
     }
 
     fn record_confirm(&self, msg: MessageId, queues: Vec<String>, refused: Vec<String>) {
@@ -628,41 +634,43 @@ impl Publisher {
         Ok(())
     }
 
-    fn prepare(&self, key: &str, payload: Payload, id: Option<MessageId>) -> (Arc<Message>, Routed) {
-        let mut targets = SmallVec::new();
-        let route = self.topic.route(key, &mut targets);
-        if self.registry.sim.as_ref().is_some_and(|s| s.bugs.router_skips_binding) && targets.len() > 1 {
-            // Broken on purpose: the last matching binding is skipped.
-            targets.pop();
-        }
+    fn message(&self, key: &str, payload: Payload, id: Option<MessageId>) -> Arc<Message> {
         self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
         let id = id.unwrap_or_else(|| self.registry.message_id());
-        let msg = Message { id, key: key.into(), payload, deaths: Deaths::NONE };
-        (Arc::new(msg), Routed { route, targets })
+        Arc::new(Message { id, key: key.into(), payload, deaths: Deaths::NONE })
     }
 
-    fn unroutable(&self, msg: Arc<Message>, routed: Routed) -> Option<(Arc<Message>, Routed)> {
-        match routed.route {
-            Route::Unroutable => {
-                self.topic.counters.unroutable.fetch_add(1, Ordering::Relaxed);
-                self.topic.counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            _ => Some((msg, routed)),
-        }
-    }
-
-    fn unroutable_confirm(&self) -> Confirm {
+    /// Counts an unroutable publish (no binding, no alternate queue) and confirms it.
+    fn unroutable(&self) -> Confirm {
+        self.topic.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        self.topic.counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
         Confirm::Unroutable { alternate: None }
     }
 
-    /// Offers `msg` to every target without waiting. The last target gets the publisher's own
-    /// reference rather than a clone, sparing a reference count round trip with the broker's thread;
-    /// the message comes back in `Attempt::held` when a queue hands it back (no room now).
-    fn attempt(&self, msg: Arc<Message>, routed: &Routed) -> Attempt {
-        let queues = self.registry.queues();
+    /// Routes `msg` and offers it to every target queue without waiting.
+    fn route_and_offer(&self, key: &str, msg: Arc<Message>) -> Attempt {
+        let skips_binding = self.registry.sim.as_ref().is_some_and(|s| s.bugs.router_skips_binding);
+        self.topic.with_route(key, &self.registry, |route, targets| {
+            match targets {
+                // Broken on purpose: the last matching binding is skipped.
+                [kept @ .., _] if skips_binding && !kept.is_empty() => self.attempt(msg, route, kept),
+                _ => self.attempt(msg, route, targets),
+            }
+        })
+    }
+
+    /// Offers `msg` to `targets` without waiting. The last target gets the publisher's own reference
+    /// rather than a clone, sparing a reference count round trip with the broker's thread; the message
+    /// comes back in `Attempt::held` when a queue hands it back (no room now).
+    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>]) -> Attempt {
         let accepted_names = self.registry.sim.as_ref().map(|_| Vec::new());
+        let alternate = match (route, targets) {
+            (Route::Alternate, [queue]) => Some(queue.name.clone()),
+            _ => None,
+        };
         let mut attempt = Attempt {
+            route,
+            alternate,
             accepted: 0,
             accepted_names,
             refused: SmallVec::new(),
@@ -670,10 +678,9 @@ impl Publisher {
             held: None,
         };
         let mut msg = Some(msg);
-        for (i, id) in routed.targets.iter().enumerate() {
-            let Some(Some(queue)) = queues.by_id.get(id.0 as usize) else { continue };
+        for (i, queue) in targets.iter().enumerate() {
             let offered = match msg.take() {
-                Some(last) if i + 1 == routed.targets.len() => last,
+                Some(last) if i + 1 == targets.len() => last,
                 Some(own) => {
                     let copy = own.clone();
                     msg = Some(own);
@@ -705,18 +712,17 @@ impl Publisher {
         attempt
     }
 
-    fn confirm(&self, attempt: Attempt, routed: &Routed) -> Confirm {
+    fn confirm(&self, attempt: Attempt) -> Confirm {
         let counters = &self.topic.counters;
         counters.routed.fetch_add(u64::from(attempt.accepted), Ordering::Relaxed);
         if !attempt.refused.is_empty() {
             counters.refused.fetch_add(attempt.refused.len() as u64, Ordering::Relaxed);
         }
-        if let Route::Alternate = routed.route {
+        if let Route::Alternate = attempt.route {
             counters.unroutable.fetch_add(1, Ordering::Relaxed);
-            if attempt.accepted == 1 {
+            if let (1, Some(name)) = (attempt.accepted, &attempt.alternate) {
                 counters.alternate.fetch_add(1, Ordering::Relaxed);
-                let name = self.registry.queue_name(routed.targets[0]);
-                return Confirm::Unroutable { alternate: Some(name) };
+                return Confirm::Unroutable { alternate: Some(name.to_string()) };
             }
             counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
         }
@@ -727,11 +733,6 @@ impl Publisher {
             Confirm::Refused { accepted: attempt.accepted, queues }
         }
     }
-}
-
-struct Routed {
-    route: Route,
-    targets: SmallVec<[QueueId; 8]>,
 }
 
 /// Recovers the published value from a message that no queue took.

@@ -25,6 +25,9 @@ type Subscriptions = BTreeMap<ConsumerId, (Addr<QueueActor>, Recipient<Stop>)>;
 
 pub(crate) struct Registry {
     queues: ArcSwap<QueueMap>,
+    /// Bumped after each change of `queues`, so that cached routes holding queue handles can tell
+    /// they are current with one plain load.
+    queues_generation: AtomicU64,
     pub(crate) topics: ArcSwap<BTreeMap<String, Arc<TopicHandle>>>,
     /// Final counters of deleted queues.
     graveyard: Mutex<BTreeMap<String, QueueStats>>,
@@ -45,6 +48,7 @@ impl Registry {
     pub(crate) fn new(arbiter: ArbiterHandle, sim: Option<Arc<crate::sim::inject::Injector>>) -> Self {
         Self {
             queues: ArcSwap::from_pointee(QueueMap::default()),
+            queues_generation: AtomicU64::new(0),
             topics: ArcSwap::from_pointee(BTreeMap::new()),
             graveyard: Mutex::new(BTreeMap::new()),
             subscriptions: Mutex::new(BTreeMap::new()),
@@ -70,15 +74,21 @@ impl Registry {
         self.queues.load()
     }
 
+    /// The generation of the queue table: never ahead of what [`Registry::queues`] returns after it.
+    pub(crate) fn queues_generation(&self) -> u64 {
+        self.queues_generation.load(Ordering::Acquire)
+    }
+
+    /// Replaces the queue table (under the writers' lock) and bumps its generation.
+    fn store_queues(&self, map: QueueMap) {
+        self.queues.store(Arc::new(map));
+        self.queues_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub(crate) fn queue(&self, name: &str) -> Option<Arc<QueueHandle>> {
         let map = self.queues.load();
         let id = map.by_name.get(name)?;
         map.by_id[id.0 as usize].clone()
-    }
-
-    pub(crate) fn queue_name(&self, id: QueueId) -> String {
-        let map = self.queues.load();
-        map.by_id.get(id.0 as usize).and_then(|q| q.as_ref()).map(|q| q.name.to_string()).unwrap_or_default()
     }
 
     pub(crate) fn next_queue_id(&self) -> QueueId {
@@ -96,7 +106,7 @@ impl Registry {
             by_id.resize(id.0 as usize + 1, None);
         }
         by_id[id.0 as usize] = Some(handle);
-        self.queues.store(Arc::new(QueueMap { by_id, by_name }));
+        self.store_queues(QueueMap { by_id, by_name });
     }
 
     pub(crate) fn insert_topic(&self, handle: Arc<TopicHandle>) {
@@ -116,7 +126,7 @@ impl Registry {
         let mut by_name = old.by_name.clone();
         by_id[id.0 as usize] = None;
         by_name.remove(&name);
-        self.queues.store(Arc::new(QueueMap { by_id, by_name }));
+        self.store_queues(QueueMap { by_id, by_name });
         self.graveyard.lock().expect("graveyard lock").insert(name, stats);
         for topic in self.topics.load().values() {
             // Publishers already skip the missing queue; this only tidies the routing table.

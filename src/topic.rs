@@ -30,6 +30,8 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use crate::ids::QueueId;
+use crate::queue::QueueHandle;
+use crate::registry::Registry;
 use crate::routing::{RoutingError, RoutingTable};
 use crate::stats::TopicStats;
 use crate::topology::TopicKind;
@@ -48,14 +50,16 @@ pub(crate) struct TopicCounters {
 /// A topic as publishers see it.
 pub(crate) struct TopicHandle {
     pub(crate) name: Arc<str>,
+    pub(crate) kind: TopicKind,
     pub(crate) alternate: Option<QueueId>,
-    pub(crate) table: Arc<ArcSwap<Snapshot>>,
-    pub(crate) cache: RouteCache,
+    pub(crate) table: Arc<Published>,
+    pub(crate) cache: RouteCache<Arc<QueueHandle>>,
     pub(crate) counters: TopicCounters,
     pub(crate) addr: Addr<TopicActor>,
 }
 
 /// Where a publish goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     Queues,
     Alternate,
@@ -63,24 +67,41 @@ pub(crate) enum Route {
 }
 
 impl TopicHandle {
-    /// Fills `out` with the target queues of `key`.
-    pub(crate) fn route(&self, key: &str, out: &mut SmallVec<[QueueId; 8]>) -> Route {
-        let snapshot = self.table.load();
-        if snapshot.table.kind() == TopicKind::Topic {
-            self.cache.route(&snapshot, key, out);
-        } else {
-            snapshot.table.route(key, out);
-        }
-        if !out.is_empty() {
-            return Route::Queues;
-        }
-        match self.alternate {
-            Some(alt) => {
-                out.push(alt);
+    /// Runs `f` with the route of `key` and its target queues (the alternate queue for
+    /// [`Route::Alternate`]; none for [`Route::Unroutable`] or a deleted queue).
+    ///
+    /// A cached route is used in place, under its cache set's lock, and costs two plain atomic loads
+    /// (the topic's and the queue table's generations) besides the hash and compare; only a miss loads
+    /// the routing snapshot and the queue table (`arc_swap`) and resolves queue ids to handles.
+    pub(crate) fn with_route<R>(
+        &self,
+        key: &str,
+        registry: &Registry,
+        f: impl FnOnce(Route, &[Arc<QueueHandle>]) -> R,
+    ) -> R {
+        // A fan-out topic routes every key alike: one cached route serves them all.
+        let cache_key = if self.kind == TopicKind::Fanout { "" } else { key };
+        let generations = (self.table.generation.load(Ordering::Acquire), registry.queues_generation());
+        let f = match self.cache.try_hit(cache_key, generations, f) {
+            Ok(result) => return result,
+            Err(f) => f,
+        };
+        let snapshot = self.table.snapshot.load();
+        let queues = registry.queues();
+        let mut ids = SmallVec::<[QueueId; 8]>::new();
+        snapshot.table.route(key, &mut ids);
+        let route = match (ids.is_empty(), self.alternate) {
+            (false, _) => Route::Queues,
+            (true, Some(alternate)) => {
+                ids.push(alternate);
                 Route::Alternate
             }
-            None => Route::Unroutable,
-        }
+            (true, None) => Route::Unroutable,
+        };
+        let targets: SmallVec<[Arc<QueueHandle>; 4]> =
+            ids.iter().filter_map(|id| queues.by_id.get(id.0 as usize).cloned().flatten()).collect();
+        self.cache.insert(cache_key, (snapshot.generation, generations.1), route, &targets);
+        f(route, &targets)
     }
 
     pub(crate) fn stats(&self) -> TopicStats {
@@ -93,7 +114,7 @@ impl TopicHandle {
             alternate: get(&c.alternate),
             dropped_unroutable: get(&c.dropped_unroutable),
             refused: get(&c.refused),
-            bindings: self.table.load().table.len() as u64,
+            bindings: self.table.snapshot.load().table.len() as u64,
         }
     }
 }
@@ -102,6 +123,13 @@ impl TopicHandle {
 pub(crate) struct Snapshot {
     pub(crate) table: RoutingTable,
     pub(crate) generation: u64,
+}
+
+/// A topic's current routing table, and its generation mirrored for a check without `arc_swap`.
+pub(crate) struct Published {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    /// Stored after the snapshot: never ahead of it.
+    pub(crate) generation: AtomicU64,
 }
 
 /// Routes a topic's route cache holds: sets of [`ROUTE_CACHE_WAYS`].
@@ -114,55 +142,91 @@ const ROUTE_CACHE_WAYS: usize = 2;
 const ROUTE_CACHE_KEY_MAX: usize = 64;
 
 /// A two-way set-associative cache of recent routes of a topic, by routing key: most applications
-/// publish a few hundred distinct keys, and a hit costs a hash and a comparison instead of a trie walk.
-/// Each set has its own lock, taken with `try_lock` so that publishers never wait for one another: a
-/// busy set is a miss. Entries of an older routing table never match, since they carry its generation.
-pub(crate) struct RouteCache {
-    sets: Box<[Mutex<[Option<CachedRoute>; ROUTE_CACHE_WAYS]>]>,
+/// publish a few hundred distinct keys, and a hit costs a hash and a comparison instead of a trie walk
+/// and a lookup of each target queue. Each set has its own lock, taken with `try_lock` so that
+/// publishers never wait for one another: a busy set is a miss. An entry holds the generations of the
+/// routing table and of the queue table it was made from, and matches only while both are current.
+pub(crate) struct RouteCache<T> {
+    sets: Box<[CacheSet<T>]>,
 }
 
-struct CachedRoute {
-    generation: u64,
+/// One set of the route cache: its ways, the most recently used first.
+type CacheSet<T> = Mutex<[Option<CachedRoute<T>>; ROUTE_CACHE_WAYS]>;
+
+struct CachedRoute<T> {
+    /// The routing table's and the queue table's generations.
+    generations: (u64, u64),
     key: Box<str>,
-    targets: SmallVec<[QueueId; 8]>,
+    route: Route,
+    targets: SmallVec<[T; 4]>,
 }
 
-impl CachedRoute {
-    fn matches(&self, snapshot: &Snapshot, key: &str) -> bool {
-        self.generation == snapshot.generation && &*self.key == key
+impl<T> CachedRoute<T> {
+    fn matches(&self, generations: (u64, u64), key: &str) -> bool {
+        self.generations == generations && &*self.key == key
     }
 }
 
-impl RouteCache {
+impl<T: Clone> RouteCache<T> {
     pub(crate) fn new() -> Self {
         let sets = ROUTE_CACHE_SLOTS / ROUTE_CACHE_WAYS;
         Self { sets: (0..sets).map(|_| Mutex::new([None, None])).collect() }
     }
 
-    pub(crate) fn route(&self, snapshot: &Snapshot, key: &str, out: &mut SmallVec<[QueueId; 8]>) {
+    /// Runs `f` on the current cached route of `key`, under its set's lock; hands `f` back on a miss
+    /// or a busy set.
+    pub(crate) fn try_hit<R, F: FnOnce(Route, &[T]) -> R>(
+        &self,
+        key: &str,
+        generations: (u64, u64),
+        f: F,
+    ) -> Result<R, F> {
         if key.len() > ROUTE_CACHE_KEY_MAX {
-            return snapshot.table.route(key, out);
+            return Err(f);
         }
-        let set = &self.sets[set_of(key) % self.sets.len()];
-        let Ok(mut set) = set.try_lock() else { return snapshot.table.route(key, out) };
+        let Ok(mut set) = self.set(key).try_lock() else { return Err(f) };
         let [newest, older] = &mut *set;
-        if let Some(hit) = newest.as_ref().filter(|hit| hit.matches(snapshot, key)) {
-            out.clear();
-            out.extend_from_slice(&hit.targets);
-            return;
-        }
-        if older.as_ref().is_some_and(|hit| hit.matches(snapshot, key)) {
+        if older.as_ref().is_some_and(|hit| hit.matches(generations, key)) {
             // The most recently used route goes first; the other becomes the next to be evicted.
             std::mem::swap(newest, older);
-            let hit = newest.as_ref().expect("just swapped in");
-            out.clear();
-            out.extend_from_slice(&hit.targets);
+        }
+        match newest.as_ref().filter(|hit| hit.matches(generations, key)) {
+            Some(hit) => Ok(f(hit.route, &hit.targets)),
+            None => Err(f),
+        }
+    }
+
+    /// Caches a route, evicting the set's least recently used one (nothing when the set is busy).
+    pub(crate) fn insert(&self, key: &str, generations: (u64, u64), route: Route, targets: &[T]) {
+        if key.len() > ROUTE_CACHE_KEY_MAX {
             return;
         }
-        snapshot.table.route(key, out);
+        let Ok(mut set) = self.set(key).try_lock() else { return };
+        let [newest, older] = &mut *set;
         *older = newest.take();
-        *newest =
-            Some(CachedRoute { generation: snapshot.generation, key: key.into(), targets: out.clone() });
+        *newest = Some(CachedRoute { generations, key: key.into(), route, targets: targets.into() });
+    }
+
+    fn set(&self, key: &str) -> &CacheSet<T> {
+        &self.sets[set_of(key) % self.sets.len()]
+    }
+}
+
+impl RouteCache<QueueId> {
+    /// Routes `key` through the cache as publishers do, for a table of queue ids: the `bindings`
+    /// benchmark and the tests.
+    pub(crate) fn route(&self, snapshot: &Snapshot, key: &str, out: &mut SmallVec<[QueueId; 8]>) {
+        let generations = (snapshot.generation, 0);
+        let hit = self
+            .try_hit(key, generations, |_, targets| {
+                out.clear();
+                out.extend_from_slice(targets);
+            })
+            .is_ok();
+        if !hit {
+            snapshot.table.route(key, out);
+            self.insert(key, generations, Route::Queues, out);
+        }
     }
 }
 
@@ -176,13 +240,14 @@ fn set_of(key: &str) -> usize {
 pub(crate) struct TopicActor {
     table: RoutingTable,
     generation: u64,
-    published: Arc<ArcSwap<Snapshot>>,
+    published: Arc<Published>,
 }
 
 impl TopicActor {
-    pub(crate) fn new(kind: TopicKind) -> (Self, Arc<ArcSwap<Snapshot>>) {
+    pub(crate) fn new(kind: TopicKind) -> (Self, Arc<Published>) {
         let snapshot = Snapshot { table: RoutingTable::new(kind), generation: 0 };
-        let published = Arc::new(ArcSwap::from_pointee(snapshot));
+        let published =
+            Arc::new(Published { snapshot: ArcSwap::from_pointee(snapshot), generation: AtomicU64::new(0) });
         (Self { table: RoutingTable::new(kind), generation: 0, published: published.clone() }, published)
     }
 
@@ -195,7 +260,9 @@ impl TopicActor {
 
     fn publish(&mut self) {
         self.generation += 1;
-        self.published.store(Arc::new(Snapshot { table: self.table.clone(), generation: self.generation }));
+        let snapshot = Snapshot { table: self.table.clone(), generation: self.generation };
+        self.published.snapshot.store(Arc::new(snapshot));
+        self.published.generation.store(self.generation, Ordering::Release);
     }
 }
 

@@ -269,3 +269,25 @@ async fn binding_to_an_unknown_queue_or_topic_fails() {
     ));
     assert_eq!(broker.stats().await.topics["t"].bindings, 0);
 }
+
+/// Publishers cache routes with the target queues' handles: deleting a queue and declaring one of the
+/// same name must reroute the next publish of the same key to the new queue, on every topic kind.
+#[actix::test]
+async fn a_cached_route_follows_a_queue_deleted_and_declared_again() {
+    for kind in [TopicKind::Topic, TopicKind::Direct, TopicKind::Fanout] {
+        let broker = broker_with(kind, &["a.b"]);
+        assert_eq!(broker.publish("t", "a.b", 1_u32).await.unwrap(), Confirm::Routed { queues: 1 });
+        broker.delete_queue("q0").await.unwrap();
+        // Routed to no queue, or unroutable once the topic has dropped the deleted queue's bindings.
+        let confirm = broker.publish("t", "a.b", 2_u32).await.unwrap();
+        assert!(
+            matches!(confirm, Confirm::Routed { queues: 0 } | Confirm::Unroutable { alternate: None }),
+            "{kind:?}: the deleted queue takes nothing: {confirm:?}"
+        );
+        broker.declare_queue("q0", QueueSpec::default()).unwrap();
+        broker.bind("t", "q0", "a.b").await.unwrap();
+        assert_eq!(broker.publish("t", "a.b", 3_u32).await.unwrap(), Confirm::Routed { queues: 1 });
+        let stats = broker.stats().await;
+        assert_eq!(stats.queues["q0"].enqueued, 1, "{kind:?}: the new queue has the third message");
+    }
+}
