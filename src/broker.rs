@@ -236,7 +236,7 @@ impl Broker {
         let credits = QueueHandle::credits_for(&spec);
         let refused = Arc::default();
         let state = QueueState::new(name.clone(), spec.clone(), self.registry.started);
-        let (inbox, inbox_rx) = tokio::sync::mpsc::channel(crate::queue::QUEUE_MAILBOX_CAPACITY);
+        let (inbox, inbox_rx) = crate::queue::inbox(QueueHandle::inbox_bound(&spec));
         let (registry, credits_, refused_) = (self.registry.clone(), credits.clone(), Arc::clone(&refused));
         // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
         let addr = QueueActor::start_in_arbiter(&self.registry.arbiter, move |_| {

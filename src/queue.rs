@@ -30,9 +30,12 @@
 //! semaphore of `depth_max` permits, taken by a publish and returned when the message leaves the ready
 //! list), as RabbitMQ's credit flow between channels and queues. Requeued messages are never refused,
 //! so the ready list may exceed `depth_max` by the deliveries in flight. Messages reach the queue
-//! through its data inbox, a bounded channel of [`QUEUE_MAILBOX_CAPACITY`] that the actor drains as a
-//! stream, up to [`INBOX_BATCH_MAX`] at a time; a publisher finding it full waits (`publish`) or is
-//! refused (`try_publish`). Control messages (subscriptions, settlements, stats) use the actor's
+//! through its data inbox, a channel that the actor drains as a stream, up to [`INBOX_BATCH_MAX`] at a
+//! time. Under the three credit policies every message in it holds a credit, so the credits bound it
+//! (`depth_max`, less what is ready); a `drop-head` queue's inbox holds at most
+//! [`QUEUE_MAILBOX_CAPACITY`], and a publisher finding it full waits (`publish`) or is refused
+//! (`try_publish`). Dead letters from other queues enter without a credit and are bounded by what
+//! those queues held. Control messages (subscriptions, settlements, stats) use the actor's
 //! actix mailbox of the same capacity. Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
 //! `depth_max`); a subscriber whose mailbox is full is skipped and its messages stay in the queue.
 //!
@@ -45,26 +48,28 @@
 //! dead-lettered, as in RabbitMQ.
 
 mod actor;
+mod inbox;
 pub(crate) mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Semaphore;
 
 pub(crate) use actor::{
     Delete, Deliver, DeliverItem, Drain, Enqueue, GetStats, ManualSettle, QueueActor, Refuse, Restarted,
     Settle, Subscribe, Unsubscribe,
 };
+pub(crate) use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
 pub use state::SettleError;
 
 use crate::ids::QueueId;
 use crate::message::Message;
 use crate::topology::{Overflow, QueueSpec};
 
-/// Capacity of a queue's data inbox (messages waiting to be enqueued), and of its control mailbox.
+/// Capacity of a `drop-head` queue's data inbox (messages waiting to be enqueued), and of every
+/// queue's control mailbox.
 pub const QUEUE_MAILBOX_CAPACITY: usize = 1024;
 /// The most inbox messages a queue takes in one turn before it dispatches.
 pub const INBOX_BATCH_MAX: usize = 128;
@@ -90,7 +95,7 @@ pub(crate) struct QueueHandle {
     /// The control mailbox (subscriptions, settlements, stats).
     pub(crate) addr: Addr<QueueActor>,
     /// The data inbox: messages for the queue.
-    pub(crate) inbox: mpsc::Sender<Enqueue>,
+    pub(crate) inbox: InboxSender,
     pub(crate) spec: QueueSpec,
     /// Publisher credits for the reject and block policies.
     pub(crate) credits: Option<Arc<Semaphore>>,
@@ -99,6 +104,15 @@ pub(crate) struct QueueHandle {
 }
 
 impl QueueHandle {
+    /// The bound of the queue's inbox: none where publishers' credits bound it (reject and block
+    /// policies), [`QUEUE_MAILBOX_CAPACITY`] for drop-head queues.
+    pub(crate) fn inbox_bound(spec: &QueueSpec) -> Option<usize> {
+        match spec.overflow {
+            Overflow::DropHead => Some(QUEUE_MAILBOX_CAPACITY),
+            _ => None,
+        }
+    }
+
     pub(crate) fn credits_for(spec: &QueueSpec) -> Option<Arc<Semaphore>> {
         match spec.overflow {
             Overflow::DropHead => None,

@@ -1,6 +1,5 @@
 //! The queue actor: turns messages into calls on [`QueueState`] and carries out its effects.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +8,11 @@ use std::sync::Arc;
 use actix::dev::SendError;
 use actix::prelude::*;
 use smallvec::SmallVec;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
-use super::{INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
+use super::{InboxReceiver, TrySendError, INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
 use crate::registry::Registry;
@@ -135,7 +133,7 @@ pub(crate) struct QueueActor {
     id: QueueId,
     /// The receiving end of the data inbox; taken by the inbox stream when the actor starts, and
     /// drained directly before stats and deletion.
-    inbox: Rc<RefCell<mpsc::Receiver<Enqueue>>>,
+    inbox: Rc<InboxReceiver>,
     state: QueueState,
     registry: Arc<Registry>,
     credits: Option<Arc<Semaphore>>,
@@ -162,7 +160,7 @@ pub(crate) struct QueueActor {
 impl QueueActor {
     pub(crate) fn new(
         id: QueueId,
-        inbox: mpsc::Receiver<Enqueue>,
+        inbox: InboxReceiver,
         state: QueueState,
         registry: Arc<Registry>,
         credits: Option<Arc<Semaphore>>,
@@ -175,7 +173,7 @@ impl QueueActor {
         let started = Instant::now();
         Self {
             id,
-            inbox: Rc::new(RefCell::new(inbox)),
+            inbox: Rc::new(inbox),
             timed,
             started,
             pump_scheduled: false,
@@ -407,8 +405,7 @@ impl QueueActor {
             Err(TrySendError::Full(e)) => {
                 // The dead-letter queue's inbox is full: wait for room without blocking this queue.
                 // Pending sends are bounded by the messages this queue held.
-                let inbox = target.inbox.clone();
-                ctx.spawn(async move { inbox.send(e).await.is_ok() }.into_actor(self).map(
+                ctx.spawn(async move { target.inbox.send(e).await.is_ok() }.into_actor(self).map(
                     move |sent, act, _| {
                         if !sent {
                             act.state.dead_letter_lost(refused)
@@ -434,7 +431,7 @@ impl QueueActor {
     /// Takes in what waits in the inbox, so that stats and deletion see every accepted message.
     fn drain_inbox(&mut self) {
         let inbox = self.inbox.clone();
-        while let Ok(msg) = inbox.borrow_mut().try_recv() {
+        while let Some(msg) = inbox.try_recv() {
             self.enqueue(msg);
         }
     }
@@ -518,7 +515,7 @@ impl QueueActor {
         if !self.deleted {
             self.deleted = true;
             self.drain_inbox();
-            self.inbox.borrow_mut().close();
+            self.inbox.close();
             self.state.delete();
             self.subscribers.clear();
             self.after(ctx);
@@ -697,7 +694,7 @@ impl Handler<Pump> for QueueActor {
 }
 
 /// The data inbox as a stream of batches, so that actix calls the actor once per batch.
-struct Inbox(Rc<RefCell<mpsc::Receiver<Enqueue>>>);
+struct Inbox(Rc<InboxReceiver>);
 
 impl futures::Stream for Inbox {
     type Item = Vec<Enqueue>;
@@ -707,7 +704,7 @@ impl futures::Stream for Inbox {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         let mut batch = Vec::new();
-        match self.0.borrow_mut().poll_recv_many(cx, &mut batch, INBOX_BATCH_MAX) {
+        match self.0.poll_recv_many(cx, &mut batch, INBOX_BATCH_MAX) {
             std::task::Poll::Ready(0) => std::task::Poll::Ready(None),
             std::task::Poll::Ready(_) => std::task::Poll::Ready(Some(batch)),
             std::task::Poll::Pending => std::task::Poll::Pending,
