@@ -1,5 +1,8 @@
 //! Every overflow policy of a full queue: drop-head, reject-publish, reject-publish-dlx and block.
 
+mod common;
+use common::collect;
+
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -7,22 +10,6 @@ use tubemail::{
     Broker, Confirm, DeathReason, Delivery, Outcome, Overflow, QueueSpec, TopicKind, TopicSpec, Topology,
     TryPublishError,
 };
-
-/// Subscribes a handler that acks and reports each value with its delivery.
-async fn collect(broker: &Broker, queue: &str) -> mpsc::UnboundedReceiver<Delivery<u32>> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    broker
-        .subscribe(queue, move |d: Delivery<u32>| {
-            let tx = tx.clone();
-            async move {
-                tx.send(d).unwrap();
-                Outcome::Ack
-            }
-        })
-        .await
-        .unwrap();
-    rx
-}
 
 async fn recv_values(rx: &mut mpsc::UnboundedReceiver<Delivery<u32>>, n: usize) -> Vec<u32> {
     let mut values = Vec::new();
@@ -44,7 +31,7 @@ async fn drop_head_drops_the_oldest_and_counts_it_as_overflow() {
     }
     let q = broker.stats().await.queues["q"].clone();
     assert_eq!((q.enqueued, q.ready, q.dropped.overflow, q.dead_lettered), (5, 3, 2, 0), "{q:?}");
-    let mut rx = collect(&broker, "q").await;
+    let mut rx = collect::<u32>(&broker, "q").await;
     assert_eq!(recv_values(&mut rx, 3).await, [2, 3, 4]);
     let report = broker.shutdown(Duration::from_secs(1)).await;
     assert!(report.stats.conserved(), "{:?}", report.stats);
@@ -58,7 +45,7 @@ async fn drop_head_dead_letters_the_oldest_with_reason_maxlen() {
     for i in 0..4_u32 {
         assert_eq!(broker.publish("t", "", i).await.unwrap(), Confirm::Routed { queues: 1 });
     }
-    let mut dead = collect(&broker, "dlq").await;
+    let mut dead = collect::<u32>(&broker, "dlq").await;
     for expected in [0, 1] {
         let d = dead.recv().await.unwrap();
         assert_eq!(*d, expected);
@@ -69,7 +56,7 @@ async fn drop_head_dead_letters_the_oldest_with_reason_maxlen() {
     }
     let q = broker.stats().await.queues["q"].clone();
     assert_eq!((q.ready, q.dead_lettered, q.dropped.overflow), (2, 2, 0), "{q:?}");
-    let mut rx = collect(&broker, "q").await;
+    let mut rx = collect::<u32>(&broker, "q").await;
     assert_eq!(recv_values(&mut rx, 2).await, [2, 3]);
     let report = broker.shutdown(Duration::from_secs(1)).await;
     assert!(report.stats.conserved(), "{:?}", report.stats);
@@ -98,9 +85,9 @@ async fn reject_publish_refuses_naming_the_queue_while_other_queues_keep_it() {
     assert!(stats.conserved(), "{stats:?}");
 
     // The refused message is not in `full`; the kept one is in `roomy`.
-    let mut rx = collect(&broker, "full").await;
+    let mut rx = collect::<u32>(&broker, "full").await;
     assert_eq!(recv_values(&mut rx, 2).await, [0, 1]);
-    let mut rx = collect(&broker, "roomy").await;
+    let mut rx = collect::<u32>(&broker, "roomy").await;
     assert_eq!(recv_values(&mut rx, 3).await, [0, 1, 2]);
 }
 
@@ -114,7 +101,7 @@ async fn reject_publish_dlx_refuses_and_dead_letters_with_reason_maxlen() {
     let confirm = broker.publish("t", "", 1_u32).await.unwrap();
     assert_eq!(confirm, Confirm::Refused { accepted: 0, queues: vec!["q".to_owned()] });
 
-    let mut dead = collect(&broker, "dlq").await;
+    let mut dead = collect::<u32>(&broker, "dlq").await;
     let d = dead.recv().await.unwrap();
     assert_eq!(*d, 1);
     assert_eq!(d.deaths().len(), 1);
@@ -142,7 +129,7 @@ async fn block_makes_publish_wait_until_a_subscriber_makes_room() {
     let q = broker.stats().await.queues["q"].clone();
     assert_eq!((q.enqueued, q.ready), (2, 2), "{q:?}");
 
-    let mut rx = collect(&broker, "q").await;
+    let mut rx = collect::<u32>(&broker, "q").await;
     assert_eq!(recv_values(&mut rx, 3).await, [0, 1, 2]);
     assert_eq!(blocked.await.unwrap(), Ok(Confirm::Routed { queues: 1 }));
     let report = broker.shutdown(Duration::from_secs(1)).await;

@@ -2,7 +2,7 @@
 //! `dropped.expired`, or dead-lettered with reason `expired`.
 
 mod common;
-use common::wait_until;
+use common::{collect, wait_until};
 
 use std::time::Duration;
 
@@ -19,21 +19,6 @@ fn topology(spec: QueueSpec) -> Topology {
         .bind("t", "q", "")
 }
 
-async fn collect(broker: &Broker, queue: &str) -> mpsc::UnboundedReceiver<Delivery<u32>> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    broker
-        .subscribe(queue, move |d: Delivery<u32>| {
-            let tx = tx.clone();
-            async move {
-                tx.send(d).unwrap();
-                Outcome::Ack
-            }
-        })
-        .await
-        .unwrap();
-    rx
-}
-
 #[actix::test]
 async fn messages_older_than_the_ttl_are_never_delivered_and_counted_expired() {
     tokio::time::pause();
@@ -43,7 +28,7 @@ async fn messages_older_than_the_ttl_are_never_delivered_and_counted_expired() {
     }
     tokio::time::sleep(TTL * 2).await;
     broker.publish("t", "", 3_u32).await.unwrap();
-    let mut rx = collect(&broker, "q").await;
+    let mut rx = collect::<u32>(&broker, "q").await;
     assert_eq!(*rx.recv().await.unwrap(), 3);
     let stats = wait_until(&broker, "the ack", |s| s.queues["q"].acked == 1).await;
     tokio::time::sleep(TTL).await;
@@ -59,7 +44,7 @@ async fn messages_younger_than_the_ttl_are_delivered() {
     let broker = Broker::start(topology(QueueSpec::default().message_ttl(TTL))).unwrap();
     broker.publish("t", "", 7_u32).await.unwrap();
     tokio::time::sleep(TTL - Duration::from_millis(10)).await;
-    let mut rx = collect(&broker, "q").await;
+    let mut rx = collect::<u32>(&broker, "q").await;
     assert_eq!(*rx.recv().await.unwrap(), 7);
     let stats = wait_until(&broker, "the ack", |s| s.queues["q"].acked == 1).await;
     assert_eq!(stats.queues["q"].dropped.expired, 0);
@@ -85,8 +70,8 @@ async fn expired_messages_are_dead_lettered_with_reason_expired() {
         broker.publish("t", "", i).await.unwrap();
     }
     tokio::time::sleep(TTL * 2).await;
-    let mut q_rx = collect(&broker, "q").await;
-    let mut dead = collect(&broker, "dlq").await;
+    let mut q_rx = collect::<u32>(&broker, "q").await;
+    let mut dead = collect::<u32>(&broker, "dlq").await;
     for expected in [0, 1] {
         let d = dead.recv().await.unwrap();
         assert_eq!(*d, expected);

@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests.
+// Each test binary compiles this module and uses some of its helpers.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
-use tubemail::{Broker, Stats};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tubemail::{Broker, Delivery, Outcome, Stats};
 
 pub async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bool) -> Stats {
     for _ in 0..1000 {
@@ -13,4 +17,23 @@ pub async fn wait_until(broker: &Broker, what: &str, done: impl Fn(&Stats) -> bo
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("waited in vain for {what}: {:?}", broker.stats().await);
+}
+
+/// Subscribes a handler to `queue` that acks every delivery and hands it over, in order.
+pub async fn collect<T>(broker: &Broker, queue: &str) -> mpsc::UnboundedReceiver<Delivery<T>>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    broker
+        .subscribe(queue, move |d: Delivery<T>| {
+            let tx = tx.clone();
+            async move {
+                tx.send(d).unwrap();
+                Outcome::Ack
+            }
+        })
+        .await
+        .unwrap();
+    rx
 }
