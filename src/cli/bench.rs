@@ -80,7 +80,19 @@ fn throughput(args: &BenchArgs, shaped: Shaped) -> Result<Vec<Value>, String> {
         ));
     }
     if args.peers {
-        results.extend(peers(args, matches!(shaped, Shaped::Fanout)));
+        let mut peer_rows = peers(args, matches!(shaped, Shaped::Fanout));
+        for peer in &mut peer_rows {
+            // tubemail's rate in the peer's delivery mode, over the peer's (issue #4's targets).
+            let tube = results.iter().find(|r| r["system"] == "tubemail" && r["mode"] == peer["mode"]);
+            let rates =
+                (tube.and_then(|t| t["deliveries_per_sec"].as_f64()), peer["deliveries_per_sec"].as_f64());
+            if let (Some(tube), Some(rate)) = rates {
+                if rate > 0.0 {
+                    peer["tubemail_ratio"] = json!(tube / rate);
+                }
+            }
+        }
+        results.extend(peer_rows);
     }
     Ok(results)
 }
@@ -269,6 +281,14 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
                 num(bytes), num(&r["overhead_per_queued_message"]), num(&r["bytes_per_idle_queue"]),
                 num(&r["bytes_per_idle_subscriber"]), r["peak_rss"].as_u64().unwrap_or(0) / (1 << 20));
         }
+    }
+    for r in results.iter().filter(|r| r.get("tubemail_ratio").is_some()) {
+        println!(
+            "tubemail {} against {}: {:.1}x",
+            r["mode"].as_str().unwrap_or("-"),
+            r["system"].as_str().unwrap_or_default(),
+            r["tubemail_ratio"].as_f64().unwrap_or_default()
+        );
     }
     let _ = TopicKind::Topic;
 }
