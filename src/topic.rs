@@ -163,7 +163,11 @@ struct CachedRoute<T> {
 
 impl<T> CachedRoute<T> {
     fn matches(&self, generations: (u64, u64), key: &str) -> bool {
-        self.generations == generations && &*self.key == key
+        // A fan-out topic's one route has the empty key: spare that compare the call to `memcmp`,
+        // which measured a fifth of a one-queue publish.
+        self.generations == generations
+            && self.key.len() == key.len()
+            && (key.is_empty() || &*self.key == key)
     }
 }
 
