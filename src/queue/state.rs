@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ids::{ConsumerId, DeliveryTag};
+use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{DeathReason, Message};
 use crate::sim::history::What;
 use crate::sim::inject::{Bugs, Injector};
@@ -348,8 +348,29 @@ impl QueueState {
         }
         self.consumers[index].blocked = false;
         match op {
-            SettleOp::Ack { tag, multiple } => {
-                let settled = self.take_unacked(index, tag, multiple)?;
+            SettleOp::Ack { tag, multiple: true } => {
+                // The common case (cumulative acks): the settled entries are dropped where they lie,
+                // with no vector gathered for them.
+                let unacked = &mut self.consumers[index].unacked;
+                let count = unacked.partition_point(|u| u.tag <= tag);
+                if count == 0 {
+                    return Err(SettleError::UnknownTag(tag));
+                }
+                self.stats.acked += count as u64;
+                self.stats.in_flight -= count as u64;
+                let settled = unacked.drain(..count);
+                match &self.trace {
+                    None => drop(settled),
+                    Some(_) => {
+                        let acked: Vec<(MessageId, u64)> = settled.map(|u| (u.entry.msg.id, u.tag)).collect();
+                        for (msg, tag) in acked {
+                            self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
+                        }
+                    }
+                }
+            }
+            SettleOp::Ack { tag, multiple: false } => {
+                let settled = self.take_unacked(index, tag, false)?;
                 self.stats.acked += settled.len() as u64;
                 self.stats.in_flight -= settled.len() as u64;
                 for (tag, entry) in &settled {
