@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -26,33 +27,38 @@ pub(crate) fn draw(path: &Path, scenario: &str, results: &[Value]) -> Result<(),
     let caption = format!("tubemail bench {scenario}");
     let mut chart = ChartBuilder::on(&root);
     chart.caption(caption, ("sans-serif", 22)).margin(15).x_label_area_size(40).y_label_area_size(70);
-    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN];
     if log_x {
-        let mut c = chart
-            .build_cartesian_2d((1.0..x_max * 1.5).log_scale(), 0.0..y_max)
-            .map_err(|e| e.to_string())?;
-        c.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| e.to_string())?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = palette[i % palette.len()];
-            c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        c.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())?;
+        let c = chart.build_cartesian_2d((1.0..x_max * 1.5).log_scale(), 0.0..y_max);
+        draw_lines(&mut c.map_err(|e| e.to_string())?, x_label, y_label, &series)?;
     } else {
-        let mut c = chart.build_cartesian_2d(0.0..x_max, 0.0..y_max).map_err(|e| e.to_string())?;
-        c.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| e.to_string())?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = palette[i % palette.len()];
-            c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(|e| e.to_string())?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        c.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())?;
+        let c = chart.build_cartesian_2d(0.0..x_max, 0.0..y_max);
+        draw_lines(&mut c.map_err(|e| e.to_string())?, x_label, y_label, &series)?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+/// Draws the mesh, one line per series and the legend, on linear or logarithmic axes alike.
+fn draw_lines<'a, DB, X, Y>(
+    c: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    x_label: &str,
+    y_label: &str,
+    series: &Series,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    c.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(|e| e.to_string())?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    c.configure_series_labels().border_style(BLACK).draw().map_err(|e| e.to_string())
 }
 
 type Series = Vec<(String, Vec<(f64, f64)>)>;
