@@ -1,6 +1,6 @@
 //! The `tubemail` binary: `route` prints the queues each key reaches, `validate` accepts good topology
-//! files and names the file, line and field of the first problem in bad ones, and `demo` runs to the
-//! end with a final table.
+//! files and names the file, line and field of the first problem in bad ones, `demo` runs to the
+//! end with a final table, and `bench` reports in the JSON shape and the plots issue #4 names.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -258,4 +258,53 @@ fn demo_runs_to_the_end_and_prints_a_final_table_with_dead_letters() {
         .map(|l| l.split_whitespace().nth(dead_column).and_then(|n| n.parse::<u64>().ok()).expect("a count"))
         .sum();
     assert!(dead_in_table > 0, "the poisoned tickets were dead-lettered: {last}");
+}
+
+/// `bench --json` gives one object with `scenario` and `results`, each result with the fields issue #4
+/// names, and tubemail's ratio to the baseline measured in the same run.
+#[test]
+fn bench_json_has_the_named_fields_and_tubemails_ratio() {
+    let out = tubemail(&["bench", "fanout", "--messages", "400", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    assert_eq!(json["scenario"], "fanout");
+    let results = json["results"].as_array().expect("results");
+    let systems: Vec<(&str, Option<&str>)> =
+        results.iter().map(|r| (r["system"].as_str().unwrap(), r["mode"].as_str())).collect();
+    assert_eq!(
+        systems,
+        [("baseline", None), ("tubemail", Some("at-most-once")), ("tubemail", Some("at-least-once"))]
+    );
+    for r in results {
+        for field in ["deliveries_per_sec", "p50_us", "p99_us", "lost"] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        assert_eq!(r["lost"], 0, "{r}");
+        assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let base = results[0]["deliveries_per_sec"].as_f64().unwrap();
+    for r in &results[1..] {
+        let ratio = r["ratio_to_baseline"].as_f64().expect("tubemail has ratio_to_baseline");
+        let rate = r["deliveries_per_sec"].as_f64().unwrap();
+        assert!((ratio - rate / base).abs() < 1e-9 * ratio.max(1.0), "{r}");
+    }
+}
+
+/// `--plot` writes an SVG with a curve per system; a scenario without a curve is refused by name.
+#[test]
+fn bench_plot_draws_latency_and_refuses_fanout() {
+    let svg = std::env::temp_dir().join(format!("tubemail-cli-{}-latency.svg", std::process::id()));
+    let path = svg.to_str().expect("temp path is UTF-8");
+    let out = tubemail(&["bench", "latency", "--messages", "300", "--plot", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&svg).expect("the plot was written");
+    let _ = std::fs::remove_file(&svg);
+    assert!(text.starts_with("<svg"), "an SVG document");
+    for system in ["baseline", "tubemail at-most-once", "tubemail at-least-once"] {
+        assert!(text.contains(system), "the legend names {system}");
+    }
+
+    let out = tubemail(&["bench", "fanout", "--messages", "100", "--plot", path]);
+    assert!(!out.status.success(), "fanout has no curve to draw");
+    assert!(stderr(&out).contains("--plot draws wide, bindings and latency, not fanout"), "{}", stderr(&out));
 }

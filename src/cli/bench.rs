@@ -81,20 +81,25 @@ fn throughput(args: &BenchArgs, shaped: Shaped) -> Result<Vec<Value>, String> {
     }
     if args.peers {
         let mut peer_rows = peers(args, matches!(shaped, Shaped::Fanout));
-        for peer in &mut peer_rows {
-            // tubemail's rate in the peer's delivery mode, over the peer's (issue #4's targets).
-            let tube = results.iter().find(|r| r["system"] == "tubemail" && r["mode"] == peer["mode"]);
-            let rates =
-                (tube.and_then(|t| t["deliveries_per_sec"].as_f64()), peer["deliveries_per_sec"].as_f64());
-            if let (Some(tube), Some(rate)) = rates {
-                if rate > 0.0 {
-                    peer["tubemail_ratio"] = json!(tube / rate);
-                }
-            }
-        }
+        add_peer_ratios(&results, &mut peer_rows);
         results.extend(peer_rows);
     }
     Ok(results)
+}
+
+/// Gives each peer's row `tubemail_ratio`: tubemail's rate in the peer's delivery mode over the
+/// peer's (issue #4's targets), where both rates are known and the peer's is not zero.
+fn add_peer_ratios(results: &[Value], peers: &mut [Value]) {
+    for peer in peers {
+        let tube = results.iter().find(|r| r["system"] == "tubemail" && r["mode"] == peer["mode"]);
+        let rates =
+            (tube.and_then(|t| t["deliveries_per_sec"].as_f64()), peer["deliveries_per_sec"].as_f64());
+        if let (Some(tube), Some(rate)) = rates {
+            if rate > 0.0 {
+                peer["tubemail_ratio"] = json!(tube / rate);
+            }
+        }
+    }
 }
 
 #[cfg(feature = "peers")]
@@ -291,4 +296,29 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
         );
     }
     let _ = TopicKind::Topic;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::add_peer_ratios;
+
+    #[test]
+    fn each_peer_is_compared_with_tubemail_in_its_own_mode() {
+        let results = [
+            json!({"system": "baseline", "mode": null, "deliveries_per_sec": 10.0}),
+            json!({"system": "tubemail", "mode": "at-most-once", "deliveries_per_sec": 900.0}),
+            json!({"system": "tubemail", "mode": "at-least-once", "deliveries_per_sec": 600.0}),
+        ];
+        let mut peers = [
+            json!({"system": "rabbitmq-ack", "mode": "at-least-once", "deliveries_per_sec": 3.0}),
+            json!({"system": "nats", "mode": "at-most-once", "deliveries_per_sec": 300.0}),
+            json!({"system": "stalled", "mode": "at-most-once", "deliveries_per_sec": 0.0}),
+        ];
+        add_peer_ratios(&results, &mut peers);
+        assert_eq!(peers[0]["tubemail_ratio"], json!(200.0));
+        assert_eq!(peers[1]["tubemail_ratio"], json!(3.0));
+        assert!(peers[2].get("tubemail_ratio").is_none(), "no ratio to a rate of zero");
+    }
 }
