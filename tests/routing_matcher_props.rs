@@ -119,6 +119,17 @@ fn apply(table: &mut RoutingTable, model: &mut Vec<(QueueId, String)>, op: &Op) 
     }
 }
 
+/// A table of `kind` after `ops`, with the model of its bindings, checked to agree.
+fn built(kind: TopicKind, ops: &[Op]) -> (RoutingTable, Vec<(QueueId, String)>) {
+    let mut table = RoutingTable::new(kind);
+    let mut model = Vec::new();
+    for op in ops {
+        apply(&mut table, &mut model, op);
+    }
+    assert_same_bindings(&table, &model);
+    (table, model)
+}
+
 fn assert_same_bindings(table: &RoutingTable, model: &[(QueueId, String)]) {
     let listed: Vec<(QueueId, String)> = table.bindings().into_iter().map(|b| (b.queue, b.key)).collect();
     assert_eq!(listed, model);
@@ -146,12 +157,7 @@ proptest! {
         ops in prop::collection::vec(op(), 0..48),
         keys in prop::collection::vec(key(), 1..16),
     ) {
-        let mut table = RoutingTable::new(TopicKind::Topic);
-        let mut model = Vec::new();
-        for op in &ops {
-            apply(&mut table, &mut model, op);
-        }
-        assert_same_bindings(&table, &model);
+        let (mut table, model) = built(TopicKind::Topic, &ops);
         for key in &keys {
             prop_assert_eq!(route(&table, key), expected(&model, key, pattern_matches), "{:?}", key);
         }
@@ -171,12 +177,7 @@ proptest! {
         keys in prop::collection::vec(key(), 1..16),
     ) {
         for kind in [TopicKind::Direct, TopicKind::Fanout] {
-            let mut table = RoutingTable::new(kind);
-            let mut model = Vec::new();
-            for op in &ops {
-                apply(&mut table, &mut model, op);
-            }
-            assert_same_bindings(&table, &model);
+            let (table, model) = built(kind, &ops);
             for key in keys.iter().chain(model.iter().map(|(_, p)| p)) {
                 let want = match kind {
                     TopicKind::Direct => expected(&model, key, |p, k| p == k),
@@ -192,12 +193,7 @@ proptest! {
         ops in prop::collection::vec(op(), 0..48),
         keys in prop::collection::vec(key(), 1..16),
     ) {
-        let mut table = RoutingTable::new(TopicKind::Hash);
-        let mut model = Vec::new();
-        for op in &ops {
-            apply(&mut table, &mut model, op);
-        }
-        assert_same_bindings(&table, &model);
+        let (table, model) = built(TopicKind::Hash, &ops);
         // A table built from the same bindings from scratch routes the same way.
         let mut fresh = RoutingTable::new(TopicKind::Hash);
         for (queue, pattern) in &model {
