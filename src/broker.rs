@@ -679,18 +679,8 @@ impl Publisher {
         };
         let mut msg = Some(msg);
         for (i, queue) in targets.iter().enumerate() {
-            let offered = match msg.take() {
-                Some(last) if i + 1 == targets.len() => last,
-                Some(own) => {
-                    let copy = own.clone();
-                    msg = Some(own);
-                    copy
-                }
-                None => match &attempt.held {
-                    Some(held) => held.clone(),
-                    None => break,
-                },
-            };
+            let offered = if i + 1 == targets.len() { msg.take() } else { msg.clone() };
+            let offered = offered.expect("the publisher holds the message until the last target");
             match queue.try_offer(offered) {
                 Offer::Accepted => {
                     attempt.accepted += 1;
