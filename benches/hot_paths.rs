@@ -2,11 +2,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use smallvec::SmallVec;
-use tubemail::bench::hot::QueueBench;
-use tubemail::bench::{FANOUT_BINDINGS, FANOUT_KEYS};
 use tubemail::ids::QueueId;
+use tubemail::internals::QueueBench;
 use tubemail::routing::{pattern_matches, RoutingTable, TopicKind};
 use tubemail::DeliveryMode;
+use tubemail_bench::{FANOUT_BINDINGS, FANOUT_KEYS};
 
 fn table() -> RoutingTable {
     let mut table = RoutingTable::new(TopicKind::Topic);

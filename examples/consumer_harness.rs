@@ -1,4 +1,4 @@
-//! Property-testing a consumer against delivery faults with `tubemail::sim::Harness`.
+//! Property-testing a consumer against delivery faults with `tubemail_sim::Harness`.
 //!
 //! A payments consumer charges each payment. Under at-least-once delivery with duplicated
 //! deliveries, lost acks and crashes after the handler ran, the plain consumer charges some payments
@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tubemail::consumer::{DedupStore, Idempotent};
-use tubemail::sim::{FaultPlan, Harness};
 use tubemail::{Delivery, Outcome, QueueSpec, TopicKind, TopicSpec, Topology};
+use tubemail_sim::{FaultPlan, Harness};
 
 /// Charges per payment.
 type Charges = BTreeMap<u32, u32>;

@@ -13,12 +13,11 @@ use tokio::time::Instant;
 
 use crate::ids::{MessageId, QueueId};
 use crate::message::{Deaths, Message, Payload};
+use crate::probe::{self, ProbeRef, What};
 use crate::queue::state::QueueState;
 use crate::queue::{Delete, Drain, GetStats, Offer, QueueActor, QueueHandle, Subscribe, Unsubscribe};
 use crate::registry::Registry;
 use crate::routing::{validate_key, RoutingError};
-use crate::sim::history::What;
-use crate::sim::inject::Injector;
 use crate::stats::Stats;
 use crate::subscriber::{
     AsyncRunner, Delivery, Handler, Outcome, Runner, Stop, SubscribeOptions, SubscriberActor, Subscription,
@@ -191,6 +190,30 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// Starts a [`Broker`] with options beyond its topology; made by [`Broker::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `start`"]
+pub struct BrokerBuilder {
+    topology: Topology,
+    probe: ProbeRef,
+}
+
+impl BrokerBuilder {
+    /// Reports fault sites and events to `probe` (the simulator's seam; see [`crate::probe`]).
+    pub fn probe(mut self, probe: Arc<dyn crate::probe::Probe>) -> Self {
+        self.probe = Some(probe);
+        self
+    }
+
+    /// Starts the broker, as [`Broker::start`] does.
+    ///
+    /// # Errors
+    /// [`StartError::Topology`] when the topology is invalid.
+    pub fn start(self) -> Result<Broker, StartError> {
+        Broker::start_with(self.topology, self.probe)
+    }
+}
+
 impl Broker {
     /// Validates the topology and starts its actors on the current arbiter.
     ///
@@ -203,9 +226,15 @@ impl Broker {
         Self::start_with(topology, None)
     }
 
-    pub(crate) fn start_with(topology: Topology, sim: Option<Arc<Injector>>) -> Result<Broker, StartError> {
+    /// A builder, for a broker with more than a topology: a [`Probe`](crate::probe::Probe) for the
+    /// simulator.
+    pub fn builder(topology: Topology) -> BrokerBuilder {
+        BrokerBuilder { topology, probe: None }
+    }
+
+    fn start_with(topology: Topology, probe: ProbeRef) -> Result<Broker, StartError> {
         topology.validate()?;
-        let registry = Arc::new(Registry::new(Arbiter::current(), sim));
+        let registry = Arc::new(Registry::new(Arbiter::current(), probe));
         let broker = Broker { registry };
         for (name, spec) in &topology.queues {
             broker.start_queue(name, spec.clone());
@@ -400,9 +429,9 @@ impl Broker {
         let handle = self.registry.queue(queue).ok_or_else(unknown)?;
         let consumer = self.registry.consumer_id();
         let prefetch = options.prefetch.unwrap_or(handle.spec.prefetch_default);
-        let sim = self.registry.sim.clone();
+        let probe = self.registry.probe.clone();
         let (addr, name, mode) = (handle.addr.clone(), handle.name.clone(), handle.spec.delivery);
-        let actor = SubscriberActor::<T, R>::new(addr, name, consumer, mode, prefetch, runner, sim);
+        let actor = SubscriberActor::<T, R>::new(addr, name, consumer, mode, prefetch, runner, probe);
         let addr = SubscriberActor::start_in_arbiter(&self.registry.arbiter, |_| actor);
         let stop = addr.clone().recipient::<Stop>();
         let subscribe = Subscribe { consumer, prefetch, recipient: addr.recipient() };
@@ -579,9 +608,15 @@ impl Publisher {
         self.publish_as(key, payload, None, 1).await.map(|(_, confirm)| confirm)
     }
 
-    /// Publishes with a given message id (a retry keeps its id), recording the publish and its
-    /// confirm in a simulation's history.
-    pub(crate) async fn publish_as(
+    /// Publishes a payload with a given message id, or a new one when `id` is `None`; `attempt_no`
+    /// counts from 1. A publisher that lost a confirm publishes again with the same id, so that an
+    /// idempotent consumer can tell the copies apart (the simulator's `confirm-loss` fault does so).
+    /// Returns the id and the confirm.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    #[doc(hidden)]
+    pub async fn publish_as(
         &self,
         key: &str,
         payload: Payload,
@@ -591,8 +626,8 @@ impl Publisher {
         self.check(key)?;
         let msg = self.message(key, payload, id);
         let id = msg.id;
-        if let Some(sim) = &self.registry.sim {
-            sim.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
+        if let Some(probe) = &self.registry.probe {
+            probe.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
         }
         let mut attempt = self.route_and_offer(key, msg);
         if attempt.route == Route::Unroutable {
@@ -621,8 +656,8 @@ impl Publisher {
     }
 
     fn record_confirm(&self, msg: MessageId, queues: Vec<String>, refused: Vec<String>) {
-        if let Some(sim) = &self.registry.sim {
-            sim.record(What::Confirm { msg, queues, refused });
+        if let Some(probe) = &self.registry.probe {
+            probe.record(What::Confirm { msg, queues, refused });
         }
     }
 
@@ -649,7 +684,7 @@ impl Publisher {
 
     /// Routes `msg` and offers it to every target queue without waiting.
     fn route_and_offer(&self, key: &str, msg: Arc<Message>) -> Attempt {
-        let skips_binding = self.registry.sim.as_ref().is_some_and(|s| s.bugs.router_skips_binding);
+        let skips_binding = probe::bug(&self.registry.probe, |b| b.router_skips_binding);
         self.topic.with_route(key, &self.registry, |route, targets| {
             match targets {
                 // Broken on purpose: the last matching binding is skipped.
@@ -663,7 +698,7 @@ impl Publisher {
     /// rather than a clone, sparing a reference count round trip with the broker's thread; the message
     /// comes back in `Attempt::held` when a queue hands it back (no room now).
     fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>]) -> Attempt {
-        let accepted_names = self.registry.sim.as_ref().map(|_| Vec::new());
+        let accepted_names = self.registry.probe.as_ref().map(|_| Vec::new());
         let alternate = match (route, targets) {
             (Route::Alternate, [queue]) => Some(queue.name.clone()),
             _ => None,

@@ -39,24 +39,24 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
-#[doc(hidden)]
-pub mod bench;
 mod broker;
 pub mod consumer;
 pub mod ids;
+#[doc(hidden)]
+pub mod internals;
 pub mod message;
+pub mod probe;
 pub mod queue;
 mod registry;
 pub mod routing;
-pub mod sim;
 pub mod stats;
 pub mod subscriber;
 pub(crate) mod topic;
 pub mod topology;
 
 pub use broker::{
-    BindError, Broker, Confirm, DeclareError, PublishError, Publisher, ShutdownReport, StartError,
-    SubscribeError, TryPublishError,
+    BindError, Broker, BrokerBuilder, Confirm, DeclareError, PublishError, Publisher, ShutdownReport,
+    StartError, SubscribeError, TryPublishError,
 };
 pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, TypedValue};

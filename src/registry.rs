@@ -39,13 +39,13 @@ pub(crate) struct Registry {
     pub(crate) arbiter: ArbiterHandle,
     pub(crate) closed: AtomicBool,
     /// The simulation's injector, when the broker runs in one.
-    pub(crate) sim: Option<Arc<crate::sim::inject::Injector>>,
+    pub(crate) probe: crate::probe::ProbeRef,
     next_message: AtomicU64,
     next_consumer: AtomicU64,
 }
 
 impl Registry {
-    pub(crate) fn new(arbiter: ArbiterHandle, sim: Option<Arc<crate::sim::inject::Injector>>) -> Self {
+    pub(crate) fn new(arbiter: ArbiterHandle, probe: crate::probe::ProbeRef) -> Self {
         Self {
             queues: ArcSwap::from_pointee(QueueMap::default()),
             queues_generation: AtomicU64::new(0),
@@ -56,7 +56,7 @@ impl Registry {
             started: Instant::now(),
             arbiter,
             closed: AtomicBool::new(false),
-            sim,
+            probe,
             next_message: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
         }

@@ -110,6 +110,7 @@ mod pattern;
 mod table;
 mod trie;
 
+pub use self::hash::fnv1a64;
 pub use self::table::{Binding, RoutingTable};
 
 /// The longest routing key, binding key or pattern, in bytes (RabbitMQ's limit, as AMQP's short

@@ -43,13 +43,12 @@ use tokio::sync::oneshot;
 
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{Death, Message, Value};
+use crate::probe::{self, FaultKind, HandlerOutcome, ProbeRef, What};
 use crate::queue::state::SettleOp;
 use crate::queue::{
     Deliver, DeliverItem, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe,
 };
 use crate::registry::Registry;
-use crate::sim::history::{FaultKind, What};
-use crate::sim::inject::Injector;
 use crate::topology::Delivery as DeliveryMode;
 
 /// The most settlements a subscriber batches into one message to its queue.
@@ -388,6 +387,17 @@ pub(crate) struct Stop;
 #[rtype(result = "()")]
 struct Flush;
 
+/// Why a subscriber restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    /// Its handler panicked.
+    Panicked,
+    /// The simulator crashed it before its handler ran.
+    InjectedBeforeHandler,
+    /// The simulator crashed it after its handler ran, before the ack.
+    InjectedAfterHandler,
+}
+
 /// The subscriber actor.
 pub(crate) struct SubscriberActor<T, H> {
     link: Arc<Link>,
@@ -407,7 +417,7 @@ pub(crate) struct SubscriberActor<T, H> {
     /// At most once: the tags handled in this incarnation, newest [`SEEN_TAGS_MAX`].
     seen: BTreeSet<u64>,
     queue: Arc<str>,
-    sim: Option<Arc<Injector>>,
+    probe: ProbeRef,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -424,7 +434,7 @@ where
         mode: DeliveryMode,
         prefetch: u32,
         handler: H,
-        sim: Option<Arc<Injector>>,
+        probe: ProbeRef,
     ) -> Self {
         Self {
             link: Arc::new(Link { queue: queue_addr, consumer }),
@@ -440,7 +450,7 @@ where
             running: false,
             seen: BTreeSet::new(),
             queue,
-            sim,
+            probe,
             _value: PhantomData,
         }
     }
@@ -533,13 +543,13 @@ where
             // A duplicated delivery: at most once, the handler never runs twice.
             return;
         }
-        if let Some(sim) = &self.sim {
-            if sim.strikes(FaultKind::CrashBefore) {
-                sim.fault(FaultKind::CrashBefore, Some(msg.id), Some(&self.queue));
-                return self.crashed(ctx, Some(true));
+        if let Some(probe) = &self.probe {
+            if probe.strikes(FaultKind::CrashBefore) {
+                probe.fault(FaultKind::CrashBefore, Some(msg.id), Some(&self.queue));
+                return self.crashed(ctx, Crash::InjectedBeforeHandler);
             }
             let (queue, consumer) = (self.queue.to_string(), self.link.consumer.0);
-            sim.record(What::HandlerStart { msg: msg.id, queue, consumer, tag });
+            probe.record(What::HandlerStart { msg: msg.id, queue, consumer, tag });
         }
         let value = match msg.payload.read_value::<T>() {
             Ok(value) => value,
@@ -558,10 +568,10 @@ where
             link: self.link.clone(),
         };
         let mut run = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.run(delivery)));
-        if let (Some(sim), Ok(ran)) = (&self.sim, &mut run) {
-            if sim.strikes(FaultKind::Slow) {
-                sim.fault(FaultKind::Slow, Some(msg.id), Some(&self.queue));
-                *ran = Run::slowed(std::mem::replace(ran, Run::Done(Outcome::Ack)), sim.slowness());
+        if let (Some(probe), Ok(ran)) = (&self.probe, &mut run) {
+            if probe.strikes(FaultKind::Slow) {
+                probe.fault(FaultKind::Slow, Some(msg.id), Some(&self.queue));
+                *ran = Run::slowed(std::mem::replace(ran, Run::Done(Outcome::Ack)), probe.slowness());
             }
         }
         match run {
@@ -575,7 +585,7 @@ where
                     act.drive(ctx);
                 }));
             }
-            Err(_) => self.crashed(ctx, None),
+            Err(_) => self.crashed(ctx, Crash::Panicked),
         }
     }
 
@@ -585,8 +595,7 @@ where
     fn first_time(&mut self, tag: u64) -> bool {
         // Outside a simulation nothing duplicates a delivery on its way (an actor mailbox delivers each
         // message once), so only a simulated link needs the record.
-        let Some(sim) = &self.sim else { return true };
-        if sim.bugs.at_most_once_redelivers {
+        if self.probe.is_none() || probe::bug(&self.probe, |b| b.at_most_once_redelivers) {
             return true;
         }
         let fresh = self.seen.insert(tag);
@@ -604,34 +613,37 @@ where
         result: std::thread::Result<Outcome>,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(sim) = &self.sim {
+        if let Some(probe) = &self.probe {
             let (queue, consumer) = (self.queue.to_string(), self.link.consumer.0);
             let outcome = match &result {
-                Ok(outcome) => format!("{outcome:?}"),
-                Err(_) => "panic".to_owned(),
+                Ok(outcome) => HandlerOutcome::from(*outcome),
+                Err(_) => HandlerOutcome::Panic,
             };
-            sim.record(What::HandlerEnd { msg: msg.id, queue, consumer, tag, outcome });
-            if result.is_ok() && self.epoch == epoch && sim.strikes(FaultKind::CrashAfter) {
-                sim.fault(FaultKind::CrashAfter, Some(msg.id), Some(&self.queue));
-                return self.crashed(ctx, Some(false));
+            probe.record(What::HandlerEnd { msg: msg.id, queue, consumer, tag, outcome });
+            if result.is_ok() && self.epoch == epoch && probe.strikes(FaultKind::CrashAfter) {
+                probe.fault(FaultKind::CrashAfter, Some(msg.id), Some(&self.queue));
+                return self.crashed(ctx, Crash::InjectedAfterHandler);
             }
         }
         match result {
             Ok(outcome) if self.epoch == epoch => self.record(tag, msg, outcome, ctx),
             Ok(_) => {}
-            Err(_) => self.crashed(ctx, None),
+            Err(_) => self.crashed(ctx, Crash::Panicked),
         }
     }
 
-    /// The subscriber restarts: a handler panicked (`injected` is `None`), or the simulation crashed it
-    /// before (`Some(true)`) or after (`Some(false)`) its handler ran.
-    fn crashed(&mut self, ctx: &mut Context<Self>, injected: Option<bool>) {
-        if injected.is_none() {
+    /// The subscriber restarts: a handler panicked, or the simulation crashed it.
+    fn crashed(&mut self, ctx: &mut Context<Self>, crash: Crash) {
+        if crash == Crash::Panicked {
             tracing::warn!(consumer = self.link.consumer.0, "handler panicked; restarting the subscriber");
         }
-        if let Some(sim) = &self.sim {
+        if let Some(probe) = &self.probe {
             let (queue, consumer) = (self.queue.to_string(), self.link.consumer.0);
-            sim.record(What::Crash { queue, consumer, before_handler: injected.unwrap_or(false) });
+            probe.record(What::Crash {
+                queue,
+                consumer,
+                before_handler: crash == Crash::InjectedBeforeHandler,
+            });
         }
         self.seen.clear();
         self.handler.restarted();

@@ -67,8 +67,10 @@ impl<H> Idempotent<H> {
     }
 
     /// A deliberately broken variant whose window lives and dies with the subscriber: it forgets every
-    /// id when the subscriber restarts. The simulation's tests prove the checkers catch it.
+    /// id when the subscriber restarts. The simulation's tests prove the checkers catch it. Only with
+    /// the `broken` feature, which no application build enables.
     #[doc(hidden)]
+    #[cfg(feature = "broken")]
     pub fn forgetting_on_restart(store: DedupStore, handler: H) -> Self {
         Self { store, handler, forgets_on_restart: true }
     }

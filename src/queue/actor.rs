@@ -15,9 +15,9 @@ use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
 use super::{InboxReceiver, TrySendError, INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
+use crate::probe::ProbeRef;
+use crate::probe::{FaultKind, What};
 use crate::registry::Registry;
-use crate::sim::history::{FaultKind, What};
-use crate::sim::inject::Injector;
 use crate::stats::QueueStats;
 
 /// A message for the queue (from a publisher, or a dead letter from another queue), through its inbox.
@@ -154,7 +154,7 @@ pub(crate) struct QueueActor {
     /// Dispatches of the current pump, by consumer, reused between pumps.
     outbox: Vec<Batch>,
     /// The simulation's injector, when the queue runs in one.
-    sim: Option<Arc<Injector>>,
+    probe: ProbeRef,
 }
 
 impl QueueActor {
@@ -166,8 +166,8 @@ impl QueueActor {
         credits: Option<Arc<Semaphore>>,
         refused: Arc<AtomicU64>,
     ) -> Self {
-        let sim = registry.sim.clone();
-        let state = state.traced(sim.clone());
+        let probe = registry.probe.clone();
+        let state = state.traced(probe.clone());
         let spec = state.spec();
         let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::Delivery::AtLeastOnce;
         let started = Instant::now();
@@ -178,7 +178,7 @@ impl QueueActor {
             started,
             pump_scheduled: false,
             outbox: Vec::new(),
-            sim,
+            probe,
             state,
             registry,
             credits,
@@ -249,7 +249,7 @@ impl QueueActor {
     /// Sends one subscriber its batch; a full or closed mailbox gives every dispatch back.
     fn deliver(&mut self, batch: &mut Batch, now: Instant, ctx: &mut Context<Self>) {
         let mut items = std::mem::take(&mut batch.items);
-        if self.sim.is_some() {
+        if self.probe.is_some() {
             items = self.inject_link_faults(batch, items, ctx);
         }
         let recipient = self.subscribers.iter().find(|(id, _)| *id == batch.consumer).map(|(_, r)| r);
@@ -264,7 +264,7 @@ impl QueueActor {
                 Err(SendError::Closed(d)) => (d.items, true),
             },
         };
-        if self.sim.is_some() {
+        if self.probe.is_some() {
             // Faults reshaped the batch, so it cannot be undone in order: treat it as lost on the way
             // (at least once, the ack deadline brings it back).
             let mut tags: Vec<u64> = Vec::new();
@@ -287,19 +287,19 @@ impl QueueActor {
     /// Whether a fault drops this settlement on the ack link (acks and nacks; at-most-once handlers'
     /// reports are auto-acks and never cross it).
     fn ack_lost(&self, op: &SettleOp) -> bool {
-        let Some(sim) = &self.sim else { return false };
+        let Some(probe) = &self.probe else { return false };
         let on_the_wire = matches!(op, SettleOp::Ack { .. } | SettleOp::Nack { .. });
-        let lost = on_the_wire && sim.strikes(FaultKind::AckLoss);
+        let lost = on_the_wire && probe.strikes(FaultKind::AckLoss);
         if lost {
-            sim.fault(FaultKind::AckLoss, None, Some(self.state.name()));
+            probe.fault(FaultKind::AckLoss, None, Some(self.state.name()));
         }
         lost
     }
 
     /// Records a dispatch in a simulation's history, in the order the queue hands messages out.
     fn trace_dispatch(&self, d: &Dispatch) {
-        let Some(sim) = &self.sim else { return };
-        sim.record(What::Deliver {
+        let Some(probe) = &self.probe else { return };
+        probe.record(What::Deliver {
             msg: d.msg.id,
             queue: self.state.name().to_owned(),
             consumer: d.consumer.0,
@@ -317,23 +317,23 @@ impl QueueActor {
         items: Vec<DeliverItem>,
         ctx: &mut Context<Self>,
     ) -> Vec<DeliverItem> {
-        let sim = self.sim.clone().expect("called in simulation");
+        let probe = self.probe.clone().expect("called in simulation");
         let queue = self.state.name().to_owned();
         let mut kept = Vec::with_capacity(items.len());
         let mut places = Vec::with_capacity(items.len());
         for (item, place) in items.into_iter().zip(std::mem::take(&mut batch.places)) {
-            if sim.strikes(FaultKind::Drop) {
-                sim.fault(FaultKind::Drop, Some(item.msg.id), Some(&queue));
+            if probe.strikes(FaultKind::Drop) {
+                probe.fault(FaultKind::Drop, Some(item.msg.id), Some(&queue));
                 self.state.lost_in_transit(batch.consumer, &item.msg);
                 continue;
             }
-            if sim.strikes(FaultKind::Delay) {
-                sim.fault(FaultKind::Delay, Some(item.msg.id), Some(&queue));
-                self.send_later(batch.consumer, batch.epoch, item, sim.delay(), ctx);
+            if probe.strikes(FaultKind::Delay) {
+                probe.fault(FaultKind::Delay, Some(item.msg.id), Some(&queue));
+                self.send_later(batch.consumer, batch.epoch, item, probe.delay(), ctx);
                 continue;
             }
-            if sim.strikes(FaultKind::Duplicate) {
-                sim.fault(FaultKind::Duplicate, Some(item.msg.id), Some(&queue));
+            if probe.strikes(FaultKind::Duplicate) {
+                probe.fault(FaultKind::Duplicate, Some(item.msg.id), Some(&queue));
                 let copy =
                     DeliverItem { tag: item.tag, msg: item.msg.clone(), delivery_count: item.delivery_count };
                 kept.push(copy);
@@ -545,11 +545,11 @@ impl Actor for QueueActor {
 
 impl StreamHandler<Vec<Enqueue>> for QueueActor {
     fn handle(&mut self, batch: Vec<Enqueue>, ctx: &mut Self::Context) {
-        if let Some(sim) = self.sim.clone() {
-            if sim.strikes(FaultKind::QueueRestart) {
+        if let Some(probe) = self.probe.clone() {
+            if probe.strikes(FaultKind::QueueRestart) {
                 let queue = self.state.name().to_owned();
-                sim.fault(FaultKind::QueueRestart, None, Some(&queue));
-                sim.record(What::QueueRestart { queue });
+                probe.fault(FaultKind::QueueRestart, None, Some(&queue));
+                probe.record(What::QueueRestart { queue });
                 self.state.restart();
             }
         }

@@ -11,8 +11,7 @@ use tokio::time::Instant;
 
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{DeathReason, Message};
-use crate::sim::history::What;
-use crate::sim::inject::{Bugs, Injector};
+use crate::probe::{self, DropReason, ProbeRef, RedeliverReason, What};
 use crate::stats::QueueStats;
 use crate::topology::{Delivery, Overflow, QueueSpec};
 
@@ -162,7 +161,7 @@ pub(crate) struct QueueState {
     effects: Vec<Effect>,
     credits_freed: usize,
     /// The simulation's recorder, when this queue runs in one.
-    trace: Option<Arc<Injector>>,
+    probe: ProbeRef,
 }
 
 impl QueueState {
@@ -178,24 +177,20 @@ impl QueueState {
             stats: QueueStats::default(),
             effects: Vec::new(),
             credits_freed: 0,
-            trace: None,
+            probe: None,
         }
     }
 
     /// Records this queue's events into a simulation's history.
-    pub(crate) fn traced(mut self, trace: Option<Arc<Injector>>) -> Self {
-        self.trace = trace;
+    pub(crate) fn traced(mut self, probe: ProbeRef) -> Self {
+        self.probe = probe;
         self
     }
 
     fn note(&self, what: impl FnOnce(String) -> What) {
-        if let Some(trace) = &self.trace {
-            trace.record(what(self.name.to_string()));
+        if let Some(probe) = &self.probe {
+            probe.record(what(self.name.to_string()));
         }
-    }
-
-    fn bugs(&self) -> Bugs {
-        self.trace.as_ref().map(|t| t.bugs).unwrap_or_default()
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -359,7 +354,7 @@ impl QueueState {
                 self.stats.acked += count as u64;
                 self.stats.in_flight -= count as u64;
                 let settled = unacked.drain(..count);
-                match &self.trace {
+                match &self.probe {
                     None => drop(settled),
                     Some(_) => {
                         let acked: Vec<(MessageId, u64)> = settled.map(|u| (u.entry.msg.id, u.tag)).collect();
@@ -386,7 +381,7 @@ impl QueueState {
                     let msg = entry.msg.id;
                     self.note(|queue| What::Nack { msg, queue, requeue });
                     if requeue {
-                        self.requeue(entry, now, "nack");
+                        self.requeue(entry, now, RedeliverReason::Nack);
                     } else {
                         self.dead_letter(entry, DeathReason::Rejected, now);
                     }
@@ -416,7 +411,7 @@ impl QueueState {
             // delivered since carries a newer epoch, which the subscriber adopts.
             return;
         }
-        self.release_consumer(index, now, "consumer_crash");
+        self.release_consumer(index, now, RedeliverReason::ConsumerCrash);
         let c = &mut self.consumers[index];
         c.epoch = epoch;
         c.blocked = false;
@@ -441,7 +436,7 @@ impl QueueState {
     /// holds. Returns `(requeued, lost)`, or `None` when it was not subscribed.
     pub(crate) fn remove_consumer(&mut self, id: ConsumerId, now: Instant) -> Option<(u64, u64)> {
         let index = self.consumer_index(id)?;
-        let released = self.release_consumer(index, now, "consumer_left");
+        let released = self.release_consumer(index, now, RedeliverReason::ConsumerLeft);
         self.consumers.remove(index);
         if self.next_consumer > index {
             self.next_consumer -= 1;
@@ -463,7 +458,7 @@ impl QueueState {
     /// Counts a dead letter refused for want of room (a full queue whose policy is not drop-head).
     pub(crate) fn refuse_dead_letter(&mut self, msg: &Message) {
         let msg = msg.id;
-        self.note(|queue| What::Drop { msg, queue, reason: "overflow".to_owned() });
+        self.note(|queue| What::Drop { msg, queue, reason: DropReason::Overflow });
         self.stats.enqueued += 1;
         self.stats.dropped.overflow += 1;
     }
@@ -474,7 +469,7 @@ impl QueueState {
             while self.consumers[index].unacked.front().is_some_and(|u| u.deadline <= now) {
                 let late = self.consumers[index].unacked.pop_front().expect("front exists");
                 self.stats.in_flight -= 1;
-                self.requeue(late.entry, now, "ack_timeout");
+                self.requeue(late.entry, now, RedeliverReason::AckTimeout);
             }
         }
         self.expire_head(now);
@@ -496,7 +491,7 @@ impl QueueState {
     /// at-most-once ones as `lost_at_most_once`.
     pub(crate) fn delete(&mut self) {
         let consumers = std::mem::take(&mut self.consumers);
-        self.forget(consumers, "deleted");
+        self.forget(consumers, DropReason::Deleted);
         self.effects.clear();
         self.stats.deleted = true;
     }
@@ -519,10 +514,10 @@ impl QueueState {
                 }
             })
             .collect();
-        self.forget(consumers, "queue_restart");
+        self.forget(consumers, DropReason::QueueRestart);
     }
 
-    fn forget(&mut self, consumers: Vec<Consumer>, reason: &'static str) {
+    fn forget(&mut self, consumers: Vec<Consumer>, reason: DropReason) {
         let mut gone = 0;
         for c in consumers {
             let lost = u64::from(c.outstanding);
@@ -531,16 +526,16 @@ impl QueueState {
             gone += c.unacked.len() as u64;
             for u in &c.unacked {
                 let msg = u.entry.msg.id;
-                self.note(|queue| What::Drop { msg, queue, reason: reason.to_owned() });
+                self.note(|queue| What::Drop { msg, queue, reason });
             }
         }
         for e in &self.ready {
             let msg = e.msg.id;
-            self.note(|queue| What::Drop { msg, queue, reason: reason.to_owned() });
+            self.note(|queue| What::Drop { msg, queue, reason });
         }
         gone += self.ready.len() as u64;
         match reason {
-            "deleted" => self.stats.dropped.deleted += gone,
+            DropReason::Deleted => self.stats.dropped.deleted += gone,
             _ => self.stats.dropped.queue_restart += gone,
         }
         self.credits_freed += self.ready.iter().filter(|e| e.credited).count();
@@ -552,7 +547,7 @@ impl QueueState {
         let Some(index) = self.consumer_index(consumer) else { return };
         if self.take_outstanding(index, 1).is_ok() {
             let msg = msg.id;
-            self.note(|queue| What::Drop { msg, queue, reason: "fault_drop".to_owned() });
+            self.note(|queue| What::Drop { msg, queue, reason: DropReason::FaultDrop });
             self.stats.dropped.fault += 1;
         }
     }
@@ -620,8 +615,9 @@ impl QueueState {
         Ok(n)
     }
 
-    fn release_consumer(&mut self, index: usize, now: Instant, reason: &'static str) -> (u64, u64) {
-        let forget = reason == "consumer_crash" && self.bugs().forget_requeue_on_crash;
+    fn release_consumer(&mut self, index: usize, now: Instant, reason: RedeliverReason) -> (u64, u64) {
+        let forget = reason == RedeliverReason::ConsumerCrash
+            && probe::bug(&self.probe, |b| b.forget_requeue_on_crash);
         let c = &mut self.consumers[index];
         let held: Vec<Entry> = c.unacked.drain(..).map(|u| u.entry).collect();
         let lost = u64::from(std::mem::take(&mut c.outstanding));
@@ -640,18 +636,18 @@ impl QueueState {
     }
 
     /// Puts a message back at its original position, or dead-letters it past the delivery limit.
-    fn requeue(&mut self, entry: Entry, now: Instant, reason: &'static str) {
+    fn requeue(&mut self, entry: Entry, now: Instant, reason: RedeliverReason) {
         if entry.deliveries >= self.spec.delivery_limit {
             self.dead_letter(entry, DeathReason::DeliveryLimit, now);
         } else {
             let msg = entry.msg.id;
-            self.note(|queue| What::Redeliver { msg, queue, reason: reason.to_owned() });
+            self.note(|queue| What::Redeliver { msg, queue, reason });
             self.insert_ready(entry);
         }
     }
 
     fn insert_ready(&mut self, entry: Entry) {
-        if self.bugs().requeue_at_back {
+        if probe::bug(&self.probe, |b| b.requeue_at_back) {
             // Broken on purpose: a requeued message loses its place.
             return self.ready.push_back(entry);
         }
@@ -682,7 +678,7 @@ impl QueueState {
     fn dead_letter(&mut self, entry: Entry, reason: DeathReason, now: Instant) {
         let msg = entry.msg.id;
         let Some(target) = &self.spec.dead_letter else {
-            self.note(|queue| What::Drop { msg, queue, reason: reason.to_string() });
+            self.note(|queue| What::Drop { msg, queue, reason: reason.into() });
             let dropped = &mut self.stats.dropped;
             match reason {
                 DeathReason::Maxlen => dropped.overflow += 1,
@@ -693,7 +689,7 @@ impl QueueState {
             return;
         };
         if entry.msg.would_cycle(target) {
-            self.note(|queue| What::Drop { msg, queue, reason: "dead_letter_cycle".to_owned() });
+            self.note(|queue| What::Drop { msg, queue, reason: DropReason::DeadLetterCycle });
             self.stats.dropped.dead_letter_cycle += 1;
             return;
         }

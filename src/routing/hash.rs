@@ -12,7 +12,7 @@ pub(super) fn stable_hash(key: &str) -> u64 {
 
 /// FNV-1a, 64 bits: a stable hash, the same in every process, platform and Rust version (used for
 /// hash routing, the route cache and simulation histories).
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))

@@ -1,0 +1,276 @@
+//! Command-line parsing and dispatch.
+
+mod bench;
+mod demo;
+mod plot;
+mod route;
+mod sim;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tubemail::Topology;
+
+/// tubemail: an in-process message broker.
+#[derive(Debug, Parser)]
+#[command(name = "tubemail", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a modular monolith (Orders, Contracts, Partners, Support, Business) exchanging events.
+    Demo {
+        /// Orders to place.
+        #[arg(long, default_value_t = 3000)]
+        orders: u32,
+        /// Seed of the demo's random failures.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Prints which queues each routing key reaches.
+    Route {
+        /// The topology file (TOML).
+        #[arg(long)]
+        topology: PathBuf,
+        /// The topic; may be left out when the file declares only one.
+        #[arg(long)]
+        topic: Option<String>,
+        /// One JSON object mapping each key to its sorted list of queues.
+        #[arg(long)]
+        json: bool,
+        /// Routing keys.
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
+    },
+    /// Measures a scenario against a raw crossbeam-channel baseline of the same shape, in one run.
+    Bench {
+        /// fanout (4 queues, 8 keys), work-queue (1 queue, 4 consumers), wide (1 to 1,000 queues),
+        /// bindings (10 to 100,000 patterns), latency (a paced publisher), memory; with `--topology`
+        /// and `--keys`, a topology and key mix of your own.
+        #[arg(value_enum, default_value = "fanout")]
+        scenario: Scenario,
+        /// Messages to publish per run.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Delivery mode; both when left out.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also run the scenario against RabbitMQ (127.0.0.1:5672) and NATS (127.0.0.1:4222) where
+        /// they answer (a build with `--features peers`).
+        #[arg(long)]
+        peers: bool,
+        /// Draw the results as SVG (wide, bindings, latency).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Publishes per second of the latency scenario.
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// A topology file of your own (its first topic is published to).
+        #[arg(long, requires = "keys")]
+        topology: Option<PathBuf>,
+        /// Routing keys of your own, one per line, published in turn.
+        #[arg(long, requires = "topology")]
+        keys: Option<PathBuf>,
+    },
+    /// Runs the built-in scenario over many seeds with injected faults and checks the mode's promise.
+    Check {
+        /// The delivery mode to judge.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// `all`, `none`, fault kinds separated by commas (drop, duplicate, delay, ack-loss,
+        /// crash-before, crash-after, queue-restart, confirm-loss, slow), each optionally `=P`, or a
+        /// TOML file of a fault plan (`plan.toml`).
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed (seeds run from it upwards).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Messages per run.
+        #[arg(long, default_value_t = 1000)]
+        messages: u32,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the history of one simulated run: the same seed always prints the same run.
+    Replay {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// As for `check`.
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// The delivery mode.
+        #[arg(long, value_enum, default_value = "at-least-once")]
+        mode: Mode,
+        /// Messages in the run.
+        #[arg(long, default_value_t = 1000)]
+        messages: u32,
+        /// Every event, not only the first 200.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Checks a topology file; prints the first error with its line, exits 1 on error.
+    Validate {
+        /// The topology file (TOML).
+        #[arg(long)]
+        topology: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Scenario {
+    /// 1 publisher, 4 queues (`orders.*`, `orders.paid`, `#`, `contracts.#`), 8 keys.
+    Fanout,
+    /// One queue, 4 competing consumers, acks.
+    WorkQueue,
+    /// One fanout topic, 1, 10, 100 and 1,000 queues.
+    Wide,
+    /// 10, 1,000 and 100,000 pattern bindings: routing throughput.
+    Bindings,
+    /// A paced publisher: p50/p99/p99.9/max publish → handler.
+    Latency,
+    /// Bytes per queued message, idle queue and idle subscriber; peak RSS.
+    Memory,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::WorkQueue => "work-queue",
+            Scenario::Wide => "wide",
+            Scenario::Bindings => "bindings",
+            Scenario::Latency => "latency",
+            Scenario::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    AtMostOnce,
+    AtLeastOnce,
+}
+
+impl Mode {
+    fn delivery(self) -> tubemail::DeliveryMode {
+        match self {
+            Mode::AtMostOnce => tubemail::DeliveryMode::AtMostOnce,
+            Mode::AtLeastOnce => tubemail::DeliveryMode::AtLeastOnce,
+        }
+    }
+}
+
+/// A fault plan from `--faults`: a TOML file of the plan's fields, or kinds as `FaultPlan` parses them.
+fn fault_plan(faults: &str) -> Result<tubemail_sim::FaultPlan, String> {
+    if faults.ends_with(".toml") {
+        let text = std::fs::read_to_string(faults).map_err(|e| format!("cannot read {faults}: {e}"))?;
+        let plan: tubemail_sim::FaultPlan = toml::from_str(&text).map_err(|e| format!("{faults}: {e}"))?;
+        plan.validate().map_err(|e| format!("{faults}: {e}"))?;
+        return Ok(plan);
+    }
+    faults.parse().map_err(|e| format!("--faults {faults:?}: {e}"))
+}
+
+fn verdict(held: Result<bool, String>) -> Result<(), String> {
+    match held {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the delivery promise was broken (see above)".to_owned()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Cli {
+    /// Whether this is `tubemail bench memory`, which counts live heap bytes.
+    pub(crate) fn measures_memory(&self) -> bool {
+        matches!(self.command, Command::Bench { scenario: Scenario::Memory, .. })
+    }
+
+    pub(crate) fn run(self) -> ExitCode {
+        let result = match self.command {
+            Command::Check { mode, faults, seeds, seed, messages, json } => {
+                verdict(fault_plan(&faults).and_then(|plan| {
+                    let args = sim::CheckArgs {
+                        mode: mode.delivery(),
+                        faults: plan,
+                        faults_arg: faults.clone(),
+                        seeds,
+                        first_seed: seed,
+                        messages,
+                        json,
+                    };
+                    sim::check(&args)
+                }))
+            }
+            Command::Replay { seed, faults, mode, messages, full } => {
+                verdict(fault_plan(&faults).map(|plan| {
+                    let scenario = tubemail_sim::Scenario {
+                        mode: mode.delivery(),
+                        messages,
+                        plan,
+                        ..Default::default()
+                    };
+                    sim::replay(&scenario, seed, full)
+                }))
+            }
+            Command::Demo { orders, seed } => demo::run(orders, seed),
+            Command::Route { topology, topic, json, keys } => {
+                route::run(&topology, topic.as_deref(), json, &keys)
+            }
+            Command::Validate { topology } => validate(&topology),
+            Command::Bench { scenario, messages, payload, mode, json, peers, plot, rate, topology, keys } => {
+                let modes = match mode {
+                    Some(m) => vec![m.delivery()],
+                    None => vec![tubemail::DeliveryMode::AtMostOnce, tubemail::DeliveryMode::AtLeastOnce],
+                };
+                let scenario = if topology.is_some() { "custom" } else { scenario.name() };
+                let args = bench::BenchArgs {
+                    scenario,
+                    messages,
+                    payload,
+                    modes,
+                    json,
+                    peers,
+                    plot,
+                    rate,
+                    topology,
+                    keys,
+                };
+                bench::run(&args)
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> Result<(), String> {
+    let topology = Topology::load(path).map_err(|e| e.to_string())?;
+    println!(
+        "{}: ok ({} topics, {} queues, {} bindings)",
+        path.display(),
+        topology.topics.len(),
+        topology.queues.len(),
+        topology.bindings.len()
+    );
+    Ok(())
+}

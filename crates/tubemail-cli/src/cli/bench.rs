@@ -1,0 +1,324 @@
+//! `tubemail bench`: scenarios measured against a raw baseline of the same shape, in one run.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tubemail::routing::{validate_key, TopicKind};
+use tubemail::{DeliveryMode, Topology};
+use tubemail_bench::shapes::{self, Shape};
+use tubemail_bench::{fanout_baseline, fanout_tubemail, Measurement};
+
+/// Runs of each system in throughput scenarios; the median is reported.
+const RUNS: usize = 5;
+
+/// What to measure and how to print it.
+pub(crate) struct BenchArgs {
+    pub(crate) scenario: &'static str,
+    pub(crate) messages: u64,
+    pub(crate) payload: usize,
+    pub(crate) modes: Vec<DeliveryMode>,
+    pub(crate) json: bool,
+    pub(crate) peers: bool,
+    pub(crate) plot: Option<PathBuf>,
+    pub(crate) rate: u64,
+    pub(crate) topology: Option<PathBuf>,
+    pub(crate) keys: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
+    let results = match args.scenario {
+        "fanout" => throughput(args, Shaped::Fanout)?,
+        "work-queue" => throughput(args, Shaped::Shape(shapes::work_queue()))?,
+        "custom" => throughput(args, Shaped::Shape(custom_shape(args)?))?,
+        "wide" => wide(args),
+        "bindings" => bindings(args),
+        "latency" => latency(args),
+        "memory" => memory(args),
+        other => return Err(format!("unknown scenario {other:?}")),
+    };
+    if let Some(path) = &args.plot {
+        super::plot::draw(path, args.scenario, &results)?;
+    }
+    if args.json {
+        println!("{}", json!({ "scenario": args.scenario, "results": results }));
+    } else {
+        print_table(args, &results);
+    }
+    Ok(())
+}
+
+enum Shaped {
+    Fanout,
+    Shape(Shape),
+}
+
+fn throughput(args: &BenchArgs, shaped: Shaped) -> Result<Vec<Value>, String> {
+    let (messages, payload) = (args.messages, args.payload);
+    let mut base = Vec::new();
+    let mut tube: Vec<Vec<Measurement>> = vec![Vec::new(); args.modes.len()];
+    for _ in 0..RUNS {
+        base.push(match &shaped {
+            Shaped::Fanout => fanout_baseline(messages, payload),
+            Shaped::Shape(s) => shapes::run_baseline(s, messages, payload),
+        });
+        for (i, mode) in args.modes.iter().enumerate() {
+            tube[i].push(match &shaped {
+                Shaped::Fanout => fanout_tubemail(messages, payload, *mode),
+                Shaped::Shape(s) => shapes::run_tubemail(s, messages, payload, *mode),
+            });
+        }
+    }
+    let base = median(base);
+    let mut results = vec![row("baseline", None, &base, None)];
+    for (mode, runs) in args.modes.iter().zip(tube) {
+        let m = median(runs);
+        results.push(row(
+            "tubemail",
+            Some(*mode),
+            &m,
+            Some(m.deliveries_per_sec() / base.deliveries_per_sec()),
+        ));
+    }
+    if args.peers {
+        let mut peer_rows = peers(args, matches!(shaped, Shaped::Fanout));
+        add_peer_ratios(&results, &mut peer_rows);
+        results.extend(peer_rows);
+    }
+    Ok(results)
+}
+
+/// Gives each peer's row `tubemail_ratio`: tubemail's rate in the peer's delivery mode over the
+/// peer's (issue #4's targets), where both rates are known and the peer's is not zero.
+fn add_peer_ratios(results: &[Value], peers: &mut [Value]) {
+    for peer in peers {
+        let tube = results.iter().find(|r| r["system"] == "tubemail" && r["mode"] == peer["mode"]);
+        let rates =
+            (tube.and_then(|t| t["deliveries_per_sec"].as_f64()), peer["deliveries_per_sec"].as_f64());
+        if let (Some(tube), Some(rate)) = rates {
+            if rate > 0.0 {
+                peer["tubemail_ratio"] = json!(tube / rate);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "peers")]
+fn peers(args: &BenchArgs, fanout: bool) -> Vec<Value> {
+    use tubemail_bench::peers;
+    if !fanout {
+        eprintln!("--peers runs with the fanout scenario only");
+        return Vec::new();
+    }
+    let (m, p) = (args.messages, args.payload);
+    let runs: Vec<Result<peers::PeerResult, peers::PeerError>> = vec![
+        peers::fanout_rabbitmq(m.min(50_000), p, false),
+        peers::fanout_rabbitmq(m.min(50_000), p, true),
+        peers::fanout_nats(m, p),
+        peers::fanout_jetstream(m.min(50_000), p),
+    ];
+    runs.into_iter()
+        .filter_map(|r| match r {
+            Ok(r) => Some(json!({
+                "system": r.system, "mode": r.mode, "messages": r.published, "deliveries": r.deliveries,
+                "deliveries_per_sec": r.deliveries_per_sec(), "p50_us": r.p50_us, "p99_us": r.p99_us, "lost": r.lost,
+            })),
+            Err(e) => {
+                eprintln!("{e}: carrying on without it");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "peers"))]
+fn peers(_args: &BenchArgs, _fanout: bool) -> Vec<Value> {
+    eprintln!("this build has no peer clients: cargo run --release --features peers -- bench fanout --peers");
+    Vec::new()
+}
+
+fn wide(args: &BenchArgs) -> Vec<Value> {
+    let mode = args.modes[0];
+    let mut results = Vec::new();
+    for queues in [1_usize, 10, 100, 1000] {
+        let shape = shapes::wide(queues);
+        // About the same number of deliveries at every width.
+        let messages = (args.messages / queues as u64).max(200);
+        let base = shapes::run_baseline(&shape, messages, args.payload);
+        let tube = shapes::run_tubemail(&shape, messages, args.payload, mode);
+        let ratio = tube.deliveries_per_sec() / base.deliveries_per_sec();
+        let mut b = row("baseline", None, &base, None);
+        b["queues"] = json!(queues);
+        let mut t = row("tubemail", Some(mode), &tube, Some(ratio));
+        t["queues"] = json!(queues);
+        results.extend([b, t]);
+    }
+    results
+}
+
+fn bindings(args: &BenchArgs) -> Vec<Value> {
+    let lookups = args.messages.max(100_000);
+    let mut results = Vec::new();
+    for count in [10_usize, 1_000, 100_000] {
+        let (cached, trie, scan) = shapes::bindings(count, lookups);
+        results
+            .push(json!({"system": "baseline", "mode": null, "bindings": count, "deliveries_per_sec": scan,
+            "p50_us": null, "p99_us": null, "lost": 0, "what": "routes/s, scanning every binding"}));
+        results.push(
+            json!({"system": "tubemail", "mode": null, "bindings": count, "deliveries_per_sec": cached,
+            "uncached_routes_per_sec": trie, "p50_us": null, "p99_us": null, "lost": 0,
+            "ratio_to_baseline": cached / scan, "what": "routes/s through the route cache and trie"}),
+        );
+    }
+    results
+}
+
+fn latency(args: &BenchArgs) -> Vec<Value> {
+    let messages = args.messages.min(args.rate * 4);
+    let mut results = Vec::new();
+    let mut push = |system: &str, mode: Option<DeliveryMode>, h: hdrhistogram::Histogram<u64>| {
+        results.push(json!({
+            "system": system, "mode": mode.map(mode_name), "rate": args.rate, "messages": h.len(),
+            "deliveries_per_sec": args.rate, "lost": messages.saturating_sub(h.len()),
+            "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+            "distribution": (1..=100).map(|p| h.value_at_quantile(f64::from(p) / 100.0)).collect::<Vec<_>>(),
+        }));
+    };
+    push("baseline", None, shapes::latency_baseline(args.rate, messages));
+    for mode in &args.modes {
+        push("tubemail", Some(*mode), shapes::latency_tubemail(args.rate, messages, *mode));
+    }
+    results
+}
+
+fn memory(args: &BenchArgs) -> Vec<Value> {
+    let r = tubemail_bench::memory::measure(args.messages.max(1_000_000), args.payload, 10_000, 1_000);
+    vec![json!({
+        "system": "tubemail", "mode": null, "deliveries_per_sec": null, "p50_us": null, "p99_us": null, "lost": 0,
+        "bytes_per_queued_message": r.per_queued_message, "payload": r.payload,
+        "overhead_per_queued_message": r.overhead_per_message(), "bytes_per_idle_queue": r.per_idle_queue,
+        "bytes_per_idle_subscriber": r.per_idle_subscriber, "peak_rss": r.peak_rss,
+    })]
+}
+
+fn custom_shape(args: &BenchArgs) -> Result<Shape, String> {
+    let (Some(topology), Some(keys)) = (&args.topology, &args.keys) else {
+        return Err("--topology FILE and --keys FILE go together".to_owned());
+    };
+    let topology = Topology::load(topology).map_err(|e| e.to_string())?;
+    let keys = read_keys(keys)?;
+    let (topic, spec) = topology.topics.iter().next().ok_or("the topology declares no topic")?;
+    let queues: Vec<String> = topology.queues.keys().cloned().collect();
+    let index = |q: &str| queues.iter().position(|n| n == q).expect("validated queue");
+    let bindings = topology
+        .bindings
+        .iter()
+        .filter(|b| &b.topic == topic)
+        .map(|b| (index(&b.queue), b.key.clone()))
+        .collect();
+    Ok(Shape { kind: spec.kind, queues, bindings, consumers: 1, keys })
+}
+
+fn read_keys(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let keys: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    for (i, key) in keys.iter().enumerate() {
+        validate_key(key).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+    }
+    if keys.is_empty() {
+        return Err(format!("{}: no routing keys", path.display()));
+    }
+    Ok(keys)
+}
+
+fn median(mut runs: Vec<Measurement>) -> Measurement {
+    runs.sort_by(|a, b| a.deliveries_per_sec().total_cmp(&b.deliveries_per_sec()));
+    runs[runs.len() / 2]
+}
+
+fn row(system: &str, mode: Option<DeliveryMode>, m: &Measurement, ratio: Option<f64>) -> Value {
+    json!({
+        "system": system,
+        "mode": mode.map(mode_name),
+        "messages": m.published,
+        "deliveries": m.deliveries,
+        "deliveries_per_sec": m.deliveries_per_sec(),
+        "p50_us": null,
+        "p99_us": null,
+        "lost": 0,
+        "ratio_to_baseline": ratio,
+    })
+}
+
+fn mode_name(mode: DeliveryMode) -> &'static str {
+    super::sim::mode_name(mode)
+}
+
+fn print_table(args: &BenchArgs, results: &[Value]) {
+    println!(
+        "{}: {} messages of {} B (median of {RUNS} interleaved runs where it applies)",
+        args.scenario, args.messages, args.payload
+    );
+    println!(
+        "{:<15} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
+        "system", "mode", "size", "rate/s", "p50 µs", "p99 µs", "lost", "ratio"
+    );
+    let num = |v: &Value| v.as_f64().map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+    for r in results {
+        let size = r.get("queues").or(r.get("bindings")).map(num).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<15} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
+            r["system"].as_str().unwrap_or_default(),
+            r["mode"].as_str().unwrap_or("-"),
+            size,
+            num(&r["deliveries_per_sec"]),
+            num(&r["p50_us"]),
+            num(&r["p99_us"]),
+            num(&r["lost"]),
+            r.get("ratio_to_baseline")
+                .and_then(Value::as_f64)
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+        );
+        if let Some(bytes) = r.get("bytes_per_queued_message") {
+            println!("  per queued message {} B ({} B over the payload), per idle queue {} B, per idle subscriber {} B, peak RSS {} MiB",
+                num(bytes), num(&r["overhead_per_queued_message"]), num(&r["bytes_per_idle_queue"]),
+                num(&r["bytes_per_idle_subscriber"]), r["peak_rss"].as_u64().unwrap_or(0) / (1 << 20));
+        }
+    }
+    for r in results.iter().filter(|r| r.get("tubemail_ratio").is_some()) {
+        println!(
+            "tubemail {} against {}: {:.1}x",
+            r["mode"].as_str().unwrap_or("-"),
+            r["system"].as_str().unwrap_or_default(),
+            r["tubemail_ratio"].as_f64().unwrap_or_default()
+        );
+    }
+    let _ = TopicKind::Topic;
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::add_peer_ratios;
+
+    #[test]
+    fn each_peer_is_compared_with_tubemail_in_its_own_mode() {
+        let results = [
+            json!({"system": "baseline", "mode": null, "deliveries_per_sec": 10.0}),
+            json!({"system": "tubemail", "mode": "at-most-once", "deliveries_per_sec": 900.0}),
+            json!({"system": "tubemail", "mode": "at-least-once", "deliveries_per_sec": 600.0}),
+        ];
+        let mut peers = [
+            json!({"system": "rabbitmq-ack", "mode": "at-least-once", "deliveries_per_sec": 3.0}),
+            json!({"system": "nats", "mode": "at-most-once", "deliveries_per_sec": 300.0}),
+            json!({"system": "stalled", "mode": "at-most-once", "deliveries_per_sec": 0.0}),
+        ];
+        add_peer_ratios(&results, &mut peers);
+        assert_eq!(peers[0]["tubemail_ratio"], json!(200.0));
+        assert_eq!(peers[1]["tubemail_ratio"], json!(3.0));
+        assert!(peers[2].get("tubemail_ratio").is_none(), "no ratio to a rate of zero");
+    }
+}

@@ -1,0 +1,168 @@
+//! `tubemail check` and `tubemail replay`: the built-in scenario under injected faults.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tubemail::probe::{FaultKind, What};
+use tubemail::DeliveryMode;
+use tubemail_sim::{run, FaultPlan, Scenario, SimRun};
+
+pub(crate) struct CheckArgs {
+    pub(crate) mode: DeliveryMode,
+    pub(crate) faults: FaultPlan,
+    pub(crate) faults_arg: String,
+    pub(crate) seeds: u64,
+    pub(crate) first_seed: u64,
+    pub(crate) messages: u32,
+    pub(crate) json: bool,
+}
+
+struct Violation {
+    seed: u64,
+    summary: String,
+}
+
+/// Runs `seeds` seeds on every core; exit code 0 when the mode's promise held on every one.
+pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
+    let scenario = Scenario {
+        mode: args.mode,
+        messages: args.messages,
+        plan: args.faults.clone(),
+        ..Default::default()
+    };
+    let next = AtomicU64::new(0);
+    let faults = Mutex::new(BTreeMap::<FaultKind, u64>::new());
+    let violations = Mutex::new(Vec::<Violation>::new());
+    let bar = ProgressBar::new(args.seeds);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} {eta}").expect("template"),
+    );
+    let started = Instant::now();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.seeds {
+                    break;
+                }
+                let seed = args.first_seed.wrapping_add(i);
+                let outcome = run(&scenario, seed);
+                tally(&outcome, &faults);
+                if !outcome.ok() {
+                    violations
+                        .lock()
+                        .expect("violations")
+                        .push(Violation { seed, summary: summary(&outcome) });
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let faults = faults.into_inner().expect("faults");
+    let mut violations = violations.into_inner().expect("violations");
+    violations.sort_by_key(|v| v.seed);
+    let mode = mode_name(args.mode);
+    let replay = |seed: u64| {
+        format!(
+            "tubemail replay --seed {seed} --faults {} --mode {mode} --messages {}",
+            args.faults_arg, args.messages
+        )
+    };
+    if args.json {
+        let faults: BTreeMap<String, u64> = faults.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let list: Vec<_> = violations
+            .iter()
+            .map(|v| json!({"seed": v.seed, "violation": v.summary, "replay": replay(v.seed)}))
+            .collect();
+        let out = json!({
+            "mode": mode,
+            "seeds": args.seeds,
+            "messages": args.messages,
+            "faults_plan": args.faults.to_string(),
+            "runs_per_sec": args.seeds as f64 / elapsed,
+            "faults": faults,
+            "violations": list,
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "{} seeds of {} messages, {mode}, faults {}: {:.0} runs/s",
+            args.seeds,
+            args.messages,
+            args.faults,
+            args.seeds as f64 / elapsed
+        );
+        println!("faults fired:");
+        for kind in FaultKind::ALL {
+            println!("  {:<14} {}", kind.to_string(), faults.get(&kind).copied().unwrap_or(0));
+        }
+        if violations.is_empty() {
+            println!("the {mode} promise held on every seed");
+        }
+        for v in &violations {
+            println!("seed {}: {}\n  replay: {}", v.seed, v.summary, replay(v.seed));
+        }
+    }
+    Ok(violations.is_empty())
+}
+
+fn tally(outcome: &SimRun, faults: &Mutex<BTreeMap<FaultKind, u64>>) {
+    let mut counts = BTreeMap::<FaultKind, u64>::new();
+    for event in outcome.history.events() {
+        if let What::Fault { kind, .. } = &event.what {
+            *counts.entry(*kind).or_default() += 1;
+        }
+    }
+    let mut faults = faults.lock().expect("faults");
+    for (kind, n) in counts {
+        *faults.entry(kind).or_default() += n;
+    }
+}
+
+fn summary(outcome: &SimRun) -> String {
+    if !outcome.settled {
+        return "the run did not settle: messages still ready or unsettled".to_owned();
+    }
+    if !outcome.stats.conserved() {
+        return format!("the broker's counters do not balance: {:?}", outcome.stats);
+    }
+    if let Some(first) = outcome.misrouted.first() {
+        return format!("misrouted: {first}");
+    }
+    outcome.report.to_string().lines().take(12).collect::<Vec<_>>().join("\n  ")
+}
+
+pub(crate) fn mode_name(mode: DeliveryMode) -> &'static str {
+    match mode {
+        DeliveryMode::AtMostOnce => "at-most-once",
+        DeliveryMode::AtLeastOnce => "at-least-once",
+    }
+}
+
+/// Prints the history of one run, one event per line.
+pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool) -> bool {
+    use std::io::Write;
+    let outcome = run(scenario, seed);
+    let events = outcome.history.events();
+    let shown = if full { events.len() } else { events.len().min(200) };
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the listing quietly.
+    let _ = (|| -> std::io::Result<()> {
+        for event in &events[..shown] {
+            writeln!(out, "{event}")?;
+        }
+        if shown < events.len() {
+            writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
+        }
+        writeln!(out, "history hash {:016x}", outcome.history.hash())?;
+        writeln!(out, "{}", outcome.report)
+    })();
+    outcome.ok()
+}

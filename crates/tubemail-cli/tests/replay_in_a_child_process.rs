@@ -1,0 +1,42 @@
+//! The same seed replays the same history in a child process (the `tubemail replay` command) as in
+//! this one, for several seeds and both delivery modes.
+
+use std::process::Command;
+
+use tubemail::DeliveryMode;
+use tubemail_sim::{run, FaultPlan, Scenario};
+
+const SEEDS: [u64; 4] = [0, 7, 42, 1_000_003];
+
+fn scenario(mode: DeliveryMode) -> Scenario {
+    Scenario { mode, messages: 200, plan: FaultPlan::all(), ..Default::default() }
+}
+
+#[test]
+fn a_child_process_replays_the_same_history() {
+    for (mode, name) in
+        [(DeliveryMode::AtLeastOnce, "at-least-once"), (DeliveryMode::AtMostOnce, "at-most-once")]
+    {
+        for seed in SEEDS {
+            let here = run(&scenario(mode), seed).history.hash();
+            let out = Command::new(env!("CARGO_BIN_EXE_tubemail"))
+                .args([
+                    "replay",
+                    "--seed",
+                    &seed.to_string(),
+                    "--mode",
+                    name,
+                    "--messages",
+                    "200",
+                    "--faults",
+                    "all",
+                ])
+                .output()
+                .expect("the tubemail command runs");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.lines().find(|l| l.starts_with("history hash ")).expect("a hash line");
+            let there = u64::from_str_radix(line.trim_start_matches("history hash "), 16).expect("hex");
+            assert_eq!(here, there, "{name} seed {seed}: this process and a child process differ");
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Deterministic simulation: the same actors as production on one thread under paused time, with
+//! seeded faults injected at the links between them, a history of every event, and checkers that judge
+//! each delivery mode by its own promise.
+//!
+//! # Determinism
+//! A simulated run uses one current-thread tokio runtime with paused time
+//! (`actix::System::with_tokio_rt`), so actors run in a fixed order and time advances only when every
+//! actor waits. Every random choice comes from one ChaCha generator seeded by the run's seed, and ids
+//! come from counters. The same seed and fault plan give the same history, event for event.
+//!
+//! # Failure injection
+//! See [`FaultPlan`]: drops, duplicates and delays on the queue → subscriber link, ack loss on the way
+//! back, subscriber crashes before or after the handler, queue restarts that lose the in-memory state,
+//! lost publisher confirms (the publisher retries with the same message id), and slow handlers. The
+//! runtime meets the simulator at one seam, [`tubemail::probe`]: the injector here implements its
+//! `Probe` trait, and the events and reasons a history records are its typed vocabulary.
+
+pub mod check;
+mod fault;
+mod harness;
+pub mod history;
+mod inject;
+mod run;
+pub mod strategy;
+
+pub use fault::{FaultPlan, MsRange};
+pub use harness::{Harness, Verdict};
+pub use run::{
+    expectation, run, Scenario, SimRun, PUBLISH_ATTEMPTS_MAX, SCENARIO_ACK_TIMEOUT, SETTLE_TIME_MAX,
+};
+#[doc(hidden)]
+pub use tubemail::probe::Bugs;
+
+pub use tubemail::probe::{DropReason, FaultKind, HandlerOutcome, RedeliverReason, What};
