@@ -1,5 +1,10 @@
 //! The broker: starts a topology's actors and is the handle to publish, subscribe and inspect.
 
+mod publisher;
+mod registry;
+mod subscription;
+
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,22 +13,23 @@ use actix::prelude::*;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use smallvec::SmallVec;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::ids::{MessageId, QueueId};
-use crate::message::{Deaths, Message, Payload};
-use crate::probe::{self, ProbeRef, What};
+pub use self::publisher::Publisher;
+use self::registry::Registry;
+pub use self::registry::DELETED_QUEUES_KEPT_MAX;
+use self::subscription::Subscriber;
+pub use self::subscription::{Subscription, UnsubscribeReport};
+use crate::ids::QueueId;
+use crate::probe::ProbeRef;
+use crate::protocol::{Bind, Delete, GetStats, Stop, Subscribe, Unbind};
 use crate::queue::state::QueueState;
-use crate::queue::{Delete, Drain, GetStats, Offer, QueueActor, QueueHandle, Subscribe, Unsubscribe};
-use crate::registry::Registry;
-use crate::routing::{validate_key, RoutingError};
-use crate::stats::Stats;
-use crate::subscriber::{
-    AsyncRunner, Delivery, Handler, Outcome, Runner, Stop, SubscribeOptions, SubscriberActor, Subscription,
-    SyncRunner,
-};
-use crate::topic::{Bind, Route, TopicActor, TopicHandle, Unbind};
+use crate::queue::{InsertError, QueueActor, QueueHandle, QueueHost};
+use crate::routing::RoutingError;
+use crate::stats::{DeletedQueue, QueueStats, Stats};
+use crate::subscriber::{AsyncRunner, Delivery, Handler, Outcome, Runner, SubscribeOptions, SubscriberActor, SyncRunner};
+use crate::topic::{TopicActor, TopicHandle};
 use crate::topology::{QueueSpec, Topology, TopologyError};
 
 /// The outcome of one publish: exactly one per publish.
@@ -123,6 +129,23 @@ pub enum DeclareError {
     /// A queue of that name exists with another spec.
     #[error("queue {0:?} exists with a different spec")]
     Conflict(String),
+    /// Every queue id has been used: 2³² queues were declared in this broker's life.
+    #[error("the broker has used every queue id")]
+    IdsExhausted,
+    /// The broker has shut down.
+    #[error("the broker has shut down")]
+    Closed,
+}
+
+/// Why a queue could not be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteError {
+    /// No queue of that name (or it has been deleted already).
+    #[error("no queue named {0:?}")]
+    UnknownQueue(String),
+    /// The broker has shut down.
+    #[error("the broker has shut down")]
+    Closed,
 }
 
 /// Why the broker could not start.
@@ -131,13 +154,25 @@ pub enum StartError {
     /// The topology is invalid.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// Called outside an actix system: start the broker inside `#[actix::main]`,
+    /// `actix::System::new().block_on(..)` or `#[actix::test]`.
+    #[error(
+        "no actix system runs on this thread: start the broker inside #[actix::main], \
+         actix::System::new().block_on(..) or #[actix::test]"
+    )]
+    NoActixSystem,
 }
 
 /// What shutting down found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
+    /// Whether this call shut the broker down; `false` when an earlier call had (the rest of the
+    /// report is then empty but for `stats`).
+    pub shut_down: bool,
     /// Whether every subscriber settled what it held before the timeout.
     pub drained: bool,
+    /// Whether every subscriber had stopped (its running handler returned) before the timeout.
+    pub stopped: bool,
     /// Unacked deliveries requeued at the end (at-least-once); they are in `stats` as ready.
     pub requeued: u64,
     /// Deliveries counted lost at the end (at-most-once).
@@ -215,13 +250,11 @@ impl BrokerBuilder {
 }
 
 impl Broker {
-    /// Validates the topology and starts its actors on the current arbiter.
+    /// Starts a broker for `topology` on the current arbiter.
     ///
     /// # Errors
-    /// [`StartError::Topology`] when the topology is invalid.
-    ///
-    /// # Panics
-    /// When called outside an actix system.
+    /// [`StartError::Topology`] when the topology is invalid; [`StartError::NoActixSystem`] when called
+    /// outside an actix system.
     pub fn start(topology: Topology) -> Result<Broker, StartError> {
         Self::start_with(topology, None)
     }
@@ -234,21 +267,26 @@ impl Broker {
 
     fn start_with(topology: Topology, probe: ProbeRef) -> Result<Broker, StartError> {
         topology.validate()?;
-        let registry = Arc::new(Registry::new(Arbiter::current(), probe));
+        let arbiter = current_arbiter().ok_or(StartError::NoActixSystem)?;
+        let registry = Arc::new(Registry::new(arbiter, probe));
         let broker = Broker { registry };
         for (name, spec) in &topology.queues {
-            broker.start_queue(name, spec.clone());
+            broker.start_queue(name, spec.clone()).map_err(|_| StartError::Topology(TopologyError::invalid(
+                format!("queues.{name}"),
+                "declared twice".to_owned(),
+            )))?;
         }
         for (name, spec) in &topology.topics {
             let (mut actor, table) = TopicActor::new(spec.kind);
-            let queue_id = |q: &str| broker.registry.queue(q).expect("validated queue").id;
+            let queue_id = |q: &str| broker.registry.queue(q).map(|h| h.id);
             for b in topology.bindings.iter().filter(|b| &b.topic == name) {
-                actor.bind_now(queue_id(&b.queue), &b.key, b.weight).expect("validated binding");
+                let queue = queue_id(&b.queue).expect("a validated topology binds declared queues");
+                actor.bind_now(queue, &b.key, b.weight).expect("a validated topology has valid bindings");
             }
             let handle = TopicHandle {
                 name: name.as_str().into(),
                 kind: spec.kind,
-                alternate: spec.alternate.as_deref().map(queue_id),
+                alternate: spec.alternate.as_deref().and_then(queue_id),
                 table,
                 cache: crate::topic::RouteCache::new(),
                 counters: Default::default(),
@@ -259,31 +297,34 @@ impl Broker {
         Ok(broker)
     }
 
-    fn start_queue(&self, name: &str, spec: QueueSpec) -> Arc<QueueHandle> {
-        let id = self.registry.next_queue_id();
-        let name: Arc<str> = name.into();
-        let credits = QueueHandle::credits_for(&spec);
-        let refused = Arc::default();
-        let state = QueueState::new(name.clone(), spec.clone(), self.registry.started);
-        let (inbox, inbox_rx) = crate::queue::inbox(QueueHandle::inbox_bound(&spec));
-        let (registry, credits_, refused_) = (self.registry.clone(), credits.clone(), Arc::clone(&refused));
-        // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
-        let addr = QueueActor::start_in_arbiter(&self.registry.arbiter, move |_| {
-            QueueActor::new(id, inbox_rx, state, registry, credits_, refused_)
-        });
-        let handle = Arc::new(QueueHandle { id, name, addr, inbox, spec, credits, refused });
-        self.registry.insert_queue(handle.clone());
-        handle
+    fn start_queue(&self, name: &str, spec: QueueSpec) -> Result<Arc<QueueHandle>, InsertError> {
+        let registry = &self.registry;
+        registry.queues.insert(name, |id| {
+            let name: Arc<str> = name.into();
+            let credits = QueueHandle::credits_for(&spec);
+            let refused = Arc::default();
+            let state = QueueState::new(name.clone(), spec.clone(), registry.started);
+            let (inbox, inbox_rx) = crate::queue::inbox(QueueHandle::inbox_bound(&spec));
+            let host = Arc::downgrade(registry) as std::sync::Weak<dyn QueueHost>;
+            let (probe, credits_, refused_) = (registry.probe.clone(), credits.clone(), Arc::clone(&refused));
+            // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
+            let addr = QueueActor::start_in_arbiter(&registry.arbiter, move |_| {
+                QueueActor::new(id, inbox_rx, state, host, probe, credits_, refused_)
+            });
+            Arc::new(QueueHandle { id, name, addr, inbox, spec, credits, refused })
+        })
     }
 
     /// Declares a queue at run time; declaring an existing queue with the same spec does nothing.
+    /// Safe to call from several threads at once: each name gets one queue.
     ///
     /// # Errors
     /// [`DeclareError::Topology`] for an invalid spec or dead-letter reference,
-    /// [`DeclareError::Conflict`] when the name exists with another spec.
+    /// [`DeclareError::Conflict`] when the name exists with another spec, [`DeclareError::Closed`]
+    /// after shutdown.
     pub fn declare_queue(&self, name: &str, spec: QueueSpec) -> Result<(), DeclareError> {
-        if let Some(existing) = self.registry.queue(name) {
-            return if existing.spec == spec { Ok(()) } else { Err(DeclareError::Conflict(name.to_owned())) };
+        if self.registry.is_closed() {
+            return Err(DeclareError::Closed);
         }
         let mut check = Topology::new().queue(name, spec.clone());
         if let Some(dl) = spec.dead_letter.as_deref().filter(|dl| *dl != name) {
@@ -297,27 +338,43 @@ impl Broker {
             check = check.queue(dl, QueueSpec::default());
         }
         check.validate()?;
-        self.start_queue(name, spec);
-        Ok(())
+        match self.start_queue(name, spec.clone()) {
+            Ok(_) => Ok(()),
+            Err(InsertError::Exists) => match self.registry.queue(name) {
+                Some(existing) if existing.spec != spec => Err(DeclareError::Conflict(name.to_owned())),
+                // The same spec, or deleted in the meantime: the caller's queue exists or existed.
+                _ => Ok(()),
+            },
+            Err(InsertError::IdsExhausted) => Err(DeclareError::IdsExhausted),
+        }
     }
 
     /// Deletes a queue: it is unbound everywhere, its subscribers' unacked deliveries and its ready
-    /// messages are counted as `dropped.deleted`, and its final counters stay in [`Broker::stats`].
+    /// messages are counted as `dropped.deleted` (dead letters it had already made are passed on),
+    /// and its final counters stay in [`Broker::stats`] under [`Stats::deleted_queues`]. A publish
+    /// racing the deletion either reaches the queue before it goes (and is counted there) or finds
+    /// it gone (and is routed as if it never existed).
     ///
     /// # Errors
-    /// [`SubscribeError::UnknownQueue`] when there is no such queue.
-    pub async fn delete_queue(&self, name: &str) -> Result<crate::stats::QueueStats, SubscribeError> {
-        let queue = self.registry.queue(name).ok_or_else(|| SubscribeError::UnknownQueue(name.to_owned()))?;
-        queue.addr.send(Delete).await.map_err(|_| SubscribeError::UnknownQueue(name.to_owned()))
+    /// [`DeleteError::UnknownQueue`] when there is no such queue, [`DeleteError::Closed`] after
+    /// shutdown.
+    pub async fn delete_queue(&self, name: &str) -> Result<QueueStats, DeleteError> {
+        if self.registry.is_closed() {
+            return Err(DeleteError::Closed);
+        }
+        let queue = self.registry.queue(name).ok_or_else(|| DeleteError::UnknownQueue(name.to_owned()))?;
+        queue.addr.send(Delete).await.map_err(|_| DeleteError::UnknownQueue(name.to_owned()))
     }
 
     /// A publisher for one topic, which skips the name lookup on each publish.
     ///
     /// # Errors
-    /// [`PublishError::UnknownTopic`].
+    /// [`PublishError::UnknownTopic`]; [`PublishError::Closed`] after shutdown.
     pub fn publisher(&self, topic: &str) -> Result<Publisher, PublishError> {
-        let handle = self.registry.topics.load().get(topic).cloned();
-        let topic = handle.ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
+        if self.registry.is_closed() {
+            return Err(PublishError::Closed);
+        }
+        let topic = self.registry.topic(topic).ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
         Ok(Publisher { topic, registry: self.registry.clone() })
     }
 
@@ -362,7 +419,11 @@ impl Broker {
         key: &str,
         value: T,
     ) -> Result<Confirm, TryPublishError<T>> {
-        self.publisher(topic).map_err(TryPublishError::Invalid)?.try_publish(key, value)
+        match self.publisher(topic) {
+            Ok(publisher) => publisher.try_publish(key, value),
+            Err(PublishError::Closed) => Err(TryPublishError::Closed(value)),
+            Err(e) => Err(TryPublishError::Invalid(e)),
+        }
     }
 
     /// Subscribes a handler to a queue with the queue's default prefetch.
@@ -394,12 +455,24 @@ impl Broker {
         self.start_subscriber::<T, _>(queue, options, AsyncRunner(handler)).await
     }
 
-    /// Subscribes a synchronous handler: a function that decides at once, without a future to poll or
-    /// allocate. The fastest kind of subscriber.
+    /// Subscribes a synchronous handler with the queue's default prefetch: a function that decides
+    /// at once, without a future to poll or allocate. The fastest kind of subscriber.
+    ///
+    /// # Errors
+    /// As [`Broker::subscribe`].
+    pub async fn subscribe_sync<T, F>(&self, queue: &str, handler: F) -> Result<Subscription, SubscribeError>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        F: FnMut(Delivery<T>) -> Outcome + Send + 'static,
+    {
+        self.subscribe_sync_with(queue, SubscribeOptions::default(), handler).await
+    }
+
+    /// Subscribes a synchronous handler with options.
     ///
     /// # Errors
     /// As [`Broker::subscribe_with`].
-    pub async fn subscribe_sync<T, F>(
+    pub async fn subscribe_sync_with<T, F>(
         &self,
         queue: &str,
         options: SubscribeOptions,
@@ -422,7 +495,7 @@ impl Broker {
         T: DeserializeOwned + Send + Sync + 'static,
         R: Runner<T>,
     {
-        if self.registry.closed.load(Ordering::Acquire) {
+        if self.registry.is_closed() {
             return Err(SubscribeError::Closed);
         }
         let unknown = || SubscribeError::UnknownQueue(queue.to_owned());
@@ -430,26 +503,26 @@ impl Broker {
         let consumer = self.registry.consumer_id();
         let prefetch = options.prefetch.unwrap_or(handle.spec.prefetch_default);
         let probe = self.registry.probe.clone();
+        let stopping = Arc::default();
         let (addr, name, mode) = (handle.addr.clone(), handle.name.clone(), handle.spec.delivery);
-        let actor = SubscriberActor::<T, R>::new(addr, name, consumer, mode, prefetch, runner, probe);
+        let actor =
+            SubscriberActor::<T, R>::new(addr, name, consumer, mode, prefetch, runner, Arc::clone(&stopping), probe);
         let addr = SubscriberActor::start_in_arbiter(&self.registry.arbiter, |_| actor);
         let stop = addr.clone().recipient::<Stop>();
         let subscribe = Subscribe { consumer, prefetch, recipient: addr.recipient() };
-        match handle.addr.send(subscribe).await {
-            Ok(Ok(())) => {}
-            _ => {
-                let _ = stop.send(Stop).await;
-                return Err(unknown());
-            }
+        if !matches!(handle.addr.send(subscribe).await, Ok(Ok(()))) {
+            let _ = stop.send(Stop).await;
+            return Err(unknown());
         }
-        self.registry.track_subscription(consumer, handle.addr.clone(), stop.clone());
-        Ok(Subscription::new(handle.addr.clone(), consumer, handle.name.clone(), stop, self.registry.clone()))
+        let subscriber = Subscriber { consumer, queue: handle.addr.clone(), stop, stopping };
+        self.registry.subscriptions.insert(subscriber);
+        Ok(Subscription { consumer, queue: handle.name.clone(), broker: self.clone() })
     }
 
     /// Binds a queue to a topic at run time. `Ok(false)` when the binding existed already.
     ///
     /// # Errors
-    /// [`BindError`] for unknown names or an invalid key.
+    /// [`BindError`] for unknown names or an invalid key; [`BindError::Closed`] after shutdown.
     pub async fn bind(&self, topic: &str, queue: &str, key: &str) -> Result<bool, BindError> {
         let (topic, queue) = self.resolve(topic, queue)?;
         let bind = Bind { queue, key: key.to_owned(), weight: 1 };
@@ -459,316 +532,149 @@ impl Broker {
     /// Removes a binding. `Ok(false)` when there was no such binding.
     ///
     /// # Errors
-    /// [`BindError`] for unknown names.
+    /// [`BindError`] for unknown names; [`BindError::Closed`] after shutdown.
     pub async fn unbind(&self, topic: &str, queue: &str, key: &str) -> Result<bool, BindError> {
         let (topic, queue) = self.resolve(topic, queue)?;
         topic.addr.send(Unbind { queue, key: key.to_owned() }).await.map_err(|_| BindError::Closed)
     }
 
     fn resolve(&self, topic: &str, queue: &str) -> Result<(Arc<TopicHandle>, QueueId), BindError> {
-        let t = self.registry.topics.load().get(topic).cloned();
-        let t = t.ok_or_else(|| BindError::UnknownTopic(topic.to_owned()))?;
+        if self.registry.is_closed() {
+            return Err(BindError::Closed);
+        }
+        let t = self.registry.topic(topic).ok_or_else(|| BindError::UnknownTopic(topic.to_owned()))?;
         let q = self.registry.queue(queue).ok_or_else(|| BindError::UnknownQueue(queue.to_owned()))?;
         Ok((t, q.id))
     }
 
-    /// A snapshot of every topic's and queue's counters (deleted queues included).
+    /// A snapshot of every topic's and queue's counters, deleted queue incarnations included.
     ///
     /// Each queue answers after the messages already in its mailbox, so a quiet broker's snapshot is
-    /// exact.
+    /// exact. After shutdown, the final counters.
     pub async fn stats(&self) -> Stats {
+        if let Some(stats) = self.registry.final_stats() {
+            return stats;
+        }
         let mut stats = Stats::default();
         for (name, topic) in self.registry.topics.load().iter() {
             stats.topics.insert(name.clone(), topic.stats());
         }
-        stats.queues = self.registry.graveyard();
-        let queues = self.registry.queues().by_id.clone();
-        for queue in queues.into_iter().flatten() {
+        // Live queues first: one deleted between the two reads is then in the graveyard's read.
+        let live: Vec<Arc<QueueHandle>> = self.registry.queues.load().by_id.values().cloned().collect();
+        let mut seen = Vec::new();
+        for queue in live {
             if let Ok(q) = queue.addr.send(GetStats).await {
+                seen.push(queue.id);
                 stats.queues.insert(queue.name.to_string(), q);
             }
         }
+        let (deleted, folded) = self.registry.graveyard();
+        for (id, name, q) in deleted {
+            if seen.contains(&id) {
+                // Deleted after answering: its final counters supersede the live answer.
+                stats.queues.remove(&name);
+            }
+            stats.deleted_queues.push(DeletedQueue { name, id, stats: q });
+        }
+        stats.deleted_folded = folded;
         stats
     }
 
-    /// Stops accepting publishes and subscriptions, drains every subscriber for up to `timeout`, then
-    /// requeues (at-least-once) or counts lost (at-most-once) what is still unsettled.
+    /// Resolves once the broker is idle: no publish waits for room in a queue, and every queue is
+    /// idle (nothing waits in its inbox, nothing is in flight, and nothing is ready unless the queue
+    /// has no subscriber to take it). Use it in tests and at the end of a batch instead of polling
+    /// [`Broker::stats`]. A publish waiting for room in a full `block` queue without subscribers
+    /// never lets the broker be idle: bound the wait with a timeout where that can happen. Resolves
+    /// at once after shutdown. May be awaited from any thread.
+    pub async fn idle(&self) {
+        let registry = self.registry.clone();
+        let _ = self
+            .on_arbiter(async move {
+                while !registry.is_closed() {
+                    let queues: Vec<Arc<QueueHandle>> = registry.queues.load().by_id.values().cloned().collect();
+                    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+                    if registry::wait_idle(&queues, far).await && registry.publishes_waiting() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(IDLE_RECHECK).await;
+                }
+            })
+            .await;
+    }
+
+    /// Runs `f` on the broker's arbiter and returns its output: for the methods that wait with
+    /// tokio's timers, so that they may be awaited from any thread or executor. `None` when the
+    /// arbiter has stopped.
+    async fn on_arbiter<F>(&self, f: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let spawned = self.registry.arbiter.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        if !spawned {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// Shuts the broker down, within `timeout`:
+    /// 1. publishes, subscriptions, declarations and bindings are refused from now on
+    ///    ([`PublishError::Closed`] and its kin), and publishers waiting for room in a `block` queue
+    ///    are released (their confirm counts the queues that took the message);
+    /// 2. the ready messages of every queue that has subscribers are delivered, and everything in
+    ///    flight settled, as long as the timeout allows;
+    /// 3. every subscriber is retired as [`Subscription::unsubscribe`] does: stopped once its running
+    ///    handler returns, with what it still held requeued (at least once) or counted lost (at most
+    ///    once);
+    /// 4. every queue and topic actor stops, and the broker lets go of them, so that dropping the
+    ///    last `Broker` handle frees its memory.
+    ///
+    /// The report's `stats` are final: what is `ready` in them was left undelivered (a queue without
+    /// subscribers, or the timeout). A second call reports `shut_down: false` and the same counters.
+    /// May be called from any thread, inside or outside an async runtime.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
-        self.registry.closed.store(true, Ordering::Release);
-        let subscriptions = self.registry.take_subscriptions();
-        let deadline = Instant::now() + timeout;
-        let mut report = ShutdownReport { drained: true, ..Default::default() };
-        let mut waits = Vec::new();
-        for (consumer, (queue, _)) in &subscriptions {
-            let (done, drained) = tokio::sync::oneshot::channel();
-            if queue.send(Drain { consumer: *consumer, done }).await.is_ok() {
-                waits.push(drained);
-            }
+        if self.registry.closed.swap(true, Ordering::AcqRel) {
+            let stats = self.registry.wait_final_stats().await;
+            return ShutdownReport { shut_down: false, drained: true, stopped: true, stats, ..Default::default() };
         }
-        for drained in waits {
-            let ok = matches!(tokio::time::timeout_at(deadline, drained).await, Ok(Ok(())));
-            report.drained &= ok;
-        }
-        for (consumer, (queue, stop)) in subscriptions {
-            if let Ok((requeued, lost)) = queue.send(Unsubscribe { consumer }).await {
-                report.requeued += requeued;
-                report.lost += lost;
-            }
-            // Not awaited: a subscriber handles `Stop` only once its running handler ends.
-            stop.do_send(Stop);
-        }
-        report.stats = self.stats().await;
+        let registry = self.registry.clone();
+        let report = self.on_arbiter(async move { shutdown_on_arbiter(registry, timeout).await }).await;
+        let mut report = report.unwrap_or_default();
+        report.shut_down = true;
+        self.registry.set_final_stats(report.stats.clone());
         report
     }
 }
 
-/// Publishes to one topic.
-#[derive(Clone)]
-pub struct Publisher {
-    topic: Arc<TopicHandle>,
-    registry: Arc<Registry>,
+/// How long [`Broker::idle`] waits before it looks again at publishes waiting for room.
+const IDLE_RECHECK: Duration = Duration::from_millis(1);
+
+/// The current arbiter, if this thread runs an actix system.
+fn current_arbiter() -> Option<actix::ArbiterHandle> {
+    std::panic::catch_unwind(Arbiter::current).ok()
 }
 
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("topic", &self.topic.name).finish()
+async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> ShutdownReport {
+    let deadline = Instant::now() + timeout;
+    let queues = registry.queues.load().by_id.values().cloned().collect::<Vec<_>>();
+    for queue in &queues {
+        queue.release_waiting_publishers();
     }
-}
-
-/// How far a publish got without waiting.
-struct Attempt {
-    route: Route,
-    /// The alternate queue's name, for [`Route::Alternate`].
-    alternate: Option<Arc<str>>,
-    accepted: u32,
-    /// The accepting queues' names, kept only in a simulation.
-    accepted_names: Option<Vec<String>>,
-    refused: SmallVec<[Arc<str>; 1]>,
-    /// Target queues that need waiting for (or, for `try_publish`, could not take it now).
-    waiting: SmallVec<[Arc<QueueHandle>; 2]>,
-    /// The message, when the publisher still holds a reference: kept for the waiting queues.
-    held: Option<Arc<Message>>,
-}
-
-impl Publisher {
-    /// Publishes a typed value. See [`Broker::publish`].
-    ///
-    /// # Errors
-    /// As [`Broker::publish`].
-    pub async fn publish<T: Serialize + Send + Sync + 'static>(
-        &self,
-        key: &str,
-        value: T,
-    ) -> Result<Confirm, PublishError> {
-        self.publish_payload(key, Payload::value(value)).await
+    let drained_queues = registry::wait_idle(&queues, deadline).await;
+    let subscribers = registry.subscriptions.take_all();
+    let drains = subscribers.iter().map(|s| subscription::drain(s, deadline));
+    let drained = futures::future::join_all(drains).await.into_iter().all(|d| d);
+    let stops = subscribers.iter().map(|s| subscription::stop(s, deadline));
+    let stopped = futures::future::join_all(stops).await.into_iter().all(|s| s);
+    let mut report = ShutdownReport { drained: drained && drained_queues, stopped, ..Default::default() };
+    for subscriber in &subscribers {
+        let r = subscription::remove(subscriber, UnsubscribeReport::default()).await;
+        report.requeued += r.requeued;
+        report.lost += r.lost;
     }
-
-    /// Publishes raw bytes. See [`Broker::publish_bytes`].
-    ///
-    /// # Errors
-    /// As [`Broker::publish`].
-    pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
-        // Never cloned on the way: every queue shares the message, and subscribers read the bytes in
-        // place, so a `Bytes` made from a `Vec` is never promoted to a shared buffer (an allocation).
-        self.publish_payload(key, Payload::Bytes(bytes.into())).await
-    }
-
-    /// Publishes without waiting. See [`Broker::try_publish`].
-    ///
-    /// # Errors
-    /// As [`Broker::try_publish`].
-    pub fn try_publish<T: Serialize + Send + Sync + 'static>(
-        &self,
-        key: &str,
-        value: T,
-    ) -> Result<Confirm, TryPublishError<T>> {
-        match self.check(key) {
-            Ok(()) => {}
-            Err(PublishError::Closed) => return Err(TryPublishError::Closed(value)),
-            Err(e) => return Err(TryPublishError::Invalid(e)),
-        }
-        let msg = self.message(key, Payload::value(value), None);
-        let mut attempt = self.route_and_offer(key, msg);
-        if attempt.route == Route::Unroutable {
-            return Ok(self.unroutable());
-        }
-        if attempt.accepted == 0 && attempt.refused.is_empty() && !attempt.waiting.is_empty() {
-            self.topic.counters.published.fetch_sub(1, Ordering::Relaxed);
-            let msg = attempt.held.take().expect("a queue with no room hands the message back");
-            return Err(TryPublishError::Full(take_value(msg)));
-        }
-        for queue in attempt.waiting.drain(..) {
-            queue.refused.fetch_add(1, Ordering::Relaxed);
-            attempt.refused.push(queue.name.clone());
-        }
-        Ok(self.confirm(attempt))
-    }
-
-    async fn publish_payload(&self, key: &str, payload: Payload) -> Result<Confirm, PublishError> {
-        self.publish_as(key, payload, None, 1).await.map(|(_, confirm)| confirm)
-    }
-
-    /// Publishes a payload with a given message id, or a new one when `id` is `None`; `attempt_no`
-    /// counts from 1. A publisher that lost a confirm publishes again with the same id, so that an
-    /// idempotent consumer can tell the copies apart (the simulator's `confirm-loss` fault does so).
-    /// Returns the id and the confirm.
-    ///
-    /// # Errors
-    /// As [`Publisher::publish`].
-    #[doc(hidden)]
-    pub async fn publish_as(
-        &self,
-        key: &str,
-        payload: Payload,
-        id: Option<MessageId>,
-        attempt_no: u32,
-    ) -> Result<(MessageId, Confirm), PublishError> {
-        self.check(key)?;
-        let msg = self.message(key, payload, id);
-        let id = msg.id;
-        if let Some(probe) = &self.registry.probe {
-            probe.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
-        }
-        let mut attempt = self.route_and_offer(key, msg);
-        if attempt.route == Route::Unroutable {
-            self.record_confirm(id, Vec::new(), Vec::new());
-            return Ok((id, self.unroutable()));
-        }
-        let held = attempt.held.take();
-        for queue in std::mem::take(&mut attempt.waiting) {
-            let msg = held.clone().expect("a queue with no room hands the message back");
-            match queue.offer(msg).await {
-                Offer::Accepted => {
-                    attempt.accepted += 1;
-                    if let Some(names) = &mut attempt.accepted_names {
-                        names.push(queue.name.to_string());
-                    }
-                }
-                Offer::Refused => attempt.refused.push(queue.name.clone()),
-                Offer::Full(_) | Offer::Closed => {}
-            }
-        }
-        if let Some(names) = attempt.accepted_names.take() {
-            let refused = attempt.refused.iter().map(|q| q.to_string()).collect();
-            self.record_confirm(id, names, refused);
-        }
-        Ok((id, self.confirm(attempt)))
-    }
-
-    fn record_confirm(&self, msg: MessageId, queues: Vec<String>, refused: Vec<String>) {
-        if let Some(probe) = &self.registry.probe {
-            probe.record(What::Confirm { msg, queues, refused });
-        }
-    }
-
-    fn check(&self, key: &str) -> Result<(), PublishError> {
-        validate_key(key)?;
-        if self.registry.closed.load(Ordering::Acquire) {
-            return Err(PublishError::Closed);
-        }
-        Ok(())
-    }
-
-    fn message(&self, key: &str, payload: Payload, id: Option<MessageId>) -> Arc<Message> {
-        self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
-        let id = id.unwrap_or_else(|| self.registry.message_id());
-        Arc::new(Message { id, key: key.into(), payload, deaths: Deaths::NONE })
-    }
-
-    /// Counts an unroutable publish (no binding, no alternate queue) and confirms it.
-    fn unroutable(&self) -> Confirm {
-        self.topic.counters.unroutable.fetch_add(1, Ordering::Relaxed);
-        self.topic.counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
-        Confirm::Unroutable { alternate: None }
-    }
-
-    /// Routes `msg` and offers it to every target queue without waiting.
-    fn route_and_offer(&self, key: &str, msg: Arc<Message>) -> Attempt {
-        let skips_binding = probe::bug(&self.registry.probe, |b| b.router_skips_binding);
-        self.topic.with_route(key, &self.registry, |route, targets| {
-            match targets {
-                // Broken on purpose: the last matching binding is skipped.
-                [kept @ .., _] if skips_binding && !kept.is_empty() => self.attempt(msg, route, kept),
-                _ => self.attempt(msg, route, targets),
-            }
-        })
-    }
-
-    /// Offers `msg` to `targets` without waiting. The last target gets the publisher's own reference
-    /// rather than a clone, sparing a reference count round trip with the broker's thread; the message
-    /// comes back in `Attempt::held` when a queue hands it back (no room now).
-    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>]) -> Attempt {
-        let accepted_names = self.registry.probe.as_ref().map(|_| Vec::new());
-        let alternate = match (route, targets) {
-            (Route::Alternate, [queue]) => Some(queue.name.clone()),
-            _ => None,
-        };
-        let mut attempt = Attempt {
-            route,
-            alternate,
-            accepted: 0,
-            accepted_names,
-            refused: SmallVec::new(),
-            waiting: SmallVec::new(),
-            held: None,
-        };
-        let mut msg = Some(msg);
-        for (i, queue) in targets.iter().enumerate() {
-            let offered = if i + 1 == targets.len() { msg.take() } else { msg.clone() };
-            let offered = offered.expect("the publisher holds the message until the last target");
-            match queue.try_offer(offered) {
-                Offer::Accepted => {
-                    attempt.accepted += 1;
-                    if let Some(names) = &mut attempt.accepted_names {
-                        names.push(queue.name.to_string());
-                    }
-                }
-                Offer::Refused => attempt.refused.push(queue.name.clone()),
-                Offer::Full(back) => {
-                    attempt.waiting.push(queue.clone());
-                    attempt.held = Some(back);
-                }
-                Offer::Closed => {}
-            }
-        }
-        if attempt.held.is_none() {
-            attempt.held = msg;
-        }
-        attempt
-    }
-
-    fn confirm(&self, attempt: Attempt) -> Confirm {
-        let counters = &self.topic.counters;
-        counters.routed.fetch_add(u64::from(attempt.accepted), Ordering::Relaxed);
-        if !attempt.refused.is_empty() {
-            counters.refused.fetch_add(attempt.refused.len() as u64, Ordering::Relaxed);
-        }
-        if let Route::Alternate = attempt.route {
-            counters.unroutable.fetch_add(1, Ordering::Relaxed);
-            if let (1, Some(name)) = (attempt.accepted, &attempt.alternate) {
-                counters.alternate.fetch_add(1, Ordering::Relaxed);
-                return Confirm::Unroutable { alternate: Some(name.to_string()) };
-            }
-            counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
-        }
-        if attempt.refused.is_empty() {
-            Confirm::Routed { queues: attempt.accepted }
-        } else {
-            let queues = attempt.refused.iter().map(|q| q.to_string()).collect();
-            Confirm::Refused { accepted: attempt.accepted, queues }
-        }
-    }
-}
-
-/// Recovers the published value from a message that no queue took.
-fn take_value<T: Send + Sync + 'static>(msg: Arc<Message>) -> T {
-    let msg =
-        Arc::try_unwrap(msg).unwrap_or_else(|_| unreachable!("no queue holds a message it did not take"));
-    match msg.payload {
-        Payload::Value(value) => match Payload::any(value).downcast::<T>().map(Arc::try_unwrap) {
-            Ok(Ok(value)) => value,
-            _ => unreachable!("the payload was built from this T and not shared"),
-        },
-        Payload::Bytes(_) => unreachable!("try_publish builds a typed payload"),
-    }
+    report.stats = registry.stop_everything().await;
+    report
 }

@@ -46,8 +46,8 @@ pub mod ids;
 pub mod internals;
 pub mod message;
 pub mod probe;
+mod protocol;
 pub mod queue;
-mod registry;
 pub mod routing;
 pub mod stats;
 pub mod subscriber;
@@ -55,15 +55,14 @@ pub(crate) mod topic;
 pub mod topology;
 
 pub use broker::{
-    BindError, Broker, BrokerBuilder, Confirm, DeclareError, PublishError, Publisher, ShutdownReport,
-    StartError, SubscribeError, TryPublishError,
+    BindError, Broker, BrokerBuilder, Confirm, DeclareError, DeleteError, PublishError, Publisher,
+    ShutdownReport, StartError, SubscribeError, Subscription, TryPublishError, UnsubscribeReport,
+    DELETED_QUEUES_KEPT_MAX,
 };
 pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, TypedValue};
-pub use stats::{Dropped, QueueStats, Stats, TopicStats};
-pub use subscriber::{
-    AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions, Subscription, UnsubscribeReport,
-};
+pub use stats::{DeletedQueue, Dropped, QueueStats, Stats, TopicStats};
+pub use subscriber::{AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions};
 pub use topology::{
     Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
 };

@@ -50,6 +50,7 @@
 mod actor;
 mod inbox;
 pub(crate) mod state;
+mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -57,16 +58,26 @@ use std::sync::Arc;
 use actix::Addr;
 use tokio::sync::Semaphore;
 
-pub(crate) use actor::{
-    Delete, Deliver, DeliverItem, Drain, Enqueue, GetStats, ManualSettle, QueueActor, Refuse, Restarted,
-    Settle, Subscribe, Unsubscribe,
-};
+pub(crate) use actor::QueueActor;
 pub(crate) use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
 pub use state::SettleError;
+pub(crate) use table::{InsertError, QueueTable};
 
 use crate::ids::QueueId;
 use crate::message::Message;
+use crate::protocol::{Enqueue, Refuse};
+use crate::stats::QueueStats;
 use crate::topology::{Overflow, QueueSpec};
+
+/// What a queue actor may ask of the broker around it, and nothing more: where its dead letters go,
+/// and that it is gone. The broker's registry implements it; a queue holds it weakly, so that a
+/// dropped broker is freed.
+pub(crate) trait QueueHost: Send + Sync + 'static {
+    /// The live queue named `name`, to pass a dead letter to.
+    fn dead_letter_queue(&self, name: &str) -> Option<Arc<QueueHandle>>;
+    /// The queue `id` has been deleted; these are its final counters.
+    fn queue_deleted(&self, id: QueueId, stats: QueueStats);
+}
 
 /// Capacity of a `drop-head` queue's data inbox (messages waiting to be enqueued), and of every
 /// queue's control mailbox.
@@ -82,8 +93,8 @@ pub(crate) enum Offer {
     Refused,
     /// No room now (a full mailbox, or no credit under `block`); the message is handed back.
     Full(Arc<Message>),
-    /// The queue has been deleted.
-    Closed,
+    /// The queue has been deleted or shut down; the message is handed back.
+    Closed(Arc<Message>),
 }
 
 /// The publishers' side of a queue: its one mailbox sender, shared by reference (a cloned `Addr` is a
@@ -142,7 +153,7 @@ impl QueueHandle {
                 let credits = self.credits.as_ref().expect("block queues have credits");
                 match credits.acquire().await {
                     Ok(permit) => permit.forget(),
-                    Err(_) => return Offer::Closed,
+                    Err(_) => return Offer::Closed(msg),
                 }
                 true
             }
@@ -151,7 +162,7 @@ impl QueueHandle {
         match self.send_now(msg, credited) {
             Offer::Full(msg) => match self.inbox.send(Enqueue { msg, credited }).await {
                 Ok(()) => Offer::Accepted,
-                Err(_) => self.closed(credited),
+                Err(back) => self.closed(back.msg, credited),
             },
             other => other,
         }
@@ -164,13 +175,13 @@ impl QueueHandle {
                 self.return_credit(credited);
                 Offer::Full(e.msg)
             }
-            Err(TrySendError::Closed(_)) => self.closed(credited),
+            Err(TrySendError::Closed(back)) => self.closed(back.msg, credited),
         }
     }
 
-    fn closed(&self, credited: bool) -> Offer {
+    fn closed(&self, msg: Arc<Message>, credited: bool) -> Offer {
         self.return_credit(credited);
-        Offer::Closed
+        Offer::Closed(msg)
     }
 
     fn refuse(&self, msg: Arc<Message>) -> Offer {
@@ -181,6 +192,13 @@ impl QueueHandle {
             let _ = self.addr.try_send(Refuse { msg });
         }
         Offer::Refused
+    }
+
+    /// Releases publishers waiting for credit (at shutdown or deletion): they find the queue closed.
+    pub(crate) fn release_waiting_publishers(&self) {
+        if let Some(credits) = &self.credits {
+            credits.close();
+        }
     }
 
     fn take_credit(&self) -> Credit {

@@ -8,11 +8,21 @@
 //! where `acked` counts, for at-most-once queues, the deliveries whose handler finished. Every copy a
 //! topic routes is `enqueued` by exactly one queue, so the sums over queues balance the topics'
 //! `routed` counts plus the dead letters that queues pass to each other (refused `reject-publish-dlx`
-//! publishes included).
+//! publishes included). Deleted queue incarnations count too: a queue deleted and declared again
+//! under the same name is two sets of counters, the first in [`Stats::deleted_queues`].
+//!
+//! For every topic, every publish ends one way:
+//!
+//! `published = routed_publishes + refused_publishes + unroutable`
+//!
+//! (routed to at least one queue; refused by every target; or reaching no live queue, whether or not
+//! the alternate queue took it).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ids::QueueId;
 
 /// Why a message left a queue without being acked or dead-lettered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +106,39 @@ impl QueueStats {
     pub fn conserved(&self) -> bool {
         self.enqueued == self.acked + self.dead_lettered + self.dropped.total() + self.ready + self.in_flight
     }
+
+    /// Adds `other`'s counters to these (for totals over several queues).
+    pub fn add(&mut self, other: &QueueStats) {
+        self.enqueued += other.enqueued;
+        self.refused += other.refused;
+        self.delivered += other.delivered;
+        self.redelivered += other.redelivered;
+        self.acked += other.acked;
+        self.nacked += other.nacked;
+        self.dead_lettered += other.dead_lettered;
+        self.refused_dead_lettered += other.refused_dead_lettered;
+        self.dropped.add(&other.dropped);
+        self.ready += other.ready;
+        self.in_flight += other.in_flight;
+        self.consumers += other.consumers;
+        self.restarts += other.restarts;
+        self.deleted |= other.deleted;
+    }
+}
+
+impl Dropped {
+    fn add(&mut self, other: &Dropped) {
+        self.overflow += other.overflow;
+        self.expired += other.expired;
+        self.rejected += other.rejected;
+        self.delivery_limit += other.delivery_limit;
+        self.lost_at_most_once += other.lost_at_most_once;
+        self.deleted += other.deleted;
+        self.dead_letter_cycle += other.dead_letter_cycle;
+        self.queue_restart += other.queue_restart;
+        self.fault += other.fault;
+        self.refused_dead_letter_lost += other.refused_dead_letter_lost;
+    }
 }
 
 /// A topic's counters, a snapshot.
@@ -105,7 +148,12 @@ pub struct TopicStats {
     pub published: u64,
     /// Copies accepted by queues (one per queue per publish), the alternate queue included.
     pub routed: u64,
-    /// Publishes that matched no binding (whether or not an alternate queue took them).
+    /// Publishes that at least one queue accepted.
+    pub routed_publishes: u64,
+    /// Publishes that every target queue refused.
+    pub refused_publishes: u64,
+    /// Publishes that reached no live queue: no binding matched, or every queue they matched was
+    /// deleted (or shut down) as they were routed; whether or not an alternate queue took them.
     pub unroutable: u64,
     /// Unroutable publishes taken by the alternate queue.
     pub alternate: u64,
@@ -117,22 +165,58 @@ pub struct TopicStats {
     pub bindings: u64,
 }
 
-/// A snapshot of every topic and queue, deleted queues included, by name.
+impl TopicStats {
+    /// Whether every publish ended one way: routed, refused, or unroutable.
+    pub fn conserved(&self) -> bool {
+        self.published == self.routed_publishes + self.refused_publishes + self.unroutable
+    }
+}
+
+/// The final counters of a deleted queue incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedQueue {
+    /// Its name (a live queue may have it now).
+    pub name: String,
+    /// Its incarnation: ids are never reused within a broker.
+    pub id: QueueId,
+    /// Its final counters.
+    pub stats: QueueStats,
+}
+
+/// A snapshot of every topic and queue, deleted queue incarnations included.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Topics by name.
     pub topics: BTreeMap<String, TopicStats>,
-    /// Queues by name.
+    /// Live queues by name (at shutdown: the queues as they were stopped).
     pub queues: BTreeMap<String, QueueStats>,
+    /// Deleted queue incarnations, oldest first: the newest
+    /// [`DELETED_QUEUES_KEPT_MAX`](crate::DELETED_QUEUES_KEPT_MAX).
+    pub deleted_queues: Vec<DeletedQueue>,
+    /// The summed counters of older deleted incarnations.
+    pub deleted_folded: QueueStats,
 }
 
 impl Stats {
-    /// Whether every queue conserves its messages, and the copies the topics routed plus the dead
-    /// letters queues passed on equal what the queues enqueued.
+    /// Every queue incarnation's counters: the live ones, the deleted ones, and the folded total.
+    pub fn all_queues(&self) -> impl Iterator<Item = &QueueStats> {
+        self.queues.values().chain(self.deleted_queues.iter().map(|d| &d.stats)).chain([&self.deleted_folded])
+    }
+
+    /// The counters of the queue named `name`: the live one, else its latest deleted incarnation.
+    pub fn queue(&self, name: &str) -> Option<&QueueStats> {
+        self.queues.get(name).or_else(|| self.deleted_queues.iter().rev().find(|d| d.name == name).map(|d| &d.stats))
+    }
+
+    /// Whether every queue incarnation conserves its messages, every topic accounts for every
+    /// publish, and the copies the topics routed plus the dead letters queues passed on equal what
+    /// the queues enqueued.
     pub fn conserved(&self) -> bool {
         let routed: u64 = self.topics.values().map(|t| t.routed).sum();
-        let dead: u64 = self.queues.values().map(|q| q.dead_lettered + q.refused_dead_lettered).sum();
-        let enqueued: u64 = self.queues.values().map(|q| q.enqueued).sum();
-        self.queues.values().all(QueueStats::conserved) && routed + dead == enqueued
+        let dead: u64 = self.all_queues().map(|q| q.dead_lettered + q.refused_dead_lettered).sum();
+        let enqueued: u64 = self.all_queues().map(|q| q.enqueued).sum();
+        self.all_queues().all(QueueStats::conserved)
+            && self.topics.values().all(TopicStats::conserved)
+            && routed + dead == enqueued
     }
 }

@@ -31,24 +31,21 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::dev::SendError;
 use actix::prelude::*;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use smallvec::SmallVec;
-use tokio::sync::oneshot;
 
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{Death, Message, Value};
 use crate::probe::{self, FaultKind, HandlerOutcome, ProbeRef, What};
 use crate::queue::state::SettleOp;
-use crate::queue::{
-    Deliver, DeliverItem, Drain, ManualSettle, QueueActor, Restarted, Settle, SettleError, Unsubscribe,
-};
-use crate::registry::Registry;
+use crate::protocol::{Deliver, DeliverItem, ManualSettle, Restarted, Settle, Stop};
+use crate::queue::{QueueActor, SettleError};
 use crate::topology::Delivery as DeliveryMode;
 
 /// The most settlements a subscriber batches into one message to its queue.
@@ -306,82 +303,6 @@ impl SubscribeOptions {
     }
 }
 
-/// What unsubscribing found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct UnsubscribeReport {
-    /// Whether everything the subscriber held was settled before the timeout.
-    pub drained: bool,
-    /// Unacked deliveries put back in the queue (at-least-once).
-    pub requeued: u64,
-    /// Deliveries counted lost (at-most-once).
-    pub lost: u64,
-}
-
-/// A running subscription. Dropping it leaves the subscriber running; call
-/// [`Subscription::unsubscribe`] to stop it.
-pub struct Subscription {
-    link: Arc<Link>,
-    queue: Arc<str>,
-    stop: Recipient<Stop>,
-    registry: Arc<Registry>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("queue", &self.queue)
-            .field("consumer", &self.link.consumer)
-            .finish()
-    }
-}
-
-impl Subscription {
-    pub(crate) fn new(
-        queue_addr: Addr<QueueActor>,
-        consumer: ConsumerId,
-        queue: Arc<str>,
-        stop: Recipient<Stop>,
-        registry: Arc<Registry>,
-    ) -> Self {
-        Self { link: Arc::new(Link { queue: queue_addr, consumer }), queue, stop, registry }
-    }
-
-    /// The consumer id.
-    pub fn consumer(&self) -> ConsumerId {
-        self.link.consumer
-    }
-
-    /// The queue's name.
-    pub fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    /// Stops deliveries, waits up to `timeout` for the handler to settle what it holds, then requeues
-    /// (at-least-once) or counts lost (at-most-once) the rest, and stops the subscriber. A queue with
-    /// `auto_delete` is deleted when its last subscriber leaves this way.
-    pub async fn unsubscribe(self, timeout: Duration) -> UnsubscribeReport {
-        let (done, drained) = oneshot::channel();
-        let consumer = self.link.consumer;
-        self.registry.untrack_subscription(consumer);
-        let mut report = UnsubscribeReport::default();
-        if self.link.queue.send(Drain { consumer, done }).await.is_ok() {
-            report.drained = matches!(tokio::time::timeout(timeout, drained).await, Ok(Ok(())));
-        }
-        if let Ok((requeued, lost)) = self.link.queue.send(Unsubscribe { consumer }).await {
-            report.requeued = requeued;
-            report.lost = lost;
-        }
-        // Not awaited: a subscriber handles `Stop` only once its running handler ends.
-        self.stop.do_send(Stop);
-        report
-    }
-}
-
-/// Stops a subscriber actor.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Stop;
-
 /// Flushes batched settlements.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -417,6 +338,8 @@ pub(crate) struct SubscriberActor<T, H> {
     /// At most once: the tags handled in this incarnation, newest [`SEEN_TAGS_MAX`].
     seen: BTreeSet<u64>,
     queue: Arc<str>,
+    /// Set by the unsubscriber before it sends `Stop`: run no more handlers.
+    stopping: Arc<AtomicBool>,
     probe: ProbeRef,
     _value: PhantomData<fn() -> T>,
 }
@@ -434,6 +357,7 @@ where
         mode: DeliveryMode,
         prefetch: u32,
         handler: H,
+        stopping: Arc<AtomicBool>,
         probe: ProbeRef,
     ) -> Self {
         Self {
@@ -450,6 +374,7 @@ where
             running: false,
             seen: BTreeSet::new(),
             queue,
+            stopping,
             probe,
             _value: PhantomData,
         }
@@ -538,6 +463,10 @@ where
     }
 
     fn run(&mut self, item: DeliverItem, ctx: &mut Context<Self>) {
+        if self.stopping.load(Ordering::Acquire) {
+            // Unsubscribing: the queue requeues (or counts lost) what no handler ran for.
+            return;
+        }
         let DeliverItem { tag, msg, delivery_count } = item;
         if self.mode == DeliveryMode::AtMostOnce && !self.first_time(tag) {
             // A duplicated delivery: at most once, the handler never runs twice.
@@ -730,9 +659,21 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
     H: Runner<T>,
 {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-        ctx.stop();
+    /// Runs only once the running handler (if any) has returned: sends the batched settlements,
+    /// forgets the backlog (the queue requeues or counts it), and stops; answered after that.
+    fn handle(&mut self, _: Stop, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping.store(true, Ordering::Release);
+        self.backlog.clear();
+        let ops = self.take_ops();
+        let queue = self.link.queue.clone();
+        let settle = Settle { consumer: self.link.consumer, epoch: self.epoch, ops };
+        let flushed = async move {
+            if !settle.ops.is_empty() {
+                let _ = queue.send(settle).await;
+            }
+        };
+        Box::pin(flushed.into_actor(self).map(|(), _act, ctx| ctx.stop()))
     }
 }

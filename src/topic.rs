@@ -31,7 +31,8 @@ use smallvec::SmallVec;
 
 use crate::ids::QueueId;
 use crate::queue::QueueHandle;
-use crate::registry::Registry;
+use crate::protocol::{Bind, StopTopic, Unbind, UnbindQueue};
+use crate::queue::QueueTable;
 use crate::routing::{RoutingError, RoutingTable};
 use crate::stats::TopicStats;
 use crate::topology::TopicKind;
@@ -45,6 +46,8 @@ pub(crate) struct TopicCounters {
     pub(crate) alternate: AtomicU64,
     pub(crate) dropped_unroutable: AtomicU64,
     pub(crate) refused: AtomicU64,
+    pub(crate) routed_publishes: AtomicU64,
+    pub(crate) refused_publishes: AtomicU64,
 }
 
 /// A topic as publishers see it.
@@ -76,18 +79,18 @@ impl TopicHandle {
     pub(crate) fn with_route<R>(
         &self,
         key: &str,
-        registry: &Registry,
+        queues: &QueueTable,
         f: impl FnOnce(Route, &[Arc<QueueHandle>]) -> R,
     ) -> R {
         // A fan-out topic routes every key alike: one cached route serves them all.
         let cache_key = if self.kind == TopicKind::Fanout { "" } else { key };
-        let generations = (self.table.generation.load(Ordering::Acquire), registry.queues_generation());
+        let generations = (self.table.generation.load(Ordering::Acquire), queues.generation());
         let f = match self.cache.try_hit(cache_key, generations, f) {
             Ok(result) => return result,
             Err(f) => f,
         };
         let snapshot = self.table.snapshot.load();
-        let queues = registry.queues();
+        let queues = queues.load();
         let mut ids = SmallVec::<[QueueId; 8]>::new();
         snapshot.table.route(key, &mut ids);
         let route = match (ids.is_empty(), self.alternate) {
@@ -99,7 +102,7 @@ impl TopicHandle {
             (true, None) => Route::Unroutable,
         };
         let targets: SmallVec<[Arc<QueueHandle>; 4]> =
-            ids.iter().filter_map(|id| queues.by_id.get(id.0 as usize).cloned().flatten()).collect();
+            ids.iter().filter_map(|id| queues.by_id.get(id).cloned()).collect();
         self.cache.insert(cache_key, (snapshot.generation, generations.1), route, &targets);
         f(route, &targets)
     }
@@ -114,6 +117,8 @@ impl TopicHandle {
             alternate: get(&c.alternate),
             dropped_unroutable: get(&c.dropped_unroutable),
             refused: get(&c.refused),
+            routed_publishes: get(&c.routed_publishes),
+            refused_publishes: get(&c.refused_publishes),
             bindings: self.table.snapshot.load().table.len() as u64,
         }
     }
@@ -274,27 +279,13 @@ impl Actor for TopicActor {
     type Context = Context<Self>;
 }
 
-/// Adds a binding.
-#[derive(Message)]
-#[rtype(result = "Result<bool, RoutingError>")]
-pub(crate) struct Bind {
-    pub(crate) queue: QueueId,
-    pub(crate) key: String,
-    pub(crate) weight: u32,
-}
+impl Handler<StopTopic> for TopicActor {
+    type Result = ();
 
-/// Removes a binding.
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub(crate) struct Unbind {
-    pub(crate) queue: QueueId,
-    pub(crate) key: String,
+    fn handle(&mut self, _: StopTopic, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
 }
-
-/// Removes every binding of a queue.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub(crate) struct UnbindQueue(pub(crate) QueueId);
 
 impl Handler<Bind> for TopicActor {
     type Result = Result<bool, RoutingError>;

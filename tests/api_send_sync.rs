@@ -113,7 +113,7 @@ assert_future_send!(
 );
 assert_future_send!(
     broker,
-    broker.subscribe_sync("q", SubscribeOptions::default(), |_: Delivery<u32>| Outcome::Ack)
+    broker.subscribe_sync_with("q", SubscribeOptions::default(), |_: Delivery<u32>| Outcome::Ack)
 );
 assert_future_send!(broker, broker.bind("events", "q", "orders.#"));
 assert_future_send!(broker, broker.unbind("events", "q", "orders.#"));

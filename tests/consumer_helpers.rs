@@ -163,7 +163,7 @@ async fn the_sync_variant_runs_each_effect_exactly_once() {
             outcome => outcome,
         }
     };
-    broker.subscribe_sync("q", SubscribeOptions::default(), lossy).await.unwrap();
+    broker.subscribe_sync_with("q", SubscribeOptions::default(), lossy).await.unwrap();
     publish_all(&broker, MESSAGES).await;
     wait_acked(&broker, MESSAGES).await;
     effects.assert(MESSAGES, |_| 1);
@@ -452,7 +452,7 @@ async fn shuffled_versioned_updates_with_duplicates_converge_to_the_in_order_sta
     let (versioned, versioned_sync) = (VersionedState::new(), VersionedState::new());
     broker.subscribe("versioned", ApplyVersioned::new(versioned.clone(), extract)).await.unwrap();
     let handler = apply_versioned_sync(versioned_sync.clone(), extract);
-    broker.subscribe_sync("versioned-sync", SubscribeOptions::default(), handler).await.unwrap();
+    broker.subscribe_sync_with("versioned-sync", SubscribeOptions::default(), handler).await.unwrap();
     // The broken variant: the last update to arrive wins, whatever its version.
     let arrival = Arc::new(Mutex::new(BTreeMap::new()));
     let last = arrival.clone();

@@ -24,7 +24,7 @@ fn topology(spec: QueueSpec) -> Topology {
 }
 
 async fn q(broker: &Broker) -> QueueStats {
-    broker.stats().await.queues["q"].clone()
+    broker.stats().await.queue("q").expect("live or deleted").clone()
 }
 
 async fn subscribe_acking(broker: &Broker) -> (Subscription, mpsc::UnboundedReceiver<u32>) {
@@ -62,7 +62,7 @@ async fn an_unused_queue_is_deleted_after_expires_and_not_before() {
     // Publishes to its topic no longer reach it; the other queue still gets them.
     broker.publish("t", "", 9_u32).await.unwrap();
     let stats = broker.stats().await;
-    assert_eq!(stats.queues["q"].enqueued, 2, "a deleted queue took a message");
+    assert_eq!(stats.queue("q").expect("deleted").enqueued, 2, "a deleted queue took a message");
     assert_eq!(stats.queues["other"].enqueued, 3);
     assert!(stats.conserved(), "{stats:?}");
     assert!(matches!(broker.subscribe("q", |_: Delivery<u32>| async { Outcome::Ack }).await,
@@ -110,7 +110,7 @@ async fn auto_delete_deletes_when_the_last_consumer_leaves_not_before() {
     assert_eq!(rx2.recv().await, Some(4));
     second.unsubscribe(Duration::from_secs(1)).await;
     let stats = broker.stats().await;
-    let q = &stats.queues["q"];
+    let q = stats.queue("q").expect("deleted");
     assert!(q.deleted, "not deleted when its last consumer left: {q:?}");
     assert_eq!(q.consumers, 0);
     assert!(stats.conserved(), "{stats:?}");

@@ -171,7 +171,7 @@ impl<F: Future<Output = Outcome>> Future for IdempotentFuture<F> {
 ///     tx.send(*d).unwrap();
 ///     Outcome::Ack
 /// });
-/// broker.subscribe_sync("q", SubscribeOptions::default(), handler).await.unwrap();
+/// broker.subscribe_sync_with("q", SubscribeOptions::default(), handler).await.unwrap();
 /// broker.publish("t", "", 1_u32).await.unwrap();
 /// assert_eq!(rx.recv().await, Some(1));
 /// assert_eq!(store.stats().recorded, 1);

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use actix::dev::SendError;
 use actix::prelude::*;
@@ -12,113 +12,20 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
-use super::{InboxReceiver, TrySendError, INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
+use super::{InboxReceiver, QueueHost, TrySendError, INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
-use crate::probe::ProbeRef;
-use crate::probe::{FaultKind, What};
-use crate::registry::Registry;
+use crate::probe::{FaultKind, ProbeRef, What};
+use crate::protocol::{
+    Delete, Deliver, DeliverItem, Drain, Enqueue, GetStats, ManualSettle, QueueGone, Refuse, Restarted, Settle,
+    Shut, Subscribe, Unsubscribe, WhenIdle,
+};
 use crate::stats::QueueStats;
-
-/// A message for the queue (from a publisher, or a dead letter from another queue), through its inbox.
-#[derive(Debug)]
-pub(crate) struct Enqueue {
-    pub(crate) msg: Arc<Message>,
-    pub(crate) credited: bool,
-}
-
-/// A publish refused under `reject-publish-dlx`, to be dead-lettered.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Refuse {
-    pub(crate) msg: Arc<Message>,
-}
-
-/// Deliveries to one subscriber, in tag order: everything one pump of the queue handed it.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(crate) struct Deliver {
-    pub(crate) epoch: u32,
-    pub(crate) items: Vec<DeliverItem>,
-}
-
-/// One delivery.
-#[derive(Debug)]
-pub(crate) struct DeliverItem {
-    pub(crate) tag: u64,
-    pub(crate) msg: Arc<Message>,
-    pub(crate) delivery_count: u32,
-}
 
 /// Runs the dispatch loop once the mailbox has been drained (coalesced).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Pump;
-
-/// Registers a subscriber.
-#[derive(Message)]
-#[rtype(result = "Result<(), QueueGone>")]
-pub(crate) struct Subscribe {
-    pub(crate) consumer: ConsumerId,
-    pub(crate) prefetch: u32,
-    pub(crate) recipient: Recipient<Deliver>,
-}
-
-/// The queue has been deleted.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct QueueGone;
-
-/// Settlements from a subscriber's handlers, batched.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Settle {
-    pub(crate) consumer: ConsumerId,
-    pub(crate) epoch: u32,
-    pub(crate) ops: SmallVec<[SettleOp; 2]>,
-}
-
-/// One settlement from the manual-ack API, answered.
-#[derive(Message)]
-#[rtype(result = "Result<(), SettleError>")]
-pub(crate) struct ManualSettle {
-    pub(crate) consumer: ConsumerId,
-    pub(crate) epoch: u32,
-    pub(crate) op: SettleOp,
-}
-
-/// A subscriber's handler panicked; it restarts as `epoch` after settling `ops`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Restarted {
-    pub(crate) consumer: ConsumerId,
-    pub(crate) epoch: u32,
-    pub(crate) ops: SmallVec<[SettleOp; 2]>,
-}
-
-/// Stops deliveries to a consumer; answers once it holds nothing.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Drain {
-    pub(crate) consumer: ConsumerId,
-    pub(crate) done: oneshot::Sender<()>,
-}
-
-/// Removes a consumer; answers `(requeued, lost)`.
-#[derive(Message)]
-#[rtype(result = "(u64, u64)")]
-pub(crate) struct Unsubscribe {
-    pub(crate) consumer: ConsumerId,
-}
-
-/// Asks for the counters.
-#[derive(Message)]
-#[rtype(result = "QueueStats")]
-pub(crate) struct GetStats;
-
-/// Deletes the queue.
-#[derive(Message)]
-#[rtype(result = "QueueStats")]
-pub(crate) struct Delete;
 
 /// One pump's deliveries to one consumer, and where each message stood, should the delivery fail.
 struct Batch {
@@ -135,11 +42,16 @@ pub(crate) struct QueueActor {
     /// drained directly before stats and deletion.
     inbox: Rc<InboxReceiver>,
     state: QueueState,
-    registry: Arc<Registry>,
+    /// Where dead letters go, and who learns of the deletion; weak, so that the broker can be freed.
+    host: Weak<dyn QueueHost>,
     credits: Option<Arc<Semaphore>>,
     refused: Arc<AtomicU64>,
     subscribers: Vec<(ConsumerId, Recipient<Deliver>)>,
     drains: BTreeMap<ConsumerId, oneshot::Sender<()>>,
+    /// Waiters for the queue to be idle.
+    idle_waiters: Vec<oneshot::Sender<bool>>,
+    /// Dead letters waiting for room in their dead-letter queue's inbox.
+    dead_letters_pending: usize,
     /// The one pending timer and when it fires: one timer per actor, moved only when an earlier
     /// deadline appears, so actix never rescans a pile of timers.
     timer: Option<(Instant, SpawnHandle)>,
@@ -153,7 +65,7 @@ pub(crate) struct QueueActor {
     started: Instant,
     /// Dispatches of the current pump, by consumer, reused between pumps.
     outbox: Vec<Batch>,
-    /// The simulation's injector, when the queue runs in one.
+    /// The simulator's probe, when the queue runs in one.
     probe: ProbeRef,
 }
 
@@ -162,11 +74,11 @@ impl QueueActor {
         id: QueueId,
         inbox: InboxReceiver,
         state: QueueState,
-        registry: Arc<Registry>,
+        host: Weak<dyn QueueHost>,
+        probe: ProbeRef,
         credits: Option<Arc<Semaphore>>,
         refused: Arc<AtomicU64>,
     ) -> Self {
-        let probe = registry.probe.clone();
         let state = state.traced(probe.clone());
         let spec = state.spec();
         let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::Delivery::AtLeastOnce;
@@ -180,11 +92,13 @@ impl QueueActor {
             outbox: Vec::new(),
             probe,
             state,
-            registry,
+            host,
             credits,
             refused,
             subscribers: Vec::new(),
             drains: BTreeMap::new(),
+            idle_waiters: Vec::new(),
+            dead_letters_pending: 0,
             timer: None,
             idle_since: Some(started),
             had_consumer: false,
@@ -379,11 +293,6 @@ impl QueueActor {
         if let (true, Some(credits)) = (freed > 0, &self.credits) {
             credits.add_permits(freed);
         }
-        if !self.state.has_effects() {
-            self.finish_drains();
-            self.arm_timer(ctx);
-            return;
-        }
         let effects: SmallVec<[Effect; 4]> = self.state.take_effects().collect();
         for effect in effects {
             match effect {
@@ -391,11 +300,29 @@ impl QueueActor {
             }
         }
         self.finish_drains();
+        self.answer_idle_waiters(ctx);
         self.arm_timer(ctx);
     }
 
+    /// Idle: nothing waits in the inbox or for a dead-letter queue, nothing is in flight, and
+    /// nothing is ready unless no subscriber could take it.
+    fn is_idle(&self) -> bool {
+        let stuck_or_empty = self.state.ready_len() == 0 || self.state.consumer_count() == 0;
+        self.inbox.is_empty() && self.dead_letters_pending == 0 && self.state.in_flight() == 0 && stuck_or_empty
+    }
+
+    fn answer_idle_waiters(&mut self, _ctx: &mut Context<Self>) {
+        if self.idle_waiters.is_empty() || !self.is_idle() {
+            return;
+        }
+        for waiter in self.idle_waiters.drain(..) {
+            let _ = waiter.send(false);
+        }
+    }
+
     fn dead_letter(&mut self, msg: Arc<Message>, refused: bool, ctx: &mut Context<Self>) {
-        let target = self.state.spec().dead_letter.as_deref().and_then(|name| self.registry.queue(name));
+        let host = self.host.upgrade();
+        let target = self.state.spec().dead_letter.as_deref().and_then(|name| host?.dead_letter_queue(name));
         let Some(target) = target else {
             self.state.dead_letter_lost(refused);
             return;
@@ -405,11 +332,14 @@ impl QueueActor {
             Err(TrySendError::Full(e)) => {
                 // The dead-letter queue's inbox is full: wait for room without blocking this queue.
                 // Pending sends are bounded by the messages this queue held.
+                self.dead_letters_pending += 1;
                 ctx.spawn(async move { target.inbox.send(e).await.is_ok() }.into_actor(self).map(
-                    move |sent, act, _| {
+                    move |sent, act, ctx| {
+                        act.dead_letters_pending -= 1;
                         if !sent {
                             act.state.dead_letter_lost(refused)
                         }
+                        act.answer_idle_waiters(ctx);
                     },
                 ));
             }
@@ -513,17 +443,36 @@ impl QueueActor {
 
     fn delete(&mut self, ctx: &mut Context<Self>) -> QueueStats {
         if !self.deleted {
-            self.deleted = true;
-            self.drain_inbox();
-            self.inbox.close();
+            self.close(ctx);
+            // Dead letters made before the deletion are passed on, not dropped with the queue.
+            self.after(ctx);
             self.state.delete();
-            self.subscribers.clear();
             self.after(ctx);
             let stats = self.stats();
-            self.registry.remove_queue(self.id, stats);
-            ctx.stop();
+            if let Some(host) = self.host.upgrade() {
+                host.queue_deleted(self.id, stats);
+            }
         }
         self.stats()
+    }
+
+    /// Closes the inbox (taking in what publishers placed before the close), releases publishers
+    /// waiting for credit, answers waiters, and stops the actor once its pending work is done.
+    fn close(&mut self, ctx: &mut Context<Self>) {
+        self.deleted = true;
+        self.inbox.close();
+        self.drain_inbox();
+        if let Some(credits) = &self.credits {
+            credits.close();
+        }
+        self.subscribers.clear();
+        for (_, done) in std::mem::take(&mut self.drains) {
+            let _ = done.send(());
+        }
+        for waiter in self.idle_waiters.drain(..) {
+            let _ = waiter.send(true);
+        }
+        ctx.stop();
     }
 
     fn stats(&self) -> QueueStats {
@@ -681,6 +630,32 @@ impl Handler<Delete> for QueueActor {
 
     fn handle(&mut self, _msg: Delete, ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.delete(ctx))
+    }
+}
+
+impl Handler<Shut> for QueueActor {
+    type Result = MessageResult<Shut>;
+
+    fn handle(&mut self, _msg: Shut, ctx: &mut Self::Context) -> Self::Result {
+        if !self.deleted {
+            self.close(ctx);
+            self.after(ctx);
+        }
+        MessageResult(self.stats())
+    }
+}
+
+impl Handler<WhenIdle> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WhenIdle, ctx: &mut Self::Context) {
+        self.drain_inbox();
+        self.pump(ctx);
+        if self.deleted || self.is_idle() {
+            let _ = msg.done.send(true);
+        } else {
+            self.idle_waiters.push(msg.done);
+        }
     }
 }
 

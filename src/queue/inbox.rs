@@ -14,9 +14,17 @@
 //! The wake-up is a Dekker handshake: the sender pushes, then reads `sleeping`; the queue sets
 //! `sleeping`, then looks for messages, each pair separated by a sequentially consistent fence, so at
 //! least one of the two sees the other and no message waits while the queue sleeps.
+//!
+//! Closing (the queue is deleted or shut down) is the same handshake with `closed`, read after the
+//! same fence at no extra cost: the queue sets `closed`, then takes in what the inbox holds; a
+//! sender pushes, then reads `closed`. A sender that passed the first `closed` check and pushed
+//! after the queue's last look finds `closed` set, and takes the inbox's late messages out itself,
+//! counting them in `late` (enqueued into the deleted incarnation and dropped with it). So every
+//! accepted message is counted once, by the queue or by a late sender, and none waits in a closed
+//! inbox forever.
 
 use std::pin::pin;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -24,7 +32,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 
-use super::actor::Enqueue;
+use crate::protocol::Enqueue;
 
 /// Why [`InboxSender::try_send`] did not send; the message is handed back.
 #[derive(Debug)]
@@ -46,8 +54,12 @@ struct Shared {
     /// The queue found the inbox empty and waits for a wake-up.
     sleeping: AtomicBool,
     waker: AtomicWaker,
-    /// The queue was deleted: sends fail.
+    /// The queue was deleted or shut down: sends fail.
     closed: AtomicBool,
+    /// The inbox's own receiving end, for senders that find it closed after pushing.
+    late_rx: Receiver<Enqueue>,
+    /// Messages taken out by senders after the close (see the module docs).
+    late: Arc<AtomicU64>,
     /// The sender is gone: once empty, the inbox has ended.
     sender_gone: AtomicBool,
 }
@@ -75,6 +87,8 @@ pub(crate) fn inbox(bound: Option<usize>) -> (InboxSender, InboxReceiver) {
         sleeping: AtomicBool::new(false),
         waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
+        late_rx: rx.clone(),
+        late: Arc::default(),
         sender_gone: AtomicBool::new(false),
     });
     (InboxSender { tx, shared: shared.clone() }, InboxReceiver { rx, shared })
@@ -106,10 +120,32 @@ impl InboxSender {
             return Err(TrySendError::Closed(back.0));
         }
         fence(Ordering::SeqCst);
+        if shared.closed.load(Ordering::Relaxed) {
+            // Closed after the check above: the queue may have looked for the last time before this
+            // push. Take out what is left (this message included) and count it.
+            self.take_late();
+            return Ok(());
+        }
         if shared.sleeping.load(Ordering::Relaxed) && shared.sleeping.swap(false, Ordering::AcqRel) {
             shared.waker.wake();
         }
         Ok(())
+    }
+
+    fn take_late(&self) {
+        let shared = &*self.shared;
+        while shared.late_rx.try_recv().is_ok() {
+            shared.late.fetch_add(1, Ordering::Relaxed);
+            if shared.bound.is_some() {
+                let before = shared.len.fetch_sub(1, Ordering::SeqCst);
+                debug_assert!(before > 0, "a bounded inbox counts every message it holds");
+            }
+        }
+    }
+
+    /// Messages that arrived after the queue closed, counted as enqueued into it and dropped with it.
+    pub(crate) fn late(&self) -> Arc<AtomicU64> {
+        self.shared.late.clone()
     }
 
     /// Sends, waiting for room in a bounded inbox. Cancellation: if the future is dropped while
@@ -167,10 +203,17 @@ impl InboxReceiver {
         Some(msg)
     }
 
-    /// Refuses further sends (the queue is being deleted); what is inside can still be taken.
+    /// Refuses further sends (the queue is being deleted or shut down); what is inside can still be
+    /// taken, and must be, right after: see the module docs.
     pub(crate) fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         self.shared.room.notify_waiters();
+    }
+
+    /// Whether nothing waits in the inbox.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 
     /// Takes up to `max` messages into `batch`: `Ready(n)` with `n > 0`, `Ready(0)` once the inbox is
@@ -217,7 +260,8 @@ impl InboxReceiver {
     fn taken(&self, n: usize) {
         let shared = &*self.shared;
         if shared.bound.is_some() {
-            shared.len.fetch_sub(n, Ordering::SeqCst);
+            let before = shared.len.fetch_sub(n, Ordering::SeqCst);
+            debug_assert!(before >= n, "a bounded inbox counts every message it holds: {before} < {n}");
             if shared.waiting.load(Ordering::SeqCst) > 0 {
                 shared.room.notify_waiters();
             }

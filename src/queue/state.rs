@@ -201,12 +201,18 @@ impl QueueState {
         &self.spec
     }
 
-    pub(crate) fn consumer_count(&self) -> usize {
-        self.consumers.len()
+    /// Messages waiting for a consumer.
+    pub(crate) fn ready_len(&self) -> usize {
+        self.ready.len()
     }
 
-    pub(crate) fn has_effects(&self) -> bool {
-        !self.effects.is_empty() || self.credits_freed > 0
+    /// Deliveries handed out and not yet settled.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.stats.in_flight
+    }
+
+    pub(crate) fn consumer_count(&self) -> usize {
+        self.consumers.len()
     }
 
     /// Effects produced since the last call.

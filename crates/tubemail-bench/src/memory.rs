@@ -120,7 +120,7 @@ fn idle_subscribers(subscribers: usize) -> f64 {
         for _ in 0..subscribers {
             subs.push(
                 broker
-                    .subscribe_sync("q", Default::default(), |_: Delivery<Bytes>| Outcome::Ack)
+                    .subscribe_sync("q", |_: Delivery<Bytes>| Outcome::Ack)
                     .await
                     .expect("queue"),
             );

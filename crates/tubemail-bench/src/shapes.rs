@@ -115,7 +115,7 @@ pub fn run_tubemail(shape: &Shape, messages: u64, payload: usize, mode: Delivery
                     Outcome::Ack
                 };
                 let options = SubscribeOptions::default().prefetch(SHAPE_PREFETCH);
-                broker.subscribe_sync(queue, options, handler).await.expect("queue exists");
+                broker.subscribe_sync_with(queue, options, handler).await.expect("queue exists");
             }
         }
         let publisher = broker.publisher("t").expect("topic exists");
@@ -271,7 +271,7 @@ pub fn latency_tubemail(rate: u64, messages: u64, mode: DeliveryMode) -> hdrhist
             Outcome::Ack
         };
         broker
-            .subscribe_sync("jobs", SubscribeOptions::default().prefetch(SHAPE_PREFETCH), handler)
+            .subscribe_sync_with("jobs", SubscribeOptions::default().prefetch(SHAPE_PREFETCH), handler)
             .await
             .expect("queue");
         let publisher = broker.publisher("t").expect("topic");

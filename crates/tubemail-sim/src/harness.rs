@@ -42,7 +42,7 @@ type Invariant<P, S> = Box<dyn Fn(&S, &[(String, P)]) -> Result<(), String> + Se
 ///     .subscribe(|broker, state| {
 ///         Box::pin(async move {
 ///             broker
-///                 .subscribe_sync("counter", Default::default(), move |d: Delivery<u32>| {
+///                 .subscribe_sync("counter", move |d: Delivery<u32>| {
 ///                     let mut s = state.lock().unwrap();
 ///                     if !s.0.contains(&d.id().0) {
 ///                         s.0.push(d.id().0);

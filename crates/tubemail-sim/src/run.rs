@@ -110,7 +110,7 @@ async fn run_inside(scenario: Scenario, seed: u64) -> SimRun {
     for (queue, prefetch, consumers) in [("work", 8, 2), ("ordered", 1, 2), ("dead", 64, 1)] {
         for _ in 0..consumers {
             let options = SubscribeOptions::default().prefetch(prefetch);
-            broker.subscribe_sync(queue, options, ack).await.expect("the queue exists");
+            broker.subscribe_sync_with(queue, options, ack).await.expect("the queue exists");
         }
     }
     let publisher = broker.publisher("events").expect("the topic exists");

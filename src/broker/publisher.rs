@@ -1,0 +1,327 @@
+//! Publishers: route a message on the publishing thread and offer it to every target queue.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+use smallvec::SmallVec;
+
+use super::registry::Registry;
+use super::{Confirm, PublishError, TryPublishError};
+use crate::ids::MessageId;
+use crate::message::{Deaths, Message, Payload};
+use crate::probe::{self, What};
+use crate::queue::{Offer, QueueHandle};
+use crate::routing::validate_key;
+use crate::topic::{Route, TopicHandle};
+
+/// Publishes to one topic.
+#[derive(Clone)]
+pub struct Publisher {
+    pub(super) topic: Arc<TopicHandle>,
+    pub(super) registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("topic", &self.topic.name).finish()
+    }
+}
+
+/// How far a publish got without waiting.
+struct Attempt {
+    route: Route,
+    /// The alternate queue's name, for [`Route::Alternate`].
+    alternate: Option<Arc<str>>,
+    accepted: u32,
+    /// The accepting queues' names, kept only in a simulation.
+    accepted_names: Option<Vec<String>>,
+    refused: SmallVec<[Arc<str>; 1]>,
+    /// Target queues that need waiting for (or, for `try_publish`, could not take it now).
+    waiting: SmallVec<[Arc<QueueHandle>; 2]>,
+    /// Target queues found closed (deleted, or shut down, after the route was read).
+    closed: u32,
+    /// The message, when the publisher still holds a reference: kept for the waiting queues.
+    held: Option<Arc<Message>>,
+}
+
+impl Attempt {
+    /// Whether no target took or refused the message: each was closed.
+    fn reached_none(&self) -> bool {
+        self.accepted == 0 && self.refused.is_empty() && self.waiting.is_empty() && self.closed > 0
+    }
+}
+
+impl Publisher {
+    /// Publishes a typed value. See [`Broker::publish`].
+    ///
+    /// # Errors
+    /// As [`Broker::publish`].
+    pub async fn publish<T: Serialize + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        value: T,
+    ) -> Result<Confirm, PublishError> {
+        self.publish_payload(key, Payload::value(value)).await
+    }
+
+    /// Publishes raw bytes. See [`Broker::publish_bytes`].
+    ///
+    /// # Errors
+    /// As [`Broker::publish`].
+    pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
+        // Never cloned on the way: every queue shares the message, and subscribers read the bytes in
+        // place, so a `Bytes` made from a `Vec` is never promoted to a shared buffer (an allocation).
+        self.publish_payload(key, Payload::Bytes(bytes.into())).await
+    }
+
+    /// Publishes without waiting. See [`Broker::try_publish`].
+    ///
+    /// # Errors
+    /// As [`Broker::try_publish`].
+    pub fn try_publish<T: Serialize + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        value: T,
+    ) -> Result<Confirm, TryPublishError<T>> {
+        match self.check(key) {
+            Ok(()) => {}
+            Err(PublishError::Closed) => return Err(TryPublishError::Closed(value)),
+            Err(e) => return Err(TryPublishError::Invalid(e)),
+        }
+        let msg = self.message(key, Payload::value(value), None);
+        let mut attempt = self.route_and_offer(key, msg);
+        if attempt.route == Route::Unroutable {
+            return Ok(self.unroutable());
+        }
+        if attempt.reached_none() {
+            let msg = attempt.held.take().expect("a closed queue hands the message back");
+            return Ok(self.try_alternate(msg));
+        }
+        if attempt.accepted == 0 && attempt.refused.is_empty() && !attempt.waiting.is_empty() {
+            self.topic.counters.published.fetch_sub(1, Ordering::Relaxed);
+            let msg = attempt.held.take().expect("a queue with no room hands the message back");
+            return Err(TryPublishError::Full(take_value(msg)));
+        }
+        for queue in attempt.waiting.drain(..) {
+            queue.refused.fetch_add(1, Ordering::Relaxed);
+            attempt.refused.push(queue.name.clone());
+        }
+        Ok(self.confirm(attempt))
+    }
+
+    async fn publish_payload(&self, key: &str, payload: Payload) -> Result<Confirm, PublishError> {
+        self.publish_as(key, payload, None, 1).await.map(|(_, confirm)| confirm)
+    }
+
+    /// Publishes a payload with a given message id, or a new one when `id` is `None`; `attempt_no`
+    /// counts from 1. A publisher that lost a confirm publishes again with the same id, so that an
+    /// idempotent consumer can tell the copies apart (the simulator's `confirm-loss` fault does so).
+    /// Returns the id and the confirm.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    #[doc(hidden)]
+    pub async fn publish_as(
+        &self,
+        key: &str,
+        payload: Payload,
+        id: Option<MessageId>,
+        attempt_no: u32,
+    ) -> Result<(MessageId, Confirm), PublishError> {
+        self.check(key)?;
+        let msg = self.message(key, payload, id);
+        let id = msg.id;
+        if let Some(probe) = &self.registry.probe {
+            probe.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
+        }
+        let mut attempt = self.route_and_offer(key, msg);
+        if attempt.route == Route::Unroutable {
+            self.record_confirm(id, Vec::new(), Vec::new());
+            return Ok((id, self.unroutable()));
+        }
+        let mut held = attempt.held.take();
+        if !attempt.waiting.is_empty() {
+            let _waiting = self.registry.publish_waits();
+            for queue in std::mem::take(&mut attempt.waiting) {
+                let msg = held.clone().expect("a queue with no room hands the message back");
+                match queue.offer(msg).await {
+                    Offer::Accepted => {
+                        attempt.accepted += 1;
+                        if let Some(names) = &mut attempt.accepted_names {
+                            names.push(queue.name.to_string());
+                        }
+                    }
+                    Offer::Refused => attempt.refused.push(queue.name.clone()),
+                    Offer::Full(_) | Offer::Closed(_) => {}
+                }
+            }
+        }
+        let names = attempt.accepted_names.take();
+        let refused: Vec<String> = attempt.refused.iter().map(|q| q.to_string()).collect();
+        let confirm = if attempt.reached_none() {
+            // Every queue it was routed to is gone (deleted, or shut down) as it was routed.
+            let msg = held.take().expect("a closed queue hands the message back");
+            self.try_alternate(msg)
+        } else {
+            self.confirm(attempt)
+        };
+        if let Some(names) = names {
+            let names = match &confirm {
+                Confirm::Unroutable { alternate: Some(q) } if names.is_empty() => vec![q.clone()],
+                _ => names,
+            };
+            self.record_confirm(id, names, refused);
+        }
+        Ok((id, confirm))
+    }
+
+    /// An unroutable publish: to the topic's alternate queue if it has a live one, else dropped and
+    /// counted.
+    fn try_alternate(&self, msg: Arc<Message>) -> Confirm {
+        let alternate = self.topic.alternate.and_then(|id| self.registry.queues.load().by_id.get(&id).cloned());
+        let counters = &self.topic.counters;
+        counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        if let Some(queue) = alternate {
+            if let Offer::Accepted = queue.try_offer(msg) {
+                counters.routed.fetch_add(1, Ordering::Relaxed);
+                counters.alternate.fetch_add(1, Ordering::Relaxed);
+                return Confirm::Unroutable { alternate: Some(queue.name.to_string()) };
+            }
+        }
+        counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+        Confirm::Unroutable { alternate: None }
+    }
+
+    fn record_confirm(&self, msg: MessageId, queues: Vec<String>, refused: Vec<String>) {
+        if let Some(probe) = &self.registry.probe {
+            probe.record(What::Confirm { msg, queues, refused });
+        }
+    }
+
+    fn check(&self, key: &str) -> Result<(), PublishError> {
+        validate_key(key)?;
+        if self.registry.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        Ok(())
+    }
+
+    fn message(&self, key: &str, payload: Payload, id: Option<MessageId>) -> Arc<Message> {
+        self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
+        let id = id.unwrap_or_else(|| self.registry.message_id());
+        Arc::new(Message { id, key: key.into(), payload, deaths: Deaths::NONE })
+    }
+
+    /// Counts an unroutable publish (no binding, no alternate queue) and confirms it.
+    fn unroutable(&self) -> Confirm {
+        self.topic.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+        self.topic.counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+        Confirm::Unroutable { alternate: None }
+    }
+
+    /// Routes `msg` and offers it to every target queue without waiting.
+    fn route_and_offer(&self, key: &str, msg: Arc<Message>) -> Attempt {
+        let skips_binding = probe::bug(&self.registry.probe, |b| b.router_skips_binding);
+        self.topic.with_route(key, &self.registry.queues, |route, targets| {
+            match targets {
+                // Broken on purpose: the last matching binding is skipped.
+                [kept @ .., _] if skips_binding && !kept.is_empty() => self.attempt(msg, route, kept),
+                _ => self.attempt(msg, route, targets),
+            }
+        })
+    }
+
+    /// Offers `msg` to `targets` without waiting. The last target gets the publisher's own reference
+    /// rather than a clone, sparing a reference count round trip with the broker's thread; the message
+    /// comes back in `Attempt::held` when a queue hands it back (no room now).
+    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>]) -> Attempt {
+        let accepted_names = self.registry.probe.as_ref().map(|_| Vec::new());
+        let alternate = match (route, targets) {
+            (Route::Alternate, [queue]) => Some(queue.name.clone()),
+            _ => None,
+        };
+        let mut attempt = Attempt {
+            route,
+            alternate,
+            accepted: 0,
+            accepted_names,
+            refused: SmallVec::new(),
+            waiting: SmallVec::new(),
+            closed: 0,
+            held: None,
+        };
+        let mut msg = Some(msg);
+        for (i, queue) in targets.iter().enumerate() {
+            let offered = if i + 1 == targets.len() { msg.take() } else { msg.clone() };
+            let offered = offered.expect("the publisher holds the message until the last target");
+            match queue.try_offer(offered) {
+                Offer::Accepted => {
+                    attempt.accepted += 1;
+                    if let Some(names) = &mut attempt.accepted_names {
+                        names.push(queue.name.to_string());
+                    }
+                }
+                Offer::Refused => attempt.refused.push(queue.name.clone()),
+                Offer::Full(back) => {
+                    attempt.waiting.push(queue.clone());
+                    attempt.held = Some(back);
+                }
+                Offer::Closed(back) => {
+                    attempt.closed += 1;
+                    attempt.held = Some(back);
+                }
+            }
+        }
+        if attempt.held.is_none() {
+            attempt.held = msg;
+        }
+        attempt
+    }
+
+    fn confirm(&self, attempt: Attempt) -> Confirm {
+        let counters = &self.topic.counters;
+        counters.routed.fetch_add(u64::from(attempt.accepted), Ordering::Relaxed);
+        if !attempt.refused.is_empty() {
+            counters.refused.fetch_add(attempt.refused.len() as u64, Ordering::Relaxed);
+        }
+        if let Route::Alternate = attempt.route {
+            counters.unroutable.fetch_add(1, Ordering::Relaxed);
+            if let (1, Some(name)) = (attempt.accepted, &attempt.alternate) {
+                counters.alternate.fetch_add(1, Ordering::Relaxed);
+                return Confirm::Unroutable { alternate: Some(name.to_string()) };
+            }
+            counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
+            if attempt.refused.is_empty() {
+                return Confirm::Unroutable { alternate: None };
+            }
+            let queues = attempt.refused.iter().map(|q| q.to_string()).collect();
+            return Confirm::Refused { accepted: 0, queues };
+        }
+        if attempt.accepted > 0 {
+            counters.routed_publishes.fetch_add(1, Ordering::Relaxed);
+        } else if !attempt.refused.is_empty() {
+            counters.refused_publishes.fetch_add(1, Ordering::Relaxed);
+        }
+        if attempt.refused.is_empty() {
+            Confirm::Routed { queues: attempt.accepted }
+        } else {
+            let queues = attempt.refused.iter().map(|q| q.to_string()).collect();
+            Confirm::Refused { accepted: attempt.accepted, queues }
+        }
+    }
+}
+
+/// Recovers the published value from a message that no queue took.
+fn take_value<T: Send + Sync + 'static>(msg: Arc<Message>) -> T {
+    let msg =
+        Arc::try_unwrap(msg).unwrap_or_else(|_| unreachable!("no queue holds a message it did not take"));
+    match msg.payload {
+        Payload::Value(value) => match Payload::any(value).downcast::<T>().map(Arc::try_unwrap) {
+            Ok(Ok(value)) => value,
+            _ => unreachable!("the payload was built from this T and not shared"),
+        },
+        Payload::Bytes(_) => unreachable!("try_publish builds a typed payload"),
+    }
+}

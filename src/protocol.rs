@@ -1,0 +1,164 @@
+//! The actors' protocol: every message the queue, topic and subscriber actors exchange, in one place,
+//! so that no actor's module needs another's.
+//!
+//! Data reaches a queue through its inbox ([`Enqueue`]), never through an actor mailbox; every other
+//! message here is control, sent with `send` (answered) or `try_send` (bounded), never `do_send`.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use smallvec::SmallVec;
+use tokio::sync::oneshot;
+
+use crate::ids::{ConsumerId, QueueId};
+use crate::message::Message;
+use crate::queue::state::{SettleError, SettleOp};
+use crate::routing::RoutingError;
+use crate::stats::QueueStats;
+
+// The queue's messages.
+
+/// A message for the queue (from a publisher, or a dead letter from another queue), through its inbox.
+#[derive(Debug)]
+pub(crate) struct Enqueue {
+    pub(crate) msg: Arc<Message>,
+    pub(crate) credited: bool,
+}
+
+/// A publish refused under `reject-publish-dlx`, to be dead-lettered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Refuse {
+    pub(crate) msg: Arc<Message>,
+}
+
+/// Deliveries to one subscriber, in tag order: everything one pump of the queue handed it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct Deliver {
+    pub(crate) epoch: u32,
+    pub(crate) items: Vec<DeliverItem>,
+}
+
+/// One delivery.
+#[derive(Debug)]
+pub(crate) struct DeliverItem {
+    pub(crate) tag: u64,
+    pub(crate) msg: Arc<Message>,
+    pub(crate) delivery_count: u32,
+}
+
+/// Registers a subscriber.
+#[derive(Message)]
+#[rtype(result = "Result<(), QueueGone>")]
+pub(crate) struct Subscribe {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) prefetch: u32,
+    pub(crate) recipient: Recipient<Deliver>,
+}
+
+/// The queue has been deleted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueGone;
+
+/// Settlements from a subscriber's handlers, batched.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Settle {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) ops: SmallVec<[SettleOp; 2]>,
+}
+
+/// One settlement from the manual-ack API, answered.
+#[derive(Message)]
+#[rtype(result = "Result<(), SettleError>")]
+pub(crate) struct ManualSettle {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) op: SettleOp,
+}
+
+/// A subscriber's handler panicked; it restarts as `epoch` after settling `ops`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Restarted {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) epoch: u32,
+    pub(crate) ops: SmallVec<[SettleOp; 2]>,
+}
+
+/// Stops deliveries to a consumer; answers once it holds nothing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Drain {
+    pub(crate) consumer: ConsumerId,
+    pub(crate) done: oneshot::Sender<()>,
+}
+
+/// Removes a consumer; answers `(requeued, lost)`.
+#[derive(Message)]
+#[rtype(result = "(u64, u64)")]
+pub(crate) struct Unsubscribe {
+    pub(crate) consumer: ConsumerId,
+}
+
+/// Asks for the counters.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub(crate) struct GetStats;
+
+/// Deletes the queue.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub(crate) struct Delete;
+
+/// Stops the queue at shutdown: its inbox closes, what it holds stays counted as ready; answers its
+/// final counters.
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub(crate) struct Shut;
+
+/// Answers once the queue is idle: nothing waits in its inbox, nothing is in flight, and nothing is
+/// ready unless no subscriber could take it. The answer says whether it was idle when asked.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WhenIdle {
+    pub(crate) done: oneshot::Sender<bool>,
+}
+
+// The topic's messages.
+
+/// Adds a binding.
+#[derive(Message)]
+#[rtype(result = "Result<bool, RoutingError>")]
+pub(crate) struct Bind {
+    pub(crate) queue: QueueId,
+    pub(crate) key: String,
+    pub(crate) weight: u32,
+}
+
+/// Removes a binding.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub(crate) struct Unbind {
+    pub(crate) queue: QueueId,
+    pub(crate) key: String,
+}
+
+/// Removes every binding of a queue.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct UnbindQueue(pub(crate) QueueId);
+
+/// Stops the topic actor (at shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopTopic;
+
+// The subscriber's messages.
+
+/// Stops a subscriber actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stop;
