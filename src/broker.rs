@@ -28,7 +28,9 @@ use crate::queue::state::QueueState;
 use crate::queue::{InsertError, QueueActor, QueueHandle, QueueHost};
 use crate::routing::RoutingError;
 use crate::stats::{DeletedQueue, QueueStats, Stats};
-use crate::subscriber::{AsyncRunner, Delivery, Handler, Outcome, Runner, SubscribeOptions, SubscriberActor, SyncRunner};
+use crate::subscriber::{
+    AsyncRunner, Delivery, Handler, Outcome, Placement, Runner, SubscribeOptions, SubscriberActor, SyncRunner,
+};
 use crate::topic::{TopicActor, TopicHandle};
 use crate::topology::{QueueSpec, Topology, TopologyError};
 
@@ -271,10 +273,12 @@ impl Broker {
         let registry = Arc::new(Registry::new(arbiter, probe));
         let broker = Broker { registry };
         for (name, spec) in &topology.queues {
-            broker.start_queue(name, spec.clone()).map_err(|_| StartError::Topology(TopologyError::invalid(
-                format!("queues.{name}"),
-                "declared twice".to_owned(),
-            )))?;
+            broker.start_queue(name, spec.clone()).map_err(|_| {
+                StartError::Topology(TopologyError::invalid(
+                    format!("queues.{name}"),
+                    "declared twice".to_owned(),
+                ))
+            })?;
         }
         for (name, spec) in &topology.topics {
             let (mut actor, table) = TopicActor::new(spec.kind);
@@ -504,9 +508,15 @@ impl Broker {
         let prefetch = options.prefetch.unwrap_or(handle.spec.prefetch_default);
         let probe = self.registry.probe.clone();
         let stopping = Arc::default();
-        let (addr, name, mode) = (handle.addr.clone(), handle.name.clone(), handle.spec.delivery);
-        let actor =
-            SubscriberActor::<T, R>::new(addr, name, consumer, mode, prefetch, runner, Arc::clone(&stopping), probe);
+        let place = Placement {
+            queue_addr: handle.addr.clone(),
+            queue: handle.name.clone(),
+            consumer,
+            mode: handle.spec.delivery,
+            prefetch,
+            stopping: Arc::clone(&stopping),
+        };
+        let actor = SubscriberActor::<T, R>::new(place, runner, probe);
         let addr = SubscriberActor::start_in_arbiter(&self.registry.arbiter, |_| actor);
         let stop = addr.clone().recipient::<Stop>();
         let subscribe = Subscribe { consumer, prefetch, recipient: addr.recipient() };
@@ -591,7 +601,8 @@ impl Broker {
         let _ = self
             .on_arbiter(async move {
                 while !registry.is_closed() {
-                    let queues: Vec<Arc<QueueHandle>> = registry.queues.load().by_id.values().cloned().collect();
+                    let queues: Vec<Arc<QueueHandle>> =
+                        registry.queues.load().by_id.values().cloned().collect();
                     let far = Instant::now() + Duration::from_secs(86_400 * 365);
                     if registry::wait_idle(&queues, far).await && registry.publishes_waiting() == 0 {
                         return;
@@ -638,7 +649,13 @@ impl Broker {
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         if self.registry.closed.swap(true, Ordering::AcqRel) {
             let stats = self.registry.wait_final_stats().await;
-            return ShutdownReport { shut_down: false, drained: true, stopped: true, stats, ..Default::default() };
+            return ShutdownReport {
+                shut_down: false,
+                drained: true,
+                stopped: true,
+                stats,
+                ..Default::default()
+            };
         }
         let registry = self.registry.clone();
         let report = self.on_arbiter(async move { shutdown_on_arbiter(registry, timeout).await }).await;

@@ -204,15 +204,15 @@ impl fmt::Display for RedeliverReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HandlerOutcome {
-    /// It returned [`Outcome::Ack`](crate::Outcome::Ack).
+    /// It returned `Outcome::Ack`.
     Ack,
-    /// It returned [`Outcome::Nack`](crate::Outcome::Nack) with `requeue: true`.
+    /// It returned `Outcome::Nack` with `requeue: true`.
     NackRequeue,
-    /// It returned [`Outcome::Nack`](crate::Outcome::Nack) with `requeue: false`.
+    /// It returned `Outcome::Nack` with `requeue: false`.
     Nack,
-    /// It returned [`Outcome::Reject`](crate::Outcome::Reject).
+    /// It returned `Outcome::Reject`.
     Reject,
-    /// It returned [`Outcome::Defer`](crate::Outcome::Defer).
+    /// It returned `Outcome::Defer`.
     Defer,
     /// It panicked.
     Panic,
@@ -228,18 +228,6 @@ impl HandlerOutcome {
             HandlerOutcome::Reject => "reject",
             HandlerOutcome::Defer => "defer",
             HandlerOutcome::Panic => "panic",
-        }
-    }
-}
-
-impl From<crate::Outcome> for HandlerOutcome {
-    fn from(outcome: crate::Outcome) -> Self {
-        match outcome {
-            crate::Outcome::Ack => HandlerOutcome::Ack,
-            crate::Outcome::Nack { requeue: true } => HandlerOutcome::NackRequeue,
-            crate::Outcome::Nack { requeue: false } => HandlerOutcome::Nack,
-            crate::Outcome::Reject => HandlerOutcome::Reject,
-            crate::Outcome::Defer => HandlerOutcome::Defer,
         }
     }
 }

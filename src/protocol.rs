@@ -12,11 +12,38 @@ use tokio::sync::oneshot;
 
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
-use crate::queue::state::{SettleError, SettleOp};
 use crate::routing::RoutingError;
 use crate::stats::QueueStats;
 
 // The queue's messages.
+
+/// How a consumer settles deliveries.
+#[derive(Debug, Clone)]
+pub(crate) enum SettleOp {
+    /// Acks `tag`, or with `multiple` every unsettled tag up to it.
+    Ack { tag: u64, multiple: bool },
+    /// Nacks `tag` (or every unsettled tag up to it): requeued, or dead-lettered as `rejected`.
+    Nack { tag: u64, multiple: bool, requeue: bool },
+    /// At-most-once: this many handlers finished.
+    Processed(u32),
+    /// At-most-once: a handler rejected this message; dead-letter it as `rejected`.
+    Rejected(Arc<Message>),
+}
+
+/// Why a settlement was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// The tag is not an unsettled delivery of this consumer (never delivered, already settled, or
+    /// redelivered after its ack deadline).
+    #[error("delivery tag {0} is not unsettled on this consumer")]
+    UnknownTag(u64),
+    /// The consumer is not subscribed (any more).
+    #[error("consumer is not subscribed to this queue")]
+    UnknownConsumer,
+    /// The consumer restarted since the delivery; the delivery was already requeued.
+    #[error("delivery belongs to an earlier incarnation of the consumer")]
+    Stale,
+}
 
 /// A message for the queue (from a publisher, or a dead letter from another queue), through its inbox.
 #[derive(Debug)]

@@ -58,9 +58,9 @@ use std::sync::Arc;
 use actix::Addr;
 use tokio::sync::Semaphore;
 
+pub use crate::protocol::SettleError;
 pub(crate) use actor::QueueActor;
 pub(crate) use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
-pub use state::SettleError;
 pub(crate) use table::{InsertError, QueueTable};
 
 use crate::ids::QueueId;

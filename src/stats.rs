@@ -205,7 +205,9 @@ impl Stats {
 
     /// The counters of the queue named `name`: the live one, else its latest deleted incarnation.
     pub fn queue(&self, name: &str) -> Option<&QueueStats> {
-        self.queues.get(name).or_else(|| self.deleted_queues.iter().rev().find(|d| d.name == name).map(|d| &d.stats))
+        self.queues
+            .get(name)
+            .or_else(|| self.deleted_queues.iter().rev().find(|d| d.name == name).map(|d| &d.stats))
     }
 
     /// Whether every queue incarnation conserves its messages, every topic accounts for every

@@ -43,8 +43,8 @@ use smallvec::SmallVec;
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{Death, Message, Value};
 use crate::probe::{self, FaultKind, HandlerOutcome, ProbeRef, What};
-use crate::queue::state::SettleOp;
 use crate::protocol::{Deliver, DeliverItem, ManualSettle, Restarted, Settle, Stop};
+use crate::queue::state::SettleOp;
 use crate::queue::{QueueActor, SettleError};
 use crate::topology::Delivery as DeliveryMode;
 
@@ -69,6 +69,18 @@ pub enum Outcome {
     Reject,
     /// Leave it unsettled: the handler settles it later through [`Delivery::acker`].
     Defer,
+}
+
+impl From<Outcome> for HandlerOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Ack => HandlerOutcome::Ack,
+            Outcome::Nack { requeue: true } => HandlerOutcome::NackRequeue,
+            Outcome::Nack { requeue: false } => HandlerOutcome::Nack,
+            Outcome::Reject => HandlerOutcome::Reject,
+            Outcome::Defer => HandlerOutcome::Defer,
+        }
+    }
 }
 
 /// Runs for each delivery of a subscription.
@@ -344,22 +356,25 @@ pub(crate) struct SubscriberActor<T, H> {
     _value: PhantomData<fn() -> T>,
 }
 
+/// Where a subscriber consumes, and how.
+pub(crate) struct Placement {
+    pub(crate) queue_addr: Addr<QueueActor>,
+    pub(crate) queue: Arc<str>,
+    pub(crate) consumer: ConsumerId,
+    pub(crate) mode: DeliveryMode,
+    pub(crate) prefetch: u32,
+    /// Set by the unsubscriber before it sends `Stop`.
+    pub(crate) stopping: Arc<AtomicBool>,
+}
+
 impl<T, H> SubscriberActor<T, H>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     H: Runner<T>,
 {
-    /// Builds the actor and its subscription handle (the stop recipient is filled in by the caller).
-    pub(crate) fn new(
-        queue_addr: Addr<QueueActor>,
-        queue: Arc<str>,
-        consumer: ConsumerId,
-        mode: DeliveryMode,
-        prefetch: u32,
-        handler: H,
-        stopping: Arc<AtomicBool>,
-        probe: ProbeRef,
-    ) -> Self {
+    /// Builds the actor for `place` around `handler`.
+    pub(crate) fn new(place: Placement, handler: H, probe: ProbeRef) -> Self {
+        let Placement { queue_addr, queue, consumer, mode, prefetch, stopping } = place;
         Self {
             link: Arc::new(Link { queue: queue_addr, consumer }),
             mode,

@@ -30,8 +30,8 @@ use arc_swap::ArcSwap;
 use smallvec::SmallVec;
 
 use crate::ids::QueueId;
-use crate::queue::QueueHandle;
 use crate::protocol::{Bind, StopTopic, Unbind, UnbindQueue};
+use crate::queue::QueueHandle;
 use crate::queue::QueueTable;
 use crate::routing::{RoutingError, RoutingTable};
 use crate::stats::TopicStats;

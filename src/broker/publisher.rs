@@ -180,7 +180,8 @@ impl Publisher {
     /// An unroutable publish: to the topic's alternate queue if it has a live one, else dropped and
     /// counted.
     fn try_alternate(&self, msg: Arc<Message>) -> Confirm {
-        let alternate = self.topic.alternate.and_then(|id| self.registry.queues.load().by_id.get(&id).cloned());
+        let alternate =
+            self.topic.alternate.and_then(|id| self.registry.queues.load().by_id.get(&id).cloned());
         let counters = &self.topic.counters;
         counters.unroutable.fetch_add(1, Ordering::Relaxed);
         if let Some(queue) = alternate {

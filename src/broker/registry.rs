@@ -188,7 +188,8 @@ impl Registry {
             let _ = topic.addr.send(StopTopic).await;
         }
         let (deleted, folded) = self.graveyard();
-        stats.deleted_queues = deleted.into_iter().map(|(id, name, stats)| DeletedQueue { name, id, stats }).collect();
+        stats.deleted_queues =
+            deleted.into_iter().map(|(id, name, stats)| DeletedQueue { name, id, stats }).collect();
         stats.deleted_folded = folded;
         stats
     }

@@ -92,10 +92,8 @@ pub(crate) async fn drain(subscriber: &Subscriber, deadline: Instant) -> bool {
 /// Step 2: stops the subscriber and waits until it has.
 pub(crate) async fn stop(subscriber: &Subscriber, deadline: Instant) -> bool {
     subscriber.stopping.store(true, Ordering::Release);
-    match tokio::time::timeout_at(deadline, subscriber.stop.send(Stop)).await {
-        Ok(_) => true, // Answered, or already stopped.
-        Err(_) => false,
-    }
+    // Answered, or already stopped: either way it runs no more handlers.
+    tokio::time::timeout_at(deadline, subscriber.stop.send(Stop)).await.is_ok()
 }
 
 /// Step 3: the queue forgets the consumer.
@@ -146,7 +144,8 @@ impl Subscription {
         let Some(subscriber) = self.broker.registry.subscriptions.take(self.consumer) else {
             return UnsubscribeReport { drained: true, stopped: true, ..Default::default() };
         };
-        let retired = self.broker.on_arbiter(async move { retire(subscriber, Instant::now() + timeout).await });
+        let retired =
+            self.broker.on_arbiter(async move { retire(subscriber, Instant::now() + timeout).await });
         retired.await.unwrap_or(UnsubscribeReport { drained: false, stopped: false, requeued: 0, lost: 0 })
     }
 }

@@ -17,8 +17,8 @@ use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
 use crate::probe::{FaultKind, ProbeRef, What};
 use crate::protocol::{
-    Delete, Deliver, DeliverItem, Drain, Enqueue, GetStats, ManualSettle, QueueGone, Refuse, Restarted, Settle,
-    Shut, Subscribe, Unsubscribe, WhenIdle,
+    Delete, Deliver, DeliverItem, Drain, Enqueue, GetStats, ManualSettle, QueueGone, Refuse, Restarted,
+    Settle, Shut, Subscribe, Unsubscribe, WhenIdle,
 };
 use crate::stats::QueueStats;
 
@@ -288,7 +288,10 @@ impl QueueActor {
         }
     }
 
+    /// Carries out the state's effects after a message was handled; every handler ends here or in
+    /// `pump`, so conservation is checked after every transition in debug builds.
     fn after(&mut self, ctx: &mut Context<Self>) {
+        self.state.debug_assert_conserved();
         let freed = self.state.take_credits_freed();
         if let (true, Some(credits)) = (freed > 0, &self.credits) {
             credits.add_permits(freed);
@@ -308,7 +311,10 @@ impl QueueActor {
     /// nothing is ready unless no subscriber could take it.
     fn is_idle(&self) -> bool {
         let stuck_or_empty = self.state.ready_len() == 0 || self.state.consumer_count() == 0;
-        self.inbox.is_empty() && self.dead_letters_pending == 0 && self.state.in_flight() == 0 && stuck_or_empty
+        self.inbox.is_empty()
+            && self.dead_letters_pending == 0
+            && self.state.in_flight() == 0
+            && stuck_or_empty
     }
 
     fn answer_idle_waiters(&mut self, _ctx: &mut Context<Self>) {

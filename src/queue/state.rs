@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{DeathReason, Message};
 use crate::probe::{self, DropReason, ProbeRef, RedeliverReason, What};
+pub(crate) use crate::protocol::{SettleError, SettleOp};
 use crate::stats::QueueStats;
 use crate::topology::{Delivery, Overflow, QueueSpec};
 
@@ -97,34 +98,6 @@ pub(crate) struct Expiry(u64);
 impl Expiry {
     /// No time to live.
     pub(crate) const NEVER: Expiry = Expiry(u64::MAX);
-}
-
-/// How a consumer settles deliveries.
-#[derive(Debug, Clone)]
-pub(crate) enum SettleOp {
-    /// Acks `tag`, or with `multiple` every unsettled tag up to it.
-    Ack { tag: u64, multiple: bool },
-    /// Nacks `tag` (or every unsettled tag up to it): requeued, or dead-lettered as `rejected`.
-    Nack { tag: u64, multiple: bool, requeue: bool },
-    /// At-most-once: this many handlers finished.
-    Processed(u32),
-    /// At-most-once: a handler rejected this message; dead-letter it as `rejected`.
-    Rejected(Arc<Message>),
-}
-
-/// Why a settlement was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SettleError {
-    /// The tag is not an unsettled delivery of this consumer (never delivered, already settled, or
-    /// redelivered after its ack deadline).
-    #[error("delivery tag {0} is not unsettled on this consumer")]
-    UnknownTag(u64),
-    /// The consumer is not subscribed (any more).
-    #[error("consumer is not subscribed to this queue")]
-    UnknownConsumer,
-    /// The consumer restarted since the delivery; the delivery was already requeued.
-    #[error("delivery belongs to an earlier incarnation of the consumer")]
-    Stale,
 }
 
 /// Something the actor must carry out on the state's behalf.
@@ -247,7 +220,22 @@ impl QueueState {
             let head = self.pop_ready().expect("queue over depth_max is not empty");
             self.dead_letter(head, DeathReason::Maxlen, now);
         }
+        self.debug_assert_conserved();
         Enqueued::Accepted
+    }
+
+    /// Whether every message this queue took is acked, dead-lettered, dropped with a reason, ready
+    /// or in flight.
+    pub(crate) fn conserved(&self) -> bool {
+        let s = &self.stats;
+        let held = self.ready.len() as u64 + s.in_flight;
+        s.enqueued == s.acked + s.dead_lettered + s.dropped.total() + held
+    }
+
+    /// Conservation, checked at the end of every transition in debug builds (and so in every test).
+    #[inline]
+    pub(crate) fn debug_assert_conserved(&self) {
+        debug_assert!(self.conserved(), "queue {} lost count of a message: {:?}", self.name, self.stats());
     }
 
     /// Dead-letters a publish refused under `reject-publish-dlx` (the refusal itself is counted by the
@@ -300,6 +288,7 @@ impl QueueState {
             delivery_count,
             place,
         };
+        self.debug_assert_conserved();
         Some(dispatch)
     }
 
@@ -309,21 +298,21 @@ impl QueueState {
         let at_least_once = self.spec.delivery == Delivery::AtLeastOnce;
         let Some(consumer) = self.consumers.iter_mut().find(|c| c.id == d.consumer) else { return };
         debug_assert_eq!(consumer.next_tag, d.tag.0, "only the last dispatch can be undone");
-        consumer.next_tag -= 1;
+        consumer.next_tag = less(consumer.next_tag, 1, "next_tag");
         consumer.blocked = true;
         if at_least_once {
             let last = consumer.unacked.pop_back();
             debug_assert!(last.is_some_and(|u| u.tag == d.tag.0), "undone dispatch is the newest unacked");
         } else {
-            consumer.outstanding -= 1;
+            consumer.outstanding = less(u64::from(consumer.outstanding), 1, "outstanding") as u32;
         }
-        self.stats.delivered -= 1;
-        self.stats.in_flight -= 1;
+        self.stats.delivered = less(self.stats.delivered, 1, "delivered");
+        self.stats.in_flight = less(self.stats.in_flight, 1, "in_flight");
         if d.delivery_count > 1 {
-            self.stats.redelivered -= 1;
+            self.stats.redelivered = less(self.stats.redelivered, 1, "redelivered");
         }
         if d.place.credited {
-            self.credits_freed -= 1;
+            self.credits_freed = less(self.credits_freed as u64, 1, "credits_freed") as usize;
         }
         let entry = Entry {
             msg: d.msg,
@@ -333,6 +322,7 @@ impl QueueState {
             credited: d.place.credited,
         };
         self.insert_ready(entry);
+        self.debug_assert_conserved();
     }
 
     /// Applies one settlement from a consumer.
@@ -358,7 +348,7 @@ impl QueueState {
                     return Err(SettleError::UnknownTag(tag));
                 }
                 self.stats.acked += count as u64;
-                self.stats.in_flight -= count as u64;
+                self.stats.in_flight = less(self.stats.in_flight, count as u64, "in_flight");
                 let settled = unacked.drain(..count);
                 match &self.probe {
                     None => drop(settled),
@@ -373,7 +363,7 @@ impl QueueState {
             SettleOp::Ack { tag, multiple: false } => {
                 let settled = self.take_unacked(index, tag, false)?;
                 self.stats.acked += settled.len() as u64;
-                self.stats.in_flight -= settled.len() as u64;
+                self.stats.in_flight = less(self.stats.in_flight, settled.len() as u64, "in_flight");
                 for (tag, entry) in &settled {
                     let (msg, tag) = (entry.msg.id, *tag);
                     self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
@@ -382,7 +372,7 @@ impl QueueState {
             SettleOp::Nack { tag, multiple, requeue } => {
                 let settled = self.take_unacked(index, tag, multiple)?;
                 self.stats.nacked += settled.len() as u64;
-                self.stats.in_flight -= settled.len() as u64;
+                self.stats.in_flight = less(self.stats.in_flight, settled.len() as u64, "in_flight");
                 for (_, entry) in settled {
                     let msg = entry.msg.id;
                     self.note(|queue| What::Nack { msg, queue, requeue });
@@ -453,10 +443,11 @@ impl QueueState {
     /// A dead letter could not be handed over: its dead-letter queue has been deleted.
     pub(crate) fn dead_letter_lost(&mut self, refused: bool) {
         if refused {
-            self.stats.refused_dead_lettered -= 1;
+            self.stats.refused_dead_lettered =
+                less(self.stats.refused_dead_lettered, 1, "refused_dead_lettered");
             self.stats.dropped.refused_dead_letter_lost += 1;
         } else {
-            self.stats.dead_lettered -= 1;
+            self.stats.dead_lettered = less(self.stats.dead_lettered, 1, "dead_lettered");
             self.stats.dropped.deleted += 1;
         }
     }
@@ -474,7 +465,7 @@ impl QueueState {
         for index in 0..self.consumers.len() {
             while self.consumers[index].unacked.front().is_some_and(|u| u.deadline <= now) {
                 let late = self.consumers[index].unacked.pop_front().expect("front exists");
-                self.stats.in_flight -= 1;
+                self.stats.in_flight = less(self.stats.in_flight, 1, "in_flight");
                 self.requeue(late.entry, now, RedeliverReason::AckTimeout);
             }
         }
@@ -527,7 +518,7 @@ impl QueueState {
         let mut gone = 0;
         for c in consumers {
             let lost = u64::from(c.outstanding);
-            self.stats.in_flight -= c.unacked.len() as u64 + lost;
+            self.stats.in_flight = less(self.stats.in_flight, c.unacked.len() as u64 + lost, "in_flight");
             self.stats.dropped.lost_at_most_once += lost;
             gone += c.unacked.len() as u64;
             for u in &c.unacked {
@@ -616,8 +607,8 @@ impl QueueState {
         }
         // After a queue restart forgot some, fewer may be outstanding than reported.
         let n = n.min(c.outstanding);
-        c.outstanding -= n;
-        self.stats.in_flight -= u64::from(n);
+        c.outstanding = less(u64::from(c.outstanding), u64::from(n), "outstanding") as u32;
+        self.stats.in_flight = less(self.stats.in_flight, u64::from(n), "in_flight");
         Ok(n)
     }
 
@@ -628,11 +619,11 @@ impl QueueState {
         let held: Vec<Entry> = c.unacked.drain(..).map(|u| u.entry).collect();
         let lost = u64::from(std::mem::take(&mut c.outstanding));
         let requeued = held.len() as u64;
-        self.stats.in_flight -= requeued + lost;
+        self.stats.in_flight = less(self.stats.in_flight, requeued + lost, "in_flight");
         self.stats.dropped.lost_at_most_once += lost;
         if forget {
             // Broken on purpose: what the crashed consumer held vanishes without a trace.
-            self.stats.enqueued -= requeued;
+            self.stats.enqueued = less(self.stats.enqueued, requeued, "enqueued");
             return (0, lost);
         }
         for entry in held.into_iter().rev() {
@@ -708,6 +699,14 @@ impl QueueState {
     fn ms_since_start(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.started).as_millis() as u64
     }
+}
+
+/// `counter - n`; a counter never goes below zero, which a debug assertion checks by name (release
+/// builds clamp rather than wrap).
+#[inline]
+fn less(counter: u64, n: u64, what: &'static str) -> u64 {
+    debug_assert!(counter >= n, "{what} would go below zero: {counter} - {n}");
+    counter.saturating_sub(n)
 }
 
 #[cfg(test)]

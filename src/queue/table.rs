@@ -39,7 +39,11 @@ pub(crate) enum InsertError {
 
 impl QueueTable {
     pub(crate) fn new() -> Self {
-        Self { map: ArcSwap::from_pointee(QueueMap::default()), generation: AtomicU64::new(0), writers: Mutex::new(0) }
+        Self {
+            map: ArcSwap::from_pointee(QueueMap::default()),
+            generation: AtomicU64::new(0),
+            writers: Mutex::new(0),
+        }
     }
 
     pub(crate) fn load(&self) -> Guard<Arc<QueueMap>> {

@@ -37,3 +37,10 @@ where
         .unwrap();
     rx
 }
+
+/// This process's resident set, in bytes (Linux: /proc/self/statm).
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
+    pages * 4096
+}

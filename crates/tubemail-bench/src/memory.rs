@@ -118,12 +118,7 @@ fn idle_subscribers(subscribers: usize) -> f64 {
         let before = used();
         let mut subs = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
-            subs.push(
-                broker
-                    .subscribe_sync("q", |_: Delivery<Bytes>| Outcome::Ack)
-                    .await
-                    .expect("queue"),
-            );
+            subs.push(broker.subscribe_sync("q", |_: Delivery<Bytes>| Outcome::Ack).await.expect("queue"));
         }
         broker.stats().await;
         grown_since(before) / subscribers as f64

@@ -639,3 +639,10 @@ fn check_catches_a_dead_letter_counted_but_not_handed_over() {
     h.collect();
     h.check();
 }
+
+/// Every queued message has one entry per queue it waits in; the memory benchmark's per-message
+/// figure is made of these (and the message and payload).
+#[test]
+fn a_queue_entry_stays_small() {
+    assert!(size_of::<Entry>() <= 32, "Entry is {} bytes", size_of::<Entry>());
+}
