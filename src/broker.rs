@@ -173,8 +173,10 @@ pub struct ShutdownReport {
     pub shut_down: bool,
     /// Whether every subscriber settled what it held before the timeout.
     pub drained: bool,
-    /// Whether every subscriber had stopped (its running handler returned) before the timeout.
+    /// Whether every subscriber stopped by itself before the timeout (see `interrupted`).
     pub stopped: bool,
+    /// Handlers interrupted at the timeout (see [`UnsubscribeReport::interrupted`]).
+    pub interrupted: u64,
     /// Unacked deliveries requeued at the end (at-least-once); they are in `stats` as ready.
     pub requeued: u64,
     /// Deliveries counted lost at the end (at-most-once).
@@ -685,8 +687,11 @@ async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> Shut
     let drains = subscribers.iter().map(|s| subscription::drain(s, deadline));
     let drained = futures::future::join_all(drains).await.into_iter().all(|d| d);
     let stops = subscribers.iter().map(|s| subscription::stop(s, deadline));
-    let stopped = futures::future::join_all(stops).await.into_iter().all(|s| s);
-    let mut report = ShutdownReport { drained: drained && drained_queues, stopped, ..Default::default() };
+    let stops = futures::future::join_all(stops).await;
+    let interrupted = stops.iter().filter(|stopped| !**stopped).count() as u64;
+    let stopped = interrupted == 0;
+    let mut report =
+        ShutdownReport { drained: drained && drained_queues, stopped, interrupted, ..Default::default() };
     for subscriber in &subscribers {
         let r = subscription::remove(subscriber, UnsubscribeReport::default()).await;
         report.requeued += r.requeued;

@@ -351,9 +351,53 @@ pub(crate) struct SubscriberActor<T, H> {
     seen: BTreeSet<u64>,
     queue: Arc<str>,
     /// Set by the unsubscriber before it sends `Stop`: run no more handlers.
-    stopping: Arc<AtomicBool>,
+    stopping: Arc<StopSignal>,
     probe: ProbeRef,
     _value: PhantomData<fn() -> T>,
+}
+
+/// How a subscriber is told to stop: first to run no more handlers, then, past the unsubscriber's
+/// timeout, to interrupt the handler it is running (its future is dropped at its next await point).
+#[derive(Debug, Default)]
+pub(crate) struct StopSignal {
+    requested: AtomicBool,
+    interrupt: AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl StopSignal {
+    /// Run no more handlers.
+    pub(crate) fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Drop the running handler's future.
+    pub(crate) fn interrupt(&self) {
+        self.interrupt.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// A pending handler's future that ends with `None` when its subscriber is interrupted.
+struct Interruptible {
+    future: Pin<Box<dyn Future<Output = Outcome>>>,
+    signal: Arc<StopSignal>,
+}
+
+impl Future for Interruptible {
+    type Output = Option<Outcome>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Outcome>> {
+        self.signal.waker.register(cx.waker());
+        if self.signal.interrupt.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(None);
+        }
+        self.future.as_mut().poll(cx).map(Some)
+    }
 }
 
 /// Where a subscriber consumes, and how.
@@ -364,7 +408,7 @@ pub(crate) struct Placement {
     pub(crate) mode: DeliveryMode,
     pub(crate) prefetch: u32,
     /// Set by the unsubscriber before it sends `Stop`.
-    pub(crate) stopping: Arc<AtomicBool>,
+    pub(crate) stopping: Arc<StopSignal>,
 }
 
 impl<T, H> SubscriberActor<T, H>
@@ -478,7 +522,7 @@ where
     }
 
     fn run(&mut self, item: DeliverItem, ctx: &mut Context<Self>) {
-        if self.stopping.load(Ordering::Acquire) {
+        if self.stopping.requested() {
             // Unsubscribing: the queue requeues (or counts lost) what no handler ran for.
             return;
         }
@@ -522,10 +566,17 @@ where
             Ok(Run::Done(outcome)) => self.finished(epoch, tag, &msg, Ok(outcome), ctx),
             Ok(Run::Pending(future)) => {
                 self.running = true;
+                let future = Interruptible { future, signal: self.stopping.clone() };
                 let future = AssertUnwindSafe(future).catch_unwind();
                 ctx.wait(future.into_actor(self).map(move |result, act, ctx| {
                     act.running = false;
-                    act.finished(epoch, tag, &msg, result, ctx);
+                    match result {
+                        // Interrupted by an unsubscriber past its timeout: the delivery stays
+                        // unsettled, and the queue requeues it (or counts it lost).
+                        Ok(None) => {}
+                        Ok(Some(outcome)) => act.finished(epoch, tag, &msg, Ok(outcome), ctx),
+                        Err(panic) => act.finished(epoch, tag, &msg, Err(panic), ctx),
+                    }
                     act.drive(ctx);
                 }));
             }
@@ -679,7 +730,7 @@ where
     /// Runs only once the running handler (if any) has returned: sends the batched settlements,
     /// forgets the backlog (the queue requeues or counts it), and stops; answered after that.
     fn handle(&mut self, _: Stop, _ctx: &mut Self::Context) -> Self::Result {
-        self.stopping.store(true, Ordering::Release);
+        self.stopping.request();
         self.backlog.clear();
         let ops = self.take_ops();
         let queue = self.link.queue.clone();

@@ -101,8 +101,21 @@ impl TopicHandle {
             }
             (true, None) => Route::Unroutable,
         };
-        let targets: SmallVec<[Arc<QueueHandle>; 4]> =
+        let mut targets: SmallVec<[Arc<QueueHandle>; 4]> =
             ids.iter().filter_map(|id| queues.by_id.get(id).cloned()).collect();
+        let route = match (route, targets.is_empty(), self.alternate) {
+            // Every matching queue was deleted and the topic has not dropped its bindings yet: the
+            // key reaches no live queue.
+            (Route::Queues, true, Some(alternate)) => match queues.by_id.get(&alternate) {
+                Some(queue) => {
+                    targets.push(queue.clone());
+                    Route::Alternate
+                }
+                None => Route::Unroutable,
+            },
+            (Route::Queues, true, None) | (Route::Alternate, true, _) => Route::Unroutable,
+            (route, ..) => route,
+        };
         self.cache.insert(cache_key, (snapshot.generation, generations.1), route, &targets);
         f(route, &targets)
     }

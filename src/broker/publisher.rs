@@ -154,7 +154,11 @@ impl Publisher {
                         }
                     }
                     Offer::Refused => attempt.refused.push(queue.name.clone()),
-                    Offer::Full(_) | Offer::Closed(_) => {}
+                    Offer::Closed(back) => {
+                        attempt.closed += 1;
+                        held = Some(back);
+                    }
+                    Offer::Full(_) => unreachable!("a waiting offer ends accepted, refused or closed"),
                 }
             }
         }

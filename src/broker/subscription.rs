@@ -17,7 +17,6 @@
 //! requeued and may run again elsewhere; at most once, it was counted lost).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,17 +27,24 @@ use tokio::time::Instant;
 use crate::ids::ConsumerId;
 use crate::protocol::{Drain, Stop, Unsubscribe};
 use crate::queue::QueueActor;
+use crate::subscriber::StopSignal;
 
 /// What unsubscribing found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct UnsubscribeReport {
     /// Whether everything the subscriber held was settled before the timeout.
     pub drained: bool,
-    /// Whether the subscriber had stopped (its running handler returned) before the timeout.
+    /// Whether the subscriber stopped by itself before the timeout (its running handler returned);
+    /// when not, its running handler was interrupted (see `interrupted`).
     pub stopped: bool,
-    /// Unacked deliveries put back in the queue (at-least-once); no handler ran for them.
+    /// Handlers interrupted at the timeout: their futures were dropped at an await point, and their
+    /// deliveries requeued (at least once) or counted lost (at most once). Handlers must therefore be
+    /// safe to stop at any await, as Sidekiq's jobs are at a deploy.
+    pub interrupted: u64,
+    /// Unacked deliveries put back in the queue (at-least-once): no handler ran for them, or one was
+    /// interrupted.
     pub requeued: u64,
-    /// Deliveries counted lost (at-most-once); no handler ran for them.
+    /// Deliveries counted lost (at-most-once): no handler ran for them, or one was interrupted.
     pub lost: u64,
 }
 
@@ -48,9 +54,9 @@ pub(crate) struct Subscriber {
     pub(crate) consumer: ConsumerId,
     pub(crate) queue: Addr<QueueActor>,
     pub(crate) stop: Recipient<Stop>,
-    /// Set before `Stop` is sent: the subscriber then skips the deliveries still in its mailbox, so
-    /// that `Stop` does not wait behind them.
-    pub(crate) stopping: Arc<AtomicBool>,
+    /// Requested before `Stop` is sent: the subscriber then skips the deliveries still in its
+    /// mailbox, so that `Stop` does not wait behind them; past the timeout, interrupts its handler.
+    pub(crate) stopping: Arc<StopSignal>,
 }
 
 /// The broker's live subscriptions, by consumer.
@@ -76,7 +82,8 @@ impl Subscriptions {
 pub(crate) async fn retire(subscriber: Subscriber, deadline: Instant) -> UnsubscribeReport {
     let drained = drain(&subscriber, deadline).await;
     let stopped = stop(&subscriber, deadline).await;
-    remove(&subscriber, UnsubscribeReport { drained, stopped, ..Default::default() }).await
+    let interrupted = u64::from(!stopped);
+    remove(&subscriber, UnsubscribeReport { drained, stopped, interrupted, ..Default::default() }).await
 }
 
 /// Step 1: waits until the queue says the subscriber holds nothing.
@@ -89,11 +96,20 @@ pub(crate) async fn drain(subscriber: &Subscriber, deadline: Instant) -> bool {
     matches!(tokio::time::timeout_at(deadline, drained).await, Ok(Ok(())))
 }
 
-/// Step 2: stops the subscriber and waits until it has.
+/// Step 2: stops the subscriber and waits until it has; past `deadline`, interrupts its running
+/// handler. Whether it stopped without an interruption.
 pub(crate) async fn stop(subscriber: &Subscriber, deadline: Instant) -> bool {
-    subscriber.stopping.store(true, Ordering::Release);
-    // Answered, or already stopped: either way it runs no more handlers.
-    tokio::time::timeout_at(deadline, subscriber.stop.send(Stop)).await.is_ok()
+    subscriber.stopping.request();
+    let stopped = subscriber.stop.send(Stop);
+    tokio::pin!(stopped);
+    if tokio::time::timeout_at(deadline, &mut stopped).await.is_ok() {
+        return true; // Answered, or already stopped: either way it runs no more handlers.
+    }
+    subscriber.stopping.interrupt();
+    // The handler's future is dropped at its next poll, and `Stop` runs right after. A handler that
+    // never yields (a blocking loop) holds its arbiter anyway; nothing can stop it.
+    let _ = stopped.await;
+    false
 }
 
 /// Step 3: the queue forgets the consumer.
@@ -146,6 +162,6 @@ impl Subscription {
         };
         let retired =
             self.broker.on_arbiter(async move { retire(subscriber, Instant::now() + timeout).await });
-        retired.await.unwrap_or(UnsubscribeReport { drained: false, stopped: false, requeued: 0, lost: 0 })
+        retired.await.unwrap_or_default()
     }
 }
