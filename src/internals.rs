@@ -11,7 +11,7 @@ use crate::ids::{ConsumerId, MessageId};
 use crate::message::{Deaths, Message, Payload};
 use crate::queue::state::{QueueState, SettleOp};
 use crate::routing::RoutingTable;
-use crate::topology::{Delivery as DeliveryMode, QueueSpec};
+use crate::topology::{DeliveryMode, QueueSpec};
 use smallvec::SmallVec;
 
 /// A queue state with one consumer, and a message to enqueue over and over.
@@ -51,7 +51,7 @@ impl QueueBench {
             dispatched += 1;
         }
         let op = match self.mode {
-            DeliveryMode::AtLeastOnce => SettleOp::Ack { tag: last, multiple: true },
+            DeliveryMode::AtLeastOnce => SettleOp::Ack { tag: crate::ids::DeliveryTag(last), multiple: true },
             DeliveryMode::AtMostOnce => SettleOp::Processed(dispatched),
         };
         self.state.settle(ConsumerId(1), 0, op, self.now).expect("settled");
@@ -75,4 +75,4 @@ pub fn route_cached(table: &RoutingTable, keys: &[String], lookups: u64) -> usiz
 }
 
 /// Capacity of a queue's inbox, the bound the benchmarks give their baseline channels.
-pub const QUEUE_INBOX_CAPACITY: usize = crate::queue::QUEUE_MAILBOX_CAPACITY;
+pub const QUEUE_INBOX_CAPACITY: usize = crate::queue::DROP_HEAD_INBOX_MAX;

@@ -63,9 +63,7 @@ pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, TypedValue};
 pub use stats::{DeletedQueue, Dropped, QueueStats, Stats, TopicStats};
 pub use subscriber::{AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions};
-pub use topology::{
-    Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
-};
+pub use topology::{DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError};
 
 /// The README's examples, run as doctests so that it stays true.
 #[doc = include_str!("../README.md")]

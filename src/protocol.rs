@@ -10,7 +10,7 @@ use actix::prelude::*;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
-use crate::ids::{ConsumerId, QueueId};
+use crate::ids::{ConsumerId, DeliveryTag, QueueId};
 use crate::message::Message;
 use crate::routing::RoutingError;
 use crate::stats::QueueStats;
@@ -21,9 +21,9 @@ use crate::stats::QueueStats;
 #[derive(Debug, Clone)]
 pub(crate) enum SettleOp {
     /// Acks `tag`, or with `multiple` every unsettled tag up to it.
-    Ack { tag: u64, multiple: bool },
+    Ack { tag: DeliveryTag, multiple: bool },
     /// Nacks `tag` (or every unsettled tag up to it): requeued, or dead-lettered as `rejected`.
-    Nack { tag: u64, multiple: bool, requeue: bool },
+    Nack { tag: DeliveryTag, multiple: bool, requeue: bool },
     /// At-most-once: this many handlers finished.
     Processed(u32),
     /// At-most-once: a handler rejected this message; dead-letter it as `rejected`.
@@ -35,8 +35,12 @@ pub(crate) enum SettleOp {
 pub enum SettleError {
     /// The tag is not an unsettled delivery of this consumer (never delivered, already settled, or
     /// redelivered after its ack deadline).
-    #[error("delivery tag {0} is not unsettled on this consumer")]
-    UnknownTag(u64),
+    #[error("delivery tag {} is not unsettled on this consumer", .0 .0)]
+    UnknownTag(DeliveryTag),
+    /// At most once: a report of `n` handled deliveries when none are outstanding (a queue restart
+    /// forgot them).
+    #[error("{0} deliveries reported handled, none outstanding")]
+    NothingOutstanding(u32),
     /// The consumer is not subscribed (any more).
     #[error("consumer is not subscribed to this queue")]
     UnknownConsumer,
@@ -70,7 +74,7 @@ pub(crate) struct Deliver {
 /// One delivery.
 #[derive(Debug)]
 pub(crate) struct DeliverItem {
-    pub(crate) tag: u64,
+    pub(crate) tag: DeliveryTag,
     pub(crate) msg: Arc<Message>,
     pub(crate) delivery_count: u32,
 }

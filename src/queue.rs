@@ -33,10 +33,10 @@
 //! through its data inbox, a channel that the actor drains as a stream, up to [`INBOX_BATCH_MAX`] at a
 //! time. Under the three credit policies every message in it holds a credit, so the credits bound it
 //! (`depth_max`, less what is ready); a `drop-head` queue's inbox holds at most
-//! [`QUEUE_MAILBOX_CAPACITY`], and a publisher finding it full waits (`publish`) or is refused
+//! [`DROP_HEAD_INBOX_MAX`], and a publisher finding it full waits (`publish`) or is refused
 //! (`try_publish`). Dead letters from other queues enter without a credit and are bounded by what
 //! those queues held. Control messages (subscriptions, settlements, stats) use the actor's
-//! actix mailbox of the same capacity. Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
+//! actix mailbox of [`CONTROL_MAILBOX_MAX`]. Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
 //! `depth_max`); a subscriber whose mailbox is full is skipped and its messages stay in the queue.
 //!
 //! # Shutdown
@@ -79,9 +79,11 @@ pub(crate) trait QueueHost: Send + Sync + 'static {
     fn queue_deleted(&self, id: QueueId, stats: QueueStats);
 }
 
-/// Capacity of a `drop-head` queue's data inbox (messages waiting to be enqueued), and of every
-/// queue's control mailbox.
-pub const QUEUE_MAILBOX_CAPACITY: usize = 1024;
+/// The most messages a `drop-head` queue's data inbox holds (waiting to be enqueued); the inboxes of
+/// the other policies are bounded by their publishers' credits.
+pub const DROP_HEAD_INBOX_MAX: usize = 1024;
+/// The most control messages (subscriptions, settlements, stats) a queue actor's mailbox holds.
+pub const CONTROL_MAILBOX_MAX: usize = 1024;
 /// The most inbox messages a queue takes in one turn before it dispatches.
 pub const INBOX_BATCH_MAX: usize = 128;
 
@@ -116,10 +118,10 @@ pub(crate) struct QueueHandle {
 
 impl QueueHandle {
     /// The bound of the queue's inbox: none where publishers' credits bound it (reject and block
-    /// policies), [`QUEUE_MAILBOX_CAPACITY`] for drop-head queues.
+    /// policies), [`DROP_HEAD_INBOX_MAX`] for drop-head queues.
     pub(crate) fn inbox_bound(spec: &QueueSpec) -> Option<usize> {
         match spec.overflow {
-            Overflow::DropHead => Some(QUEUE_MAILBOX_CAPACITY),
+            Overflow::DropHead => Some(DROP_HEAD_INBOX_MAX),
             _ => None,
         }
     }

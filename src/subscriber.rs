@@ -46,7 +46,10 @@ use crate::probe::{self, FaultKind, HandlerOutcome, ProbeRef, What};
 use crate::protocol::{Deliver, DeliverItem, ManualSettle, Restarted, Settle, Stop};
 use crate::queue::state::SettleOp;
 use crate::queue::{QueueActor, SettleError};
-use crate::topology::Delivery as DeliveryMode;
+use crate::topology::DeliveryMode;
+
+/// The most deliveries a subscriber with prefetch 0 (unlimited) has in its mailbox at once.
+pub const UNLIMITED_PREFETCH_WINDOW_MAX: usize = 1024;
 
 /// The most settlements a subscriber batches into one message to its queue.
 pub const SETTLE_BATCH_MAX: usize = 64;
@@ -239,7 +242,7 @@ impl<T: 'static> Delivery<T> {
 
     /// A handle to settle this delivery later; return [`Outcome::Defer`] from the handler to use it.
     pub fn acker(&self) -> Acker {
-        Acker { link: self.link.clone(), tag: self.tag.0, epoch: self.epoch }
+        Acker { link: self.link.clone(), tag: self.tag, epoch: self.epoch }
     }
 }
 
@@ -247,7 +250,7 @@ impl<T: 'static> Delivery<T> {
 #[derive(Debug, Clone)]
 pub struct Acker {
     link: Arc<Link>,
-    tag: u64,
+    tag: DeliveryTag,
     epoch: u32,
 }
 
@@ -265,7 +268,7 @@ pub enum AckError {
 impl Acker {
     /// The delivery tag this acker settles.
     pub fn tag(&self) -> DeliveryTag {
-        DeliveryTag(self.tag)
+        self.tag
     }
 
     /// Acks the delivery; with `multiple`, every unsettled delivery of this subscriber up to it.
@@ -463,14 +466,14 @@ where
             Outcome::Ack if in_order => {
                 self.contiguous = tag;
                 if let Some(SettleOp::Ack { tag: last, multiple: true }) = self.pending.last_mut() {
-                    *last = tag;
+                    *last = DeliveryTag(tag);
                     return;
                 }
-                SettleOp::Ack { tag, multiple: true }
+                SettleOp::Ack { tag: DeliveryTag(tag), multiple: true }
             }
-            Outcome::Ack => SettleOp::Ack { tag, multiple: false },
-            Outcome::Nack { requeue } => SettleOp::Nack { tag, multiple: false, requeue },
-            Outcome::Reject => SettleOp::Nack { tag, multiple: false, requeue: false },
+            Outcome::Ack => SettleOp::Ack { tag: DeliveryTag(tag), multiple: false },
+            Outcome::Nack { requeue } => SettleOp::Nack { tag: DeliveryTag(tag), multiple: false, requeue },
+            Outcome::Reject => SettleOp::Nack { tag: DeliveryTag(tag), multiple: false, requeue: false },
         };
         if in_order {
             self.contiguous = tag;
@@ -526,7 +529,7 @@ where
             // Unsubscribing: the queue requeues (or counts lost) what no handler ran for.
             return;
         }
-        let DeliverItem { tag, msg, delivery_count } = item;
+        let DeliverItem { tag: DeliveryTag(tag), msg, delivery_count } = item;
         if self.mode == DeliveryMode::AtMostOnce && !self.first_time(tag) {
             // A duplicated delivery: at most once, the handler never runs twice.
             return;
@@ -666,8 +669,7 @@ where
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let window =
-            if self.prefetch == 0 { crate::queue::QUEUE_MAILBOX_CAPACITY } else { self.prefetch as usize };
+        let window = if self.prefetch == 0 { UNLIMITED_PREFETCH_WINDOW_MAX } else { self.prefetch as usize };
         ctx.set_mailbox_capacity(window + MAILBOX_SLACK);
     }
 }

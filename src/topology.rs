@@ -89,12 +89,28 @@ pub enum Overflow {
 /// The delivery promise of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Delivery {
+pub enum DeliveryMode {
     /// Handed out once, never redelivered; lost (and counted) if the subscriber dies first.
     AtMostOnce,
     /// Kept until acked; redelivered after a crash, a nack or the ack deadline; may arrive twice.
     #[default]
     AtLeastOnce,
+}
+
+impl DeliveryMode {
+    /// The mode's name, kebab-case as in topology files: `at-least-once`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::AtMostOnce => "at-most-once",
+            DeliveryMode::AtLeastOnce => "at-least-once",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A topic: a router with a kind and an optional alternate queue.
@@ -133,7 +149,7 @@ pub struct QueueSpec {
     /// What happens when a message arrives at a full queue.
     pub overflow: Overflow,
     /// The delivery promise.
-    pub delivery: Delivery,
+    pub delivery: DeliveryMode,
     /// How long a delivery may stay unacked before it is redelivered.
     pub ack_timeout: Duration,
     /// Deliveries of one message before it is dead-lettered with reason `delivery_limit`.
@@ -157,7 +173,7 @@ impl Default for QueueSpec {
         Self {
             depth_max: DEPTH_MAX_DEFAULT,
             overflow: Overflow::default(),
-            delivery: Delivery::default(),
+            delivery: DeliveryMode::default(),
             ack_timeout: ACK_TIMEOUT_DEFAULT,
             delivery_limit: DELIVERY_LIMIT_DEFAULT,
             dead_letter: None,
@@ -186,7 +202,7 @@ impl QueueSpec {
     setter!(/// Sets [`QueueSpec::overflow`].
         overflow: Overflow);
     setter!(/// Sets [`QueueSpec::delivery`].
-        delivery: Delivery);
+        delivery: DeliveryMode);
     setter!(/// Sets [`QueueSpec::ack_timeout`].
         ack_timeout: Duration);
     setter!(/// Sets [`QueueSpec::delivery_limit`].

@@ -63,7 +63,7 @@ async fn a_deferred_delivery_is_redelivered_after_the_ack_timeout_and_not_before
     assert!(waited < ACK_TIMEOUT + Duration::from_secs(1), "redelivered only after {waited:?}");
 
     // The first delivery's tag is no longer unsettled; the redelivery's is.
-    let tag = first.acker.tag().0;
+    let tag = first.acker.tag();
     assert_eq!(first.acker.ack(false).await, Err(AckError::Refused(SettleError::UnknownTag(tag))));
     second.acker.ack(false).await.unwrap();
     let stats = broker.stats().await;

@@ -144,7 +144,7 @@ async fn ack_multiple_settles_every_earlier_deferred_tag() {
     let q = broker.stats().await.queues["q"].clone();
     assert_eq!((q.acked, q.in_flight), (3, 1), "ack(multiple) of the third tag: {q:?}");
     for acker in &ackers[..3] {
-        assert_eq!(acker.ack(false).await, Err(AckError::Refused(SettleError::UnknownTag(acker.tag().0))));
+        assert_eq!(acker.ack(false).await, Err(AckError::Refused(SettleError::UnknownTag(acker.tag()))));
     }
     ackers[3].ack(false).await.unwrap();
     let stats = broker.stats().await;
@@ -162,9 +162,18 @@ async fn acking_an_already_acked_tag_is_refused() {
     let (_, acker) = rx.recv().await.unwrap();
     assert_eq!(acker.ack(false).await, Ok(()));
     let tag = acker.tag().0;
-    assert_eq!(acker.ack(false).await, Err(AckError::Refused(SettleError::UnknownTag(tag))));
-    assert_eq!(acker.ack(true).await, Err(AckError::Refused(SettleError::UnknownTag(tag))));
-    assert_eq!(acker.nack(false, true).await, Err(AckError::Refused(SettleError::UnknownTag(tag))));
+    assert_eq!(
+        acker.ack(false).await,
+        Err(AckError::Refused(SettleError::UnknownTag(tubemail::ids::DeliveryTag(tag))))
+    );
+    assert_eq!(
+        acker.ack(true).await,
+        Err(AckError::Refused(SettleError::UnknownTag(tubemail::ids::DeliveryTag(tag))))
+    );
+    assert_eq!(
+        acker.nack(false, true).await,
+        Err(AckError::Refused(SettleError::UnknownTag(tubemail::ids::DeliveryTag(tag))))
+    );
     let stats = broker.stats().await;
     assert_eq!(stats.queues["q"].acked, 1);
     assert!(stats.conserved(), "{stats:?}");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tubemail::topology::{Delivery, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError};
+use tubemail::topology::{DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError};
 
 const EXAMPLE: &str = r#"[topics.events]
 kind = "topic"          # topic | direct | fanout | hash
@@ -74,7 +74,7 @@ fn example_file_parses_with_defaults_filled_in() {
             QueueSpec::default()
                 .depth_max(10_000)
                 .overflow(Overflow::RejectPublish)
-                .delivery(Delivery::AtLeastOnce)
+                .delivery(DeliveryMode::AtLeastOnce)
                 .ack_timeout(Duration::from_secs(30))
                 .delivery_limit(20)
                 .dead_letter("billing-dead")
@@ -99,7 +99,7 @@ fn omitted_fields_take_their_defaults() {
     assert_eq!(q, &QueueSpec::default());
     assert_eq!(q.depth_max, 10_000);
     assert_eq!(q.overflow, Overflow::DropHead);
-    assert_eq!(q.delivery, Delivery::AtLeastOnce);
+    assert_eq!(q.delivery, DeliveryMode::AtLeastOnce);
     assert_eq!(q.ack_timeout, Duration::from_secs(30));
     assert_eq!(q.delivery_limit, 20);
     assert_eq!((q.message_ttl, q.expires, q.dead_letter.as_deref()), (None, None, None));
@@ -119,7 +119,7 @@ fn other_kinds_and_policies_and_dotted_keys_parse() {
     assert_eq!(t.topics["f"].kind, TopicKind::Fanout);
     assert_eq!(t.topics["d"].kind, TopicKind::Direct);
     assert_eq!(t.queues["q"].overflow, Overflow::RejectPublishDlx);
-    assert_eq!(t.queues["q"].delivery, Delivery::AtMostOnce);
+    assert_eq!(t.queues["q"].delivery, DeliveryMode::AtMostOnce);
     assert_eq!(t.queues["r"].overflow, Overflow::Block);
     assert!(t.queues["r"].auto_delete && t.queues["r"].single_active_consumer);
     assert_eq!(t.bindings[0].weight, 5);

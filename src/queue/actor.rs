@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
-use super::{InboxReceiver, QueueHost, TrySendError, INBOX_BATCH_MAX, QUEUE_MAILBOX_CAPACITY};
+use super::{InboxReceiver, QueueHost, TrySendError, CONTROL_MAILBOX_MAX, INBOX_BATCH_MAX};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
 use crate::probe::{FaultKind, ProbeRef, What};
@@ -81,7 +81,7 @@ impl QueueActor {
     ) -> Self {
         let state = state.traced(probe.clone());
         let spec = state.spec();
-        let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::Delivery::AtLeastOnce;
+        let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::DeliveryMode::AtLeastOnce;
         let started = Instant::now();
         Self {
             id,
@@ -145,7 +145,7 @@ impl QueueActor {
             let batch = &mut outbox[at];
             // Batches are reused between pumps; a consumer's epoch changes when it restarts.
             batch.epoch = d.epoch;
-            batch.items.push(DeliverItem { tag: d.tag.0, msg: d.msg, delivery_count: d.delivery_count });
+            batch.items.push(DeliverItem { tag: d.tag, msg: d.msg, delivery_count: d.delivery_count });
             batch.places.push(d.place);
         }
         for batch in outbox.iter_mut().filter(|b| !b.items.is_empty()) {
@@ -181,7 +181,7 @@ impl QueueActor {
         if self.probe.is_some() {
             // Faults reshaped the batch, so it cannot be undone in order: treat it as lost on the way
             // (at least once, the ack deadline brings it back).
-            let mut tags: Vec<u64> = Vec::new();
+            let mut tags: Vec<crate::ids::DeliveryTag> = Vec::new();
             for item in &items {
                 if !tags.contains(&item.tag) {
                     tags.push(item.tag);
@@ -283,7 +283,7 @@ impl QueueActor {
         let places = std::mem::take(&mut batch.places);
         for (item, place) in items.into_iter().zip(places).rev() {
             let DeliverItem { tag, msg, delivery_count } = item;
-            let (consumer, epoch, tag) = (batch.consumer, batch.epoch, crate::ids::DeliveryTag(tag));
+            let (consumer, epoch) = (batch.consumer, batch.epoch);
             self.state.undo_dispatch(Dispatch { consumer, epoch, tag, msg, delivery_count, place });
         }
     }
@@ -492,7 +492,7 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(QUEUE_MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(CONTROL_MAILBOX_MAX);
         ctx.add_stream(Inbox(self.inbox.clone()));
         self.arm_timer(ctx);
     }

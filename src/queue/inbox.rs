@@ -7,7 +7,7 @@
 //!   of a flag rather than a write to the waker's cache line, shared with the queue's thread;
 //! - bounding: the publishers of `block` and `reject` queues take a credit per message (at most
 //!   `depth_max` exist), which bounds the inbox already, so only the inboxes of `drop-head` queues
-//!   count their messages, up to [`QUEUE_MAILBOX_CAPACITY`](super::QUEUE_MAILBOX_CAPACITY).
+//!   count their messages, up to [`DROP_HEAD_INBOX_MAX`](super::DROP_HEAD_INBOX_MAX).
 //!
 //! Dead letters from other queues enter without a credit; they are bounded by what those queues held.
 //!

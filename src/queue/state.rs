@@ -14,7 +14,7 @@ use crate::message::{DeathReason, Message};
 use crate::probe::{self, DropReason, ProbeRef, RedeliverReason, What};
 pub(crate) use crate::protocol::{SettleError, SettleOp};
 use crate::stats::QueueStats;
-use crate::topology::{Delivery, Overflow, QueueSpec};
+use crate::topology::{DeliveryMode, Overflow, QueueSpec};
 
 /// A message waiting in the queue, or in flight to a consumer.
 #[derive(Debug, Clone)]
@@ -263,7 +263,7 @@ impl QueueState {
         if entry.deliveries > 1 {
             self.stats.redelivered += 1;
         }
-        let at_least_once = self.spec.delivery == Delivery::AtLeastOnce;
+        let at_least_once = self.spec.delivery == DeliveryMode::AtLeastOnce;
         let deadline = now + self.spec.ack_timeout;
         let consumer = &mut self.consumers[index];
         consumer.next_tag += 1;
@@ -295,7 +295,7 @@ impl QueueState {
     /// Takes back the last dispatch, which the consumer's mailbox refused: the message returns to its
     /// place, the counters to their values, and the consumer is skipped until it settles something.
     pub(crate) fn undo_dispatch(&mut self, d: Dispatch) {
-        let at_least_once = self.spec.delivery == Delivery::AtLeastOnce;
+        let at_least_once = self.spec.delivery == DeliveryMode::AtLeastOnce;
         let Some(consumer) = self.consumers.iter_mut().find(|c| c.id == d.consumer) else { return };
         debug_assert_eq!(consumer.next_tag, d.tag.0, "only the last dispatch can be undone");
         consumer.next_tag = less(consumer.next_tag, 1, "next_tag");
@@ -339,13 +339,13 @@ impl QueueState {
         }
         self.consumers[index].blocked = false;
         match op {
-            SettleOp::Ack { tag, multiple: true } => {
+            SettleOp::Ack { tag: DeliveryTag(tag), multiple: true } => {
                 // The common case (cumulative acks): the settled entries are dropped where they lie,
                 // with no vector gathered for them.
                 let unacked = &mut self.consumers[index].unacked;
                 let count = unacked.partition_point(|u| u.tag <= tag);
                 if count == 0 {
-                    return Err(SettleError::UnknownTag(tag));
+                    return Err(SettleError::UnknownTag(DeliveryTag(tag)));
                 }
                 self.stats.acked += count as u64;
                 self.stats.in_flight = less(self.stats.in_flight, count as u64, "in_flight");
@@ -360,7 +360,7 @@ impl QueueState {
                     }
                 }
             }
-            SettleOp::Ack { tag, multiple: false } => {
+            SettleOp::Ack { tag: DeliveryTag(tag), multiple: false } => {
                 let settled = self.take_unacked(index, tag, false)?;
                 self.stats.acked += settled.len() as u64;
                 self.stats.in_flight = less(self.stats.in_flight, settled.len() as u64, "in_flight");
@@ -369,7 +369,7 @@ impl QueueState {
                     self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
                 }
             }
-            SettleOp::Nack { tag, multiple, requeue } => {
+            SettleOp::Nack { tag: DeliveryTag(tag), multiple, requeue } => {
                 let settled = self.take_unacked(index, tag, multiple)?;
                 self.stats.nacked += settled.len() as u64;
                 self.stats.in_flight = less(self.stats.in_flight, settled.len() as u64, "in_flight");
@@ -591,11 +591,13 @@ impl QueueState {
         if multiple {
             let count = unacked.partition_point(|u| u.tag <= tag);
             if count == 0 {
-                return Err(SettleError::UnknownTag(tag));
+                return Err(SettleError::UnknownTag(DeliveryTag(tag)));
             }
             return Ok(unacked.drain(..count).map(|u| (u.tag, u.entry)).collect());
         }
-        let at = unacked.binary_search_by_key(&tag, |u| u.tag).map_err(|_| SettleError::UnknownTag(tag))?;
+        let at = unacked
+            .binary_search_by_key(&tag, |u| u.tag)
+            .map_err(|_| SettleError::UnknownTag(DeliveryTag(tag)))?;
         let u = unacked.remove(at).expect("found by search");
         Ok(vec![(u.tag, u.entry)])
     }
@@ -603,7 +605,7 @@ impl QueueState {
     fn take_outstanding(&mut self, index: usize, n: u32) -> Result<u32, SettleError> {
         let c = &mut self.consumers[index];
         if c.outstanding == 0 {
-            return Err(SettleError::UnknownTag(u64::from(n)));
+            return Err(SettleError::NothingOutstanding(n));
         }
         // After a queue restart forgot some, fewer may be outstanding than reported.
         let n = n.min(c.outstanding);

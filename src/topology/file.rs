@@ -11,7 +11,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 use super::{
-    BindingSpec, Delivery, Origin, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
+    BindingSpec, DeliveryMode, Origin, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
 };
 
 /// Parses and validates a topology file; `path` only labels the errors.
@@ -54,7 +54,7 @@ struct RawTopic {
 struct RawQueue {
     depth_max: Option<Spanned<usize>>,
     overflow: Option<Spanned<Overflow>>,
-    delivery: Option<Spanned<Delivery>>,
+    delivery: Option<Spanned<DeliveryMode>>,
     ack_timeout_ms: Option<Spanned<u64>>,
     delivery_limit: Option<Spanned<u32>>,
     dead_letter: Option<Spanned<String>>,

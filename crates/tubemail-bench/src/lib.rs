@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use tubemail::topology::{Delivery as DeliveryMode, TopicKind};
+use tubemail::topology::{DeliveryMode, TopicKind};
 #[cfg(feature = "peers")]
 pub mod peers;
 

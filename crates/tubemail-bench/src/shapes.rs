@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use super::{Measurement, BASELINE_CHANNEL_CAPACITY};
 use tubemail::ids::QueueId;
 use tubemail::routing::RoutingTable;
-use tubemail::topology::{Delivery as DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology};
+use tubemail::topology::{DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology};
 use tubemail::{Broker, Delivery, Outcome, SubscribeOptions};
 
 /// Depth of each queue in a shape (`block` overflow, so nothing is lost).

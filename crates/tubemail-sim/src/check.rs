@@ -1,7 +1,7 @@
 //! Checkers over a [`History`]: was every message delivered as its queue promised?
 //!
 //! The vocabulary is Jepsen's total-queue checker, and each queue is judged by its own promise
-//! ([`Delivery`]): losses are allowed at most once, duplicates at least once.
+//! ([`DeliveryMode`]): losses are allowed at most once, duplicates at least once.
 //!
 //! # Findings
 //!
@@ -54,7 +54,7 @@ use tubemail::ids::MessageId;
 #[cfg(test)]
 use tubemail::probe::HandlerOutcome;
 use tubemail::probe::{DropReason, FaultKind, What};
-use tubemail::topology::Delivery;
+use tubemail::topology::DeliveryMode;
 
 /// Drop reasons that a queue's own policy explains, allowed in every mode: the queue was full
 /// (`overflow`, `maxlen`), the message expired, was rejected, passed its delivery limit, was in a
@@ -100,7 +100,7 @@ impl Expectation {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueExpectation {
     /// The delivery mode, which decides what is lost and what is duplicated.
-    pub mode: Delivery,
+    pub mode: DeliveryMode,
     /// Check that first deliveries follow enqueue order (a plain queue: only redelivery reorders).
     pub fifo: bool,
     /// Check that, for each routing key, first handler starts follow publish order (hash-routed
@@ -110,7 +110,7 @@ pub struct QueueExpectation {
 
 impl QueueExpectation {
     /// The promise of `mode`, with no order checked.
-    pub fn new(mode: Delivery) -> Self {
+    pub fn new(mode: DeliveryMode) -> Self {
         Self { mode, fifo: false, per_key_order: false }
     }
 
@@ -152,7 +152,7 @@ pub struct Report {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueSummary {
     /// The queue's delivery mode.
-    pub mode: Delivery,
+    pub mode: DeliveryMode,
     /// Messages confirmed into the queue, or dead-lettered into it.
     pub expected: u64,
     /// Messages enqueued.
@@ -250,14 +250,14 @@ impl Report {
 /// use tubemail_sim::check::{check, Expectation, QueueExpectation};
 /// use tubemail_sim::history::History;
 /// use tubemail_sim::{HandlerOutcome, What};
-/// use tubemail::topology::Delivery;
+/// use tubemail::topology::DeliveryMode;
 ///
 /// let (msg, queue) = (MessageId(1), "billing".to_string());
 /// let mut h = History::new();
 /// h.push(0, What::Publish { msg, key: "orders.1".into(), attempt: 1 });
 /// h.push(1, What::Enqueue { msg, queue: queue.clone() });
 /// h.push(2, What::Confirm { msg, queues: vec![queue.clone()], refused: vec![] });
-/// let expect = Expectation::new().queue("billing", QueueExpectation::new(Delivery::AtLeastOnce));
+/// let expect = Expectation::new().queue("billing", QueueExpectation::new(DeliveryMode::AtLeastOnce));
 /// assert!(!check(&h, &expect).ok()); // confirmed, never acked: lost
 ///
 /// h.push(3, What::Deliver { msg, queue: queue.clone(), consumer: 1, tag: 1, attempt: 1 });
@@ -418,18 +418,18 @@ impl<'h> Facts<'h> {
         self.confirmed_here || (self.dead_lettered_elsewhere && self.enqueues > 0)
     }
 
-    fn accounted(&self, mode: Delivery) -> bool {
+    fn accounted(&self, mode: DeliveryMode) -> bool {
         let allowed = |r: &DropReason| {
             POLICY_DROP_REASONS.contains(r)
-                || (mode == Delivery::AtMostOnce && AT_MOST_ONCE_DROP_REASONS.contains(r))
+                || (mode == DeliveryMode::AtMostOnce && AT_MOST_ONCE_DROP_REASONS.contains(r))
         };
         self.acked
             || self.dead_lettered
             || self.drops.iter().any(allowed)
-            || (mode == Delivery::AtMostOnce && self.first_deliver.is_some())
+            || (mode == DeliveryMode::AtMostOnce && self.first_deliver.is_some())
     }
 
-    fn lost_to_restart(&self, mode: Delivery) -> bool {
+    fn lost_to_restart(&self, mode: DeliveryMode) -> bool {
         !self.accounted(mode) && self.drops.contains(&QUEUE_RESTART_REASON)
     }
 
@@ -446,18 +446,19 @@ impl<'h> Facts<'h> {
     }
 }
 
-fn judge(report: &mut Report, summary: &mut QueueSummary, f: &Facts<'_>, mode: Delivery) {
+fn judge(report: &mut Report, summary: &mut QueueSummary, f: &Facts<'_>, mode: DeliveryMode) {
     count(summary, f, mode);
     let q = f.queue;
     if f.expected() && !f.accounted(mode) && !f.lost_to_restart(mode) {
-        let severity = if mode == Delivery::AtLeastOnce { Severity::Violation } else { Severity::Allowed };
+        let severity =
+            if mode == DeliveryMode::AtLeastOnce { Severity::Violation } else { Severity::Allowed };
         let how = if f.confirmed_here { "confirmed into" } else { "dead-lettered into" };
         let what = match f.drops.as_slice() {
             [] => format!("{how} {q}, never acked, dead-lettered or dropped by policy there"),
             drops => format!(
                 "{how} {q}, then dropped there ({}), which {} does not allow",
                 drops.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", "),
-                mode_name(mode)
+                mode.as_str()
             ),
         };
         report.lost.push(f.finding(FindingKind::Lost, severity, what));
@@ -472,7 +473,7 @@ fn judge(report: &mut Report, summary: &mut QueueSummary, f: &Facts<'_>, mode: D
     if f.starts > 1 {
         let over = f.starts > f.enqueues.max(1);
         let severity =
-            if mode == Delivery::AtMostOnce && over { Severity::Violation } else { Severity::Allowed };
+            if mode == DeliveryMode::AtMostOnce && over { Severity::Violation } else { Severity::Allowed };
         let what = format!("handler started {} times in {q}, enqueued there {} times", f.starts, f.enqueues);
         report.duplicated.push(f.finding(FindingKind::Duplicated, severity, what));
     }
@@ -482,7 +483,7 @@ fn judge(report: &mut Report, summary: &mut QueueSummary, f: &Facts<'_>, mode: D
     }
 }
 
-fn count(s: &mut QueueSummary, f: &Facts<'_>, mode: Delivery) {
+fn count(s: &mut QueueSummary, f: &Facts<'_>, mode: DeliveryMode) {
     let one = |b: bool| u64::from(b);
     s.expected += one(f.expected());
     s.enqueued += one(f.enqueues > 0);
@@ -573,13 +574,6 @@ fn overtakers<'a, T>(order: impl IntoIterator<Item = (usize, usize, &'a T)>) -> 
     out
 }
 
-fn mode_name(mode: Delivery) -> &'static str {
-    match mode {
-        Delivery::AtMostOnce => "at-most-once",
-        Delivery::AtLeastOnce => "at-least-once",
-    }
-}
-
 impl fmt::Display for FindingKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
@@ -630,7 +624,7 @@ impl fmt::Display for Report {
                 "queue {name} ({}): expected {}, enqueued {}, delivered {}, handled {}, acked {}, \
                  dead-lettered {}, dropped {}, lost to queue restart {}; lost {}, duplicated {}, \
                  unexpected {}, recovered {}, reordered {}",
-                mode_name(q.mode),
+                q.mode.as_str(),
                 q.expected,
                 q.enqueued,
                 q.delivered,
@@ -718,11 +712,11 @@ mod tests {
     }
 
     fn alo() -> Expectation {
-        Expectation::new().queue("q", QueueExpectation::new(Delivery::AtLeastOnce))
+        Expectation::new().queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce))
     }
 
     fn amo() -> Expectation {
-        Expectation::new().queue("q", QueueExpectation::new(Delivery::AtMostOnce))
+        Expectation::new().queue("q", QueueExpectation::new(DeliveryMode::AtMostOnce))
     }
 
     fn msgs(findings: &[Finding]) -> Vec<u64> {
@@ -790,8 +784,8 @@ mod tests {
     #[test]
     fn dead_letters_are_accounted_where_they_died_and_expected_where_they_went() {
         let both = Expectation::new()
-            .queue("q", QueueExpectation::new(Delivery::AtLeastOnce))
-            .queue("dlq", QueueExpectation::new(Delivery::AtLeastOnce));
+            .queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce))
+            .queue("dlq", QueueExpectation::new(DeliveryMode::AtLeastOnce));
         let h = H::default().sent(1, "k", "q").deliver(1, "q").dead_letter(1, "q").enqueue(1, "dlq");
         let report = h.check(&both);
         assert_eq!(msgs(&report.lost), vec![1]);
@@ -813,7 +807,7 @@ mod tests {
         let enqueued_unconfirmed = H::default().publish(1, "k").enqueue(1, "q");
         assert!(enqueued_unconfirmed.check(&alo()).lost.is_empty());
         let from_nowhere = H::default().publish(1, "k").enqueue(1, "dlq");
-        let dlq = Expectation::new().queue("dlq", QueueExpectation::new(Delivery::AtLeastOnce));
+        let dlq = Expectation::new().queue("dlq", QueueExpectation::new(DeliveryMode::AtLeastOnce));
         assert!(from_nowhere.check(&dlq).lost.is_empty(), "an enqueue alone does not expect it");
     }
 
@@ -882,7 +876,8 @@ mod tests {
 
     #[test]
     fn fifo_judges_first_deliveries_against_enqueue_order() {
-        let fifo = Expectation::new().queue("q", QueueExpectation::new(Delivery::AtLeastOnce).with_fifo());
+        let fifo =
+            Expectation::new().queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce).with_fifo());
         let base = H::default().sent(1, "a", "q").sent(2, "b", "q").sent(3, "c", "q");
         let in_order = base.0.clone();
         let in_order = H(in_order).handled(1, "q").handled(2, "q").deliver(1, "q").handled(3, "q");
@@ -899,7 +894,8 @@ mod tests {
 
     #[test]
     fn fifo_places_a_retried_message_where_its_delivered_copy_was() {
-        let fifo = Expectation::new().queue("q", QueueExpectation::new(Delivery::AtLeastOnce).with_fifo());
+        let fifo =
+            Expectation::new().queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce).with_fifo());
         let retry = |h: H, id: u64| {
             h.ev(What::ConfirmLost { msg: m(id) })
                 .ev(What::Publish { msg: m(id), key: "k".into(), attempt: 2 })
@@ -921,8 +917,8 @@ mod tests {
 
     #[test]
     fn per_key_order_judges_first_handler_starts_against_publish_order() {
-        let keyed =
-            Expectation::new().queue("q", QueueExpectation::new(Delivery::AtLeastOnce).with_per_key_order());
+        let keyed = Expectation::new()
+            .queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce).with_per_key_order());
         let base = H::default().sent(1, "a", "q").sent(2, "b", "q").sent(3, "a", "q");
         let other_key_first = H(base.0.clone()).handled(2, "q").handled(1, "q").handled(3, "q");
         assert!(other_key_first.check(&keyed).ok(), "keys are independent");
@@ -949,13 +945,14 @@ mod tests {
         let report = h.check(&alo());
         assert!(report.ok());
         assert_eq!(report.queues.keys().collect::<Vec<_>>(), vec!["q"]);
-        let elsewhere = Expectation::new().queue("elsewhere", QueueExpectation::new(Delivery::AtLeastOnce));
+        let elsewhere =
+            Expectation::new().queue("elsewhere", QueueExpectation::new(DeliveryMode::AtLeastOnce));
         assert!(!h.check(&elsewhere).ok());
     }
 
     #[test]
     fn trails_hold_the_message_in_that_queue_and_how_it_got_there() {
-        let two = Expectation::new().queue("dlq", QueueExpectation::new(Delivery::AtLeastOnce));
+        let two = Expectation::new().queue("dlq", QueueExpectation::new(DeliveryMode::AtLeastOnce));
         let h = H::default()
             .publish(1, "k")
             .enqueue(1, "q")

@@ -12,7 +12,7 @@ use tubemail::probe::Bugs;
 use tubemail::probe::{FaultKind, Probe, What};
 use tubemail::stats::Stats;
 use tubemail::subscriber::{Delivery, Outcome, SubscribeOptions};
-use tubemail::topology::{Delivery as DeliveryMode, QueueSpec, TopicKind, TopicSpec, Topology};
+use tubemail::topology::{DeliveryMode, QueueSpec, TopicKind, TopicSpec, Topology};
 use tubemail::{Broker, Publisher};
 
 /// Publishes a retry after a lost confirm at most this often per message.

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use tubemail::ids::MessageId;
 use tubemail::message::DeathReason;
-use tubemail::topology::Delivery;
+use tubemail::topology::DeliveryMode;
 use tubemail_sim::check::{check, Expectation, FindingKind, QueueExpectation, Report, Severity};
 use tubemail_sim::history::{FaultKind, History, What};
 use tubemail_sim::{DropReason, HandlerOutcome, RedeliverReason};
@@ -65,7 +65,7 @@ impl Run {
     }
 }
 
-fn expect(queue: &str, mode: Delivery) -> Expectation {
+fn expect(queue: &str, mode: DeliveryMode) -> Expectation {
     Expectation::new().queue(queue, QueueExpectation::new(mode))
 }
 
@@ -77,7 +77,7 @@ fn ids(report: &Report, kind: FindingKind) -> Vec<u64> {
 fn a_confirmed_message_never_acked_is_lost_at_least_once() {
     let run =
         Run::default().sent(1, "orders.1", "billing").sent(2, "orders.2", "billing").handled(2, "billing");
-    let report = run.check(&expect("billing", Delivery::AtLeastOnce));
+    let report = run.check(&expect("billing", DeliveryMode::AtLeastOnce));
     assert_eq!(ids(&report, FindingKind::Lost), vec![1]);
     assert!(!report.ok());
     let first = report.first_violation().expect("a violation");
@@ -88,7 +88,7 @@ fn a_confirmed_message_never_acked_is_lost_at_least_once() {
     assert!(text.contains("lost: msg=1 in billing"), "{text}");
     assert!(text.contains("     0.000ms publish msg=1 key=\"orders.1\" attempt=1"), "{text}");
 
-    let fixed = run.handled(1, "billing").check(&expect("billing", Delivery::AtLeastOnce));
+    let fixed = run.handled(1, "billing").check(&expect("billing", DeliveryMode::AtLeastOnce));
     assert!(fixed.ok(), "{fixed}");
 }
 
@@ -104,12 +104,14 @@ fn a_message_dropped_by_its_queue_policy_is_not_lost() {
         DropReason::DeadLetterCycle,
     ];
     for reason in reasons {
-        let report =
-            Run::default().sent(1, "k", "q").drop(1, "q", reason).check(&expect("q", Delivery::AtLeastOnce));
+        let report = Run::default()
+            .sent(1, "k", "q")
+            .drop(1, "q", reason)
+            .check(&expect("q", DeliveryMode::AtLeastOnce));
         assert!(report.ok(), "{reason}: {report}");
     }
     let faulty = Run::default().sent(1, "k", "q").drop(1, "q", DropReason::FaultDrop);
-    assert!(!faulty.check(&expect("q", Delivery::AtLeastOnce)).ok(), "a fault is no policy");
+    assert!(!faulty.check(&expect("q", DeliveryMode::AtLeastOnce)).ok(), "a fault is no policy");
 }
 
 #[test]
@@ -119,21 +121,21 @@ fn a_loss_at_most_once_is_reported_but_allowed() {
         "q",
         DropReason::LostAtMostOnce,
     );
-    let report = run.check(&expect("q", Delivery::AtMostOnce));
+    let report = run.check(&expect("q", DeliveryMode::AtMostOnce));
     assert_eq!(ids(&report, FindingKind::Lost), vec![1], "never delivered, never dropped with a reason");
     assert!(report.ok(), "{report}");
-    assert!(!run.check(&expect("q", Delivery::AtLeastOnce)).ok());
+    assert!(!run.check(&expect("q", DeliveryMode::AtLeastOnce)).ok());
 }
 
 #[test]
 fn a_duplicate_breaks_at_most_once_and_not_at_least_once() {
     let run = Run::default().sent(1, "k", "q").handled(1, "q").deliver(1, "q").start(1, "q");
-    let at_most_once = run.check(&expect("q", Delivery::AtMostOnce));
+    let at_most_once = run.check(&expect("q", DeliveryMode::AtMostOnce));
     assert_eq!(ids(&at_most_once, FindingKind::Duplicated), vec![1]);
     assert_eq!(at_most_once.violations().len(), 1);
     assert!(!at_most_once.ok());
 
-    let at_least_once = run.check(&expect("q", Delivery::AtLeastOnce));
+    let at_least_once = run.check(&expect("q", DeliveryMode::AtLeastOnce));
     assert_eq!(ids(&at_least_once, FindingKind::Duplicated), vec![1]);
     assert_eq!(at_least_once.duplicated[0].severity, Severity::Allowed);
     assert!(at_least_once.ok(), "{at_least_once}");
@@ -142,29 +144,29 @@ fn a_duplicate_breaks_at_most_once_and_not_at_least_once() {
 #[test]
 fn handling_a_message_never_published_is_unexpected() {
     let ghost = Run::default().sent(1, "k", "q").handled(1, "q").enqueue(9, "q").handled(9, "q");
-    for mode in [Delivery::AtLeastOnce, Delivery::AtMostOnce] {
+    for mode in [DeliveryMode::AtLeastOnce, DeliveryMode::AtMostOnce] {
         let report = ghost.check(&expect("q", mode));
         assert_eq!(ids(&report, FindingKind::Unexpected), vec![9]);
         assert!(!report.ok());
     }
     let elsewhere = Run::default().sent(1, "k", "a").handled(1, "b");
-    let report = elsewhere.check(&expect("b", Delivery::AtLeastOnce));
+    let report = elsewhere.check(&expect("b", DeliveryMode::AtLeastOnce));
     assert_eq!(ids(&report, FindingKind::Unexpected), vec![1], "handled in b, enqueued only in a");
 }
 
 #[test]
 fn handled_after_a_lost_confirm_is_recovered_and_allowed() {
     let run = Run::default().publish(1, "k", 1).enqueue(1, "q").confirm_lost(1).handled(1, "q");
-    let report = run.check(&expect("q", Delivery::AtLeastOnce));
+    let report = run.check(&expect("q", DeliveryMode::AtLeastOnce));
     assert_eq!(ids(&report, FindingKind::Recovered), vec![1]);
     assert!(report.ok());
-    let retried = run.publish(1, "k", 2).confirm(1, &["q"]).check(&expect("q", Delivery::AtLeastOnce));
+    let retried = run.publish(1, "k", 2).confirm(1, &["q"]).check(&expect("q", DeliveryMode::AtLeastOnce));
     assert!(retried.recovered.is_empty(), "the retry's confirm told the publisher");
 }
 
 #[test]
 fn first_deliveries_out_of_enqueue_order_break_fifo() {
-    let fifo = Expectation::new().queue("q", QueueExpectation::new(Delivery::AtLeastOnce).with_fifo());
+    let fifo = Expectation::new().queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce).with_fifo());
     let sent = Run::default().sent(1, "k1", "q").sent(2, "k2", "q").sent(3, "k3", "q");
     let redelivered = sent.clone().handled(1, "q").deliver(2, "q").handled(3, "q").handled(2, "q");
     assert!(redelivered.check(&fifo).ok(), "a redelivery reorders, a first delivery does not");
@@ -177,7 +179,7 @@ fn first_deliveries_out_of_enqueue_order_break_fifo() {
 #[test]
 fn same_key_handled_out_of_publish_order_breaks_per_key_order() {
     let keyed =
-        Expectation::new().queue("q", QueueExpectation::new(Delivery::AtLeastOnce).with_per_key_order());
+        Expectation::new().queue("q", QueueExpectation::new(DeliveryMode::AtLeastOnce).with_per_key_order());
     let sent = Run::default().sent(1, "user.1", "q").sent(2, "user.2", "q").sent(3, "user.1", "q");
     assert!(sent.clone().handled(2, "q").handled(1, "q").handled(3, "q").check(&keyed).ok());
     let report = sent.handled(3, "q").handled(2, "q").handled(1, "q").check(&keyed);
@@ -194,20 +196,20 @@ fn queue_restart_losses_are_their_own_class() {
         .at(What::QueueRestart { queue: "q".into() })
         .drop(1, "q", DropReason::QueueRestart)
         .drop(2, "q", DropReason::QueueRestart);
-    let report = run.check(&expect("q", Delivery::AtLeastOnce));
+    let report = run.check(&expect("q", DeliveryMode::AtLeastOnce));
     assert_eq!(report.lost_to_queue_restart, 2);
     assert!(report.lost.is_empty());
     assert!(report.ok(), "{report}");
     assert_eq!(report.faults.get(&FaultKind::QueueRestart), Some(&1));
     let fault_dropped = run.drop(3, "q", DropReason::FaultDrop).sent(3, "k", "q");
-    assert!(!fault_dropped.check(&expect("q", Delivery::AtLeastOnce)).ok(), "a fault drop is no restart");
+    assert!(!fault_dropped.check(&expect("q", DeliveryMode::AtLeastOnce)).ok(), "a fault drop is no restart");
 }
 
 #[test]
 fn a_dead_lettered_message_is_not_lost() {
     let both = Expectation::new()
-        .queue("work", QueueExpectation::new(Delivery::AtLeastOnce))
-        .queue("dead", QueueExpectation::new(Delivery::AtLeastOnce));
+        .queue("work", QueueExpectation::new(DeliveryMode::AtLeastOnce))
+        .queue("dead", QueueExpectation::new(DeliveryMode::AtLeastOnce));
     let died = Run::default().sent(1, "k", "work").deliver(1, "work").at(What::DeadLetter {
         msg: MessageId(1),
         queue: "work".into(),
@@ -368,7 +370,7 @@ fn history() -> impl Strategy<Value = History> {
 }
 
 fn expectation() -> impl Strategy<Value = Expectation> {
-    let mode = prop_oneof![Just(Delivery::AtLeastOnce), Just(Delivery::AtMostOnce)];
+    let mode = prop_oneof![Just(DeliveryMode::AtLeastOnce), Just(DeliveryMode::AtMostOnce)];
     let queue = (mode, any::<bool>(), any::<bool>())
         .prop_map(|(mode, fifo, per_key_order)| QueueExpectation { mode, fifo, per_key_order });
     prop::collection::btree_map(name(), queue, 0..4).prop_map(|queues| Expectation { queues })
@@ -388,7 +390,7 @@ proptest! {
             prop_assert!(f.trail.iter().all(|e| e.what.msg() == Some(f.msg)));
             let mode = expect.queues[&f.queue].mode;
             match (f.kind, mode) {
-                (FindingKind::Lost, Delivery::AtMostOnce) | (FindingKind::Duplicated, Delivery::AtLeastOnce)
+                (FindingKind::Lost, DeliveryMode::AtMostOnce) | (FindingKind::Duplicated, DeliveryMode::AtLeastOnce)
                 | (FindingKind::Recovered, _) => prop_assert_eq!(f.severity, Severity::Allowed),
                 (FindingKind::Lost | FindingKind::Unexpected, _) => {
                     prop_assert_eq!(f.severity, Severity::Violation)
@@ -398,7 +400,7 @@ proptest! {
                     let restarted = h.events().iter().any(|e| matches!(&e.what, What::QueueRestart { queue } if *queue == f.queue));
                     prop_assert!(f.severity == Severity::Violation || restarted, "{}", f);
                 }
-                (FindingKind::Duplicated, Delivery::AtMostOnce) => {}
+                (FindingKind::Duplicated, DeliveryMode::AtMostOnce) => {}
             }
         }
         for e in h.events() {

@@ -118,7 +118,7 @@ fn spec() -> impl Strategy<Value = QueueSpec> {
         any::<bool>(),
     )
         .prop_map(|(depth_max, overflow, at_most_once, ack_timeout, limit, dlq, ttl, single)| {
-            let delivery = if at_most_once { Delivery::AtMostOnce } else { Delivery::AtLeastOnce };
+            let delivery = if at_most_once { DeliveryMode::AtMostOnce } else { DeliveryMode::AtLeastOnce };
             QueueSpec {
                 depth_max,
                 overflow,
@@ -165,7 +165,7 @@ impl Harness {
     }
 
     fn at_most_once(&self) -> bool {
-        self.st.spec.delivery == Delivery::AtMostOnce
+        self.st.spec.delivery == DeliveryMode::AtMostOnce
     }
 
     fn message(&mut self, deaths: Vec<Death>) -> Arc<Message> {
@@ -195,10 +195,17 @@ impl Harness {
                 }
             }
             Op::Ack { consumer, pick, multiple, bogus } => {
-                self.settle_unacked(consumer, pick, bogus, |tag| SettleOp::Ack { tag, multiple });
+                self.settle_unacked(consumer, pick, bogus, |tag| SettleOp::Ack {
+                    tag: DeliveryTag(tag),
+                    multiple,
+                });
             }
             Op::Nack { consumer, pick, multiple, requeue, bogus } => {
-                self.settle_unacked(consumer, pick, bogus, |tag| SettleOp::Nack { tag, multiple, requeue });
+                self.settle_unacked(consumer, pick, bogus, |tag| SettleOp::Nack {
+                    tag: DeliveryTag(tag),
+                    multiple,
+                    requeue,
+                });
             }
             Op::Processed { consumer, n, bogus } => self.processed(consumer, n, bogus),
             Op::Rejected { consumer } => self.rejected(consumer),
@@ -257,7 +264,7 @@ impl Harness {
         let Some(i) = self.consumer(consumer) else { return };
         let (id, epoch) = (self.st.consumers[i].id, self.st.consumers[i].epoch);
         let before = self.st.stats();
-        let op = SettleOp::Ack { tag: 1, multiple: true };
+        let op = SettleOp::Ack { tag: DeliveryTag(1), multiple: true };
         assert_eq!(self.st.settle(id, epoch.wrapping_add(1), op, self.now), Err(SettleError::Stale));
         assert_eq!(self.st.stats(), before, "a stale settlement changed the queue");
     }
@@ -328,7 +335,7 @@ impl Harness {
         let c = self.st.consumers.iter().find(|c| c.id == d.consumer).expect("dispatched to a consumer");
         assert!(!c.draining, "dispatched to a draining consumer");
         assert_eq!(d.epoch, c.epoch);
-        if spec.delivery == Delivery::AtMostOnce {
+        if spec.delivery == DeliveryMode::AtMostOnce {
             assert!(self.dispatched.insert(d.msg.id), "at-most-once dispatched {:?} twice", d.msg.id);
         }
         if d.delivery_count == 1 {
@@ -362,10 +369,10 @@ impl Harness {
         let (ack, before) = (matches!(op, SettleOp::Ack { .. }), self.st.stats());
         let result = self.st.settle(id, epoch, op, self.now);
         if bogus && !multiple {
-            assert_eq!(result, Err(SettleError::UnknownTag(tag)));
+            assert_eq!(result, Err(SettleError::UnknownTag(DeliveryTag(tag))));
         }
         if covered == 0 {
-            assert_eq!(result, Err(SettleError::UnknownTag(tag)));
+            assert_eq!(result, Err(SettleError::UnknownTag(DeliveryTag(tag))));
             assert_eq!(self.st.stats(), before, "a refused settlement changed the queue");
             return;
         }
@@ -396,7 +403,7 @@ impl Harness {
         let before = self.st.stats();
         let result = self.st.settle(id, epoch, SettleOp::Processed(n), self.now);
         if outstanding == 0 {
-            assert!(matches!(result, Err(SettleError::UnknownTag(_))), "{result:?}");
+            assert!(matches!(result, Err(SettleError::NothingOutstanding(_))), "{result:?}");
             assert_eq!(self.st.stats(), before);
         } else {
             // More reported than outstanding (a queue restart forgot some) settles what is outstanding.
@@ -535,8 +542,13 @@ fn a_requeued_message_returns_ahead_of_younger_ones() {
     }
     h.apply(&Op::AddConsumer { prefetch: 1 });
     let first = h.st.dispatch(base).expect("a ready message and a consumer with room");
-    h.st.settle(first.consumer, 0, SettleOp::Nack { tag: first.tag.0, multiple: false, requeue: true }, base)
-        .unwrap();
+    h.st.settle(
+        first.consumer,
+        0,
+        SettleOp::Nack { tag: DeliveryTag(first.tag.0), multiple: false, requeue: true },
+        base,
+    )
+    .unwrap();
     let again = h.st.dispatch(base).expect("the requeued message");
     assert_eq!((again.msg.id, again.delivery_count), (first.msg.id, 2));
     h.collect();
@@ -609,7 +621,7 @@ fn check_catches_drop_head_over_depth_max() {
 #[test]
 #[should_panic(expected = "at-most-once dispatched")]
 fn check_catches_an_at_most_once_message_dispatched_twice() {
-    let spec = QueueSpec::default().delivery(Delivery::AtMostOnce);
+    let spec = QueueSpec::default().delivery(DeliveryMode::AtMostOnce);
     let mut h = Harness::new(spec, Instant::now());
     h.apply(&Op::Publish);
     h.apply(&Op::AddConsumer { prefetch: 0 });
@@ -634,7 +646,8 @@ fn check_catches_a_dead_letter_counted_but_not_handed_over() {
     let mut h = one_in_flight(spec, 1);
     let tag = h.st.consumers[0].unacked[0].tag;
     let id = h.st.consumers[0].id;
-    h.st.settle(id, 0, SettleOp::Nack { tag, multiple: false, requeue: false }, h.now).unwrap();
+    h.st.settle(id, 0, SettleOp::Nack { tag: DeliveryTag(tag), multiple: false, requeue: false }, h.now)
+        .unwrap();
     h.st.effects.clear();
     h.collect();
     h.check();

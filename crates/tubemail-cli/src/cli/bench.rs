@@ -177,7 +177,7 @@ fn latency(args: &BenchArgs) -> Vec<Value> {
     let mut results = Vec::new();
     let mut push = |system: &str, mode: Option<DeliveryMode>, h: hdrhistogram::Histogram<u64>| {
         results.push(json!({
-            "system": system, "mode": mode.map(mode_name), "rate": args.rate, "messages": h.len(),
+            "system": system, "mode": mode.map(DeliveryMode::as_str), "rate": args.rate, "messages": h.len(),
             "deliveries_per_sec": args.rate, "lost": messages.saturating_sub(h.len()),
             "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
             "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
@@ -240,7 +240,7 @@ fn median(mut runs: Vec<Measurement>) -> Measurement {
 fn row(system: &str, mode: Option<DeliveryMode>, m: &Measurement, ratio: Option<f64>) -> Value {
     json!({
         "system": system,
-        "mode": mode.map(mode_name),
+        "mode": mode.map(DeliveryMode::as_str),
         "messages": m.published,
         "deliveries": m.deliveries,
         "deliveries_per_sec": m.deliveries_per_sec(),
@@ -249,10 +249,6 @@ fn row(system: &str, mode: Option<DeliveryMode>, m: &Measurement, ratio: Option<
         "lost": 0,
         "ratio_to_baseline": ratio,
     })
-}
-
-fn mode_name(mode: DeliveryMode) -> &'static str {
-    super::sim::mode_name(mode)
 }
 
 fn print_table(args: &BenchArgs, results: &[Value]) {

@@ -68,7 +68,7 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
     let faults = faults.into_inner().expect("faults");
     let mut violations = violations.into_inner().expect("violations");
     violations.sort_by_key(|v| v.seed);
-    let mode = mode_name(args.mode);
+    let mode = args.mode.as_str();
     let replay = |seed: u64| {
         format!(
             "tubemail replay --seed {seed} --faults {} --mode {mode} --messages {}",
@@ -137,13 +137,6 @@ fn summary(outcome: &SimRun) -> String {
         return format!("misrouted: {first}");
     }
     outcome.report.to_string().lines().take(12).collect::<Vec<_>>().join("\n  ")
-}
-
-pub(crate) fn mode_name(mode: DeliveryMode) -> &'static str {
-    match mode {
-        DeliveryMode::AtMostOnce => "at-most-once",
-        DeliveryMode::AtLeastOnce => "at-least-once",
-    }
 }
 
 /// Prints the history of one run, one event per line.
