@@ -163,6 +163,9 @@ pub enum StartError {
          actix::System::new().block_on(..) or #[actix::test]"
     )]
     NoActixSystem,
+    /// An arbiter count of 0 or above [`ARBITERS_MAX`].
+    #[error("a broker runs on 1 to {ARBITERS_MAX} arbiters, not {0}")]
+    Arbiters(usize),
 }
 
 /// What shutting down found.
@@ -235,12 +238,25 @@ impl std::fmt::Debug for Broker {
 pub struct BrokerBuilder {
     topology: Topology,
     probe: ProbeRef,
+    arbiters: Option<usize>,
 }
 
 impl BrokerBuilder {
-    /// Reports fault sites and events to `probe` (the simulator's seam; see [`crate::probe`]).
+    /// Reports fault sites and events to `probe` (the simulator's seam; see [`crate::probe`]). A
+    /// probed broker runs on one arbiter, the simulator's one thread.
     pub fn probe(mut self, probe: Arc<dyn crate::probe::Probe>) -> Self {
         self.probe = Some(probe);
+        self
+    }
+
+    /// Spreads queues and their subscribers over `n` arbiters (threads): the one the broker starts
+    /// on and `n - 1` of its own. Default: one per core ([`std::thread::available_parallelism`]), so
+    /// that a slow handler of one queue does not delay the queues on the other arbiters; but one
+    /// when the broker starts under tokio's paused clock (`tokio::time::pause`, in tests), which
+    /// other arbiters' runtimes would not share. One arbiter is also the fastest path for a single
+    /// queue. The queue with id `i` lives on arbiter `i % n`, and every subscriber beside its queue.
+    pub fn arbiters(mut self, n: usize) -> Self {
+        self.arbiters = Some(n);
         self
     }
 
@@ -249,7 +265,18 @@ impl BrokerBuilder {
     /// # Errors
     /// [`StartError::Topology`] when the topology is invalid.
     pub fn start(self) -> Result<Broker, StartError> {
-        Broker::start_with(self.topology, self.probe)
+        let arbiters = match (&self.probe, self.arbiters) {
+            (Some(_), _) => 1,
+            (None, Some(n)) => n,
+            // Under tokio's paused clock (a test), other arbiters' runtimes would not see the
+            // pause: one arbiter keeps every actor on the test's clock.
+            (None, None) if clock_paused() => 1,
+            (None, None) => std::thread::available_parallelism().map_or(1, usize::from).min(ARBITERS_MAX),
+        };
+        if !(1..=ARBITERS_MAX).contains(&arbiters) {
+            return Err(StartError::Arbiters(arbiters));
+        }
+        Broker::start_with(self.topology, self.probe, arbiters)
     }
 }
 
@@ -260,19 +287,20 @@ impl Broker {
     /// [`StartError::Topology`] when the topology is invalid; [`StartError::NoActixSystem`] when called
     /// outside an actix system.
     pub fn start(topology: Topology) -> Result<Broker, StartError> {
-        Self::start_with(topology, None)
+        Self::builder(topology).start()
     }
 
     /// A builder, for a broker with more than a topology: a [`Probe`](crate::probe::Probe) for the
     /// simulator.
     pub fn builder(topology: Topology) -> BrokerBuilder {
-        BrokerBuilder { topology, probe: None }
+        BrokerBuilder { topology, probe: None, arbiters: None }
     }
 
-    fn start_with(topology: Topology, probe: ProbeRef) -> Result<Broker, StartError> {
+    fn start_with(topology: Topology, probe: ProbeRef, arbiters: usize) -> Result<Broker, StartError> {
         topology.validate()?;
         let arbiter = current_arbiter().ok_or(StartError::NoActixSystem)?;
-        let registry = Arc::new(Registry::new(arbiter, probe));
+        let arbiters = registry::Arbiters::start(arbiter.clone(), arbiters);
+        let registry = Arc::new(Registry::new(arbiter, arbiters, probe));
         let broker = Broker { registry };
         for (name, spec) in &topology.queues {
             broker.start_queue(name, spec.clone()).map_err(|_| {
@@ -314,10 +342,11 @@ impl Broker {
             let host = Arc::downgrade(registry) as std::sync::Weak<dyn QueueHost>;
             let (probe, credits_, refused_) = (registry.probe.clone(), credits.clone(), Arc::clone(&refused));
             // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
-            let addr = QueueActor::start_in_arbiter(&registry.arbiter, move |_| {
+            let arbiter = registry.arbiters.for_queue(id).clone();
+            let addr = QueueActor::start_in_arbiter(&arbiter, move |_| {
                 QueueActor::new(id, inbox_rx, state, host, probe, credits_, refused_)
             });
-            Arc::new(QueueHandle { id, name, addr, inbox, spec, credits, refused })
+            Arc::new(QueueHandle { id, name, addr, arbiter, inbox, spec, credits, refused })
         })
     }
 
@@ -488,7 +517,48 @@ impl Broker {
         T: DeserializeOwned + Send + Sync + 'static,
         F: FnMut(Delivery<T>) -> Outcome + Send + 'static,
     {
-        self.start_subscriber::<T, _>(queue, options, SyncRunner(handler)).await
+        self.start_subscriber::<T, _>(queue, options, SyncRunner::inline(handler)).await
+    }
+
+    /// Subscribes a handler that blocks (file or network I/O without async, heavy computation, a
+    /// lock held long): it runs on a thread of its own, one delivery at a time, so that it never
+    /// stalls the queues and subscribers that share its arbiter. A sync handler that turns out to
+    /// block (a batch holding its arbiter for [`BLOCKING_THRESHOLD`](crate::subscriber::BLOCKING_THRESHOLD))
+    /// is moved to a thread of its own the same way, with a warning through `tracing`.
+    ///
+    /// Shutdown: past an unsubscribe's timeout the delivery in progress is abandoned (requeued at
+    /// least once, counted lost at most once) while the thread finishes it; its outcome is ignored.
+    ///
+    /// # Errors
+    /// As [`Broker::subscribe`].
+    pub async fn subscribe_blocking<T, F>(
+        &self,
+        queue: &str,
+        handler: F,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        F: FnMut(Delivery<T>) -> Outcome + Send + 'static,
+    {
+        self.subscribe_blocking_with(queue, SubscribeOptions::default(), handler).await
+    }
+
+    /// [`Broker::subscribe_blocking`] with options.
+    ///
+    /// # Errors
+    /// As [`Broker::subscribe_with`].
+    pub async fn subscribe_blocking_with<T, F>(
+        &self,
+        queue: &str,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<Subscription, SubscribeError>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+        F: FnMut(Delivery<T>) -> Outcome + Send + 'static,
+    {
+        let runner = SyncRunner::own_thread(handler, format!("tubemail-{queue}-blocking"));
+        self.start_subscriber::<T, _>(queue, options, runner).await
     }
 
     async fn start_subscriber<T, R>(
@@ -519,7 +589,8 @@ impl Broker {
             stopping: Arc::clone(&stopping),
         };
         let actor = SubscriberActor::<T, R>::new(place, runner, probe);
-        let addr = SubscriberActor::start_in_arbiter(&self.registry.arbiter, |_| actor);
+        // Beside its queue: deliveries and settlements never cross threads.
+        let addr = SubscriberActor::start_in_arbiter(&handle.arbiter, |_| actor);
         let stop = addr.clone().recipient::<Stop>();
         let subscribe = Subscribe { consumer, prefetch, recipient: addr.recipient() };
         if !matches!(handle.addr.send(subscribe).await, Ok(Ok(()))) {
@@ -668,8 +739,19 @@ impl Broker {
     }
 }
 
+/// The most arbiters a broker spreads over.
+pub const ARBITERS_MAX: usize = 64;
+
 /// How long [`Broker::idle`] waits before it looks again at publishes waiting for room.
 const IDLE_RECHECK: Duration = Duration::from_millis(1);
+
+/// Whether tokio's clock is paused on this thread's runtime: paused, it does not move while the
+/// thread sleeps.
+fn clock_paused() -> bool {
+    let before = Instant::now();
+    std::thread::sleep(Duration::from_micros(20));
+    Instant::now() == before
+}
 
 /// The current arbiter, if this thread runs an actix system.
 fn current_arbiter() -> Option<actix::ArbiterHandle> {
@@ -698,5 +780,6 @@ async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> Shut
         report.lost += r.lost;
     }
     report.stats = registry.stop_everything().await;
+    registry.arbiters.stop();
     report
 }

@@ -57,7 +57,7 @@ pub mod topology;
 pub use broker::{
     BindError, Broker, BrokerBuilder, Confirm, DeclareError, DeleteError, PublishError, Publisher,
     ShutdownReport, StartError, SubscribeError, Subscription, TryPublishError, UnsubscribeReport,
-    DELETED_QUEUES_KEPT_MAX,
+    ARBITERS_MAX, DELETED_QUEUES_KEPT_MAX,
 };
 pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, TypedValue};

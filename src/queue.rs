@@ -107,6 +107,8 @@ pub(crate) struct QueueHandle {
     pub(crate) name: Arc<str>,
     /// The control mailbox (subscriptions, settlements, stats).
     pub(crate) addr: Addr<QueueActor>,
+    /// The arbiter the queue (and its subscribers) live on.
+    pub(crate) arbiter: actix::ArbiterHandle,
     /// The data inbox: messages for the queue.
     pub(crate) inbox: InboxSender,
     pub(crate) spec: QueueSpec,

@@ -33,12 +33,15 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::dev::SendError;
 use actix::prelude::*;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use smallvec::SmallVec;
+
+use tokio::time::Instant;
 
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{Death, Message, Value};
@@ -47,6 +50,10 @@ use crate::protocol::{Deliver, DeliverItem, ManualSettle, Restarted, Settle, Sto
 use crate::queue::state::SettleOp;
 use crate::queue::{QueueActor, SettleError};
 use crate::topology::DeliveryMode;
+
+/// How long a batch of deliveries may hold its arbiter before the watchdog deems its handler
+/// blocking (see [`Broker::subscribe_blocking`](crate::Broker::subscribe_blocking)).
+pub const BLOCKING_THRESHOLD: Duration = Duration::from_millis(50);
 
 /// The most deliveries a subscriber with prefetch 0 (unlimited) has in its mailbox at once.
 pub const UNLIMITED_PREFETCH_WINDOW_MAX: usize = 1024;
@@ -140,6 +147,12 @@ pub(crate) trait Runner<T>: Send + 'static {
     fn run(&mut self, delivery: Delivery<T>) -> Run;
 
     fn restarted(&mut self) {}
+
+    /// Moves the handler off the arbiter, onto a thread of its own; whether it could (only a sync
+    /// handler can: an async handler's future is not `Send`).
+    fn move_off_arbiter(&mut self, _thread_name: String) -> bool {
+        false
+    }
 }
 
 /// Runs an async [`Handler`].
@@ -161,15 +174,91 @@ impl<T: 'static, H: Handler<T>> Runner<T> for AsyncRunner<H> {
     }
 }
 
-/// Runs a synchronous handler.
-pub(crate) struct SyncRunner<F>(pub(crate) F);
+/// Runs a synchronous handler: in place on the arbiter, or on a thread of its own once it is known
+/// to block ([`Broker::subscribe_blocking`](crate::Broker::subscribe_blocking), or the watchdog).
+pub(crate) enum SyncRunner<F> {
+    Inline(F),
+    OwnThread(BlockingThread<F>),
+    /// Only while moving.
+    Moving,
+}
 
-impl<T: 'static, F> Runner<T> for SyncRunner<F>
+impl<F: Send + 'static> SyncRunner<F> {
+    pub(crate) fn inline(handler: F) -> Self {
+        SyncRunner::Inline(handler)
+    }
+
+    pub(crate) fn own_thread(handler: F, thread_name: String) -> Self {
+        SyncRunner::OwnThread(BlockingThread::start(handler, thread_name))
+    }
+}
+
+impl<T: Send + Sync + 'static, F> Runner<T> for SyncRunner<F>
 where
     F: FnMut(Delivery<T>) -> Outcome + Send + 'static,
 {
     fn run(&mut self, delivery: Delivery<T>) -> Run {
-        Run::Done((self.0)(delivery))
+        match self {
+            SyncRunner::Inline(handler) => Run::Done(handler(delivery)),
+            SyncRunner::OwnThread(thread) => thread.run(delivery),
+            SyncRunner::Moving => unreachable!("a runner is moved between two deliveries"),
+        }
+    }
+
+    fn move_off_arbiter(&mut self, thread_name: String) -> bool {
+        match std::mem::replace(self, SyncRunner::Moving) {
+            SyncRunner::Inline(handler) => *self = SyncRunner::own_thread(handler, thread_name),
+            other => *self = other,
+        }
+        true
+    }
+}
+
+/// A job for a blocking handler's thread.
+type Job<F> = Box<dyn FnOnce(&mut F) + Send>;
+
+/// A thread that runs one subscriber's blocking handler, one delivery at a time (the subscriber
+/// waits for each outcome before it sends the next, so the job channel holds at most one). It ends
+/// when the subscriber drops it.
+pub(crate) struct BlockingThread<F> {
+    jobs: crossbeam_channel::Sender<Job<F>>,
+}
+
+impl<F: Send + 'static> BlockingThread<F> {
+    fn start(mut handler: F, thread_name: String) -> Self {
+        let (jobs, rx) = crossbeam_channel::bounded::<Job<F>>(1);
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            for job in rx {
+                job(&mut handler);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no thread for a blocking handler; its deliveries will be requeued");
+        }
+        Self { jobs }
+    }
+
+    fn run<T: Send + Sync + 'static>(&mut self, delivery: Delivery<T>) -> Run
+    where
+        F: FnMut(Delivery<T>) -> Outcome,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job<F> = Box::new(move |handler: &mut F| {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| handler(delivery)));
+            let _ = tx.send(outcome);
+        });
+        if self.jobs.try_send(job).is_err() {
+            // Never full (one job at a time); gone only if the thread could not start: a panic here
+            // restarts the subscriber, which requeues (or counts) the delivery.
+            std::panic::panic_any("the blocking handler's thread is gone");
+        }
+        Run::Pending(Box::pin(async move {
+            match rx.await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(_) => std::panic::panic_any("the blocking handler's thread is gone"),
+            }
+        }))
     }
 }
 
@@ -355,6 +444,8 @@ pub(crate) struct SubscriberActor<T, H> {
     queue: Arc<str>,
     /// Set by the unsubscriber before it sends `Stop`: run no more handlers.
     stopping: Arc<StopSignal>,
+    /// The watchdog has found a blocking handler (and moved it, if it could).
+    moved_off_arbiter: bool,
     probe: ProbeRef,
     _value: PhantomData<fn() -> T>,
 }
@@ -437,6 +528,7 @@ where
             seen: BTreeSet::new(),
             queue,
             stopping,
+            moved_off_arbiter: false,
             probe,
             _value: PhantomData,
         }
@@ -630,6 +722,62 @@ where
         }
     }
 
+    /// Runs handlers over a batch of deliveries, in order, until one has to wait.
+    fn take(&mut self, d: Deliver, ctx: &mut Context<Self>) {
+        if d.epoch > self.epoch {
+            // The queue restarted and forgot what this subscriber held: start a new incarnation.
+            self.adopt(d.epoch);
+        }
+        if d.epoch != self.epoch {
+            // Delivered before a restart: the queue has requeued (or counted) it already.
+            return;
+        }
+        if self.running || !self.backlog.is_empty() {
+            self.backlog.extend(d.items);
+            return self.drive(ctx);
+        }
+        let mut items = d.items.into_iter();
+        while let Some(item) = items.next() {
+            self.run(item, ctx);
+            if self.epoch != d.epoch {
+                // The handler panicked: the queue requeues (or counts) the rest of the batch.
+                return;
+            }
+            if self.running {
+                self.backlog.extend(items);
+                return;
+            }
+        }
+    }
+
+    /// The watchdog: a batch that held the arbiter for [`BLOCKING_THRESHOLD`] or more had a handler
+    /// that blocks. A sync handler then moves to a thread of its own, so that it no longer stalls the
+    /// queues and subscribers that share its arbiter; an async one (whose future is not `Send`) is
+    /// reported. Reads tokio's clock once per batch, not per delivery.
+    fn watch(&mut self, took: Duration) {
+        if took < BLOCKING_THRESHOLD || self.moved_off_arbiter {
+            return;
+        }
+        self.moved_off_arbiter = true;
+        let (queue, consumer) = (&*self.queue, self.link.consumer.0);
+        let name = format!("tubemail-{queue}-{consumer}");
+        if self.handler.move_off_arbiter(name) {
+            tracing::warn!(
+                queue,
+                consumer,
+                ?took,
+                "a handler held its arbiter; it now runs on a thread of its own"
+            );
+        } else {
+            tracing::warn!(
+                queue,
+                consumer,
+                ?took,
+                "an async handler held its arbiter: await instead of blocking, or use subscribe_blocking"
+            );
+        }
+    }
+
     /// The subscriber restarts: a handler panicked, or the simulation crashed it.
     fn crashed(&mut self, ctx: &mut Context<Self>, crash: Crash) {
         if crash == Crash::Panicked {
@@ -682,30 +830,9 @@ where
     type Result = ();
 
     fn handle(&mut self, d: Deliver, ctx: &mut Self::Context) {
-        if d.epoch > self.epoch {
-            // The queue restarted and forgot what this subscriber held: start a new incarnation.
-            self.adopt(d.epoch);
-        }
-        if d.epoch != self.epoch {
-            // Delivered before a restart: the queue has requeued (or counted) it already.
-            return;
-        }
-        if self.running || !self.backlog.is_empty() {
-            self.backlog.extend(d.items);
-            return self.drive(ctx);
-        }
-        let mut items = d.items.into_iter();
-        while let Some(item) = items.next() {
-            self.run(item, ctx);
-            if self.epoch != d.epoch {
-                // The handler panicked: the queue requeues (or counts) the rest of the batch.
-                return;
-            }
-            if self.running {
-                self.backlog.extend(items);
-                return;
-            }
-        }
+        let started = Instant::now();
+        self.take(d, ctx);
+        self.watch(started.elapsed());
     }
 }
 

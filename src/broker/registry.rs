@@ -31,7 +31,10 @@ pub(crate) struct Registry {
     /// Serializes writers of `topics` (readers never wait).
     writers: Mutex<()>,
     pub(crate) started: Instant,
+    /// The arbiter the broker started on: topics, and the broker's own timed work.
     pub(crate) arbiter: ArbiterHandle,
+    /// Where queues and their subscribers live (see [`Arbiters`]).
+    pub(crate) arbiters: Arbiters,
     pub(crate) closed: AtomicBool,
     /// The simulator's probe, when the broker runs in one.
     pub(crate) probe: ProbeRef,
@@ -42,6 +45,42 @@ pub(crate) struct Registry {
     /// The counters at shutdown, once it has finished.
     final_stats: Mutex<Option<Stats>>,
     shut_down: Notify,
+}
+
+/// The arbiters a broker's queues and subscribers spread over: the one it started on, and `n - 1`
+/// threads of its own, stopped at shutdown (or when the broker is dropped). A queue with id `i` lives
+/// on arbiter `i % n`, and every subscriber beside its queue, so a delivery never crosses threads.
+pub(crate) struct Arbiters {
+    handles: Vec<ArbiterHandle>,
+    owned: Mutex<Vec<actix::Arbiter>>,
+}
+
+impl Arbiters {
+    /// The current arbiter and `n - 1` new ones.
+    pub(crate) fn start(home: ArbiterHandle, n: usize) -> Self {
+        let owned: Vec<actix::Arbiter> = (1..n).map(|_| actix::Arbiter::new()).collect();
+        let mut handles = vec![home];
+        handles.extend(owned.iter().map(actix::Arbiter::handle));
+        Self { handles, owned: Mutex::new(owned) }
+    }
+
+    /// The arbiter of the queue `id`.
+    pub(crate) fn for_queue(&self, id: QueueId) -> &ArbiterHandle {
+        &self.handles[id.0 as usize % self.handles.len()]
+    }
+
+    /// Stops the broker's own arbiter threads (the actors on them are dropped).
+    pub(crate) fn stop(&self) {
+        for arbiter in self.owned.lock().expect("arbiters lock").drain(..) {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Drop for Arbiters {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A publish waiting for room, counted while it waits.
@@ -72,8 +111,9 @@ fn with_late(stats: &QueueStats, late: &AtomicU64) -> QueueStats {
 }
 
 impl Registry {
-    pub(crate) fn new(arbiter: ArbiterHandle, probe: ProbeRef) -> Self {
+    pub(crate) fn new(arbiter: ArbiterHandle, arbiters: Arbiters, probe: ProbeRef) -> Self {
         Self {
+            arbiters,
             queues: QueueTable::new(),
             topics: ArcSwap::from_pointee(BTreeMap::new()),
             graveyard: Mutex::new(Graveyard::default()),

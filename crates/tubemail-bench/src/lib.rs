@@ -16,6 +16,7 @@ use tubemail::topology::{DeliveryMode, TopicKind};
 pub mod peers;
 
 pub mod memory;
+pub mod placement;
 pub mod shapes;
 
 /// The bindings of the fan-out shape: (queue, pattern).
@@ -72,6 +73,7 @@ pub fn fanout_shape() -> shapes::Shape {
         bindings: FANOUT_BINDINGS.iter().enumerate().map(|(i, (_, p))| (i, (*p).to_owned())).collect(),
         consumers: 1,
         keys: FANOUT_KEYS.iter().map(|k| (*k).to_owned()).collect(),
+        arbiters: Some(1),
     }
 }
 

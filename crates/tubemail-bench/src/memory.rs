@@ -78,7 +78,7 @@ fn queued(messages: u64, payload: usize) -> f64 {
             .topic("t", TopicSpec::new(TopicKind::Fanout))
             .queue("held", QueueSpec::default().depth_max(depth).overflow(Overflow::Block))
             .bind("t", "held", "");
-        let broker = Broker::start(topology).expect("valid topology");
+        let broker = Broker::builder(topology).arbiters(1).start().expect("valid topology");
         let publisher = broker.publisher("t").expect("topic");
         let body = vec![0xAB_u8; payload];
         let before = used();
@@ -103,7 +103,7 @@ fn idle_queues(queues: usize) -> f64 {
                 format!("k.{i}"),
             );
         }
-        let broker = Broker::start(topology).expect("valid topology");
+        let broker = Broker::builder(topology).arbiters(1).start().expect("valid topology");
         broker.stats().await;
         let grown = grown_since(before) / queues as f64;
         drop(broker);
@@ -114,7 +114,7 @@ fn idle_queues(queues: usize) -> f64 {
 fn idle_subscribers(subscribers: usize) -> f64 {
     actix::System::new().block_on(async move {
         let topology = Topology::new().queue("q", QueueSpec::default());
-        let broker = Broker::start(topology).expect("valid topology");
+        let broker = Broker::builder(topology).arbiters(1).start().expect("valid topology");
         let before = used();
         let mut subs = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {

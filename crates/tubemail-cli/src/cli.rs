@@ -145,6 +145,11 @@ enum Scenario {
     Latency,
     /// Bytes per queued message, idle queue and idle subscriber; peak RSS.
     Memory,
+    /// 8 queues with CPU-bound handlers: deliveries/s on one arbiter and on one per core.
+    Arbiters,
+    /// A handler that blocks for 200 ms on one queue: another queue's latency, one arbiter and one
+    /// per core.
+    Isolation,
 }
 
 impl Scenario {
@@ -156,6 +161,8 @@ impl Scenario {
             Scenario::Bindings => "bindings",
             Scenario::Latency => "latency",
             Scenario::Memory => "memory",
+            Scenario::Arbiters => "arbiters",
+            Scenario::Isolation => "isolation",
         }
     }
 }

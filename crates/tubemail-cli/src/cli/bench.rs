@@ -34,6 +34,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         "bindings" => bindings(args),
         "latency" => latency(args),
         "memory" => memory(args),
+        "arbiters" => arbiters(args),
+        "isolation" => isolation(),
         other => return Err(format!("unknown scenario {other:?}")),
     };
     if let Some(path) = &args.plot {
@@ -191,6 +193,45 @@ fn latency(args: &BenchArgs) -> Vec<Value> {
     results
 }
 
+/// CPU-bound handlers on 8 queues: one arbiter is the baseline, one per core is tubemail's default.
+fn arbiters(args: &BenchArgs) -> Vec<Value> {
+    use tubemail_bench::placement;
+    let work = std::time::Duration::from_micros(20);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from).min(tubemail::ARBITERS_MAX);
+    let messages = args.messages.min(100_000);
+    let mut one = Vec::new();
+    let mut many = Vec::new();
+    for _ in 0..RUNS.min(3) {
+        one.push(placement::cpu_bound(1, messages, work));
+        many.push(placement::cpu_bound(cores, messages, work));
+    }
+    let (one, many) = (median(one), median(many));
+    let mut base = row("tubemail", None, &one, None);
+    base["system"] = json!("1 arbiter");
+    let mut spread = row("tubemail", None, &many, Some(many.deliveries_per_sec() / one.deliveries_per_sec()));
+    spread["system"] = json!(format!("{cores} arbiters"));
+    vec![base, spread]
+}
+
+/// A blocking handler on one queue; the other queue's latency, on one arbiter and one per core.
+fn isolation() -> Vec<Value> {
+    use tubemail_bench::placement;
+    let run = std::time::Duration::from_secs(3);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from).min(tubemail::ARBITERS_MAX);
+    [1, cores]
+        .into_iter()
+        .map(|arbiters| {
+            let h = placement::isolation(arbiters, run);
+            json!({
+                "system": format!("{arbiters} arbiter{}", if arbiters == 1 { "" } else { "s" }),
+                "mode": null, "messages": h.len(), "deliveries_per_sec": null, "lost": 0,
+                "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+                "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+            })
+        })
+        .collect()
+}
+
 fn memory(args: &BenchArgs) -> Vec<Value> {
     let r = tubemail_bench::memory::measure(args.messages.max(1_000_000), args.payload, 10_000, 1_000);
     vec![json!({
@@ -216,7 +257,7 @@ fn custom_shape(args: &BenchArgs) -> Result<Shape, String> {
         .filter(|b| &b.topic == topic)
         .map(|b| (index(&b.queue), b.key.clone()))
         .collect();
-    Ok(Shape { kind: spec.kind, queues, bindings, consumers: 1, keys })
+    Ok(Shape { kind: spec.kind, queues, bindings, consumers: 1, keys, arbiters: None })
 }
 
 fn read_keys(path: &Path) -> Result<Vec<String>, String> {
