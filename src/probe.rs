@@ -91,6 +91,12 @@ pub struct Bugs {
     pub router_skips_binding: bool,
     /// A requeued message goes to the back of the queue.
     pub requeue_at_back: bool,
+    /// A deleted queue takes in what its inbox holds but never closes it: a publish that gets room
+    /// after that is confirmed and never counted.
+    pub delete_drains_before_close: bool,
+    /// `unsubscribe` returns without waiting for the subscriber to stop, which goes on running the
+    /// handlers of deliveries already in its mailbox.
+    pub unsubscribe_returns_early: bool,
 }
 
 /// Why a message left a queue without an ack or a dead letter.
@@ -385,6 +391,18 @@ pub enum What {
         /// The queue.
         queue: String,
     },
+    /// A queue was deleted (its counters are final).
+    QueueDeleted {
+        /// The queue.
+        queue: String,
+    },
+    /// An unsubscribe returned: no handler of the consumer may start after this.
+    Unsubscribed {
+        /// The queue.
+        queue: String,
+        /// The consumer.
+        consumer: u64,
+    },
 }
 
 /// The kinds of fault the simulator injects, as fault plans name them (kebab-case).
@@ -430,6 +448,8 @@ impl What {
             What::Fault { .. } => "fault",
             What::Crash { .. } => "crash",
             What::QueueRestart { .. } => "queue_restart",
+            What::QueueDeleted { .. } => "queue_deleted",
+            What::Unsubscribed { .. } => "unsubscribed",
         }
     }
 
@@ -449,7 +469,10 @@ impl What {
             | What::DeadLetter { msg, .. }
             | What::Drop { msg, .. } => Some(*msg),
             What::Fault { msg, .. } => *msg,
-            What::Crash { .. } | What::QueueRestart { .. } => None,
+            What::Crash { .. }
+            | What::QueueRestart { .. }
+            | What::QueueDeleted { .. }
+            | What::Unsubscribed { .. } => None,
         }
     }
 
@@ -467,7 +490,9 @@ impl What {
             | What::DeadLetter { queue, .. }
             | What::Drop { queue, .. }
             | What::Crash { queue, .. }
-            | What::QueueRestart { queue } => Some(queue),
+            | What::QueueRestart { queue }
+            | What::QueueDeleted { queue }
+            | What::Unsubscribed { queue, .. } => Some(queue),
             What::Fault { queue, .. } => queue.as_deref(),
         }
     }
@@ -505,7 +530,11 @@ impl fmt::Display for What {
             What::Crash { consumer, before_handler, .. } => {
                 write!(f, " consumer={consumer} before_handler={before_handler}")
             }
-            What::ConfirmLost { .. } | What::Enqueue { .. } | What::QueueRestart { .. } => Ok(()),
+            What::Unsubscribed { consumer, .. } => write!(f, " consumer={consumer}"),
+            What::ConfirmLost { .. }
+            | What::Enqueue { .. }
+            | What::QueueRestart { .. }
+            | What::QueueDeleted { .. } => Ok(()),
         }
     }
 }

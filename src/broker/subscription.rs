@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::ids::ConsumerId;
+use crate::probe::{ProbeRef, What};
 use crate::protocol::{Drain, Stop, Unsubscribe};
 use crate::queue::QueueActor;
 use crate::subscriber::StopSignal;
@@ -79,8 +80,14 @@ impl Subscriptions {
 }
 
 /// Drains, stops and removes `subscriber` (see the module docs), by `deadline`.
-pub(crate) async fn retire(subscriber: Subscriber, deadline: Instant) -> UnsubscribeReport {
+pub(crate) async fn retire(subscriber: Subscriber, deadline: Instant, probe: &ProbeRef) -> UnsubscribeReport {
     let drained = drain(&subscriber, deadline).await;
+    if crate::probe::bug(probe, |b| b.unsubscribe_returns_early) {
+        // Broken on purpose: the subscriber is told to stop but not waited for, and runs the handlers
+        // of what is still in its mailbox after the queue counted it lost (or requeued it).
+        let _ = subscriber.stop.try_send(Stop);
+        return remove(&subscriber, UnsubscribeReport { drained, ..Default::default() }).await;
+    }
     let stopped = stop(&subscriber, deadline).await;
     let interrupted = u64::from(!stopped);
     remove(&subscriber, UnsubscribeReport { drained, stopped, interrupted, ..Default::default() }).await
@@ -160,8 +167,15 @@ impl Subscription {
         let Some(subscriber) = self.broker.registry.subscriptions.take(self.consumer) else {
             return UnsubscribeReport { drained: true, stopped: true, ..Default::default() };
         };
-        let retired =
-            self.broker.on_arbiter(async move { retire(subscriber, Instant::now() + timeout).await });
+        let probe = self.broker.registry.probe.clone();
+        let (queue, consumer) = (self.queue.to_string(), self.consumer.0);
+        let retired = self.broker.on_arbiter(async move {
+            let report = retire(subscriber, Instant::now() + timeout, &probe).await;
+            if let Some(probe) = &probe {
+                probe.record(What::Unsubscribed { queue, consumer });
+            }
+            report
+        });
         retired.await.unwrap_or_default()
     }
 }

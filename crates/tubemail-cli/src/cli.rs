@@ -104,6 +104,10 @@ enum Command {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Which scenario: the built-in one (a static topology, judged by each queue's promise), the
+        /// lifecycle one (queues and subscribers come and go, then a shutdown), or both.
+        #[arg(long, value_enum, default_value = "both")]
+        scenario: SimScenario,
     },
     /// Prints the history of one simulated run: the same seed always prints the same run.
     Replay {
@@ -122,6 +126,9 @@ enum Command {
         /// Every event, not only the first 200.
         #[arg(long)]
         full: bool,
+        /// Which scenario to replay.
+        #[arg(long, value_enum, default_value = "built-in")]
+        scenario: SimScenario,
     },
     /// Checks a topology file; prints the first error with its line, exits 1 on error.
     Validate {
@@ -129,6 +136,17 @@ enum Command {
         #[arg(long)]
         topology: PathBuf,
     },
+}
+
+/// The simulator's scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SimScenario {
+    /// A topic, a work queue with competing consumers, a single-active-consumer queue.
+    BuiltIn,
+    /// Queues declared, deleted, bound, unbound, subscribed and unsubscribed while messages flow.
+    Lifecycle,
+    /// Both, for every seed.
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -209,7 +227,7 @@ impl Cli {
 
     pub(crate) fn run(self) -> ExitCode {
         let result = match self.command {
-            Command::Check { mode, faults, seeds, seed, messages, json } => {
+            Command::Check { mode, faults, seeds, seed, messages, json, scenario } => {
                 verdict(fault_plan(&faults).and_then(|plan| {
                     let args = sim::CheckArgs {
                         mode: mode.delivery(),
@@ -219,11 +237,12 @@ impl Cli {
                         first_seed: seed,
                         messages,
                         json,
+                        scenario,
                     };
                     sim::check(&args)
                 }))
             }
-            Command::Replay { seed, faults, mode, messages, full } => {
+            Command::Replay { seed, faults, mode, messages, full, scenario: which } => {
                 verdict(fault_plan(&faults).map(|plan| {
                     let scenario = tubemail_sim::Scenario {
                         mode: mode.delivery(),
@@ -231,7 +250,7 @@ impl Cli {
                         plan,
                         ..Default::default()
                     };
-                    sim::replay(&scenario, seed, full)
+                    sim::replay(&scenario, seed, full, which)
                 }))
             }
             Command::Demo { orders, seed } => demo::run(orders, seed),

@@ -20,11 +20,13 @@ mod fault;
 mod harness;
 pub mod history;
 mod inject;
+mod lifecycle;
 mod run;
 pub mod strategy;
 
 pub use fault::{FaultPlan, MsRange};
 pub use harness::{Harness, Verdict};
+pub use lifecycle::{run_lifecycle, LifecycleRun, LIFECYCLE_OPS, LIFECYCLE_QUEUES, LIFECYCLE_SHUTDOWN};
 pub use run::{
     expectation, run, Scenario, SimRun, PUBLISH_ATTEMPTS_MAX, SCENARIO_ACK_TIMEOUT, SETTLE_TIME_MAX,
 };

@@ -183,7 +183,7 @@ pub(super) async fn publish_all(
 }
 
 /// A current-thread runtime under paused time, for one simulated run.
-pub(super) fn paused_runtime() -> tokio::runtime::Runtime {
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("a runtime")
 }
 

@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tubemail::probe::{FaultKind, What};
 use tubemail::DeliveryMode;
-use tubemail_sim::{run, FaultPlan, Scenario, SimRun};
+use tubemail_sim::{run, run_lifecycle, FaultPlan, Scenario, SimRun};
+
+use super::SimScenario;
 
 pub(crate) struct CheckArgs {
     pub(crate) mode: DeliveryMode,
@@ -19,11 +21,13 @@ pub(crate) struct CheckArgs {
     pub(crate) first_seed: u64,
     pub(crate) messages: u32,
     pub(crate) json: bool,
+    pub(crate) scenario: super::SimScenario,
 }
 
 struct Violation {
     seed: u64,
     summary: String,
+    lifecycle: bool,
 }
 
 /// Runs `seeds` seeds on every core; exit code 0 when the mode's promise held on every one.
@@ -51,13 +55,30 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
                     break;
                 }
                 let seed = args.first_seed.wrapping_add(i);
-                let outcome = run(&scenario, seed);
-                tally(&outcome, &faults);
-                if !outcome.ok() {
-                    violations
-                        .lock()
-                        .expect("violations")
-                        .push(Violation { seed, summary: summary(&outcome) });
+                if args.scenario != SimScenario::Lifecycle {
+                    let outcome = run(&scenario, seed);
+                    tally(&outcome.history, &faults);
+                    if !outcome.ok() {
+                        let summary = summary(&outcome);
+                        violations.lock().expect("violations").push(Violation {
+                            seed,
+                            summary,
+                            lifecycle: false,
+                        });
+                    }
+                }
+                if args.scenario != SimScenario::BuiltIn {
+                    let outcome = run_lifecycle(&scenario, seed);
+                    tally(&outcome.history, &faults);
+                    if !outcome.ok() {
+                        let summary =
+                            outcome.violations.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
+                        violations.lock().expect("violations").push(Violation {
+                            seed,
+                            summary,
+                            lifecycle: true,
+                        });
+                    }
                 }
                 bar.inc(1);
             });
@@ -69,17 +90,18 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
     let mut violations = violations.into_inner().expect("violations");
     violations.sort_by_key(|v| v.seed);
     let mode = args.mode.as_str();
-    let replay = |seed: u64| {
+    let replay = |v: &Violation| {
+        let scenario = if v.lifecycle { "lifecycle" } else { "built-in" };
         format!(
-            "tubemail replay --seed {seed} --faults {} --mode {mode} --messages {}",
-            args.faults_arg, args.messages
+            "tubemail replay --seed {} --faults {} --mode {mode} --messages {} --scenario {scenario}",
+            v.seed, args.faults_arg, args.messages
         )
     };
     if args.json {
         let faults: BTreeMap<String, u64> = faults.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let list: Vec<_> = violations
             .iter()
-            .map(|v| json!({"seed": v.seed, "violation": v.summary, "replay": replay(v.seed)}))
+            .map(|v| json!({"seed": v.seed, "violation": v.summary, "replay": replay(v)}))
             .collect();
         let out = json!({
             "mode": mode,
@@ -107,15 +129,15 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
             println!("the {mode} promise held on every seed");
         }
         for v in &violations {
-            println!("seed {}: {}\n  replay: {}", v.seed, v.summary, replay(v.seed));
+            println!("seed {}: {}\n  replay: {}", v.seed, v.summary, replay(v));
         }
     }
     Ok(violations.is_empty())
 }
 
-fn tally(outcome: &SimRun, faults: &Mutex<BTreeMap<FaultKind, u64>>) {
+fn tally(history: &tubemail_sim::history::History, faults: &Mutex<BTreeMap<FaultKind, u64>>) {
     let mut counts = BTreeMap::<FaultKind, u64>::new();
-    for event in outcome.history.events() {
+    for event in history.events() {
         if let What::Fault { kind, .. } = &event.what {
             *counts.entry(*kind).or_default() += 1;
         }
@@ -140,8 +162,20 @@ fn summary(outcome: &SimRun) -> String {
 }
 
 /// Prints the history of one run, one event per line.
-pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool) -> bool {
+pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool, which: SimScenario) -> bool {
     use std::io::Write;
+    if which == SimScenario::Lifecycle {
+        let outcome = run_lifecycle(scenario, seed);
+        print_history(&outcome.history, full);
+        println!("operations: {:?}", outcome.ops);
+        for v in &outcome.violations {
+            println!("violation: {v}");
+        }
+        if outcome.ok() {
+            println!("every promise held");
+        }
+        return outcome.ok();
+    }
     let outcome = run(scenario, seed);
     let events = outcome.history.events();
     let shown = if full { events.len() } else { events.len().min(200) };
@@ -158,4 +192,22 @@ pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool) -> bool {
         writeln!(out, "{}", outcome.report)
     })();
     outcome.ok()
+}
+
+/// Prints a history (the first 200 events unless `full`) and its hash.
+fn print_history(history: &tubemail_sim::history::History, full: bool) {
+    use std::io::Write;
+    let events = history.events();
+    let shown = if full { events.len() } else { events.len().min(200) };
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the listing quietly.
+    let _ = (|| -> std::io::Result<()> {
+        for event in &events[..shown] {
+            writeln!(out, "{event}")?;
+        }
+        if shown < events.len() {
+            writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
+        }
+        writeln!(out, "history hash {:016x}", history.hash())
+    })();
 }
