@@ -298,6 +298,9 @@ impl Broker {
 
     fn start_with(topology: Topology, probe: ProbeRef, arbiters: usize) -> Result<Broker, StartError> {
         topology.validate()?;
+        for warning in topology.warnings() {
+            tracing::warn!("{warning}");
+        }
         let arbiter = current_arbiter().ok_or(StartError::NoActixSystem)?;
         let arbiters = registry::Arbiters::start(arbiter.clone(), arbiters);
         let registry = Arc::new(Registry::new(arbiter, arbiters, probe));
@@ -336,17 +339,18 @@ impl Broker {
         registry.queues.insert(name, |id| {
             let name: Arc<str> = name.into();
             let credits = QueueHandle::credits_for(&spec);
-            let refused = Arc::default();
+            let counters: Arc<crate::queue::SideCounters> = Arc::default();
             let state = QueueState::new(name.clone(), spec.clone(), registry.started);
             let (inbox, inbox_rx) = crate::queue::inbox(QueueHandle::inbox_bound(&spec));
             let host = Arc::downgrade(registry) as std::sync::Weak<dyn QueueHost>;
-            let (probe, credits_, refused_) = (registry.probe.clone(), credits.clone(), Arc::clone(&refused));
+            let (probe, credits_, counters_) =
+                (registry.probe.clone(), credits.clone(), Arc::clone(&counters));
             // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
             let arbiter = registry.arbiters.for_queue(id).clone();
             let addr = QueueActor::start_in_arbiter(&arbiter, move |_| {
-                QueueActor::new(id, inbox_rx, state, host, probe, credits_, refused_)
+                QueueActor::new(id, inbox_rx, state, host, probe, credits_, counters_)
             });
-            Arc::new(QueueHandle { id, name, addr, arbiter, inbox, spec, credits, refused })
+            Arc::new(QueueHandle { id, name, addr, arbiter, inbox, spec, credits, counters })
         })
     }
 
@@ -587,6 +591,7 @@ impl Broker {
             mode: handle.spec.delivery,
             prefetch,
             stopping: Arc::clone(&stopping),
+            counters: handle.counters.clone(),
         };
         let actor = SubscriberActor::<T, R>::new(place, runner, probe);
         // Beside its queue: deliveries and settlements never cross threads.

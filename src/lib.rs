@@ -23,19 +23,29 @@
 //!     key = "orders.#"
 //! "#).unwrap();
 //! let broker = Broker::start(topology).unwrap();
-//! broker.subscribe("billing", |d: Delivery<String>| async move {
-//!     println!("billing saw {} on {}", *d, d.key());
-//!     Outcome::Ack
+//! let (seen, mut billed) = tokio::sync::mpsc::unbounded_channel();
+//! broker.subscribe("billing", move |d: Delivery<String>| {
+//!     let seen = seen.clone();
+//!     async move {
+//!         println!("billing saw {} on {}", *d, d.key());
+//!         seen.send(d.clone()).unwrap();
+//!         Outcome::Ack
+//!     }
 //! }).await.unwrap();
 //! broker.publish("events", "orders.42.paid", "order 42 paid".to_string()).await.unwrap();
+//! // Shutdown delivers what is ready within its timeout, then stops every subscriber.
 //! let report = broker.shutdown(std::time::Duration::from_secs(1)).await;
+//! assert_eq!(billed.try_recv().as_deref(), Ok("order 42 paid"), "the handler ran");
+//! assert_eq!(report.stats.queues["billing"].acked, 1);
 //! assert!(report.stats.conserved());
 //! # });
 //! ```
 //!
 //! The pieces: [`topology`] declares topics, queues and bindings; [`routing`] matches keys;
 //! [`queue`] buffers, dispatches and redelivers; [`subscriber`] runs handlers; [`Broker`] ties them
-//! together; [`stats`] counts everything. See `docs/ARCHITECTURE.md` for the actors and messages.
+//! together; [`stats`] counts everything; [`probe`] is the simulator's seam (the simulator itself is
+//! the crate `tubemail-sim`). See `docs/ARCHITECTURE.md` for the crates, the modules' layers, the
+//! actors and their messages.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 

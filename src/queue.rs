@@ -87,6 +87,15 @@ pub const CONTROL_MAILBOX_MAX: usize = 1024;
 /// The most inbox messages a queue takes in one turn before it dispatches.
 pub const INBOX_BATCH_MAX: usize = 128;
 
+/// A queue's counters kept outside its actor.
+#[derive(Debug, Default)]
+pub(crate) struct SideCounters {
+    /// Publishes refused before reaching the actor (they never enter its mailbox).
+    pub(crate) refused: AtomicU64,
+    /// Deliveries whose payload a subscriber could not decode into its type (rejected).
+    pub(crate) undecodable: AtomicU64,
+}
+
 /// What a queue did with an offered message.
 #[derive(Debug)]
 pub(crate) enum Offer {
@@ -114,8 +123,9 @@ pub(crate) struct QueueHandle {
     pub(crate) spec: QueueSpec,
     /// Publisher credits for the reject and block policies.
     pub(crate) credits: Option<Arc<Semaphore>>,
-    /// Publishes refused before reaching the actor (counted here, as they never enter its mailbox).
-    pub(crate) refused: Arc<AtomicU64>,
+    /// Counted outside the actor: publishes refused before reaching it, payloads its subscribers
+    /// could not decode.
+    pub(crate) counters: Arc<SideCounters>,
 }
 
 impl QueueHandle {
@@ -189,7 +199,7 @@ impl QueueHandle {
     }
 
     fn refuse(&self, msg: Arc<Message>) -> Offer {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
         if self.spec.overflow == Overflow::RejectPublishDlx {
             // Best effort without waiting: with a full mailbox the publisher still learns of the refusal
             // from its confirm, so the message is not lost silently.

@@ -19,6 +19,7 @@
 //! the alternate queue took it).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +98,9 @@ pub struct QueueStats {
     pub consumers: u64,
     /// Handler panics among this queue's subscribers (each one a restart).
     pub restarts: u64,
+    /// Deliveries whose payload a subscriber could not decode into its type: rejected (dead-lettered
+    /// or dropped as `rejected`). A publisher and a subscriber that disagree on the message type.
+    pub undecodable: u64,
     /// Whether the queue has been deleted (its counters are final).
     pub deleted: bool,
 }
@@ -122,6 +126,7 @@ impl QueueStats {
         self.in_flight += other.in_flight;
         self.consumers += other.consumers;
         self.restarts += other.restarts;
+        self.undecodable += other.undecodable;
         self.deleted |= other.deleted;
     }
 }
@@ -220,5 +225,71 @@ impl Stats {
         self.all_queues().all(QueueStats::conserved)
             && self.topics.values().all(TopicStats::conserved)
             && routed + dead == enqueued
+    }
+}
+
+const TABLE_HEADER: [&str; 10] =
+    ["queue", "enqueued", "delivered", "redeliv", "acked", "dead", "dropped", "ready", "unack", "cons"];
+
+fn table_row(f: &mut fmt::Formatter<'_>, name: &str, q: &QueueStats) -> fmt::Result {
+    writeln!(
+        f,
+        "{:<20} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>6} {:>6} {:>5}",
+        name,
+        q.enqueued,
+        q.delivered,
+        q.redelivered,
+        q.acked,
+        q.dead_lettered,
+        q.dropped.total(),
+        q.ready,
+        q.in_flight,
+        q.consumers
+    )
+}
+
+/// One line of counters: `enqueued 3, delivered 3, acked 3, ...`.
+impl fmt::Display for QueueStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "enqueued {}, delivered {} (redelivered {}), acked {}, dead-lettered {}, dropped {}, ready {}, \
+             unacked {}, consumers {}",
+            self.enqueued,
+            self.delivered,
+            self.redelivered,
+            self.acked,
+            self.dead_lettered,
+            self.dropped.total(),
+            self.ready,
+            self.in_flight,
+            self.consumers
+        )
+    }
+}
+
+/// A table with a row per queue (deleted incarnations marked), then a line per topic.
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = TABLE_HEADER;
+        writeln!(
+            f,
+            "{:<20} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>6} {:>6} {:>5}",
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]
+        )?;
+        for (name, q) in &self.queues {
+            table_row(f, name, q)?;
+        }
+        for d in &self.deleted_queues {
+            table_row(f, &format!("{} (deleted #{})", d.name, d.id.0), &d.stats)?;
+        }
+        for (name, t) in &self.topics {
+            writeln!(
+                f,
+                "topic {name}: published {}, routed copies {}, unroutable {} (to alternate {})",
+                t.published, t.routed, t.unroutable, t.alternate
+            )?;
+        }
+        Ok(())
     }
 }

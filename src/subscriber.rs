@@ -444,6 +444,7 @@ pub(crate) struct SubscriberActor<T, H> {
     queue: Arc<str>,
     /// Set by the unsubscriber before it sends `Stop`: run no more handlers.
     stopping: Arc<StopSignal>,
+    counters: Arc<crate::queue::SideCounters>,
     /// The watchdog has found a blocking handler (and moved it, if it could).
     moved_off_arbiter: bool,
     probe: ProbeRef,
@@ -503,6 +504,8 @@ pub(crate) struct Placement {
     pub(crate) prefetch: u32,
     /// Set by the unsubscriber before it sends `Stop`.
     pub(crate) stopping: Arc<StopSignal>,
+    /// The queue's counters kept outside its actor (undecodable payloads).
+    pub(crate) counters: Arc<crate::queue::SideCounters>,
 }
 
 impl<T, H> SubscriberActor<T, H>
@@ -512,7 +515,7 @@ where
 {
     /// Builds the actor for `place` around `handler`.
     pub(crate) fn new(place: Placement, handler: H, probe: ProbeRef) -> Self {
-        let Placement { queue_addr, queue, consumer, mode, prefetch, stopping } = place;
+        let Placement { queue_addr, queue, consumer, mode, prefetch, stopping, counters } = place;
         Self {
             link: Arc::new(Link { queue: queue_addr, consumer }),
             mode,
@@ -528,6 +531,7 @@ where
             seen: BTreeSet::new(),
             queue,
             stopping,
+            counters,
             moved_off_arbiter: false,
             probe,
             _value: PhantomData,
@@ -637,6 +641,7 @@ where
         let value = match msg.payload.read_value::<T>() {
             Ok(value) => value,
             Err(e) => {
+                self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
                 return self.record(tag, &msg, Outcome::Reject, ctx);
             }

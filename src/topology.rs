@@ -32,7 +32,7 @@
 //! | `kind` | `topic` | `topic` (AMQP `*`/`#` patterns), `direct`, `fanout`, `hash` |
 //! | `alternate` | none | queue for messages no binding matches; without it they are counted as dropped |
 //! | `depth_max` | 10,000 ([`DEPTH_MAX_DEFAULT`]) | ready messages the queue holds at most (1 to [`DEPTH_MAX_LIMIT`]) |
-//! | `overflow` | `drop-head` | `drop-head`, `reject-publish`, `reject-publish-dlx`, `block` |
+//! | `overflow` | `block` (a full queue slows its publishers; nothing is lost) | `drop-head`, `reject-publish`, `reject-publish-dlx`, `block` |
 //! | `delivery` | `at-least-once` | or `at-most-once` |
 //! | `ack_timeout_ms` | 30,000 | an unacked delivery is redelivered after this long (JetStream's AckWait) |
 //! | `delivery_limit` | 20 | deliveries of one message before it is dead-lettered (quorum queues' default) |
@@ -75,15 +75,26 @@ pub const NAME_BYTES_MAX: usize = 255;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Overflow {
-    /// The oldest ready message is dropped (or dead-lettered with reason `maxlen`). RabbitMQ's default.
-    #[default]
+    /// The oldest ready message is dropped (or dead-lettered with reason `maxlen`): RabbitMQ's
+    /// policy when a length limit is set. A dropping policy: choose it where losing the oldest is
+    /// better than waiting, never by accident on an at-least-once queue.
     DropHead,
     /// The new message is refused and the publisher's confirm names the queue.
     RejectPublish,
     /// Refused as with `reject-publish`, and dead-lettered with reason `maxlen`.
     RejectPublishDlx,
-    /// The publisher awaits room (`try_publish` hands the message back instead).
+    /// The publisher awaits room (`try_publish` hands the message back instead). The default: a full
+    /// queue slows its publishers down and loses nothing, as RabbitMQ's credit flow does for its
+    /// (unbounded by default) queues and as a JetStream stream does until a discard policy is chosen.
+    #[default]
     Block,
+}
+
+impl Overflow {
+    /// Whether the policy drops messages that a publisher's confirm said were routed.
+    pub fn drops(self) -> bool {
+        self == Overflow::DropHead
+    }
 }
 
 /// The delivery promise of a queue.
@@ -391,6 +402,24 @@ impl Topology {
             self.validate_binding(i, binding)?;
         }
         Ok(())
+    }
+
+    /// Warnings about a valid topology: an at-least-once queue with a dropping overflow policy
+    /// (`drop-head`) loses confirmed messages when it is full, which its delivery mode does not
+    /// promise. `tubemail validate` prints them, and [`Broker::start`](crate::Broker::start) logs
+    /// them through `tracing`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| q.delivery == DeliveryMode::AtLeastOnce && q.overflow.drops())
+            .map(|(name, q)| {
+                format!(
+                    "queues.{name}: at-least-once with overflow \"drop-head\" drops confirmed messages once \
+                     {} are ready (choose \"block\" or \"reject-publish\" to keep them)",
+                    q.depth_max
+                )
+            })
+            .collect()
     }
 
     fn validate_queue(&self, name: &str, q: &QueueSpec) -> Result<(), TopologyError> {

@@ -159,7 +159,7 @@ async fn a_redeclared_queue_has_counters_of_its_own() {
 /// #9.6: dead letters a queue made before its deletion arrive in the dead-letter queue.
 #[actix::test]
 async fn dead_letters_made_before_a_delete_are_delivered() {
-    let small = QueueSpec::default().depth_max(1).dead_letter("dead");
+    let small = QueueSpec::default().depth_max(1).overflow(Overflow::DropHead).dead_letter("dead");
     let topology = Topology::new()
         .topic("t", TopicSpec::new(TopicKind::Fanout))
         .queue("q", small)

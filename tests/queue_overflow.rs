@@ -25,7 +25,8 @@ fn one_queue(spec: QueueSpec) -> Topology {
 
 #[actix::test]
 async fn drop_head_drops_the_oldest_and_counts_it_as_overflow() {
-    let broker = Broker::start(one_queue(QueueSpec::default().depth_max(3))).unwrap();
+    let broker =
+        Broker::start(one_queue(QueueSpec::default().depth_max(3).overflow(Overflow::DropHead))).unwrap();
     for i in 0..5_u32 {
         assert_eq!(broker.publish("t", "", i).await.unwrap(), Confirm::Routed { queues: 1 });
     }
@@ -40,7 +41,8 @@ async fn drop_head_drops_the_oldest_and_counts_it_as_overflow() {
 #[actix::test]
 async fn drop_head_dead_letters_the_oldest_with_reason_maxlen() {
     let topology =
-        one_queue(QueueSpec::default().depth_max(2).dead_letter("dlq")).queue("dlq", QueueSpec::default());
+        one_queue(QueueSpec::default().depth_max(2).overflow(Overflow::DropHead).dead_letter("dlq"))
+            .queue("dlq", QueueSpec::default());
     let broker = Broker::start(topology).unwrap();
     for i in 0..4_u32 {
         assert_eq!(broker.publish("t", "", i).await.unwrap(), Confirm::Routed { queues: 1 });

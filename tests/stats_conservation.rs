@@ -14,14 +14,21 @@ fn topology() -> Topology {
     Topology::new()
         .topic("events", TopicSpec::new(TopicKind::Topic).alternate("unrouted"))
         .topic("misc", TopicSpec::new(TopicKind::Direct))
-        .queue("work", QueueSpec::default().depth_max(20).dead_letter("dead").delivery_limit(3))
+        .queue(
+            "work",
+            QueueSpec::default()
+                .depth_max(20)
+                .overflow(tubemail::Overflow::DropHead)
+                .dead_letter("dead")
+                .delivery_limit(3),
+        )
         .queue(
             "bounded",
             QueueSpec::default().depth_max(5).overflow(Overflow::RejectPublishDlx).dead_letter("dead"),
         )
         .queue("strict", QueueSpec::default().depth_max(5).overflow(Overflow::RejectPublish))
         .queue("lossy", QueueSpec::default().delivery(DeliveryMode::AtMostOnce))
-        .queue("overflow", QueueSpec::default().depth_max(5))
+        .queue("overflow", QueueSpec::default().depth_max(5).overflow(Overflow::DropHead))
         .queue("ttl", QueueSpec::default().message_ttl(TTL).dead_letter("dead"))
         .queue("ttl-drop", QueueSpec::default().message_ttl(TTL))
         .queue("dead", QueueSpec::default())

@@ -98,7 +98,7 @@ fn omitted_fields_take_their_defaults() {
     let q = &topology.queues["q"];
     assert_eq!(q, &QueueSpec::default());
     assert_eq!(q.depth_max, 10_000);
-    assert_eq!(q.overflow, Overflow::DropHead);
+    assert_eq!(q.overflow, Overflow::Block);
     assert_eq!(q.delivery, DeliveryMode::AtLeastOnce);
     assert_eq!(q.ack_timeout, Duration::from_secs(30));
     assert_eq!(q.delivery_limit, 20);

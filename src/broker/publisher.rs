@@ -105,7 +105,7 @@ impl Publisher {
             return Err(TryPublishError::Full(take_value(msg)));
         }
         for queue in attempt.waiting.drain(..) {
-            queue.refused.fetch_add(1, Ordering::Relaxed);
+            queue.counters.refused.fetch_add(1, Ordering::Relaxed);
             attempt.refused.push(queue.name.clone());
         }
         Ok(self.confirm(attempt))

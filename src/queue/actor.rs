@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use actix::dev::SendError;
@@ -45,7 +45,7 @@ pub(crate) struct QueueActor {
     /// Where dead letters go, and who learns of the deletion; weak, so that the broker can be freed.
     host: Weak<dyn QueueHost>,
     credits: Option<Arc<Semaphore>>,
-    refused: Arc<AtomicU64>,
+    counters: Arc<super::SideCounters>,
     subscribers: Vec<(ConsumerId, Recipient<Deliver>)>,
     drains: BTreeMap<ConsumerId, oneshot::Sender<()>>,
     /// Waiters for the queue to be idle.
@@ -77,7 +77,7 @@ impl QueueActor {
         host: Weak<dyn QueueHost>,
         probe: ProbeRef,
         credits: Option<Arc<Semaphore>>,
-        refused: Arc<AtomicU64>,
+        counters: Arc<super::SideCounters>,
     ) -> Self {
         let state = state.traced(probe.clone());
         let spec = state.spec();
@@ -94,7 +94,7 @@ impl QueueActor {
             state,
             host,
             credits,
-            refused,
+            counters,
             subscribers: Vec::new(),
             drains: BTreeMap::new(),
             idle_waiters: Vec::new(),
@@ -491,7 +491,8 @@ impl QueueActor {
 
     fn stats(&self) -> QueueStats {
         let mut stats = self.state.stats();
-        stats.refused += self.refused.load(Ordering::Relaxed);
+        stats.refused += self.counters.refused.load(Ordering::Relaxed);
+        stats.undecodable = self.counters.undecodable.load(Ordering::Relaxed);
         stats
     }
 }

@@ -24,8 +24,8 @@ pub(crate) struct Cli {
 enum Command {
     /// Runs a modular monolith (Orders, Contracts, Partners, Support, Business) exchanging events.
     Demo {
-        /// Orders to place.
-        #[arg(long, default_value_t = 3000)]
+        /// Orders to place (1 to 1,000,000).
+        #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         orders: u32,
         /// Seed of the demo's random failures.
         #[arg(long, default_value_t = 7)]
@@ -53,11 +53,11 @@ enum Command {
         /// and `--keys`, a topology and key mix of your own.
         #[arg(value_enum, default_value = "fanout")]
         scenario: Scenario,
-        /// Messages to publish per run.
-        #[arg(long, default_value_t = 200_000)]
+        /// Messages to publish per run (1 to 100,000,000; `memory` takes at most 16,777,215).
+        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         messages: u64,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 64)]
+        /// Payload size in bytes (0 to 16 MiB).
+        #[arg(long, default_value_t = 64, value_parser = payload_size)]
         payload: usize,
         /// Delivery mode; both when left out.
         #[arg(long, value_enum)]
@@ -72,8 +72,8 @@ enum Command {
         /// Draw the results as SVG (wide, bindings, latency).
         #[arg(long)]
         plot: Option<PathBuf>,
-        /// Publishes per second of the latency scenario.
-        #[arg(long, default_value_t = 50_000)]
+        /// Publishes per second of the latency scenario (1 to 10,000,000).
+        #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         rate: u64,
         /// A topology file of your own (its first topic is published to).
         #[arg(long, requires = "keys")]
@@ -92,14 +92,14 @@ enum Command {
         /// TOML file of a fault plan (`plan.toml`).
         #[arg(long, default_value = "all")]
         faults: String,
-        /// How many seeds.
-        #[arg(long, default_value_t = 100)]
+        /// How many seeds (1 to 100,000,000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         seeds: u64,
         /// The first seed (seeds run from it upwards).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Messages per run.
-        #[arg(long, default_value_t = 1000)]
+        /// Messages per run (1 to 1,000,000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         messages: u32,
         /// One JSON object instead of text.
         #[arg(long)]
@@ -120,8 +120,8 @@ enum Command {
         /// The delivery mode.
         #[arg(long, value_enum, default_value = "at-least-once")]
         mode: Mode,
-        /// Messages in the run.
-        #[arg(long, default_value_t = 1000)]
+        /// Messages in the run (1 to 1,000,000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         messages: u32,
         /// Every event, not only the first 200.
         #[arg(long)]
@@ -201,10 +201,31 @@ impl Mode {
 }
 
 /// A fault plan from `--faults`: a TOML file of the plan's fields, or kinds as `FaultPlan` parses them.
+/// A payload size: 0 to 16 MiB.
+fn payload_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n > 16 << 20 {
+        return Err(format!("{n} is above 16 MiB ({})", 16 << 20));
+    }
+    Ok(n)
+}
+
 fn fault_plan(faults: &str) -> Result<tubemail_sim::FaultPlan, String> {
+    if faults.trim().is_empty() {
+        return Err("--faults is empty: name fault kinds, `all`, or `none`".to_owned());
+    }
     if faults.ends_with(".toml") {
         let text = std::fs::read_to_string(faults).map_err(|e| format!("cannot read {faults}: {e}"))?;
-        let plan: tubemail_sim::FaultPlan = toml::from_str(&text).map_err(|e| format!("{faults}: {e}"))?;
+        let plan: tubemail_sim::FaultPlan = toml::from_str(&text).map_err(|e| {
+            // `file:line:column: message`, as topology errors are reported.
+            let at = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{column}")
+            });
+            format!("{faults}{}: {}", at.unwrap_or_default(), e.message().trim())
+        })?;
         plan.validate().map_err(|e| format!("{faults}: {e}"))?;
         return Ok(plan);
     }
@@ -298,5 +319,8 @@ fn validate(path: &std::path::Path) -> Result<(), String> {
         topology.queues.len(),
         topology.bindings.len()
     );
+    for warning in topology.warnings() {
+        println!("warning: {}: {warning}", path.display());
+    }
     Ok(())
 }

@@ -125,6 +125,25 @@ fn route_on_the_shop_file_as_json() {
 }
 
 #[test]
+fn route_shows_the_alternate_queue_of_an_unroutable_key() {
+    let file = std::env::temp_dir().join(format!("tubemail-route-alt-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "[topics.t]\nkind = \"direct\"\nalternate = \"unrouted\"\n[queues.q]\n[queues.unrouted]\n\
+         [[bindings]]\ntopic = \"t\"\nqueue = \"q\"\nkey = \"a\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let out = tubemail(&["route", "--topology", path, "a", "b"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "a\tq\nb\tunrouted (alternate)\n");
+    let out = tubemail(&["route", "--topology", path, "--json", "b"]);
+    let routes: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("stdout is JSON");
+    assert_eq!(routes, serde_json::json!({ "b": { "alternate": "unrouted" } }));
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
 fn route_without_topic_on_a_file_with_two_topics_fails_naming_them() {
     let text = "[topics.alpha]\n[topics.beta]\n[queues.q]\n\
                 [[bindings]]\ntopic = \"alpha\"\nqueue = \"q\"\nkey = \"#\"\n";
@@ -307,4 +326,38 @@ fn bench_plot_draws_latency_and_refuses_fanout() {
     let out = tubemail(&["bench", "fanout", "--messages", "100", "--plot", path]);
     assert!(!out.status.success(), "fanout has no curve to draw");
     assert!(stderr(&out).contains("--plot draws wide, bindings and latency, not fanout"), "{}", stderr(&out));
+}
+
+/// Every command given a zero, a negative, a huge or a vacuous value refuses it clearly (exit 1 or
+/// clap's 2, a message on stderr), and none panics (exit 101).
+#[test]
+fn bad_arguments_are_refused_and_never_panic() {
+    let cases: &[&[&str]] = &[
+        &["check", "--mode", "at-least-once", "--seeds", "0"],
+        &["check", "--mode", "at-least-once", "--messages", "0"],
+        &["check", "--mode", "at-least-once", "--faults", ""],
+        &["check", "--mode", "at-least-once", "--seeds", "-3"],
+        &["check", "--mode", "at-least-once", "--seeds", "99999999999999999999999"],
+        &["replay", "--seed", "1", "--messages", "0"],
+        &["bench", "fanout", "--messages", "0"],
+        &["bench", "fanout", "--messages", "99999999999"],
+        &["bench", "latency", "--rate", "0"],
+        &["bench", "latency", "--messages", "99999999", "--rate", "1"],
+        &["bench", "memory", "--messages", "16777216"],
+        &["bench", "fanout", "--payload", "99999999999"],
+        &["bench", "wide", "--plot", "/no/such/folder/plot.svg"],
+        &["bench", "wide", "--plot", "plot.png"],
+        &["bench", "fanout", "--plot", "plot.svg"],
+        &["demo", "--orders", "0"],
+        &["demo", "--orders", "-1"],
+        &["validate", "--topology", "/no/such/file.toml"],
+        &["route", "--topology", "/no/such/file.toml", "a"],
+    ];
+    for args in cases {
+        let out = tubemail(args);
+        let code = out.status.code();
+        assert!(matches!(code, Some(1) | Some(2)), "{args:?} exited {code:?}: {}", stderr(&out));
+        assert!(!stderr(&out).trim().is_empty(), "{args:?} said nothing on stderr");
+        assert!(!stderr(&out).contains("panicked"), "{args:?} panicked: {}", stderr(&out));
+    }
 }

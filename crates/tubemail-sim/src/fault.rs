@@ -20,8 +20,11 @@ pub struct MsRange {
 /// for drop, duplicate, delay, crash and slow handlers; a settlement for ack loss; a confirm for
 /// confirm loss; a batch taken in by a queue for a queue restart). Plain data: print it, save it,
 /// load it (serde), replay it with the same seed.
+///
+/// In TOML, fields are spelled as fault kinds are everywhere else, in kebab-case (`ack-loss = 0.1`,
+/// `delay-ms = { min = 1, max = 50 }`); the snake-case spelling of older plans is read too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FaultPlan {
     /// A delivery vanishes on the queue → subscriber link.
     pub drop: f64,
@@ -30,20 +33,27 @@ pub struct FaultPlan {
     /// A delivery arrives late (`delay_ms`), so later ones overtake it.
     pub delay: f64,
     /// How late a delayed delivery arrives.
+    #[serde(alias = "delay_ms")]
     pub delay_ms: MsRange,
     /// A settlement (ack or nack) vanishes on the subscriber → queue link.
+    #[serde(alias = "ack_loss")]
     pub ack_loss: f64,
     /// The subscriber crashes before running its handler.
+    #[serde(alias = "crash_before")]
     pub crash_before: f64,
     /// The subscriber crashes after its handler ran, before its ack.
+    #[serde(alias = "crash_after")]
     pub crash_after: f64,
     /// The queue actor restarts, losing its in-memory state.
+    #[serde(alias = "queue_restart")]
     pub queue_restart: f64,
     /// The publisher's confirm is lost; the publisher publishes again (a duplicate, same id).
+    #[serde(alias = "confirm_loss")]
     pub confirm_loss: f64,
     /// A handler takes `slow_ms` of simulated time.
     pub slow: f64,
     /// How long a slow handler takes.
+    #[serde(alias = "slow_ms")]
     pub slow_ms: MsRange,
 }
 

@@ -609,7 +609,7 @@ fn check_catches_a_consumer_over_its_prefetch() {
 #[test]
 #[should_panic(expected = "drop-head holds")]
 fn check_catches_drop_head_over_depth_max() {
-    let mut h = Harness::new(QueueSpec::default().depth_max(2), Instant::now());
+    let mut h = Harness::new(QueueSpec::default().depth_max(2).overflow(Overflow::DropHead), Instant::now());
     h.st.spec.depth_max = 3;
     h.apply(&Op::Publish);
     h.apply(&Op::Publish);

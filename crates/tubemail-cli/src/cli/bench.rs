@@ -26,6 +26,7 @@ pub(crate) struct BenchArgs {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
+    check(args)?;
     let results = match args.scenario {
         "fanout" => throughput(args, Shaped::Fanout)?,
         "work-queue" => throughput(args, Shaped::Shape(shapes::work_queue()))?,
@@ -45,6 +46,28 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         println!("{}", json!({ "scenario": args.scenario, "results": results }));
     } else {
         print_table(args, &results);
+    }
+    Ok(())
+}
+
+/// Refuses what a scenario cannot run as asked, before running anything.
+fn check(args: &BenchArgs) -> Result<(), String> {
+    const LATENCY_RUN_MAX_SECS: u64 = 120;
+    match args.scenario {
+        "memory" if args.messages >= tubemail::topology::DEPTH_MAX_LIMIT as u64 => Err(format!(
+            "memory queues --messages in one queue: at most {} (a queue's depth_max limit)",
+            tubemail::topology::DEPTH_MAX_LIMIT - 1
+        )),
+        "latency" if args.messages / args.rate > LATENCY_RUN_MAX_SECS => Err(format!(
+            "latency would publish {} messages at {}/s for {} s; at most {LATENCY_RUN_MAX_SECS} s",
+            args.messages,
+            args.rate,
+            args.messages / args.rate
+        )),
+        _ => Ok(()),
+    }?;
+    if let Some(path) = &args.plot {
+        super::plot::check_path(path, args.scenario)?;
     }
     Ok(())
 }
@@ -175,20 +198,27 @@ fn bindings(args: &BenchArgs) -> Vec<Value> {
 }
 
 fn latency(args: &BenchArgs) -> Vec<Value> {
-    let messages = args.messages.min(args.rate * 4);
+    let messages = args.messages;
     let mut results = Vec::new();
-    let mut push = |system: &str, mode: Option<DeliveryMode>, h: hdrhistogram::Histogram<u64>| {
+    let mut push = |system: &str, mode: Option<DeliveryMode>, run: (hdrhistogram::Histogram<u64>, f64)| {
+        let (h, achieved) = run;
         results.push(json!({
             "system": system, "mode": mode.map(DeliveryMode::as_str), "rate": args.rate, "messages": h.len(),
-            "deliveries_per_sec": args.rate, "lost": messages.saturating_sub(h.len()),
+            "deliveries_per_sec": achieved, "requested_rate": args.rate, "lost": messages.saturating_sub(h.len()),
             "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
             "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
             "distribution": (1..=100).map(|p| h.value_at_quantile(f64::from(p) / 100.0)).collect::<Vec<_>>(),
         }));
     };
-    push("baseline", None, shapes::latency_baseline(args.rate, messages));
+    let timed = |run: &dyn Fn() -> hdrhistogram::Histogram<u64>| {
+        let start = std::time::Instant::now();
+        let h = run();
+        let rate = h.len() as f64 / start.elapsed().as_secs_f64();
+        (h, rate)
+    };
+    push("baseline", None, timed(&|| shapes::latency_baseline(args.rate, messages)));
     for mode in &args.modes {
-        push("tubemail", Some(*mode), shapes::latency_tubemail(args.rate, messages, *mode));
+        push("tubemail", Some(*mode), timed(&|| shapes::latency_tubemail(args.rate, messages, *mode)));
     }
     results
 }
@@ -233,7 +263,7 @@ fn isolation() -> Vec<Value> {
 }
 
 fn memory(args: &BenchArgs) -> Vec<Value> {
-    let r = tubemail_bench::memory::measure(args.messages.max(1_000_000), args.payload, 10_000, 1_000);
+    let r = tubemail_bench::memory::measure(args.messages, args.payload, 10_000, 1_000);
     vec![json!({
         "system": "tubemail", "mode": null, "deliveries_per_sec": null, "p50_us": null, "p99_us": null, "lost": 0,
         "bytes_per_queued_message": r.per_queued_message, "payload": r.payload,
@@ -293,10 +323,23 @@ fn row(system: &str, mode: Option<DeliveryMode>, m: &Measurement, ratio: Option<
 }
 
 fn print_table(args: &BenchArgs, results: &[Value]) {
-    println!(
-        "{}: {} messages of {} B (median of {RUNS} interleaved runs where it applies)",
-        args.scenario, args.messages, args.payload
-    );
+    match args.scenario {
+        "latency" => println!(
+            "latency: {} messages of {} B at {}/s requested (achieved rate per row)",
+            args.messages, args.payload, args.rate
+        ),
+        "memory" => println!("memory: {} queued messages of {} B", args.messages, args.payload),
+        "bindings" => println!("bindings: routing lookups, no messages delivered"),
+        "arbiters" => println!(
+            "arbiters: {} messages over 8 queues, handlers computing 20 µs each (median of 3 runs)",
+            args.messages.min(100_000)
+        ),
+        "isolation" => println!("isolation: 3 s of a queue fed every 2 ms beside a handler blocking 200 ms"),
+        _ => println!(
+            "{}: {} messages of {} B (median of {RUNS} interleaved runs)",
+            args.scenario, args.messages, args.payload
+        ),
+    }
     println!(
         "{:<15} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
         "system", "mode", "size", "rate/s", "p50 µs", "p99 µs", "lost", "ratio"

@@ -205,30 +205,5 @@ async fn wait_quiet(broker: &Broker) {
 
 fn print_table(stats: &Stats, title: &str) {
     println!("-- {title}");
-    println!(
-        "{:<20} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>6} {:>6} {:>5}",
-        "queue", "enqueued", "delivered", "redeliv", "acked", "dead", "dropped", "ready", "unack", "cons"
-    );
-    for (name, q) in &stats.queues {
-        println!(
-            "{:<20} {:>9} {:>9} {:>7} {:>9} {:>6} {:>7} {:>6} {:>6} {:>5}",
-            name,
-            q.enqueued,
-            q.delivered,
-            q.redelivered,
-            q.acked,
-            q.dead_lettered,
-            q.dropped.total(),
-            q.ready,
-            q.in_flight,
-            q.consumers
-        );
-    }
-    for (name, t) in &stats.topics {
-        println!(
-            "topic {name}: published {}, routed copies {}, unroutable {} (to alternate {})",
-            t.published, t.routed, t.unroutable, t.alternate
-        );
-    }
-    println!();
+    println!("{stats}");
 }

@@ -7,6 +7,22 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 /// Draws the scenario's results; scenarios without a curve to draw are refused.
+/// Refuses a plot that cannot be written, before the benchmark runs: a scenario without a plot, a
+/// format other than SVG, or a folder that does not exist.
+pub(crate) fn check_path(path: &Path, scenario: &str) -> Result<(), String> {
+    if !matches!(scenario, "wide" | "bindings" | "latency") {
+        return Err(format!("--plot draws wide, bindings and latency, not {scenario}"));
+    }
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(format!("--plot {}: the plot is SVG; name a .svg file", path.display()));
+    }
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !folder.is_dir() {
+        return Err(format!("--plot {}: no folder {}", path.display(), folder.display()));
+    }
+    Ok(())
+}
+
 pub(crate) fn draw(path: &Path, scenario: &str, results: &[Value]) -> Result<(), String> {
     let series = match scenario {
         "wide" => curves(results, "queues", "deliveries_per_sec"),

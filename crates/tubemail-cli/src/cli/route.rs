@@ -18,17 +18,25 @@ pub(crate) fn run(path: &Path, topic: Option<&str>, json: bool, keys: &[String])
     for b in topology.bindings.iter().filter(|b| b.topic == topic) {
         table.bind(id_of(&b.queue), &b.key, b.weight).map_err(|e| e.to_string())?;
     }
-    let mut routes: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let alternate = topology.topics[&topic].alternate.as_deref();
+    let mut routes: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
     let mut out = SmallVec::new();
     for key in keys {
         validate_key(key).map_err(|e| format!("key {key:?}: {e}"))?;
         table.route(key, &mut out);
         let mut queues: Vec<&str> = out.iter().map(|id| names[id.0 as usize].as_str()).collect();
         queues.sort_unstable();
+        // An unroutable key goes to the topic's alternate queue, as the broker would send it.
+        let (text, value) = match (queues.is_empty(), alternate) {
+            (false, _) => (queues.join(","), serde_json::json!(queues)),
+            (true, Some(alt)) => (format!("{alt} (alternate)"), serde_json::json!({ "alternate": alt })),
+            // Dropped as unroutable: nothing after the tab, an empty list.
+            (true, None) => (String::new(), serde_json::json!([])),
+        };
         if !json {
-            println!("{key}\t{}", queues.join(","));
+            println!("{key}\t{text}");
         }
-        routes.insert(key, queues);
+        routes.insert(key, value);
     }
     if json {
         println!("{}", serde_json::to_string(&routes).expect("strings serialize"));

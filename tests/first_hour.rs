@@ -1,0 +1,84 @@
+//! A new user's first hour (issue #10): the defaults keep the promise they name, a broker started in
+//! the wrong place says what to do, and a payload of the wrong type is counted.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tubemail::{
+    Broker, Confirm, Delivery, DeliveryMode, Outcome, Overflow, QueueSpec, StartError, TopicKind, TopicSpec,
+    Topology,
+};
+
+fn one_queue(spec: QueueSpec) -> Topology {
+    Topology::new().topic("t", TopicSpec::new(TopicKind::Fanout)).queue("q", spec).bind("t", "q", "")
+}
+
+/// 100,000 confirmed publishes into an at-least-once queue with default settings all arrive: a full
+/// queue slows its publisher down instead of dropping (the default overflow is `block`).
+#[actix::test]
+async fn a_default_at_least_once_queue_loses_nothing_under_load() {
+    const MESSAGES: u64 = 100_000;
+    let broker = Broker::start(one_queue(QueueSpec::default())).unwrap();
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = handled.clone();
+    broker
+        .subscribe_sync("q", move |_: Delivery<u64>| {
+            count.fetch_add(1, Ordering::Relaxed);
+            Outcome::Ack
+        })
+        .await
+        .unwrap();
+    let publisher = broker.publisher("t").unwrap();
+    let publishing = std::thread::spawn(move || {
+        futures::executor::block_on(async {
+            for i in 0..MESSAGES {
+                assert_eq!(publisher.publish("", i).await.unwrap(), Confirm::Routed { queues: 1 });
+            }
+        })
+    });
+    while !publishing.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publishing.join().unwrap();
+    broker.idle().await;
+    assert_eq!(handled.load(Ordering::Relaxed), MESSAGES);
+    let q = &broker.stats().await.queues["q"];
+    assert_eq!((q.acked, q.dropped.total()), (MESSAGES, 0), "{q:?}");
+}
+
+#[test]
+fn a_dropping_policy_on_an_at_least_once_queue_is_warned_about() {
+    let dropping = one_queue(QueueSpec::default().overflow(Overflow::DropHead));
+    let warnings = dropping.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("queues.q") && warnings[0].contains("drop-head"), "{warnings:?}");
+    assert!(one_queue(QueueSpec::default()).warnings().is_empty());
+    let at_most_once = QueueSpec::default().overflow(Overflow::DropHead).delivery(DeliveryMode::AtMostOnce);
+    assert!(one_queue(at_most_once).warnings().is_empty(), "at most once, dropping is the promise");
+}
+
+#[test]
+fn starting_outside_an_actix_system_says_what_to_do() {
+    let err = Broker::start(one_queue(QueueSpec::default())).unwrap_err();
+    assert!(matches!(err, StartError::NoActixSystem), "{err:?}");
+    assert!(err.to_string().contains("#[actix::main]"), "{err}");
+}
+
+#[actix::test]
+async fn a_payload_of_the_wrong_type_is_counted_as_undecodable() {
+    let broker = Broker::start(one_queue(QueueSpec::default())).unwrap();
+    broker.subscribe("q", |_: Delivery<u64>| async { Outcome::Ack }).await.unwrap();
+    broker.publish("t", "", "not a number".to_owned()).await.unwrap();
+    broker.idle().await;
+    let q = broker.stats().await.queues["q"].clone();
+    assert_eq!((q.undecodable, q.dropped.rejected, q.acked), (1, 1, 0), "{q:?}");
+}
+
+#[actix::test]
+async fn starting_with_no_arbiters_is_refused() {
+    let err = Broker::builder(one_queue(QueueSpec::default())).arbiters(0).start().unwrap_err();
+    assert_eq!(err, StartError::Arbiters(0));
+}
