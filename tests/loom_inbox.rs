@@ -145,3 +145,55 @@ fn draining_before_closing_loses_a_message() {
     });
     assert!(lost.is_err(), "loom found no interleaving that loses the message");
 }
+
+/// The credit path of `block` queues (`QueueHandle::offer`): a publisher takes a credit or waits for
+/// one; deleting the queue or shutting down closes the credits, and a waiting publisher must then
+/// find the queue closed rather than wait forever. Modelled with a mutex around (permits, closed) and
+/// a notification, as tokio's semaphore is a mutex-guarded wait list.
+#[derive(Default)]
+struct Credits {
+    state: Mutex<(usize, bool)>,
+    changed: loom::sync::Notify,
+}
+
+impl Credits {
+    /// `Semaphore::acquire`: a credit, or `None` once closed.
+    fn acquire(&self) -> Option<()> {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                if state.1 {
+                    return None;
+                }
+                if state.0 > 0 {
+                    state.0 -= 1;
+                    return Some(());
+                }
+            }
+            self.changed.wait();
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify();
+    }
+}
+
+#[test]
+fn a_publisher_waiting_for_credit_is_released_by_the_close() {
+    bounded(|| {
+        let credits = Arc::new(Credits::default());
+        let inbox = Arc::new(Inbox::default());
+        let publisher = {
+            let (credits, inbox) = (credits.clone(), inbox.clone());
+            thread::spawn(move || credits.acquire().map(|()| inbox.send(1)).unwrap_or(false))
+        };
+        // The queue is deleted: its credits close, then its inbox.
+        credits.close();
+        inbox.close();
+        let accepted = usize::from(publisher.join().unwrap());
+        let counted = inbox.taken.load(Ordering::Relaxed) + inbox.late.load(Ordering::Relaxed);
+        assert_eq!(counted, accepted, "a credited publish was lost in the close");
+    });
+}

@@ -94,16 +94,7 @@ fn a_confirmed_message_never_acked_is_lost_at_least_once() {
 
 #[test]
 fn a_message_dropped_by_its_queue_policy_is_not_lost() {
-    let reasons = [
-        DropReason::Overflow,
-        DropReason::Maxlen,
-        DropReason::Expired,
-        DropReason::Rejected,
-        DropReason::DeliveryLimit,
-        DropReason::Deleted,
-        DropReason::DeadLetterCycle,
-    ];
-    for reason in reasons {
+    for &reason in tubemail_sim::check::POLICY_DROP_REASONS {
         let report = Run::default()
             .sent(1, "k", "q")
             .drop(1, "q", reason)

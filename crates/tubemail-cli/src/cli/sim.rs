@@ -164,43 +164,30 @@ fn summary(outcome: &SimRun) -> String {
 /// Prints the history of one run, one event per line.
 pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool, which: SimScenario) -> bool {
     use std::io::Write;
+    // A closed pipe (`| head`) ends the listing quietly: every line is written, never printed.
+    let mut out = std::io::stdout().lock();
     if which == SimScenario::Lifecycle {
         let outcome = run_lifecycle(scenario, seed);
-        print_history(&outcome.history, full);
-        println!("operations: {:?}", outcome.ops);
+        print_history(&mut out, &outcome.history, full);
+        let _ = writeln!(out, "operations: {:?}", outcome.ops);
         for v in &outcome.violations {
-            println!("violation: {v}");
+            let _ = writeln!(out, "violation: {v}");
         }
         if outcome.ok() {
-            println!("every promise held");
+            let _ = writeln!(out, "every promise held");
         }
         return outcome.ok();
     }
     let outcome = run(scenario, seed);
-    let events = outcome.history.events();
-    let shown = if full { events.len() } else { events.len().min(200) };
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`| head`) ends the listing quietly.
-    let _ = (|| -> std::io::Result<()> {
-        for event in &events[..shown] {
-            writeln!(out, "{event}")?;
-        }
-        if shown < events.len() {
-            writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
-        }
-        writeln!(out, "history hash {:016x}", outcome.history.hash())?;
-        writeln!(out, "{}", outcome.report)
-    })();
+    print_history(&mut out, &outcome.history, full);
+    let _ = writeln!(out, "{}", outcome.report);
     outcome.ok()
 }
 
 /// Prints a history (the first 200 events unless `full`) and its hash.
-fn print_history(history: &tubemail_sim::history::History, full: bool) {
-    use std::io::Write;
+fn print_history(out: &mut impl std::io::Write, history: &tubemail_sim::history::History, full: bool) {
     let events = history.events();
     let shown = if full { events.len() } else { events.len().min(200) };
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`| head`) ends the listing quietly.
     let _ = (|| -> std::io::Result<()> {
         for event in &events[..shown] {
             writeln!(out, "{event}")?;
