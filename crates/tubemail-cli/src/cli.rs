@@ -51,8 +51,9 @@ enum Command {
         /// fanout (4 queues, 8 keys), work-queue (1 queue, 4 consumers), wide (1 to 1,000 queues),
         /// bindings (10 to 100,000 patterns), latency (a paced publisher), memory; with `--topology`
         /// and `--keys`, a topology and key mix of your own.
-        #[arg(value_enum, default_value = "fanout")]
-        scenario: Scenario,
+        /// (default: fanout)
+        #[arg(value_enum)]
+        scenario: Option<Scenario>,
         /// Messages to publish per run (1 to 100,000,000; `memory` takes at most 16,777,215).
         #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         messages: u64,
@@ -243,7 +244,7 @@ fn verdict(held: Result<bool, String>) -> Result<(), String> {
 impl Cli {
     /// Whether this is `tubemail bench memory`, which counts live heap bytes.
     pub(crate) fn measures_memory(&self) -> bool {
-        matches!(self.command, Command::Bench { scenario: Scenario::Memory, .. })
+        matches!(self.command, Command::Bench { scenario: Some(Scenario::Memory), .. })
     }
 
     pub(crate) fn run(self) -> ExitCode {
@@ -284,20 +285,29 @@ impl Cli {
                     Some(m) => vec![m.delivery()],
                     None => vec![tubemail::DeliveryMode::AtMostOnce, tubemail::DeliveryMode::AtLeastOnce],
                 };
-                let scenario = if topology.is_some() { "custom" } else { scenario.name() };
-                let args = bench::BenchArgs {
-                    scenario,
-                    messages,
-                    payload,
-                    modes,
-                    json,
-                    peers,
-                    plot,
-                    rate,
-                    topology,
-                    keys,
+                let scenario = match (scenario, &topology) {
+                    (None, Some(_)) => Ok("custom"),
+                    (Some(s), Some(_)) => Err(format!(
+                        "--topology and --keys run a scenario of their own: leave out {:?}",
+                        s.name()
+                    )),
+                    (s, None) => Ok(s.unwrap_or(Scenario::Fanout).name()),
                 };
-                bench::run(&args)
+                scenario.and_then(|scenario| {
+                    let args = bench::BenchArgs {
+                        scenario,
+                        messages,
+                        payload,
+                        modes,
+                        json,
+                        peers,
+                        plot,
+                        rate,
+                        topology,
+                        keys,
+                    };
+                    bench::run(&args)
+                })
             }
         };
         match result {

@@ -351,6 +351,7 @@ fn bad_arguments_are_refused_and_never_panic() {
         &["demo", "--orders", "0"],
         &["demo", "--orders", "-1"],
         &["validate", "--topology", "/no/such/file.toml"],
+        &["bench", "wide", "--topology", "/no/such/t.toml", "--keys", "/no/such/k.txt"],
         &["route", "--topology", "/no/such/file.toml", "a"],
     ];
     for args in cases {

@@ -27,7 +27,32 @@ pub(crate) struct BenchArgs {
 
 pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
     check(args)?;
-    let results = match args.scenario {
+    // A spinner with the elapsed time on a terminal (indicatif hides it when stderr is not one, as in
+    // CI); none with --json.
+    let progress = (!args.json).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("bench {}", args.scenario));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    });
+    let results = run_scenario(args);
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let results = results?;
+    if let Some(path) = &args.plot {
+        super::plot::draw(path, args.scenario, &results)?;
+    }
+    if args.json {
+        println!("{}", json!({ "scenario": args.scenario, "results": results }));
+    } else {
+        print_table(args, &results);
+    }
+    Ok(())
+}
+
+fn run_scenario(args: &BenchArgs) -> Result<Vec<Value>, String> {
+    Ok(match args.scenario {
         "fanout" => throughput(args, Shaped::Fanout)?,
         "work-queue" => throughput(args, Shaped::Shape(shapes::work_queue()))?,
         "custom" => throughput(args, Shaped::Shape(custom_shape(args)?))?,
@@ -38,16 +63,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         "arbiters" => arbiters(args),
         "isolation" => isolation(),
         other => return Err(format!("unknown scenario {other:?}")),
-    };
-    if let Some(path) = &args.plot {
-        super::plot::draw(path, args.scenario, &results)?;
-    }
-    if args.json {
-        println!("{}", json!({ "scenario": args.scenario, "results": results }));
-    } else {
-        print_table(args, &results);
-    }
-    Ok(())
+    })
 }
 
 /// Refuses what a scenario cannot run as asked, before running anything.
