@@ -1,4 +1,27 @@
 //! The broker: starts a topology's actors and is the handle to publish, subscribe and inspect.
+//!
+//! # Delivery guarantees
+//! Every publish ends one way, in its confirm and in the topic's counters: routed to some queues,
+//! refused by every target, or unroutable (to the alternate queue, or dropped and counted). A publish
+//! racing the deletion of its queue either reaches the queue before the deletion (and is counted in
+//! that incarnation, as `dropped.deleted` if it was still there) or finds it gone and is routed as if
+//! it had never existed. Each queue then keeps its own delivery mode's promise.
+//!
+//! # Ordering
+//! A publisher's messages reach each queue in publish order. Queue ids are never reused: a statistic,
+//! a binding or a cached route of a deleted queue can never reach a queue re-declared under its name.
+//!
+//! # Backpressure
+//! `publish` waits only where a queue's policy is `block` (the default) or a `drop-head` queue's inbox
+//! is full; `try_publish` never waits and hands the value back. Placement: queues spread over the
+//! broker's arbiters (see [`BrokerBuilder::arbiters`]), subscribers beside their queue.
+//!
+//! # Shutdown
+//! [`Broker::shutdown`] refuses new work, releases waiting publishers, delivers what is ready within
+//! its timeout, retires every subscriber (drain, stop, remove: the routine
+//! [`Subscription::unsubscribe`] uses), stops every actor and the broker's own arbiters, and reports
+//! final counters; afterwards every method answers `Closed`, and the broker's memory is freed when
+//! the last handle is dropped.
 
 mod publisher;
 mod registry;

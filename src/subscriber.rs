@@ -22,8 +22,11 @@
 //! [`SETTLE_BATCH_MAX`] at a time.
 //!
 //! # Shutdown
-//! [`Subscription::unsubscribe`] stops new deliveries, waits up to a timeout for the handler to settle
-//! what it holds, then requeues (or counts lost) the rest and stops the actor.
+//! [`Subscription::unsubscribe`](crate::Subscription::unsubscribe) stops new deliveries, waits up to a
+//! timeout for the handler to settle what it holds and for the subscriber to stop (interrupting a
+//! handler still running at the timeout), then requeues (or counts lost) the rest. A sync handler
+//! that blocks runs on a thread of its own ([`Broker::subscribe_blocking`](crate::Broker::subscribe_blocking),
+//! or moved there by the watchdog after [`BLOCKING_THRESHOLD`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;

@@ -54,10 +54,10 @@ impl Attempt {
 }
 
 impl Publisher {
-    /// Publishes a typed value. See [`Broker::publish`].
+    /// Publishes a typed value. See [`Broker::publish`](crate::Broker::publish).
     ///
     /// # Errors
-    /// As [`Broker::publish`].
+    /// As [`Broker::publish`](crate::Broker::publish).
     pub async fn publish<T: Serialize + Send + Sync + 'static>(
         &self,
         key: &str,
@@ -66,20 +66,20 @@ impl Publisher {
         self.publish_payload(key, Payload::value(value)).await
     }
 
-    /// Publishes raw bytes. See [`Broker::publish_bytes`].
+    /// Publishes raw bytes. See [`Broker::publish_bytes`](crate::Broker::publish_bytes).
     ///
     /// # Errors
-    /// As [`Broker::publish`].
+    /// As [`Broker::publish`](crate::Broker::publish).
     pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
         // Never cloned on the way: every queue shares the message, and subscribers read the bytes in
         // place, so a `Bytes` made from a `Vec` is never promoted to a shared buffer (an allocation).
         self.publish_payload(key, Payload::Bytes(bytes.into())).await
     }
 
-    /// Publishes without waiting. See [`Broker::try_publish`].
+    /// Publishes without waiting. See [`Broker::try_publish`](crate::Broker::try_publish).
     ///
     /// # Errors
-    /// As [`Broker::try_publish`].
+    /// As [`Broker::try_publish`](crate::Broker::try_publish).
     pub fn try_publish<T: Serialize + Send + Sync + 'static>(
         &self,
         key: &str,
