@@ -22,9 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tubemail::{
-    Broker, Delivery, Outcome, QueueSpec, Stats, SubscribeOptions, TopicKind, TopicSpec, Topology,
-};
+use tubemail::{Broker, Delivery, Outcome, QueueSpec, SubscribeOptions, TopicKind, TopicSpec, Topology};
 
 const JOBS: u32 = 200;
 const WORKERS: usize = 4;
@@ -87,19 +85,10 @@ async fn start_worker(
     broker.subscribe_with("work", options, handler).await.expect("queue declared");
 }
 
-/// Waits (on the paused clock) until the queue holds nothing and two snapshots in a row agree.
+/// Waits until the broker is idle (`Broker::idle`), within ten minutes of the paused clock.
 async fn wait_quiet(broker: &Broker) {
-    let mut last = Stats::default();
-    for _ in 0..1_000 {
-        let stats = broker.stats().await;
-        let quiet = stats.queues.values().all(|q| q.ready == 0 && q.in_flight == 0);
-        if quiet && stats == last {
-            return;
-        }
-        last = stats;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the workers never went quiet: {last:#?}");
+    let idle = tokio::time::timeout(Duration::from_secs(600), broker.idle()).await;
+    idle.expect("the broker went quiet");
 }
 
 #[actix::main]

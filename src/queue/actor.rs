@@ -346,6 +346,7 @@ impl QueueActor {
                             act.state.dead_letter_lost(refused)
                         }
                         act.answer_idle_waiters(ctx);
+                        act.stop_when_done(ctx);
                     },
                 ));
             }
@@ -449,7 +450,7 @@ impl QueueActor {
 
     fn delete(&mut self, ctx: &mut Context<Self>) -> QueueStats {
         if !self.deleted {
-            self.close(ctx);
+            self.close();
             // Dead letters made before the deletion are passed on, not dropped with the queue.
             self.after(ctx);
             self.state.delete();
@@ -461,13 +462,14 @@ impl QueueActor {
             if let Some(host) = self.host.upgrade() {
                 host.queue_deleted(self.id, stats);
             }
+            self.stop_when_done(ctx);
         }
         self.stats()
     }
 
     /// Closes the inbox (taking in what publishers placed before the close), releases publishers
-    /// waiting for credit, answers waiters, and stops the actor once its pending work is done.
-    fn close(&mut self, ctx: &mut Context<Self>) {
+    /// waiting for credit and answers waiters; [`QueueActor::stop_when_done`] stops the actor after.
+    fn close(&mut self) {
         self.deleted = true;
         if crate::probe::bug(&self.probe, |b| b.delete_drains_before_close) {
             // Broken on purpose: what a publisher places after this drain is never taken in.
@@ -486,7 +488,14 @@ impl QueueActor {
         for waiter in self.idle_waiters.drain(..) {
             let _ = waiter.send(true);
         }
-        ctx.stop();
+    }
+
+    /// A closed queue stops once no dead letter of its own waits for room in a dead-letter queue's
+    /// inbox: stopping drops the actor's pending futures, and with them those dead letters.
+    fn stop_when_done(&mut self, ctx: &mut Context<Self>) {
+        if self.deleted && self.dead_letters_pending == 0 {
+            ctx.stop();
+        }
     }
 
     fn stats(&self) -> QueueStats {
@@ -653,8 +662,9 @@ impl Handler<Shut> for QueueActor {
 
     fn handle(&mut self, _msg: Shut, ctx: &mut Self::Context) -> Self::Result {
         if !self.deleted {
-            self.close(ctx);
+            self.close();
             self.after(ctx);
+            self.stop_when_done(ctx);
         }
         MessageResult(self.stats())
     }
