@@ -792,6 +792,11 @@ async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> Shut
     for queue in &queues {
         queue.release_waiting_publishers();
     }
+    // The released publishers count their confirms; the final counters wait for them (they return
+    // at once, as every credit is closed).
+    while registry.publishes_waiting() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(IDLE_RECHECK).await;
+    }
     let drained_queues = registry::wait_idle(&queues, deadline).await;
     let subscribers = registry.subscriptions.take_all();
     let drains = subscribers.iter().map(|s| subscription::drain(s, deadline));

@@ -142,8 +142,9 @@ impl Publisher {
             return Ok((id, self.unroutable()));
         }
         let mut held = attempt.held.take();
+        // Counted until its confirm is counted too, so that shutdown's final counters include it.
+        let _waiting = (!attempt.waiting.is_empty()).then(|| self.registry.publish_waits());
         if !attempt.waiting.is_empty() {
-            let _waiting = self.registry.publish_waits();
             for queue in std::mem::take(&mut attempt.waiting) {
                 let msg = held.clone().expect("a queue with no room hands the message back");
                 match queue.offer(msg).await {
