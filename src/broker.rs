@@ -615,6 +615,7 @@ impl Broker {
             prefetch,
             stopping: Arc::clone(&stopping),
             counters: handle.counters.clone(),
+            on_undecodable: options.on_undecodable,
         };
         let actor = SubscriberActor::<T, R>::new(place, runner, probe);
         // Beside its queue: deliveries and settlements never cross threads.

@@ -70,9 +70,9 @@ pub use broker::{
     ARBITERS_MAX, DELETED_QUEUES_KEPT_MAX,
 };
 pub use bytes::Bytes;
-pub use message::{Death, DeathReason, Message, Payload, TypedValue};
+pub use message::{Death, DeathReason, Message, Payload, PayloadError, TypedValue};
 pub use stats::{DeletedQueue, Dropped, QueueStats, Stats, TopicStats};
-pub use subscriber::{AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions};
+pub use subscriber::{AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions, UndecodableHook};
 pub use topology::{DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError};
 
 /// The README's examples, run as doctests so that it stays true.

@@ -395,17 +395,54 @@ impl Acker {
 }
 
 /// Options of one subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct SubscribeOptions {
     /// Unsettled deliveries at most (0 = up to the queue's `depth_max`); `None` takes the queue's
     /// `prefetch_default`.
     pub prefetch: Option<u32>,
+    /// Called with each message whose payload is not of the subscriber's type, before the message is
+    /// rejected (dead-lettered where the queue has a dead-letter queue) and counted in the queue's
+    /// [`QueueStats::undecodable`](crate::QueueStats::undecodable).
+    pub on_undecodable: Option<UndecodableHook>,
+}
+
+/// A subscriber-side hook for payloads of the wrong type: see [`SubscribeOptions::on_undecodable`].
+/// It runs on the subscriber's thread, so it should be quick (count, log, alert).
+pub type UndecodableHook = Arc<dyn Fn(&Message, &crate::PayloadError) + Send + Sync>;
+
+impl std::fmt::Debug for SubscribeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscribeOptions")
+            .field("prefetch", &self.prefetch)
+            .field("on_undecodable", &self.on_undecodable.as_ref().map(|_| "Fn"))
+            .finish()
+    }
 }
 
 impl SubscribeOptions {
     /// Sets the prefetch.
     pub fn prefetch(mut self, prefetch: u32) -> Self {
         self.prefetch = Some(prefetch);
+        self
+    }
+
+    /// Sets the hook called for each payload of the wrong type.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// let mismatched = Arc::new(AtomicU64::new(0));
+    /// let seen = mismatched.clone();
+    /// let options = tubemail::SubscribeOptions::default().on_undecodable(move |msg, error| {
+    ///     seen.fetch_add(1, Ordering::Relaxed);
+    ///     eprintln!("message {} with key {}: {error}", msg.id(), msg.key());
+    /// });
+    /// assert!(options.on_undecodable.is_some());
+    /// ```
+    pub fn on_undecodable(
+        mut self,
+        hook: impl Fn(&Message, &crate::PayloadError) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_undecodable = Some(Arc::new(hook));
         self
     }
 }
@@ -448,6 +485,7 @@ pub(crate) struct SubscriberActor<T, H> {
     /// Set by the unsubscriber before it sends `Stop`: run no more handlers.
     stopping: Arc<StopSignal>,
     counters: Arc<crate::queue::SideCounters>,
+    on_undecodable: Option<UndecodableHook>,
     /// The watchdog has found a blocking handler (and moved it, if it could).
     moved_off_arbiter: bool,
     probe: ProbeRef,
@@ -509,6 +547,8 @@ pub(crate) struct Placement {
     pub(crate) stopping: Arc<StopSignal>,
     /// The queue's counters kept outside its actor (undecodable payloads).
     pub(crate) counters: Arc<crate::queue::SideCounters>,
+    /// The subscription's hook for payloads of the wrong type.
+    pub(crate) on_undecodable: Option<UndecodableHook>,
 }
 
 impl<T, H> SubscriberActor<T, H>
@@ -518,7 +558,8 @@ where
 {
     /// Builds the actor for `place` around `handler`.
     pub(crate) fn new(place: Placement, handler: H, probe: ProbeRef) -> Self {
-        let Placement { queue_addr, queue, consumer, mode, prefetch, stopping, counters } = place;
+        let Placement { queue_addr, queue, consumer, mode, prefetch, stopping, counters, on_undecodable } =
+            place;
         Self {
             link: Arc::new(Link { queue: queue_addr, consumer }),
             mode,
@@ -535,6 +576,7 @@ where
             queue,
             stopping,
             counters,
+            on_undecodable,
             moved_off_arbiter: false,
             probe,
             _value: PhantomData,
@@ -646,6 +688,10 @@ where
             Err(e) => {
                 self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
+                if let Some(hook) = &self.on_undecodable {
+                    // A panicking hook must not take the subscriber down with it.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| hook(&msg, &e)));
+                }
                 return self.record(tag, &msg, Outcome::Reject, ctx);
             }
         };

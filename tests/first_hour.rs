@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tubemail::{
-    Broker, Confirm, Delivery, DeliveryMode, Outcome, Overflow, QueueSpec, StartError, TopicKind, TopicSpec,
-    Topology,
+    Broker, Confirm, Delivery, DeliveryMode, Outcome, Overflow, PayloadError, QueueSpec, StartError,
+    SubscribeOptions, TopicKind, TopicSpec, Topology,
 };
 
 fn one_queue(spec: QueueSpec) -> Topology {
@@ -75,6 +75,36 @@ async fn a_payload_of_the_wrong_type_is_counted_as_undecodable() {
     broker.idle().await;
     let q = broker.stats().await.queues["q"].clone();
     assert_eq!((q.undecodable, q.dropped.rejected, q.acked), (1, 1, 0), "{q:?}");
+}
+
+/// The subscriber-side hook sees each mismatched payload with its message and the typed error, and a
+/// panicking hook does not take the subscriber down.
+#[actix::test]
+async fn the_undecodable_hook_sees_each_payload_of_the_wrong_type() {
+    let broker = Broker::start(one_queue(QueueSpec::default())).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let options = SubscribeOptions::default().on_undecodable(move |msg, error| {
+        record.lock().unwrap().push((msg.key().to_owned(), error.clone()));
+        panic!("a hook that panics");
+    });
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = handled.clone();
+    let handler = move |_: Delivery<u64>| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async { Outcome::Ack }
+    };
+    broker.subscribe_with("q", options, handler).await.unwrap();
+    broker.publish("t", "first", "not a number".to_owned()).await.unwrap();
+    broker.publish("t", "second", 7_u64).await.unwrap();
+    broker.publish("t", "third", 1.5_f64).await.unwrap();
+    broker.idle().await;
+    let seen = seen.lock().unwrap().clone();
+    let keys: Vec<&str> = seen.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["first", "third"]);
+    assert!(matches!(seen[0].1, PayloadError::TypeMismatch { expected: "u64", .. }), "{:?}", seen[0].1);
+    assert_eq!(handled.load(Ordering::Relaxed), 1, "the subscriber outlived its panicking hook");
+    assert_eq!(broker.stats().await.queues["q"].undecodable, 2);
 }
 
 #[actix::test]
