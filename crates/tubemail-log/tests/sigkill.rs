@@ -1,0 +1,89 @@
+//! The durability claim, tested as it is made: a child process appends and prints each acked record,
+//! and is killed with SIGKILL at a moment of its work; every record it reported acked must be there,
+//! intact, at its offset, with offsets dense, under every fsync policy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use tubemail_log::{Append, Fsync, LogDir, StreamConfig};
+
+const CHILD_DIR: &str = "TUBEMAIL_LOG_SIGKILL_DIR";
+const CHILD_FSYNC: &str = "TUBEMAIL_LOG_SIGKILL_FSYNC";
+
+fn config(fsync: Fsync) -> StreamConfig {
+    StreamConfig { partitions: 2, segment_bytes: 64 << 10, fsync, ..StreamConfig::default() }
+}
+
+/// The child: appends until killed, printing `PARTITION OFFSET N` for each acked record.
+#[test]
+#[ignore = "the child process of acked_records_survive_sigkill_under_every_fsync_policy"]
+fn sigkill_child_appender() {
+    let (Ok(dir), Ok(fsync)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_FSYNC)) else { return };
+    let log = LogDir::open(&dir).unwrap();
+    let stream = log.stream("t", config(fsync.parse().unwrap())).unwrap();
+    let mut out = std::io::stdout().lock();
+    for n in 0u64.. {
+        let key = format!("key-{}", n % 16);
+        let value = format!("value-{n}-{}", "x".repeat((n % 200) as usize));
+        let a = stream
+            .append_blocking(Append {
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+                timestamp: n as i64,
+            })
+            .unwrap();
+        writeln!(out, "{} {} {n}", a.partition, a.offset).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn acked_records_survive_sigkill_under_every_fsync_policy() {
+    for fsync in [Fsync::Always, Fsync::Interval, Fsync::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut acked = Vec::new();
+        for (round, wait_for) in [300_usize, 1_500, 50, 800].into_iter().enumerate() {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args(["--ignored", "--exact", "sigkill_child_appender", "--nocapture", "--test-threads=1"])
+                .env(CHILD_DIR, dir.path())
+                .env(CHILD_FSYNC, fsync.as_str())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut seen = 0;
+            while seen < wait_for {
+                let line = lines.next().expect("the child appends until killed").unwrap();
+                let mut parts = line.split_whitespace().map(|p| p.parse::<u64>());
+                let (Some(Ok(partition)), Some(Ok(offset)), Some(Ok(n))) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue; // the test harness's own lines
+                };
+                acked.push((partition as u32, offset, n, round));
+                seen += 1;
+            }
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        let log = LogDir::open(dir.path()).unwrap();
+        let stream = log.open_stream("t").unwrap();
+        for p in stream.partitions() {
+            let records = p.read(0, usize::MAX, usize::MAX).unwrap();
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(r.offset, i as u64, "{fsync:?}: offsets are dense");
+            }
+            for &(partition, offset, n, round) in acked.iter().filter(|a| a.0 == p.id()) {
+                let r = records.get(offset as usize).unwrap_or_else(|| {
+                    panic!("{fsync:?}: acked record {n} (round {round}) at {partition}/{offset} is lost")
+                });
+                let value = String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap();
+                assert!(
+                    value.starts_with(&format!("value-{n}-")),
+                    "{fsync:?}: {partition}/{offset} holds {value}"
+                );
+            }
+            assert_eq!(p.verify().unwrap() as usize, records.len());
+        }
+    }
+}
