@@ -25,6 +25,7 @@
 
 mod publisher;
 mod registry;
+mod streams;
 mod subscription;
 
 use std::future::Future;
@@ -42,6 +43,7 @@ use tokio::time::Instant;
 pub use self::publisher::Publisher;
 use self::registry::Registry;
 pub use self::registry::DELETED_QUEUES_KEPT_MAX;
+pub use self::streams::GROUP_NAME_MAX;
 use self::subscription::Subscriber;
 pub use self::subscription::{Subscription, UnsubscribeReport};
 use crate::ids::QueueId;
@@ -51,11 +53,12 @@ use crate::queue::state::QueueState;
 use crate::queue::{InsertError, QueueActor, QueueHandle, QueueHost};
 use crate::routing::RoutingError;
 use crate::stats::{DeletedQueue, QueueStats, Stats};
+use crate::stream::Streams;
 use crate::subscriber::{
     AsyncRunner, Delivery, Handler, Outcome, Placement, Runner, SubscribeOptions, SubscriberActor, SyncRunner,
 };
-use crate::topic::{TopicActor, TopicHandle};
-use crate::topology::{QueueSpec, Topology, TopologyError};
+use crate::topic::{StreamRoutes, TopicActor, TopicHandle};
+use crate::topology::{QueueSpec, Target, Topology, TopologyError};
 
 /// The outcome of one publish: exactly one per publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +177,7 @@ pub enum DeleteError {
 }
 
 /// Why the broker could not start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The topology is invalid.
     #[error(transparent)]
@@ -189,6 +192,10 @@ pub enum StartError {
     /// An arbiter count of 0 or above [`ARBITERS_MAX`].
     #[error("a broker runs on 1 to {ARBITERS_MAX} arbiters, not {0}")]
     Arbiters(usize),
+    /// The data directory or a stream in it could not be opened: locked by another process, not a
+    /// log, damaged, or an I/O error (each names the file).
+    #[error("cannot open the streams: {0}")]
+    Log(#[from] tubemail_log::LogError),
 }
 
 /// What shutting down found.
@@ -264,6 +271,10 @@ pub struct BrokerBuilder {
     arbiters: Option<usize>,
 }
 
+/// How often a broker applies retention and compaction to its streams (see
+/// [`Broker::maintain_streams`] to do it now).
+pub const STREAM_MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+
 impl BrokerBuilder {
     /// Reports fault sites and events to `probe` (the simulator's seam; see [`crate::probe`]). A
     /// probed broker runs on one arbiter, the simulator's one thread.
@@ -280,6 +291,13 @@ impl BrokerBuilder {
     /// queue. The queue with id `i` lives on arbiter `i % n`, and every subscriber beside its queue.
     pub fn arbiters(mut self, n: usize) -> Self {
         self.arbiters = Some(n);
+        self
+    }
+
+    /// Keeps streams in `dir` (created if missing, locked while the broker runs), overriding the
+    /// topology's `data_dir`. Without a directory, streams live in memory.
+    pub fn data_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.topology.data_dir = Some(dir.into());
         self
     }
 
@@ -325,9 +343,14 @@ impl Broker {
             tracing::warn!("{warning}");
         }
         let arbiter = current_arbiter().ok_or(StartError::NoActixSystem)?;
+        let clock = crate::stream::Clock::new(Instant::now());
+        let streams = Streams::open(topology.data_dir.as_deref(), &topology.streams, clock)?;
         let arbiters = registry::Arbiters::start(arbiter.clone(), arbiters);
-        let registry = Arc::new(Registry::new(arbiter, arbiters, probe));
+        let registry = Arc::new(Registry::new(arbiter, arbiters, probe, streams));
         let broker = Broker { registry };
+        if !topology.streams.is_empty() {
+            broker.start_stream_maintenance();
+        }
         for (name, spec) in &topology.queues {
             broker.start_queue(name, spec.clone()).map_err(|_| {
                 StartError::Topology(TopologyError::invalid(
@@ -339,10 +362,33 @@ impl Broker {
         for (name, spec) in &topology.topics {
             let (mut actor, table) = TopicActor::new(spec.kind);
             let queue_id = |q: &str| broker.registry.queue(q).map(|h| h.id);
+            let mut stream_bindings = Vec::new();
             for b in topology.bindings.iter().filter(|b| &b.topic == name) {
-                let queue = queue_id(&b.queue).expect("a validated topology binds declared queues");
-                actor.bind_now(queue, &b.key, b.weight).expect("a validated topology has valid bindings");
+                match &b.target {
+                    Target::Queue(q) => {
+                        let queue = queue_id(q).expect("a validated topology binds declared queues");
+                        actor
+                            .bind_now(queue, &b.key, b.weight)
+                            .expect("a validated topology has valid bindings");
+                    }
+                    Target::Stream(s) => {
+                        let stream = broker
+                            .registry
+                            .streams
+                            .get(s)
+                            .expect("a validated topology binds declared streams");
+                        stream_bindings.push((stream.clone(), b.key.clone()));
+                    }
+                }
             }
+            let streams = if stream_bindings.is_empty() {
+                None
+            } else {
+                Some(
+                    StreamRoutes::new(spec.kind, stream_bindings)
+                        .expect("a validated topology has valid bindings"),
+                )
+            };
             let handle = TopicHandle {
                 name: name.as_str().into(),
                 kind: spec.kind,
@@ -351,6 +397,7 @@ impl Broker {
                 cache: crate::topic::RouteCache::new(),
                 counters: Default::default(),
                 addr: TopicActor::start_in_arbiter(&broker.registry.arbiter, |_| actor),
+                streams,
             };
             broker.registry.insert_topic(Arc::new(handle));
         }
@@ -689,6 +736,7 @@ impl Broker {
             stats.deleted_queues.push(DeletedQueue { name, id, stats: q });
         }
         stats.deleted_folded = folded;
+        stats.streams = self.registry.streams.stats();
         stats
     }
 
@@ -813,7 +861,10 @@ async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> Shut
         report.requeued += r.requeued;
         report.lost += r.lost;
     }
+    let streams = registry.streams.stats();
+    registry.streams.close().await;
     report.stats = registry.stop_everything().await;
+    report.stats.streams = streams;
     registry.arbiters.stop();
     report
 }

@@ -60,6 +60,7 @@ mod protocol;
 pub mod queue;
 pub mod routing;
 pub mod stats;
+pub mod stream;
 pub mod subscriber;
 pub(crate) mod topic;
 pub mod topology;
@@ -67,13 +68,22 @@ pub mod topology;
 pub use broker::{
     BindError, Broker, BrokerBuilder, Confirm, DeclareError, DeleteError, PublishError, Publisher,
     ShutdownReport, StartError, SubscribeError, Subscription, TryPublishError, UnsubscribeReport,
-    ARBITERS_MAX, DELETED_QUEUES_KEPT_MAX,
+    ARBITERS_MAX, DELETED_QUEUES_KEPT_MAX, GROUP_NAME_MAX, STREAM_MAINTENANCE_EVERY,
 };
 pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, PayloadError, TypedValue};
-pub use stats::{DeletedQueue, Dropped, QueueStats, Stats, TopicStats};
+pub use stats::{
+    DeletedQueue, Dropped, GroupPartitionStats, GroupStats, PartitionStats, QueueStats, Stats, StreamStats,
+    TopicStats,
+};
+pub use stream::{
+    AppendError, Appended, GroupError, GroupMember, GroupOptions, ReadError, Reader, StartFrom, StreamRecord,
+};
 pub use subscriber::{AckError, Acker, Delivery, Handler, Outcome, SubscribeOptions, UndecodableHook};
-pub use topology::{DeliveryMode, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError};
+pub use topology::{
+    Cleanup, DeliveryMode, Fsync, Overflow, QueueSpec, StreamSpec, Target, TopicKind, TopicSpec, Topology,
+    TopologyError,
+};
 
 /// The README's examples, run as doctests so that it stays true.
 #[doc = include_str!("../README.md")]

@@ -188,6 +188,72 @@ pub struct DeletedQueue {
     pub stats: QueueStats,
 }
 
+/// A stream's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStats {
+    /// Records appended (directly and through topics).
+    pub appended: u64,
+    /// Appends the log refused or failed (too large, a full disk, a failed sync): the appender was
+    /// told, and nothing of them stays.
+    pub append_errors: u64,
+    /// Each partition's first kept offset, end (the next offset) and bytes.
+    pub partitions: BTreeMap<u32, PartitionStats>,
+    /// Consumer groups by name: the live ones, and those with committed offsets only.
+    pub groups: BTreeMap<String, GroupStats>,
+}
+
+/// One partition of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStats {
+    /// The first offset kept.
+    pub start: u64,
+    /// The next offset (the high watermark).
+    pub end: u64,
+    /// Bytes of its segments.
+    pub bytes: u64,
+    /// Segments.
+    pub segments: u64,
+}
+
+/// A consumer group on one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStats {
+    /// Members now.
+    pub members: u32,
+    /// Per partition: committed offset, end, lag and owner.
+    pub partitions: BTreeMap<u32, GroupPartitionStats>,
+    /// Records handlers finished (in this process).
+    pub processed: u64,
+    /// Members whose handler panicked (each left the group).
+    pub crashed: u64,
+    /// Records retention removed before the group read them.
+    pub skipped_by_retention: u64,
+    /// Rebalances (joins, leaves, crashes).
+    pub rebalances: u64,
+    /// Commits the log failed (each is retried by the next commit).
+    pub commit_errors: u64,
+}
+
+impl GroupStats {
+    /// Records not yet committed, over every partition.
+    pub fn lag(&self) -> u64 {
+        self.partitions.values().map(|p| p.lag).sum()
+    }
+}
+
+/// A group's view of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPartitionStats {
+    /// The committed offset (the next to read), if the group committed one.
+    pub committed: Option<u64>,
+    /// The partition's end.
+    pub end: u64,
+    /// Records from the committed offset (or the partition's start) to the end.
+    pub lag: u64,
+    /// The member reading it now.
+    pub owner: Option<u64>,
+}
+
 /// A snapshot of every topic and queue, deleted queue incarnations included.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -200,6 +266,8 @@ pub struct Stats {
     pub deleted_queues: Vec<DeletedQueue>,
     /// The summed counters of older deleted incarnations.
     pub deleted_folded: QueueStats,
+    /// Streams by name.
+    pub streams: BTreeMap<String, StreamStats>,
 }
 
 impl Stats {
@@ -289,6 +357,28 @@ impl fmt::Display for Stats {
                 "topic {name}: published {}, routed copies {}, unroutable {} (to alternate {})",
                 t.published, t.routed, t.unroutable, t.alternate
             )?;
+        }
+        for (name, s) in &self.streams {
+            let records: u64 = s.partitions.values().map(|p| p.end - p.start).sum();
+            let bytes: u64 = s.partitions.values().map(|p| p.bytes).sum();
+            writeln!(
+                f,
+                "stream {name}: {} partitions, appended {}, append errors {}, {records} records kept, {bytes} bytes",
+                s.partitions.len(),
+                s.appended,
+                s.append_errors
+            )?;
+            for (group, g) in &s.groups {
+                writeln!(
+                    f,
+                    "  group {group}: {} members, processed {}, lag {}, crashed {}, skipped by retention {}",
+                    g.members,
+                    g.processed,
+                    g.lag(),
+                    g.crashed,
+                    g.skipped_by_retention
+                )?;
+            }
         }
         Ok(())
     }

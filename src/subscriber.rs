@@ -434,7 +434,7 @@ impl SubscribeOptions {
     /// let seen = mismatched.clone();
     /// let options = tubemail::SubscribeOptions::default().on_undecodable(move |msg, error| {
     ///     seen.fetch_add(1, Ordering::Relaxed);
-    ///     eprintln!("message {} with key {}: {error}", msg.id(), msg.key());
+    ///     eprintln!("message {:?} with key {}: {error}", msg.id(), msg.key());
     /// });
     /// assert!(options.on_undecodable.is_some());
     /// ```

@@ -35,6 +35,7 @@ use crate::queue::QueueHandle;
 use crate::queue::QueueTable;
 use crate::routing::{RoutingError, RoutingTable};
 use crate::stats::TopicStats;
+use crate::stream::StreamHandle;
 use crate::topology::TopicKind;
 
 /// The topic's counters, updated by publishers.
@@ -59,6 +60,43 @@ pub(crate) struct TopicHandle {
     pub(crate) cache: RouteCache<Arc<QueueHandle>>,
     pub(crate) counters: TopicCounters,
     pub(crate) addr: Addr<TopicActor>,
+    /// The streams bound to the topic, when there are any (bound in the topology).
+    pub(crate) streams: Option<StreamRoutes>,
+}
+
+/// A topic's stream bindings: a routing table whose ids index `targets`.
+pub(crate) struct StreamRoutes {
+    table: RoutingTable,
+    targets: Vec<Arc<StreamHandle>>,
+}
+
+impl StreamRoutes {
+    /// Routes for `bindings` (stream, key) on a topic of `kind`.
+    pub(crate) fn new(
+        kind: TopicKind,
+        bindings: impl IntoIterator<Item = (Arc<StreamHandle>, String)>,
+    ) -> Result<Self, RoutingError> {
+        let mut table = RoutingTable::new(kind);
+        let mut targets: Vec<Arc<StreamHandle>> = Vec::new();
+        for (stream, key) in bindings {
+            let id = match targets.iter().position(|t| Arc::ptr_eq(t, &stream)) {
+                Some(i) => i,
+                None => {
+                    targets.push(stream);
+                    targets.len() - 1
+                }
+            };
+            table.bind(QueueId(id as u32), &key, 1)?;
+        }
+        Ok(Self { table, targets })
+    }
+
+    /// The streams `key` is appended to, each once.
+    pub(crate) fn route(&self, key: &str) -> SmallVec<[Arc<StreamHandle>; 2]> {
+        let mut ids = SmallVec::<[QueueId; 8]>::new();
+        self.table.route(key, &mut ids);
+        ids.iter().map(|id| self.targets[id.0 as usize].clone()).collect()
+    }
 }
 
 /// Where a publish goes.

@@ -44,6 +44,39 @@
 //! | `prefetch_default` | 64 | unacked deliveries per subscriber unless the subscription says otherwise |
 //! | binding `key` | `""` | routing key or pattern, at most 255 bytes |
 //! | binding `weight` | 1 | share of keys for `hash` topics (1 to [`WEIGHT_MAX`](crate::routing::WEIGHT_MAX)) |
+//!
+//! # Streams
+//! A stream (an event log, see [`crate::stream`]) is declared as `[streams.NAME]` and bound like a
+//! queue, with `stream` in place of `queue`; `data_dir = "..."` at the top of the file keeps streams
+//! on disk (without it they live in memory, with the same semantics minus survival):
+//!
+//! ```toml
+//! data_dir = "var/tubemail"
+//!
+//! [streams.orders]
+//! partitions = 4
+//! retention_ms = 604800000
+//! fsync = "always"
+//!
+//! [[bindings]]
+//! topic = "events"
+//! stream = "orders"
+//! key = "orders.#"
+//! ```
+//!
+//! | field | default | meaning |
+//! |---|---|---|
+//! | `partitions` | 1 | 1 to 1,024; a key's records keep their order in one partition; fixed once on disk |
+//! | `retention_ms` | none | closed segments whose newest record is older are deleted |
+//! | `retention_bytes` | none | closed segments are deleted, oldest first, while a partition holds more |
+//! | `retention_records` | none | closed segments are deleted while at least this many records stay without them |
+//! | `cleanup` | `delete` | `delete`, `compact` (keep each key's last record) or `compact,delete` |
+//! | `delete_retention_ms` | 86,400,000 | how long a tombstone (a key with no value) stays in a compacted stream |
+//! | `segment_bytes` | 134,217,728 | a segment is closed past this size (4 KiB to 1 GiB) |
+//! | `segment_ms` | 604,800,000 | ... or once its first record is this old |
+//! | `max_record_bytes` | 1,048,576 | the largest record, key and value framed (up to 64 MiB) |
+//! | `fsync` | `interval` | `always` (acked once on disk; appends share syncs), `interval`, `never` |
+//! | `fsync_interval_ms` | 1,000 | the period of `interval` syncs |
 
 mod file;
 
@@ -55,6 +88,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::routing::TopicKind;
 use crate::routing::{validate_pattern, RoutingError, WEIGHT_MAX};
+pub use tubemail_log::{Cleanup, Fsync, StreamConfig as StreamSpec};
 
 /// Default for [`QueueSpec::depth_max`].
 pub const DEPTH_MAX_DEFAULT: usize = 10_000;
@@ -244,13 +278,48 @@ impl QueueSpec {
     }
 }
 
-/// A binding from a topic to a queue.
+/// What a binding routes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A queue, by name: the message is enqueued.
+    Queue(String),
+    /// A stream, by name: the message is appended.
+    Stream(String),
+}
+
+impl Target {
+    /// The queue's name, for a queue target.
+    pub fn queue(&self) -> Option<&str> {
+        match self {
+            Target::Queue(q) => Some(q),
+            Target::Stream(_) => None,
+        }
+    }
+
+    /// The stream's name, for a stream target.
+    pub fn stream(&self) -> Option<&str> {
+        match self {
+            Target::Stream(s) => Some(s),
+            Target::Queue(_) => None,
+        }
+    }
+
+    /// The name, whichever kind.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Queue(n) | Target::Stream(n) => n,
+        }
+    }
+}
+
+/// A binding from a topic to a queue or a stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindingSpec {
     /// The topic's name.
     pub topic: String,
-    /// The queue's name.
-    pub queue: String,
+    /// The queue or stream it routes to.
+    pub target: Target,
     /// The routing key (direct, hash) or pattern (topic); ignored by fanout topics.
     pub key: String,
     /// Share of keys for hash topics.
@@ -322,8 +391,15 @@ pub struct Topology {
     pub topics: BTreeMap<String, TopicSpec>,
     /// Queues by name.
     pub queues: BTreeMap<String, QueueSpec>,
+    /// Streams by name.
+    pub streams: BTreeMap<String, StreamSpec>,
     /// Bindings, in declaration order.
     pub bindings: Vec<BindingSpec>,
+    /// Where streams keep their files; `None` keeps them in memory. [`BrokerBuilder::data_dir`]
+    /// overrides it.
+    ///
+    /// [`BrokerBuilder::data_dir`]: crate::BrokerBuilder::data_dir
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Topology {
@@ -357,7 +433,32 @@ impl Topology {
         key: impl Into<String>,
         weight: u32,
     ) -> Self {
-        self.bindings.push(BindingSpec { topic: topic.into(), queue: queue.into(), key: key.into(), weight });
+        let target = Target::Queue(queue.into());
+        self.bindings.push(BindingSpec { topic: topic.into(), target, key: key.into(), weight });
+        self
+    }
+
+    /// Declares a stream (an event log; see [`crate::stream`]).
+    pub fn stream(mut self, name: impl Into<String>, spec: StreamSpec) -> Self {
+        self.streams.insert(name.into(), spec);
+        self
+    }
+
+    /// Binds `stream` to `topic` with a key or pattern: what is published there is appended to it.
+    pub fn bind_stream(
+        mut self,
+        topic: impl Into<String>,
+        stream: impl Into<String>,
+        key: impl Into<String>,
+    ) -> Self {
+        let target = Target::Stream(stream.into());
+        self.bindings.push(BindingSpec { topic: topic.into(), target, key: key.into(), weight: 1 });
+        self
+    }
+
+    /// Keeps streams in `dir` (created if missing); without one they live in memory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
         self
     }
 
@@ -397,6 +498,17 @@ impl Topology {
         for (name, queue) in &self.queues {
             check_name(&format!("queues.{name}"), name)?;
             self.validate_queue(name, queue)?;
+        }
+        for (name, stream) in &self.streams {
+            let field = format!("streams.{name}");
+            if name.starts_with("__") {
+                return Err(TopologyError::invalid(field, "names starting with __ are the broker's own"));
+            }
+            tubemail_log::dir::validate_name(name)
+                .map_err(|e| TopologyError::invalid(field.clone(), e.to_string()))?;
+            if let Some((f, why)) = stream.problems().into_iter().next() {
+                return Err(TopologyError::invalid(format!("{field}.{f}"), why));
+            }
         }
         for (i, binding) in self.bindings.iter().enumerate() {
             self.validate_binding(i, binding)?;
@@ -456,7 +568,16 @@ impl Topology {
         let topic = self.topics.get(&b.topic).ok_or_else(|| {
             TopologyError::invalid(field("topic"), format!("no topic named {:?} is declared", b.topic))
         })?;
-        self.check_queue_ref(&field("queue"), &b.queue)?;
+        match &b.target {
+            Target::Queue(queue) => self.check_queue_ref(&field("queue"), queue)?,
+            Target::Stream(stream) if !self.streams.contains_key(stream) => {
+                return Err(TopologyError::invalid(
+                    field("stream"),
+                    format!("no stream named {stream:?} is declared"),
+                ))
+            }
+            Target::Stream(_) => {}
+        }
         validate_pattern(topic.kind, &b.key)
             .map_err(|e| TopologyError::invalid(field("key"), e.to_string()))?;
         validate_weight(b.weight).map_err(|e| TopologyError::invalid(field("weight"), e.to_string()))

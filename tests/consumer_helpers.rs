@@ -113,7 +113,7 @@ fn losing_first_acks<H: Handler<u32>>(lose: fn(u32) -> bool, mut inner: H) -> im
 }
 
 fn every_third(value: u32) -> bool {
-    value % LOST_ACK_EVERY == 0
+    value.is_multiple_of(LOST_ACK_EVERY)
 }
 
 fn lost_acks() -> u64 {

@@ -110,5 +110,5 @@ async fn the_undecodable_hook_sees_each_payload_of_the_wrong_type() {
 #[actix::test]
 async fn starting_with_no_arbiters_is_refused() {
     let err = Broker::builder(one_queue(QueueSpec::default())).arbiters(0).start().unwrap_err();
-    assert_eq!(err, StartError::Arbiters(0));
+    assert!(matches!(err, StartError::Arbiters(0)), "{err:?}");
 }

@@ -18,7 +18,7 @@ async fn subscriber(broker: &Broker, prefetch: u32) -> (Subscription, mpsc::Unbo
         .subscribe_with("q", SubscribeOptions::default().prefetch(prefetch), move |d: Delivery<u32>| {
             let tx = tx.clone();
             async move {
-                let outcome = if *d % 2 == 0 { Outcome::Ack } else { Outcome::Defer };
+                let outcome = if (*d).is_multiple_of(2) { Outcome::Ack } else { Outcome::Defer };
                 tx.send((*d, d.redelivered(), d.acker())).unwrap();
                 outcome
             }

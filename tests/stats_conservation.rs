@@ -69,10 +69,10 @@ async fn subscribe_all(broker: &Broker) {
     // Prefetch 1: a panic loses only the delivery in hand, so the other outcomes all happen too.
     broker
         .subscribe_with("lossy", SubscribeOptions::default().prefetch(1), |d: Delivery<u32>| async move {
-            if *d % 7 == 0 {
+            if (*d).is_multiple_of(7) {
                 panic!("lossy handler fails on {}", *d);
             }
-            if *d % 5 == 0 {
+            if (*d).is_multiple_of(5) {
                 Outcome::Reject
             } else {
                 Outcome::Ack

@@ -14,6 +14,7 @@ use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
 use crate::queue::{Offer, QueueHandle};
 use crate::routing::validate_key;
+use crate::stream::{Appended, StreamHandle};
 use crate::topic::{Route, TopicHandle};
 
 /// Publishes to one topic.
@@ -91,7 +92,12 @@ impl Publisher {
             Err(e) => return Err(TryPublishError::Invalid(e)),
         }
         let msg = self.message(key, Payload::value(value), None);
-        let mut attempt = self.route_and_offer(key, msg);
+        let streams = self.stream_targets(key);
+        let bytes = (!streams.is_empty()).then(|| msg.payload.to_bytes());
+        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty());
+        // Written, not awaited: `try_publish` never waits, so its confirm does not cover a stream's
+        // `fsync = "always"` (use `publish` for that).
+        let _written = self.write_streams(&streams, key, bytes, &mut attempt);
         if attempt.route == Route::Unroutable {
             return Ok(self.unroutable());
         }
@@ -136,7 +142,18 @@ impl Publisher {
         if let Some(probe) = &self.registry.probe {
             probe.record(What::Publish { msg: id, key: key.to_owned(), attempt: attempt_no });
         }
-        let mut attempt = self.route_and_offer(key, msg);
+        let streams = self.stream_targets(key);
+        let bytes = (!streams.is_empty()).then(|| msg.payload.to_bytes());
+        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty());
+        let written = self.write_streams(&streams, key, bytes, &mut attempt);
+        for (stream, appended) in written {
+            if stream.acked(appended).await.is_err() {
+                // A failed sync: the record is not acked, so the copy counts as refused.
+                stream.append_errors.fetch_add(1, Ordering::Relaxed);
+                attempt.accepted -= 1;
+                attempt.refused.push(stream.name.clone());
+            }
+        }
         if attempt.route == Route::Unroutable {
             self.record_confirm(id, Vec::new(), Vec::new());
             return Ok((id, self.unroutable()));
@@ -227,10 +244,57 @@ impl Publisher {
         Confirm::Unroutable { alternate: None }
     }
 
-    /// Routes `msg` and offers it to every target queue without waiting.
-    fn route_and_offer(&self, key: &str, msg: Arc<Message>) -> Attempt {
+    /// The streams bound to the topic that `key` is appended to (none without stream bindings: one
+    /// branch on the publish path).
+    fn stream_targets(&self, key: &str) -> SmallVec<[Arc<StreamHandle>; 2]> {
+        match &self.topic.streams {
+            Some(routes) => routes.route(key),
+            None => SmallVec::new(),
+        }
+    }
+
+    /// Writes the message's bytes to each stream, counting each copy as accepted or refused; returns
+    /// what was written, for the caller to await its acks.
+    fn write_streams(
+        &self,
+        streams: &[Arc<StreamHandle>],
+        key: &str,
+        bytes: Option<Result<Bytes, crate::message::PayloadError>>,
+        attempt: &mut Attempt,
+    ) -> SmallVec<[(Arc<StreamHandle>, Appended); 2]> {
+        let mut written = SmallVec::new();
+        let Some(bytes) = bytes else { return written };
+        let now = self.registry.streams.clock.now_ms();
+        for stream in streams {
+            let result = match &bytes {
+                Ok(bytes) => stream.write(key, Some(bytes), now).map_err(|e| e.to_string()),
+                Err(e) => {
+                    stream.append_errors.fetch_add(1, Ordering::Relaxed);
+                    Err(e.to_string())
+                }
+            };
+            match result {
+                Ok(appended) => {
+                    attempt.accepted += 1;
+                    written.push((stream.clone(), appended));
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream.name, error = %e, "a stream refused a published copy");
+                    attempt.refused.push(stream.name.clone());
+                }
+            }
+        }
+        written
+    }
+
+    /// Routes `msg` and offers it to every target queue without waiting. With streams matched too
+    /// (`streams`), a key no queue binding matches is routed (to the streams), not unroutable.
+    fn route_and_offer(&self, key: &str, msg: Arc<Message>, streams: bool) -> Attempt {
         let skips_binding = probe::bug(&self.registry.probe, |b| b.router_skips_binding);
         self.topic.with_route(key, &self.registry.queues, |route, targets| {
+            if streams && route != Route::Queues {
+                return self.attempt(msg, Route::Queues, &[]);
+            }
             match targets {
                 // Broken on purpose: the last matching binding is skipped.
                 [kept @ .., _] if skips_binding && !kept.is_empty() => self.attempt(msg, route, kept),

@@ -45,6 +45,8 @@ pub(crate) struct Registry {
     /// The counters at shutdown, once it has finished.
     final_stats: Mutex<Option<Stats>>,
     shut_down: Notify,
+    /// Streams, their log directory and consumer groups.
+    pub(crate) streams: crate::stream::Streams,
 }
 
 /// The arbiters a broker's queues and subscribers spread over: the one it started on, and `n - 1`
@@ -111,7 +113,12 @@ fn with_late(stats: &QueueStats, late: &AtomicU64) -> QueueStats {
 }
 
 impl Registry {
-    pub(crate) fn new(arbiter: ArbiterHandle, arbiters: Arbiters, probe: ProbeRef) -> Self {
+    pub(crate) fn new(
+        arbiter: ArbiterHandle,
+        arbiters: Arbiters,
+        probe: ProbeRef,
+        streams: crate::stream::Streams,
+    ) -> Self {
         Self {
             arbiters,
             queues: QueueTable::new(),
@@ -128,6 +135,7 @@ impl Registry {
             publishes_waiting: AtomicU64::new(0),
             final_stats: Mutex::new(None),
             shut_down: Notify::new(),
+            streams,
         }
     }
 

@@ -4,20 +4,25 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
 use super::{
-    BindingSpec, DeliveryMode, Origin, Overflow, QueueSpec, TopicKind, TopicSpec, Topology, TopologyError,
+    BindingSpec, Cleanup, DeliveryMode, Fsync, Origin, Overflow, QueueSpec, StreamSpec, Target, TopicKind,
+    TopicSpec, Topology, TopologyError,
 };
 
 /// Parses and validates a topology file; `path` only labels the errors.
 pub(super) fn parse(text: &str, path: Option<&Path>) -> Result<Topology, TopologyError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
-    let (topology, spans) = build(raw);
+    let (topology, spans) = build(raw).map_err(|(field, span, message)| TopologyError::Invalid {
+        origin: Some(origin_at(text, span.start, path)),
+        field,
+        message: message.to_owned(),
+    })?;
     topology.validate().map_err(|err| match err {
         TopologyError::Invalid { origin: None, field, message } => {
             let origin = field_span(&spans, &field).map(|span| origin_at(text, span.start, path));
@@ -37,7 +42,27 @@ struct RawFile {
     #[serde(default)]
     queues: BTreeMap<Spanned<String>, RawQueue>,
     #[serde(default)]
+    streams: BTreeMap<Spanned<String>, RawStream>,
+    #[serde(default)]
     bindings: Vec<Spanned<RawBinding>>,
+    data_dir: Option<Spanned<String>>,
+}
+
+/// `[streams.NAME]`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table of stream options")]
+struct RawStream {
+    partitions: Option<Spanned<u32>>,
+    retention_ms: Option<Spanned<u64>>,
+    retention_bytes: Option<Spanned<u64>>,
+    retention_records: Option<Spanned<u64>>,
+    cleanup: Option<Spanned<Cleanup>>,
+    delete_retention_ms: Option<Spanned<u64>>,
+    segment_bytes: Option<Spanned<u64>>,
+    segment_ms: Option<Spanned<u64>>,
+    max_record_bytes: Option<Spanned<u32>>,
+    fsync: Option<Spanned<Fsync>>,
+    fsync_interval_ms: Option<Spanned<u64>>,
 }
 
 /// `[topics.NAME]`. Tables themselves are not `Spanned`: implicit tables (dotted keys) have no span.
@@ -67,10 +92,11 @@ struct RawQueue {
 
 /// `[[bindings]]`.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a binding table with `topic` and `queue`")]
+#[serde(deny_unknown_fields, expecting = "a binding table with `topic` and `queue` (or `stream`)")]
 struct RawBinding {
     topic: Spanned<String>,
-    queue: Spanned<String>,
+    queue: Option<Spanned<String>>,
+    stream: Option<Spanned<String>>,
     key: Option<Spanned<String>>,
     weight: Option<Spanned<u32>>,
 }
@@ -87,9 +113,37 @@ fn take<T>(spans: &mut Spans, table: &str, field: &str, value: Option<Spanned<T>
     })
 }
 
-fn build(raw: RawFile) -> (Topology, Spans) {
+fn build(raw: RawFile) -> Result<(Topology, Spans), (String, Range<usize>, &'static str)> {
     let mut spans = Spans::new();
     let mut topology = Topology::new();
+    topology.data_dir = raw.data_dir.map(|d| {
+        spans.insert("data_dir".to_owned(), d.span());
+        PathBuf::from(d.into_inner())
+    });
+    for (name, st) in raw.streams {
+        let table = format!("streams.{}", name.get_ref());
+        spans.insert(table.clone(), name.span());
+        let d = StreamSpec::default();
+        let s = &mut spans;
+        let spec = StreamSpec {
+            partitions: take(s, &table, "partitions", st.partitions).unwrap_or(d.partitions),
+            retention_ms: take(s, &table, "retention_ms", st.retention_ms).or(d.retention_ms),
+            retention_bytes: take(s, &table, "retention_bytes", st.retention_bytes).or(d.retention_bytes),
+            retention_records: take(s, &table, "retention_records", st.retention_records)
+                .or(d.retention_records),
+            cleanup: take(s, &table, "cleanup", st.cleanup).unwrap_or(d.cleanup),
+            delete_retention_ms: take(s, &table, "delete_retention_ms", st.delete_retention_ms)
+                .unwrap_or(d.delete_retention_ms),
+            segment_bytes: take(s, &table, "segment_bytes", st.segment_bytes).unwrap_or(d.segment_bytes),
+            segment_ms: take(s, &table, "segment_ms", st.segment_ms).unwrap_or(d.segment_ms),
+            max_record_bytes: take(s, &table, "max_record_bytes", st.max_record_bytes)
+                .unwrap_or(d.max_record_bytes),
+            fsync: take(s, &table, "fsync", st.fsync).unwrap_or(d.fsync),
+            fsync_interval_ms: take(s, &table, "fsync_interval_ms", st.fsync_interval_ms)
+                .unwrap_or(d.fsync_interval_ms),
+        };
+        topology.streams.insert(name.into_inner(), spec);
+    }
     for (name, t) in raw.topics {
         let table = format!("topics.{}", name.get_ref());
         spans.insert(table.clone(), name.span());
@@ -127,13 +181,31 @@ fn build(raw: RawFile) -> (Topology, Spans) {
         spans.insert(table.clone(), b.span());
         let b = b.into_inner();
         spans.insert(format!("{table}.topic"), b.topic.span());
-        spans.insert(format!("{table}.queue"), b.queue.span());
-        let (topic, queue) = (b.topic.into_inner(), b.queue.into_inner());
+        let whole = spans[&table].clone();
+        let target = match (b.queue, b.stream) {
+            (Some(queue), None) => {
+                spans.insert(format!("{table}.queue"), queue.span());
+                Target::Queue(queue.into_inner())
+            }
+            (None, Some(stream)) => {
+                spans.insert(format!("{table}.stream"), stream.span());
+                Target::Stream(stream.into_inner())
+            }
+            (Some(_), Some(stream)) => {
+                return Err((
+                    format!("{table}.stream"),
+                    stream.span(),
+                    "a binding names a queue or a stream, not both",
+                ))
+            }
+            (None, None) => return Err((table, whole, "a binding needs `queue` or `stream`")),
+        };
+        let topic = b.topic.into_inner();
         let key = take(&mut spans, &table, "key", b.key).unwrap_or_default();
         let weight = take(&mut spans, &table, "weight", b.weight).unwrap_or(1);
-        topology.bindings.push(BindingSpec { topic, queue, key, weight });
+        topology.bindings.push(BindingSpec { topic, target, key, weight });
     }
-    (topology, spans)
+    Ok((topology, spans))
 }
 
 /// The span of `field`, or of the nearest enclosing table when the field was defaulted.

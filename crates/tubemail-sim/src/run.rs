@@ -140,7 +140,7 @@ pub(super) fn misrouted(history: &History, topology: &Topology) -> Vec<String> {
                     .bindings
                     .iter()
                     .filter(|b| tubemail::routing::pattern_matches(&b.key, key))
-                    .map(|b| b.queue.as_str())
+                    .filter_map(|b| b.target.queue())
                     .collect();
                 expected.sort_unstable();
                 expected.dedup();

@@ -304,7 +304,7 @@ fn custom_shape(args: &BenchArgs) -> Result<Shape, String> {
         .bindings
         .iter()
         .filter(|b| &b.topic == topic)
-        .map(|b| (index(&b.queue), b.key.clone()))
+        .filter_map(|b| Some((index(b.target.queue()?), b.key.clone())))
         .collect();
     Ok(Shape { kind: spec.kind, queues, bindings, consumers: 1, keys, arbiters: None })
 }

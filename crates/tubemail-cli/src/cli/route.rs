@@ -6,17 +6,30 @@ use std::path::Path;
 use smallvec::SmallVec;
 use tubemail::ids::QueueId;
 use tubemail::routing::{validate_key, RoutingTable};
+use tubemail::topology::Target;
 use tubemail::Topology;
 
 pub(crate) fn run(path: &Path, topic: Option<&str>, json: bool, keys: &[String]) -> Result<(), String> {
     let topology = Topology::load(path).map_err(|e| e.to_string())?;
     let topic = choose_topic(&topology, topic)?;
     let kind = topology.topics[&topic].kind;
-    let names: Vec<&String> = topology.queues.keys().collect();
-    let id_of = |name: &str| QueueId(names.iter().position(|n| *n == name).expect("validated queue") as u32);
+    // Queues by their names, then streams as `stream:NAME`: one id space for the table.
+    let names: Vec<String> = topology
+        .queues
+        .keys()
+        .cloned()
+        .chain(topology.streams.keys().map(|s| format!("stream:{s}")))
+        .collect();
+    let id_of = |target: &Target| {
+        let name = match target {
+            Target::Queue(q) => q.clone(),
+            Target::Stream(s) => format!("stream:{s}"),
+        };
+        QueueId(names.iter().position(|n| *n == name).expect("validated target") as u32)
+    };
     let mut table = RoutingTable::new(kind);
     for b in topology.bindings.iter().filter(|b| b.topic == topic) {
-        table.bind(id_of(&b.queue), &b.key, b.weight).map_err(|e| e.to_string())?;
+        table.bind(id_of(&b.target), &b.key, b.weight).map_err(|e| e.to_string())?;
     }
     let alternate = topology.topics[&topic].alternate.as_deref();
     let mut routes: BTreeMap<&str, serde_json::Value> = BTreeMap::new();
