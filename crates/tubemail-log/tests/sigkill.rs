@@ -2,26 +2,33 @@
 //! and is killed with SIGKILL at a moment of its work; every record it reported acked must be there,
 //! intact, at its offset, with offsets dense, under every fsync policy.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tubemail_log::{Append, Fsync, LogDir, StreamConfig};
 
 const CHILD_DIR: &str = "TUBEMAIL_LOG_SIGKILL_DIR";
 const CHILD_FSYNC: &str = "TUBEMAIL_LOG_SIGKILL_FSYNC";
+const CHILD_ACKS: &str = "TUBEMAIL_LOG_SIGKILL_ACKS";
 
 fn config(fsync: Fsync) -> StreamConfig {
     StreamConfig { partitions: 2, segment_bytes: 64 << 10, fsync, ..StreamConfig::default() }
 }
 
-/// The child: appends until killed, printing `PARTITION OFFSET N` for each acked record.
+/// The child: appends until killed, writing `ACK PARTITION OFFSET N` to a file (not its stdout,
+/// which the test harness shares) for each acked record.
 #[test]
 #[ignore = "the child process of acked_records_survive_sigkill_under_every_fsync_policy"]
 fn sigkill_child_appender() {
-    let (Ok(dir), Ok(fsync)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_FSYNC)) else { return };
+    let (Ok(dir), Ok(fsync), Ok(acks)) =
+        (std::env::var(CHILD_DIR), std::env::var(CHILD_FSYNC), std::env::var(CHILD_ACKS))
+    else {
+        return;
+    };
     let log = LogDir::open(&dir).unwrap();
     let stream = log.stream("t", config(fsync.parse().unwrap())).unwrap();
-    let mut out = std::io::stdout().lock();
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(acks).unwrap();
     for n in 0u64.. {
         let key = format!("key-{}", n % 16);
         let value = format!("value-{n}-{}", "x".repeat((n % 200) as usize));
@@ -32,9 +39,16 @@ fn sigkill_child_appender() {
                 timestamp: n as i64,
             })
             .unwrap();
-        writeln!(out, "{} {} {n}", a.partition, a.offset).unwrap();
-        out.flush().unwrap();
+        // One `write` per line: a kill leaves whole lines only.
+        out.write_all(format!("ACK {} {} {n}\n", a.partition, a.offset).as_bytes()).unwrap();
     }
+}
+
+/// The complete (newline-ended) lines of an acks file.
+fn ack_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().map(String::from).collect()
 }
 
 #[test]
@@ -43,28 +57,38 @@ fn acked_records_survive_sigkill_under_every_fsync_policy() {
         let dir = tempfile::tempdir().unwrap();
         let mut acked = Vec::new();
         for (round, wait_for) in [300_usize, 1_500, 50, 800].into_iter().enumerate() {
+            let acks = dir.path().with_extension(format!("acks-{round}"));
             let mut child = Command::new(std::env::current_exe().unwrap())
-                .args(["--ignored", "--exact", "sigkill_child_appender", "--nocapture", "--test-threads=1"])
+                .args(["--ignored", "--exact", "sigkill_child_appender", "--test-threads=1"])
                 .env(CHILD_DIR, dir.path())
                 .env(CHILD_FSYNC, fsync.as_str())
-                .stdout(Stdio::piped())
+                .env(CHILD_ACKS, &acks)
+                .stdout(Stdio::null())
                 .spawn()
                 .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let mut seen = 0;
-            while seen < wait_for {
-                let line = lines.next().expect("the child appends until killed").unwrap();
-                let mut parts = line.split_whitespace().map(|p| p.parse::<u64>());
+            // Each line is written (by one `write`) once its record is acked.
+            let mut lines: Vec<String> = Vec::new();
+            for _ in 0..60_000 {
+                lines = ack_lines(&acks);
+                if lines.len() >= wait_for {
+                    break;
+                }
+                assert!(child.try_wait().unwrap().is_none(), "the child died before it was killed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(lines.len() >= wait_for, "the child acked {} records in a minute", lines.len());
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            // What the child acked before the kill: every complete line, read after it is dead.
+            for line in ack_lines(&acks) {
+                let mut parts = line.trim_start_matches("ACK ").split_whitespace().map(|p| p.parse::<u64>());
                 let (Some(Ok(partition)), Some(Ok(offset)), Some(Ok(n))) =
                     (parts.next(), parts.next(), parts.next())
                 else {
-                    continue; // the test harness's own lines
+                    panic!("a garbled ack line: {line}");
                 };
                 acked.push((partition as u32, offset, n, round));
-                seen += 1;
             }
-            child.kill().unwrap(); // SIGKILL
-            child.wait().unwrap();
         }
         let log = LogDir::open(dir.path()).unwrap();
         let stream = log.open_stream("t").unwrap();
