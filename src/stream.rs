@@ -63,7 +63,7 @@ pub use tubemail_log::Appended;
 
 /// The internal stream of committed group offsets (compacted: one record per group, stream and
 /// partition survives).
-pub const OFFSETS_STREAM: &str = "__consumer_offsets";
+pub const OFFSETS_STREAM: &str = tubemail_log::offsets::STREAM;
 /// Records a reader or group member reads at once, at most.
 pub const READ_BATCH_MAX: usize = 65_536;
 
@@ -345,21 +345,7 @@ impl Offsets {
             ..StreamConfig::default()
         };
         let log = dir.stream(OFFSETS_STREAM, config)?;
-        let mut committed = BTreeMap::new();
-        let p = log.partition(0)?;
-        let mut from = p.start();
-        loop {
-            let records = p.read(from, 4096, 1 << 20)?;
-            let Some(last) = records.last() else { break };
-            from = last.offset + 1;
-            for r in records {
-                if let (Some(key), Some(value)) = (r.key, r.value) {
-                    if let (Some(k), Ok(v)) = (parse_key(&key), <[u8; 8]>::try_from(&value[..])) {
-                        committed.insert(k, u64::from_le_bytes(v));
-                    }
-                }
-            }
-        }
+        let committed = tubemail_log::offsets::read_all(&log)?;
         Ok(Self { log, committed: Mutex::new(committed) })
     }
 
@@ -382,12 +368,10 @@ impl Offsets {
         if self.committed.lock().expect("offsets").get(&map_key).is_some_and(|&c| c >= offset) {
             return Ok(());
         }
-        let key = format!("{group}\0{stream}\0{partition}");
-        let appended = self.log.append(Append {
-            key: Some(key.as_bytes()),
-            value: Some(&offset.to_le_bytes()),
-            timestamp,
-        })?;
+        let key = tubemail_log::offsets::key(group, stream, partition);
+        let value = tubemail_log::offsets::value(offset);
+        let appended =
+            self.log.append(Append { key: Some(key.as_bytes()), value: Some(&value), timestamp })?;
         self.log.partition(0)?.acked(appended.offset).await?;
         let mut committed = self.committed.lock().expect("offsets");
         let entry = committed.entry(map_key).or_insert(0);
@@ -422,13 +406,6 @@ impl Offsets {
     pub(crate) fn maintain(&self, now: i64) -> Result<(), LogError> {
         self.log.maintain(now).map(|_| ())
     }
-}
-
-fn parse_key(key: &[u8]) -> Option<(String, String, u32)> {
-    let text = std::str::from_utf8(key).ok()?;
-    let mut parts = text.split('\0');
-    let (group, stream, partition) = (parts.next()?, parts.next()?, parts.next()?.parse().ok()?);
-    Some((group.to_owned(), stream.to_owned(), partition))
 }
 
 /// A broker's streams: its log directory, its streams, the committed offsets and the live groups.

@@ -156,6 +156,30 @@ async fn a_reader_replays_from_an_offset_and_then_tails() {
 }
 
 #[actix::test]
+async fn a_reader_starts_at_the_first_record_at_or_after_a_time() {
+    tokio::time::pause();
+    let broker = Broker::start(Topology::new().stream("log", spec(1))).unwrap();
+    let mut times = Vec::new();
+    for i in 0..10_u32 {
+        let a = broker.append("log", "", &i).await.unwrap();
+        let mut reader = broker.reader("log", 0, StartFrom::Offset(a.offset)).unwrap();
+        times.push(reader.poll(1).unwrap()[0].timestamp);
+        tokio::time::advance(Duration::from_secs(60)).await;
+    }
+    assert!(
+        times.windows(2).all(|w| w[1] - w[0] == 60_000),
+        "the broker's clock moves with tokio's: {times:?}"
+    );
+    let mut reader = broker.reader("log", 0, StartFrom::Timestamp(times[6] - 1)).unwrap();
+    assert_eq!(
+        reader.poll(100).unwrap().iter().map(|r| r.value::<u32>().unwrap()).collect::<Vec<_>>(),
+        [6, 7, 8, 9]
+    );
+    let past_the_end = broker.reader("log", 0, StartFrom::Timestamp(times[9] + 1)).unwrap();
+    assert_eq!(past_the_end.position(), 10);
+}
+
+#[actix::test]
 async fn bad_input_to_streams_gets_typed_errors() {
     let topology = Topology::new().stream("small", StreamSpec { max_record_bytes: 100, ..spec(2) });
     let broker = Broker::start(topology).unwrap();

@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod dir;
+pub mod offsets;
 pub mod partition;
 pub mod record;
 pub(crate) mod segment;
