@@ -323,10 +323,11 @@ impl Cli {
 fn validate(path: &std::path::Path) -> Result<(), String> {
     let topology = Topology::load(path).map_err(|e| e.to_string())?;
     println!(
-        "{}: ok ({} topics, {} queues, {} bindings)",
+        "{}: ok ({} topics, {} queues, {} streams, {} bindings)",
         path.display(),
         topology.topics.len(),
         topology.queues.len(),
+        topology.streams.len(),
         topology.bindings.len()
     );
     for warning in topology.warnings() {
