@@ -206,6 +206,50 @@ fn partitions_cannot_change_under_a_stream() {
     ));
 }
 
+/// A crash used to be able to leave `stream.toml` empty (each open rewrote it in place), and an empty
+/// file read as the default settings: one partition, so the records of the others vanished.
+#[test]
+fn a_settings_file_without_partitions_is_refused_not_read_as_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogDir::open(dir.path()).unwrap();
+        let s = log.stream("t", small(2)).unwrap();
+        for i in 0..20 {
+            put(&s, &format!("key-{i}"), "v", i);
+        }
+    }
+    let settings = dir.path().join("streams/t/stream.toml");
+    std::fs::write(&settings, "").unwrap();
+    let log = LogDir::open(dir.path()).unwrap();
+    let err = log.open_stream("t").unwrap_err();
+    let LogError::NotALog { path, why } = &err else { panic!("{err:?}") };
+    assert_eq!(path, &settings, "{err}");
+    assert!(why.contains("partitions"), "{err}");
+}
+
+/// Opening a stream writes its settings only when they change, and then as a whole (a new file
+/// renamed over the old one), never leaving a temporary file behind.
+#[test]
+fn reopening_a_stream_rewrites_its_settings_only_when_they_change() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogDir::open(dir.path()).unwrap();
+    let settings = dir.path().join("streams/t/stream.toml");
+    drop(log.stream("t", small(2)).unwrap());
+    let inode = std::fs::metadata(&settings).unwrap().ino();
+    drop(log.open_stream("t").unwrap());
+    drop(log.stream("t", small(2)).unwrap());
+    assert_eq!(std::fs::metadata(&settings).unwrap().ino(), inode, "unchanged settings are left alone");
+    drop(log.stream("t", StreamConfig { fsync: Fsync::Always, ..small(2) }).unwrap());
+    assert_ne!(std::fs::metadata(&settings).unwrap().ino(), inode, "changed settings replace the file");
+    assert_eq!(log.open_stream("t").unwrap().config().fsync, Fsync::Always);
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("streams/t"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".new")), "{names:?}");
+}
+
 #[test]
 fn retention_drops_whole_closed_segments_by_records_bytes_and_age() {
     for storage in ["disk", "memory"] {
