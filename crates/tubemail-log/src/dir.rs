@@ -65,6 +65,11 @@ impl LogDir {
         }
         match std::fs::read_to_string(&marker) {
             Ok(text) if text == MARKER => {}
+            // A crash while the directory was made can cut the marker, which is written first: with
+            // nothing else in the directory, it is written again.
+            Ok(text) if create && MARKER.starts_with(&text) && holds_only(path, MARKER_FILE)? => {
+                std::fs::write(&marker, MARKER).map_err(|e| LogError::io("write", &marker, e))?;
+            }
             Ok(_) => {
                 return Err(LogError::NotALog {
                     path: marker,
@@ -191,6 +196,16 @@ fn write_settings(dir: &Path, settings: &Path, text: &str) -> Result<(), LogErro
 
 /// Where new settings are written before they replace `stream.toml`.
 const SETTINGS_STAGING: &str = "stream.toml.new";
+
+/// Whether `dir` holds nothing but `name`.
+fn holds_only(dir: &Path, name: &str) -> Result<bool, LogError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))? {
+        if entry.map_err(|e| LogError::io("list", dir, e))?.file_name() != name {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
 
 fn read_settings(path: &Path) -> Result<Option<StreamConfig>, LogError> {
     let refuse = |why: String| LogError::NotALog { path: path.to_owned(), why };

@@ -171,6 +171,33 @@ fn a_directory_that_is_not_a_log_is_refused() {
     assert!(matches!(LogDir::open_existing(dir.path().join("missing")), Err(LogError::NotALog { .. })));
 }
 
+/// A crash while the first open wrote the marker used to leave an empty (or cut) marker in an
+/// otherwise empty directory, refused from then on as "an unknown marker".
+#[test]
+fn a_marker_cut_by_a_crash_while_the_directory_was_made_is_written_again() {
+    for cut in ["", "tubemail log"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tubemail-log"), cut).unwrap();
+        assert!(
+            matches!(LogDir::open_existing(dir.path()), Err(LogError::NotALog { .. })),
+            "inspection never makes a log"
+        );
+        let log = LogDir::open(dir.path()).unwrap_or_else(|e| panic!("marker {cut:?}: {e}"));
+        drop(log.stream("t", small(1)).unwrap());
+        drop(log);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("tubemail-log")).unwrap(),
+            "tubemail log format 1\n"
+        );
+        LogDir::open_existing(dir.path()).unwrap();
+    }
+    // Beside anything else, a cut marker is not the log's: refused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tubemail-log"), "").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    assert!(matches!(LogDir::open(dir.path()), Err(LogError::NotALog { .. })));
+}
+
 #[test]
 fn bad_input_gets_typed_errors() {
     let log = LogDir::memory();
