@@ -11,7 +11,7 @@ use serde_json::Value;
 use tubemail_log::{Append, LogDir, StreamConfig};
 
 /// Runs the binary with `args` and `input` on its stdin.
-fn tubemail_with(args: &[&str], input: &str) -> Output {
+fn tubemail_with(args: &[&str], input: impl AsRef<[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tubemail"))
         .args(args)
         .stdin(Stdio::piped())
@@ -21,7 +21,7 @@ fn tubemail_with(args: &[&str], input: &str) -> Output {
         .unwrap_or_else(|e| panic!("cannot run tubemail {args:?}: {e}"));
     let mut stdin = child.stdin.take().expect("piped");
     // The command may stop reading early (a bad line): a closed pipe is no failure of the test.
-    let _ = stdin.write_all(input.as_bytes());
+    let _ = stdin.write_all(input.as_ref());
     drop(stdin);
     child.wait_with_output().expect("tubemail runs")
 }
@@ -338,9 +338,12 @@ fn a_bad_input_line_is_named_and_everything_before_it_is_acked() {
     let out = tubemail(&["log", "dump", arg(&log), "--stream", "s", "--json"]);
     let values: Vec<Value> = json_lines(&out).iter().map(|r| r["value"].clone()).collect();
     assert_eq!(values, ["one", "two", "3"]);
-    for (line, says) in
-        [("not json\n", "stdin line 1: not JSON"), ("{\"key\": null, \"value\": null}\n", "needs a key")]
-    {
+    for (line, says) in [
+        (&b"not json\n"[..], "stdin line 1: not JSON"),
+        (b"{\"key\": null, \"value\": null}\n", "needs a key"),
+        (b"{\"value\": 1}\n\n[]\n", "stdin line 3: not a JSON object"),
+        (b"{\"value\": 1}\n{\"value\": \"\xff\"}\n", "stdin line 2: not UTF-8"),
+    ] {
         let out = tubemail_with(&["log", "append", arg(&log), "--stream", "s"], line);
         assert_eq!(out.status.code(), Some(2), "{out:?}");
         assert!(stderr(&out).contains(says), "{}", stderr(&out));

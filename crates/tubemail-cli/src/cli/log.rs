@@ -635,6 +635,9 @@ fn append(
         match input.read_line(&mut line) {
             Ok(0) => break Ok(()),
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                break Err(Failure::usage(format!("stdin line {}: not UTF-8", number + 1)))
+            }
             Err(e) => break Err(Failure::failed(format!("cannot read stdin after line {number}: {e}"))),
         }
         number += 1;
