@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod log;
 mod plot;
 mod route;
 mod sim;
@@ -137,6 +138,14 @@ enum Command {
         #[arg(long)]
         topology: PathBuf,
     },
+    /// The event log's directories: inspect, dump, verify, append, torture.
+    ///
+    /// Exit 1 when the log is damaged or locked or a check fails, 2 when the request cannot be
+    /// served as asked (a bad argument or input line, an unknown stream, an offset out of range).
+    Log {
+        #[command(subcommand)]
+        command: log::LogCommand,
+    },
 }
 
 /// The simulator's scenarios.
@@ -248,7 +257,12 @@ impl Cli {
     }
 
     pub(crate) fn run(self) -> ExitCode {
-        let result = match self.command {
+        let command = match self.command {
+            // Its exit codes tell damage (1) from a request that cannot be served (2).
+            Command::Log { command } => return log::run(command),
+            other => other,
+        };
+        let result = match command {
             Command::Check { mode, faults, seeds, seed, messages, json, scenario } => {
                 verdict(fault_plan(&faults).and_then(|plan| {
                     let args = sim::CheckArgs {
@@ -309,6 +323,7 @@ impl Cli {
                     bench::run(&args)
                 })
             }
+            Command::Log { .. } => unreachable!("dispatched above"),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

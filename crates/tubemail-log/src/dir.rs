@@ -3,7 +3,8 @@
 //! ```text
 //! DIR/tubemail-log          marker: "tubemail log format 1"
 //! DIR/.lock                 held (flock, exclusive) by the process that opened DIR
-//! DIR/streams/NAME/stream.toml   the stream's settings
+//! DIR/streams/NAME/stream.toml   the stream's settings (replaced whole: written to stream.toml.new,
+//!                                synced, renamed over it)
 //! DIR/streams/NAME/P/            partition P's segments and recovery-point
 //! ```
 
@@ -64,6 +65,11 @@ impl LogDir {
         }
         match std::fs::read_to_string(&marker) {
             Ok(text) if text == MARKER => {}
+            // A crash while the directory was made can cut the marker, which is written first: with
+            // nothing else in the directory, it is written again.
+            Ok(text) if create && MARKER.starts_with(&text) && holds_only(path, MARKER_FILE)? => {
+                std::fs::write(&marker, MARKER).map_err(|e| LogError::io("write", &marker, e))?;
+            }
             Ok(_) => {
                 return Err(LogError::NotALog {
                     path: marker,
@@ -131,7 +137,9 @@ impl LogDir {
             }
             std::fs::create_dir_all(dir).map_err(|e| LogError::io("create", dir, e))?;
             let text = toml::to_string(&config).expect("settings serialize");
-            std::fs::write(&settings, text).map_err(|e| LogError::io("write", &settings, e))?;
+            if std::fs::read_to_string(&settings).ok().as_deref() != Some(text.as_str()) {
+                write_settings(dir, &settings, &text)?;
+            }
         }
         Stream::open(name, dir, config)
     }
@@ -172,12 +180,48 @@ impl LogDir {
     }
 }
 
+/// Replaces a stream's settings file as a whole: a new file, synced, renamed over the old one, so
+/// that a crash leaves the old settings or the new ones, never a truncated file.
+fn write_settings(dir: &Path, settings: &Path, text: &str) -> Result<(), LogError> {
+    let staged = dir.join(SETTINGS_STAGING);
+    std::fs::File::create(&staged)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_data()
+        })
+        .map_err(|e| LogError::io("write", &staged, e))?;
+    std::fs::rename(&staged, settings).map_err(|e| LogError::io("rename", &staged, e))?;
+    crate::partition::sync_dir(dir)
+}
+
+/// Where new settings are written before they replace `stream.toml`.
+const SETTINGS_STAGING: &str = "stream.toml.new";
+
+/// Whether `dir` holds nothing but `name`.
+fn holds_only(dir: &Path, name: &str) -> Result<bool, LogError> {
+    for entry in std::fs::read_dir(dir).map_err(|e| LogError::io("list", dir, e))? {
+        if entry.map_err(|e| LogError::io("list", dir, e))?.file_name() != name {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn read_settings(path: &Path) -> Result<Option<StreamConfig>, LogError> {
+    let refuse = |why: String| LogError::NotALog { path: path.to_owned(), why };
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map(Some).map_err(|e| LogError::NotALog {
-            path: path.to_owned(),
-            why: format!("its stream.toml does not parse: {}", e.message()),
-        }),
+        Ok(text) => {
+            // Every field has a default, but the partition count must be stored: read as the
+            // default, a lost count would hide every partition but the first.
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| refuse(format!("its stream.toml does not parse: {}", e.message())))?;
+            if !table.contains_key("partitions") {
+                return Err(refuse("its stream.toml does not name the stream's partitions".into()));
+            }
+            toml::from_str(&text)
+                .map(Some)
+                .map_err(|e| refuse(format!("its stream.toml does not parse: {}", e.message())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(LogError::io("read", path, e)),
     }

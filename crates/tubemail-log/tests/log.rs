@@ -171,6 +171,33 @@ fn a_directory_that_is_not_a_log_is_refused() {
     assert!(matches!(LogDir::open_existing(dir.path().join("missing")), Err(LogError::NotALog { .. })));
 }
 
+/// A crash while the first open wrote the marker used to leave an empty (or cut) marker in an
+/// otherwise empty directory, refused from then on as "an unknown marker".
+#[test]
+fn a_marker_cut_by_a_crash_while_the_directory_was_made_is_written_again() {
+    for cut in ["", "tubemail log"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tubemail-log"), cut).unwrap();
+        assert!(
+            matches!(LogDir::open_existing(dir.path()), Err(LogError::NotALog { .. })),
+            "inspection never makes a log"
+        );
+        let log = LogDir::open(dir.path()).unwrap_or_else(|e| panic!("marker {cut:?}: {e}"));
+        drop(log.stream("t", small(1)).unwrap());
+        drop(log);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("tubemail-log")).unwrap(),
+            "tubemail log format 1\n"
+        );
+        LogDir::open_existing(dir.path()).unwrap();
+    }
+    // Beside anything else, a cut marker is not the log's: refused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tubemail-log"), "").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    assert!(matches!(LogDir::open(dir.path()), Err(LogError::NotALog { .. })));
+}
+
 #[test]
 fn bad_input_gets_typed_errors() {
     let log = LogDir::memory();
@@ -204,6 +231,50 @@ fn partitions_cannot_change_under_a_stream() {
         log.stream("t", small(3)),
         Err(LogError::PartitionsChanged { on_disk: 2, asked: 3, .. })
     ));
+}
+
+/// A crash used to be able to leave `stream.toml` empty (each open rewrote it in place), and an empty
+/// file read as the default settings: one partition, so the records of the others vanished.
+#[test]
+fn a_settings_file_without_partitions_is_refused_not_read_as_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = LogDir::open(dir.path()).unwrap();
+        let s = log.stream("t", small(2)).unwrap();
+        for i in 0..20 {
+            put(&s, &format!("key-{i}"), "v", i);
+        }
+    }
+    let settings = dir.path().join("streams/t/stream.toml");
+    std::fs::write(&settings, "").unwrap();
+    let log = LogDir::open(dir.path()).unwrap();
+    let err = log.open_stream("t").unwrap_err();
+    let LogError::NotALog { path, why } = &err else { panic!("{err:?}") };
+    assert_eq!(path, &settings, "{err}");
+    assert!(why.contains("partitions"), "{err}");
+}
+
+/// Opening a stream writes its settings only when they change, and then as a whole (a new file
+/// renamed over the old one), never leaving a temporary file behind.
+#[test]
+fn reopening_a_stream_rewrites_its_settings_only_when_they_change() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogDir::open(dir.path()).unwrap();
+    let settings = dir.path().join("streams/t/stream.toml");
+    drop(log.stream("t", small(2)).unwrap());
+    let inode = std::fs::metadata(&settings).unwrap().ino();
+    drop(log.open_stream("t").unwrap());
+    drop(log.stream("t", small(2)).unwrap());
+    assert_eq!(std::fs::metadata(&settings).unwrap().ino(), inode, "unchanged settings are left alone");
+    drop(log.stream("t", StreamConfig { fsync: Fsync::Always, ..small(2) }).unwrap());
+    assert_ne!(std::fs::metadata(&settings).unwrap().ino(), inode, "changed settings replace the file");
+    assert_eq!(log.open_stream("t").unwrap().config().fsync, Fsync::Always);
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("streams/t"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".new")), "{names:?}");
 }
 
 #[test]

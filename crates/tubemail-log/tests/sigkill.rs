@@ -111,3 +111,43 @@ fn acked_records_survive_sigkill_under_every_fsync_policy() {
         }
     }
 }
+
+const CHILD_OPENS: &str = "TUBEMAIL_LOG_SIGKILL_OPENS";
+
+/// The child: opens and closes a stream until killed, printing `ready` once it has the directory.
+#[test]
+#[ignore = "the child process of a_stream_keeps_its_settings_when_killed_while_opening"]
+fn sigkill_child_opener() {
+    let Ok(dir) = std::env::var(CHILD_OPENS) else { return };
+    let log = LogDir::open(&dir).unwrap();
+    println!("ready");
+    loop {
+        drop(log.open_stream("t").unwrap());
+    }
+}
+
+/// Every open used to rewrite `stream.toml` in place: a kill between its truncation and its write
+/// left it empty, and the stream came back with the default settings (one partition instead of two).
+#[test]
+fn a_stream_keeps_its_settings_when_killed_while_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StreamConfig { partitions: 2, fsync: Fsync::Never, ..StreamConfig::default() };
+    drop(LogDir::open(dir.path()).unwrap().stream("t", config.clone()).unwrap());
+    for round in 0..40_u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "sigkill_child_opener", "--nocapture", "--test-threads=1"])
+            .env(CHILD_OPENS, dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // libtest prints `test NAME ... ` before the test's own output, on the same line.
+        while !lines.next().expect("the child opens until killed").unwrap().ends_with("ready") {}
+        std::thread::sleep(std::time::Duration::from_micros(round * 97 % 5_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let log = LogDir::open(dir.path()).unwrap();
+        let stream = log.open_stream("t").unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(stream.config(), &config, "round {round}: the settings survive");
+    }
+}
