@@ -601,13 +601,13 @@ fn stamped(base: Instant, payload: usize) -> Vec<u8> {
     body
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let clock = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or_default();
     format!("{}-{clock}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn nats_connect() -> Result<async_nats::Client, String> {
+pub(crate) async fn nats_connect() -> Result<async_nats::Client, String> {
     let options = async_nats::ConnectOptions::new().connection_timeout(CONNECT_TIMEOUT);
     match tokio::time::timeout(CONNECT_TIMEOUT, options.connect(NATS_ADDR)).await {
         Ok(client) => client.map_err(err("connect")),
@@ -615,7 +615,7 @@ async fn nats_connect() -> Result<async_nats::Client, String> {
     }
 }
 
-fn reach(system: &'static str, addr: &str) -> Result<(), PeerError> {
+pub(crate) fn reach(system: &'static str, addr: &str) -> Result<(), PeerError> {
     probe(addr, Duration::from_millis(500)).map_err(|reason| PeerError::Unreachable {
         system,
         addr: addr.to_string(),
@@ -623,9 +623,9 @@ fn reach(system: &'static str, addr: &str) -> Result<(), PeerError> {
     })
 }
 
-fn block_on<F>(system: &'static str, run: F) -> Result<PeerResult, PeerError>
+pub(crate) fn block_on<F, T>(system: &'static str, run: F) -> Result<T, PeerError>
 where
-    F: Future<Output = Result<PeerResult, PeerError>>,
+    F: Future<Output = Result<T, PeerError>>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -638,11 +638,11 @@ where
     result
 }
 
-fn timed_out(system: &'static str) -> PeerError {
+pub(crate) fn timed_out(system: &'static str) -> PeerError {
     PeerError::Failed { system, reason: format!("no result within {} s", RUN_TIMEOUT.as_secs()) }
 }
 
-fn err<E: Display>(what: &'static str) -> impl Fn(E) -> String {
+pub(crate) fn err<E: Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
 }
 

@@ -50,17 +50,19 @@ enum Command {
     /// Measures a scenario against a raw crossbeam-channel baseline of the same shape, in one run.
     Bench {
         /// fanout (4 queues, 8 keys), work-queue (1 queue, 4 consumers), wide (1 to 1,000 queues),
-        /// bindings (10 to 100,000 patterns), latency (a paced publisher), memory; with `--topology`
-        /// and `--keys`, a topology and key mix of your own.
+        /// bindings (10 to 100,000 patterns), latency (a paced publisher), memory, log (the event log
+        /// against raw file writes); with `--topology` and `--keys`, a topology and key mix of your own.
         /// (default: fanout)
         #[arg(value_enum)]
         scenario: Option<Scenario>,
-        /// Messages to publish per run (1 to 100,000,000; `memory` takes at most 16,777,215).
-        #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        messages: u64,
-        /// Payload size in bytes (0 to 16 MiB).
-        #[arg(long, default_value_t = 64, value_parser = payload_size)]
-        payload: usize,
+        /// Messages to publish per run (1 to 100,000,000; `memory` takes at most 16,777,215; `log`
+        /// appends this many records per run and reopens a log of as many, at most 16,000,000)
+        /// [default: 200,000; log: 1,000,000].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        messages: Option<u64>,
+        /// Payload size in bytes (0 to 16 MiB) [default: 64; log: 100, the record's value].
+        #[arg(long, value_parser = payload_size)]
+        payload: Option<usize>,
         /// Delivery mode; both when left out.
         #[arg(long, value_enum)]
         mode: Option<Mode>,
@@ -68,10 +70,11 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Also run the scenario against RabbitMQ (127.0.0.1:5672) and NATS (127.0.0.1:4222) where
-        /// they answer (a build with `--features peers`).
+        /// they answer; `log` against NATS JetStream and Redis (127.0.0.1:6379) (a build with
+        /// `--features peers`).
         #[arg(long)]
         peers: bool,
-        /// Draw the results as SVG (wide, bindings, latency).
+        /// Draw the results as SVG (wide, bindings, latency, log).
         #[arg(long)]
         plot: Option<PathBuf>,
         /// Publishes per second of the latency scenario (1 to 10,000,000).
@@ -178,6 +181,9 @@ enum Scenario {
     /// A handler that blocks for 200 ms on one queue: another queue's latency, one arbiter and one
     /// per core.
     Isolation,
+    /// The event log: appends of 100-byte records in memory and under each fsync policy (1 to 256 in
+    /// flight) against raw writes of the same bytes, reading as it appends, reopening.
+    Log,
 }
 
 impl Scenario {
@@ -191,6 +197,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Arbiters => "arbiters",
             Scenario::Isolation => "isolation",
+            Scenario::Log => "log",
         }
     }
 }
@@ -307,6 +314,9 @@ impl Cli {
                     )),
                     (s, None) => Ok(s.unwrap_or(Scenario::Fanout).name()),
                 };
+                let log = matches!(scenario, Ok("log"));
+                let messages = messages.unwrap_or(if log { 1_000_000 } else { 200_000 });
+                let payload = payload.unwrap_or(if log { 100 } else { 64 });
                 scenario.and_then(|scenario| {
                     let args = bench::BenchArgs {
                         scenario,

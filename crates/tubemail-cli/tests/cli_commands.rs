@@ -325,7 +325,69 @@ fn bench_plot_draws_latency_and_refuses_fanout() {
 
     let out = tubemail(&["bench", "fanout", "--messages", "100", "--plot", path]);
     assert!(!out.status.success(), "fanout has no curve to draw");
-    assert!(stderr(&out).contains("--plot draws wide, bindings and latency, not fanout"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--plot draws wide, bindings, latency and log, not fanout"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `bench log --json` (a small run) gives the fields on every row, rows for tubemail in memory
+/// and under each fsync policy (always at 1, 16 and 256 in flight) and for the baseline, a reader that
+/// lost nothing, the reopen's figures, and nothing lost anywhere; `--plot` draws a series per policy.
+/// No timing is asserted: speed targets live in BENCHMARKS.md.
+#[test]
+fn bench_log_json_covers_every_policy_and_loses_nothing() {
+    let svg = std::env::temp_dir().join(format!("tubemail-cli-{}-log.svg", std::process::id()));
+    let path = svg.to_str().expect("temp path is UTF-8");
+    let out = tubemail(&["bench", "log", "--messages", "20000", "--json", "--plot", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    assert_eq!(json["scenario"], "log");
+    let results = json["results"].as_array().expect("results");
+    for r in results {
+        for field in ["system", "fsync", "in_flight", "records_per_sec", "bytes_per_sec", "lost"] {
+            assert!(r.get(field).is_some(), "{field} missing in {r}");
+        }
+        assert_eq!(r["lost"], 0, "{r}");
+    }
+    let has = |system: &str, fsync: &str, op: &str, in_flight: u64| {
+        results.iter().any(|r| {
+            r["system"] == system && r["fsync"] == fsync && r["op"] == op && r["in_flight"] == in_flight
+        })
+    };
+    for (fsync, in_flight) in
+        [("memory", 1), ("never", 1), ("interval", 1), ("always", 1), ("always", 16), ("always", 256)]
+    {
+        assert!(
+            has("tubemail", fsync, "append", in_flight),
+            "no tubemail {fsync} row at {in_flight} in flight"
+        );
+    }
+    for fsync in ["never", "interval", "always"] {
+        assert!(has("baseline", fsync, "append", 1), "no baseline {fsync} row");
+    }
+    for r in results.iter().filter(|r| r["op"] == "append") {
+        assert!(r["records"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["records_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+        if r["system"] == "tubemail" && r["fsync"] != "memory" {
+            assert!(r["ratio_to_baseline"].as_f64().is_some(), "a tubemail row on disk has its ratio: {r}");
+        }
+    }
+    let reader = results.iter().find(|r| r["op"] == "consume").expect("a consume row");
+    assert_eq!(reader["records"], 20000, "{reader}");
+    assert!(reader["kept_up"].is_boolean(), "{reader}");
+    let reopen = results.iter().find(|r| r["op"] == "reopen").expect("a reopen row");
+    assert_eq!(reopen["reopened_records"], 20000, "{reopen}");
+    for field in ["reopen_secs", "reopened_bytes", "index_bytes", "index_ratio"] {
+        assert!(reopen[field].as_f64().is_some(), "{field} missing in {reopen}");
+    }
+    assert!(reopen["index_ratio"].as_f64().unwrap() <= 0.01, "{reopen}");
+    let text = std::fs::read_to_string(&svg).expect("the plot was written");
+    let _ = std::fs::remove_file(&svg);
+    for series in ["tubemail always", "tubemail never", "tubemail memory", "baseline always"] {
+        assert!(text.contains(series), "the legend names {series}");
+    }
 }
 
 /// Every command given a zero, a negative, a huge or a vacuous value refuses it clearly (exit 1 or
@@ -344,6 +406,7 @@ fn bad_arguments_are_refused_and_never_panic() {
         &["bench", "latency", "--rate", "0"],
         &["bench", "latency", "--messages", "99999999", "--rate", "1"],
         &["bench", "memory", "--messages", "16777216"],
+        &["bench", "log", "--messages", "16000001"],
         &["bench", "fanout", "--payload", "99999999999"],
         &["bench", "wide", "--plot", "/no/such/folder/plot.svg"],
         &["bench", "wide", "--plot", "plot.png"],

@@ -31,7 +31,72 @@ pub(crate) const TIME_ENTRY: usize = 12;
 /// Where a segment's bytes live.
 pub(crate) enum Data {
     File(File),
-    Memory(RwLock<Vec<u8>>),
+    Memory(RwLock<Chunks>),
+}
+
+/// Bytes of one chunk of a memory segment.
+pub(crate) const MEMORY_CHUNK: usize = 1 << 20;
+
+/// A memory segment's bytes: chunks of [`MEMORY_CHUNK`], every one full but the last. Growing never
+/// moves what is written: one buffer grown by doubling copied the whole segment (up to
+/// `segment_bytes`) under the write lock at each doubling, stalling readers, and touched twice the
+/// memory it kept, in blocks large enough to be backed by huge pages whose first touch is slow.
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    chunks: Vec<Vec<u8>>,
+}
+
+impl Chunks {
+    pub(crate) fn len(&self) -> usize {
+        self.chunks.last().map_or(0, |last| (self.chunks.len() - 1) * MEMORY_CHUNK + last.len())
+    }
+
+    pub(crate) fn truncate(&mut self, len: usize) {
+        if len >= self.len() {
+            return;
+        }
+        let (full, rest) = (len / MEMORY_CHUNK, len % MEMORY_CHUNK);
+        self.chunks.truncate(full + usize::from(rest > 0));
+        if rest > 0 {
+            self.chunks[full].truncate(rest);
+        }
+    }
+
+    pub(crate) fn extend(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.chunks.last().is_none_or(|last| last.len() == MEMORY_CHUNK) {
+                self.chunks.push(Vec::new());
+            }
+            let first = self.chunks.len() == 1;
+            let last = self.chunks.last_mut().expect("a chunk");
+            let n = (MEMORY_CHUNK - last.len()).min(bytes.len());
+            if last.capacity() - last.len() < n {
+                // The first chunk grows as a small segment needs (doubling, up to a chunk); the
+                // others are whole chunks at once.
+                let want = if first { (last.capacity() * 2).max(last.len() + n) } else { MEMORY_CHUNK };
+                last.reserve_exact(want.min(MEMORY_CHUNK) - last.len());
+            }
+            last.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Copies bytes from `pos` into `buf`; returns how many (fewer at the end).
+    pub(crate) fn read_at(&self, buf: &mut [u8], pos: usize) -> usize {
+        let len = self.len();
+        let start = pos.min(len);
+        let n = buf.len().min(len - start);
+        let mut done = 0;
+        while done < n {
+            let at = start + done;
+            let chunk = &self.chunks[at / MEMORY_CHUNK];
+            let offset = at % MEMORY_CHUNK;
+            let m = (chunk.len() - offset).min(n - done);
+            buf[done..done + m].copy_from_slice(&chunk[offset..offset + m]);
+            done += m;
+        }
+        n
+    }
 }
 
 impl Data {
@@ -41,7 +106,7 @@ impl Data {
             Data::Memory(buf) => {
                 let mut buf = buf.write().expect("segment buffer");
                 buf.truncate(pos as usize);
-                buf.extend_from_slice(bytes);
+                buf.extend(bytes);
                 Ok(())
             }
         }
@@ -61,13 +126,7 @@ impl Data {
                 }
                 Ok(read)
             }
-            Data::Memory(data) => {
-                let data = data.read().expect("segment buffer");
-                let start = (pos as usize).min(data.len());
-                let n = buf.len().min(data.len() - start);
-                buf[..n].copy_from_slice(&data[start..start + n]);
-                Ok(n)
-            }
+            Data::Memory(data) => Ok(data.read().expect("segment buffer").read_at(buf, pos as usize)),
         }
     }
 
@@ -130,7 +189,7 @@ pub(crate) fn file_name(base: u64, ext: &str) -> String {
 impl Segment {
     /// A new, empty segment in memory.
     pub(crate) fn memory(base: u64) -> Self {
-        Self::with(base, Data::Memory(RwLock::new(Vec::new())), None, None)
+        Self::with(base, Data::Memory(RwLock::new(Chunks::default())), None, None)
     }
 
     /// Creates a new, empty segment file in `dir`.
@@ -607,4 +666,71 @@ fn read_indexes(index: &Path, times: &Path) -> Indexes {
         })
         .collect();
     (index, times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a memory segment's chunks must behave as: one buffer.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Extend(usize),
+        Truncate(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            // Small writes, and writes that cross one or more chunk boundaries.
+            (0..3 * MEMORY_CHUNK / 2).prop_map(Op::Extend),
+            (0..300_usize).prop_map(Op::Extend),
+            (0..4 * MEMORY_CHUNK).prop_map(Op::Truncate),
+        ]
+    }
+
+    #[test]
+    fn chunks_are_whole_but_the_last_and_never_above_a_chunk() {
+        let mut chunks = Chunks::default();
+        for i in 0..(3 * MEMORY_CHUNK / 134) {
+            chunks.extend(&[i as u8; 134]);
+        }
+        assert_eq!(chunks.len(), 3 * MEMORY_CHUNK / 134 * 134);
+        let (last, whole) = chunks.chunks.split_last().expect("chunks");
+        assert!(whole.iter().all(|c| c.len() == MEMORY_CHUNK && c.capacity() == MEMORY_CHUNK));
+        assert!(last.capacity() <= MEMORY_CHUNK);
+        chunks.truncate(MEMORY_CHUNK);
+        assert_eq!((chunks.len(), chunks.chunks.len()), (MEMORY_CHUNK, 1));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn chunks_read_back_what_one_buffer_would(ops in proptest::collection::vec(op(), 1..12),
+            reads in proptest::collection::vec((0..4 * MEMORY_CHUNK, 0..2 * MEMORY_CHUNK), 1..6)) {
+            let (mut chunks, mut model) = (Chunks::default(), Vec::new());
+            let mut next = 0_u8;
+            for op in ops {
+                match op {
+                    Op::Extend(n) => {
+                        let bytes: Vec<u8> = (0..n).map(|_| { next = next.wrapping_add(1); next }).collect();
+                        chunks.extend(&bytes);
+                        model.extend_from_slice(&bytes);
+                    }
+                    Op::Truncate(n) => {
+                        chunks.truncate(n);
+                        model.truncate(n);
+                    }
+                }
+                prop_assert_eq!(chunks.len(), model.len());
+            }
+            for (pos, len) in reads {
+                let mut buf = vec![0; len];
+                let n = chunks.read_at(&mut buf, pos);
+                let start = pos.min(model.len());
+                let want = &model[start..(start + len).min(model.len())];
+                prop_assert_eq!(&buf[..n], want);
+            }
+        }
+    }
 }

@@ -62,6 +62,7 @@ fn run_scenario(args: &BenchArgs) -> Result<Vec<Value>, String> {
         "memory" => memory(args),
         "arbiters" => arbiters(args),
         "isolation" => isolation(),
+        "log" => log(args)?,
         other => return Err(format!("unknown scenario {other:?}")),
     })
 }
@@ -73,6 +74,9 @@ fn check(args: &BenchArgs) -> Result<(), String> {
         "memory" if args.messages >= tubemail::topology::DEPTH_MAX_LIMIT as u64 => Err(format!(
             "memory queues --messages in one queue: at most {} (a queue's depth_max limit)",
             tubemail::topology::DEPTH_MAX_LIMIT - 1
+        )),
+        "log" if args.messages > LOG_RECORDS_MAX => Err(format!(
+            "log appends --messages records per run and reopens a log of as many: at most {LOG_RECORDS_MAX}"
         )),
         "latency" if args.messages / args.rate > LATENCY_RUN_MAX_SECS => Err(format!(
             "latency would publish {} messages at {}/s for {} s; at most {LATENCY_RUN_MAX_SECS} s",
@@ -291,6 +295,207 @@ fn memory(args: &BenchArgs) -> Vec<Value> {
     })]
 }
 
+/// Runs of each measurement of the log scenario, interleaved; the median is reported.
+const LOG_RUNS: usize = 3;
+/// The most records the log scenario takes (about 2.1 GB of frames at 100-byte values, held in
+/// memory by the in-memory runs).
+const LOG_RECORDS_MAX: u64 = 16_000_000;
+
+/// The event log: appends in memory and under each fsync policy against raw writes of the same frames
+/// (median of [`LOG_RUNS`] interleaved runs), a reader keeping up in memory, a reopen, and the peers.
+fn log(args: &BenchArgs) -> Result<Vec<Value>, String> {
+    use tubemail_bench::log::{self as bench, Fsync, LogRun, IN_FLIGHT};
+    let (n, p) = (args.messages, args.payload);
+    let mut rounds: Vec<Vec<LogRun>> = Vec::new();
+    for _ in 0..LOG_RUNS {
+        let mut round = vec![bench::tubemail(None, 1, n, p)?];
+        round.push(bench::consume(n, p)?.1);
+        for fsync in [Fsync::Never, Fsync::Interval] {
+            round.push(bench::baseline(fsync, n, p)?);
+            round.push(bench::tubemail(Some(fsync), 1, n, p)?);
+        }
+        round.push(bench::baseline(Fsync::Always, n, p)?);
+        for in_flight in IN_FLIGHT {
+            round.push(bench::tubemail(Some(Fsync::Always), in_flight, n, p)?);
+        }
+        rounds.push(round);
+    }
+    // The median of each measurement across the rounds.
+    let runs: Vec<LogRun> = (0..rounds[0].len())
+        .map(|i| {
+            let mut of: Vec<LogRun> = rounds.iter().map(|r| r[i].clone()).collect();
+            of.sort_by(|a, b| a.records_per_sec().total_cmp(&b.records_per_sec()));
+            of.swap_remove(of.len() / 2)
+        })
+        .collect();
+    let mut results: Vec<Value> = runs.iter().map(log_row).collect();
+    for i in 0..results.len() {
+        let r = &results[i];
+        if r["system"] != "tubemail" || r["op"] != "append" {
+            continue;
+        }
+        let base = results.iter().find(|b| b["system"] == "baseline" && b["fsync"] == r["fsync"]);
+        let ratio = base.and_then(|b| Some(r["records_per_sec"].as_f64()? / b["records_per_sec"].as_f64()?));
+        results[i]["ratio_to_baseline"] = json!(ratio.filter(|x| x.is_finite()));
+    }
+    let reopen = bench::reopen(n, p)?;
+    results.push(json!({
+        "system": "tubemail", "fsync": "never", "op": "reopen", "in_flight": null,
+        "records": reopen.records, "records_per_sec": null, "bytes_per_sec": null, "lost": reopen.lost,
+        "syncs": null, "ratio_to_baseline": null,
+        "reopen_secs": reopen.elapsed.as_secs_f64(), "reopened_bytes": reopen.bytes,
+        "reopened_records": reopen.records, "segments": reopen.segments,
+        "from_checkpoint": reopen.from_checkpoint, "index_entries": reopen.index_entries,
+        "index_bytes": reopen.index_bytes(), "index_ratio": reopen.index_ratio(),
+    }));
+    if args.peers {
+        let mut peer_rows: Vec<Value> = log_peers(args).iter().map(log_row).collect();
+        add_log_peer_ratios(&results, &mut peer_rows);
+        results.extend(peer_rows);
+    }
+    Ok(results)
+}
+
+fn log_row(r: &tubemail_bench::log::LogRun) -> Value {
+    let mut row = json!({
+        "system": r.system, "fsync": r.fsync, "op": r.op, "in_flight": r.in_flight, "records": r.records,
+        "records_per_sec": r.records_per_sec(), "bytes_per_sec": r.bytes_per_sec(),
+        "secs": r.elapsed.as_secs_f64(), "lost": r.lost, "syncs": r.syncs, "ratio_to_baseline": null,
+    });
+    if let Some(over) = r.over_producer {
+        row["over_producer"] = json!(over);
+        row["producer_records_per_sec"] = json!(r.records_per_sec() * over);
+        row["kept_up"] = json!(r.kept_up());
+    }
+    row
+}
+
+#[cfg(feature = "peers")]
+fn log_peers(args: &BenchArgs) -> Vec<tubemail_bench::log::LogRun> {
+    use tubemail_bench::log;
+    let (n, p) = (args.messages, args.payload);
+    let mut runs = Vec::new();
+    for in_flight in [1, 256] {
+        match log::jetstream(in_flight, n, p) {
+            Ok(run) => runs.push(run),
+            Err(e) => {
+                eprintln!("{e}: carrying on without it");
+                break;
+            }
+        }
+    }
+    for in_flight in [1, 256] {
+        match log::redis_streams(in_flight, n, p) {
+            Ok((append, consume)) => {
+                runs.push(append);
+                // The reader of the larger run (it reads as many records or more).
+                if in_flight == 256 {
+                    runs.push(consume);
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}: carrying on without it");
+                break;
+            }
+        }
+    }
+    runs
+}
+
+#[cfg(not(feature = "peers"))]
+fn log_peers(_args: &BenchArgs) -> Vec<tubemail_bench::log::LogRun> {
+    eprintln!("this build has no peer clients: cargo run --release --features peers -- bench log --peers");
+    Vec::new()
+}
+
+/// Gives each peer's row `tubemail_ratio`: tubemail's rate over the peer's, tubemail's row being the
+/// one of the same durability (fsync) and operation with the most appends in flight that the peer
+/// had too (a reader is compared with tubemail's reader).
+fn add_log_peer_ratios(results: &[Value], peers: &mut [Value]) {
+    for peer in peers {
+        let tube = results
+            .iter()
+            .filter(|r| r["system"] == "tubemail" && r["op"] == peer["op"])
+            .filter(|r| peer["op"] == "consume" || r["fsync"] == peer["fsync"])
+            .filter(|r| r["in_flight"].as_u64() <= peer["in_flight"].as_u64())
+            .max_by_key(|r| r["in_flight"].as_u64());
+        let rates = (tube.and_then(|t| t["records_per_sec"].as_f64()), peer["records_per_sec"].as_f64());
+        if let (Some(t), Some(rate)) = (tube, rates.0.zip(rates.1)) {
+            if rate.1 > 0.0 {
+                peer["tubemail_ratio"] = json!(rate.0 / rate.1);
+                peer["tubemail_row"] = json!(format!(
+                    "{} {} in flight {}",
+                    t["fsync"].as_str().unwrap_or("-"),
+                    t["op"].as_str().unwrap_or("-"),
+                    t["in_flight"]
+                ));
+            }
+        }
+    }
+}
+
+fn print_log_table(args: &BenchArgs, results: &[Value]) {
+    let frame = tubemail_bench::log::frame_bytes(args.payload);
+    println!(
+        "log: up to {} records of {} + {} B ({frame} B framed), one partition, one appender (median of {LOG_RUNS} interleaved runs; runs under always stop after {} s)",
+        args.messages,
+        tubemail_bench::log::KEY_BYTES,
+        args.payload,
+        tubemail_bench::log::ALWAYS_BUDGET.as_secs_f64()
+    );
+    println!(
+        "{:<15} {:<9} {:<8} {:>9} {:>11} {:>13} {:>9} {:>7} {:>9} {:>8}",
+        "system", "fsync", "op", "in flight", "records", "records/s", "MB/s", "lost", "syncs", "ratio"
+    );
+    let num = |v: &Value| v.as_f64().map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+    for r in results.iter().filter(|r| r["op"] != "reopen") {
+        println!(
+            "{:<15} {:<9} {:<8} {:>9} {:>11} {:>13} {:>9} {:>7} {:>9} {:>8}",
+            r["system"].as_str().unwrap_or_default(),
+            r["fsync"].as_str().unwrap_or("-"),
+            r["op"].as_str().unwrap_or("-"),
+            num(&r["in_flight"]),
+            num(&r["records"]),
+            num(&r["records_per_sec"]),
+            r["bytes_per_sec"].as_f64().map(|b| format!("{:.1}", b / 1e6)).unwrap_or_else(|| "-".into()),
+            num(&r["lost"]),
+            num(&r["syncs"]),
+            r["ratio_to_baseline"].as_f64().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+        );
+        if let (Some(over), Some(kept_up)) = (r["over_producer"].as_f64(), r["kept_up"].as_bool()) {
+            println!(
+                "  a reader thread had every record {over:.2}x the producer's time after the first append ({} appends/s beside it): {} (within {}x)",
+                num(&r["producer_records_per_sec"]),
+                if kept_up { "kept up" } else { "fell behind" },
+                tubemail_bench::log::KEPT_UP_FACTOR
+            );
+        }
+    }
+    for r in results.iter().filter(|r| r["op"] == "reopen") {
+        println!(
+            "reopen: {} records, {} B in {} segment(s), reopened in {:.3} s{}; index {} B in memory, {:.2}% of the data; lost {}",
+            num(&r["reopened_records"]),
+            num(&r["reopened_bytes"]),
+            num(&r["segments"]),
+            r["reopen_secs"].as_f64().unwrap_or_default(),
+            if r["from_checkpoint"] == true { " (from the clean close's checkpoint, page cache warm)" } else { "" },
+            num(&r["index_bytes"]),
+            r["index_ratio"].as_f64().unwrap_or_default() * 100.0,
+            num(&r["lost"]),
+        );
+    }
+    for r in results.iter().filter(|r| r.get("tubemail_ratio").is_some()) {
+        println!(
+            "tubemail {} against {} {} in flight {}: {:.1}x",
+            r["tubemail_row"].as_str().unwrap_or("-"),
+            r["system"].as_str().unwrap_or_default(),
+            r["op"].as_str().unwrap_or("-"),
+            r["in_flight"],
+            r["tubemail_ratio"].as_f64().unwrap_or_default()
+        );
+    }
+}
+
 fn custom_shape(args: &BenchArgs) -> Result<Shape, String> {
     let (Some(topology), Some(keys)) = (&args.topology, &args.keys) else {
         return Err("--topology FILE and --keys FILE go together".to_owned());
@@ -342,6 +547,10 @@ fn row(system: &str, mode: Option<DeliveryMode>, m: &Measurement, ratio: Option<
 }
 
 fn print_table(args: &BenchArgs, results: &[Value]) {
+    if args.scenario == "log" {
+        print_log_table(args, results);
+        return;
+    }
     match args.scenario {
         "latency" => println!(
             "latency: {} messages of {} B at {}/s requested (achieved rate per row)",
