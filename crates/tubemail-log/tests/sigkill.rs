@@ -114,13 +114,14 @@ fn acked_records_survive_sigkill_under_every_fsync_policy() {
 
 const CHILD_OPENS: &str = "TUBEMAIL_LOG_SIGKILL_OPENS";
 
-/// The child: opens and closes a stream until killed, printing `ready` once it has the directory.
+/// The child: opens and closes a stream until killed, creating the file `ready` (beside the
+/// directory) once it has the directory.
 #[test]
 #[ignore = "the child process of a_stream_keeps_its_settings_when_killed_while_opening"]
 fn sigkill_child_opener() {
     let Ok(dir) = std::env::var(CHILD_OPENS) else { return };
     let log = LogDir::open(&dir).unwrap();
-    println!("ready");
+    std::fs::write(std::path::Path::new(&dir).with_extension("ready"), "").unwrap();
     loop {
         drop(log.open_stream("t").unwrap());
     }
@@ -134,16 +135,24 @@ fn a_stream_keeps_its_settings_when_killed_while_opening() {
     let config = StreamConfig { partitions: 2, fsync: Fsync::Never, ..StreamConfig::default() };
     drop(LogDir::open(dir.path()).unwrap().stream("t", config.clone()).unwrap());
     for round in 0..40_u64 {
+        let ready = dir.path().with_extension("ready");
+        let _ = std::fs::remove_file(&ready);
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "sigkill_child_opener", "--nocapture", "--test-threads=1"])
+            .args(["--ignored", "--exact", "sigkill_child_opener", "--test-threads=1"])
             .env(CHILD_OPENS, dir.path())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        // libtest prints `test NAME ... ` before the test's own output, on the same line.
-        while !lines.next().expect("the child opens until killed").unwrap().ends_with("ready") {}
-        std::thread::sleep(std::time::Duration::from_micros(round * 97 % 5_000));
+        // Signalled through a file: the child's stdout is its test harness's too.
+        for _ in 0..60_000 {
+            if ready.exists() {
+                break;
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the child died before it was killed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(ready.exists(), "the child never opened the directory");
+        std::thread::sleep(Duration::from_micros(round * 97 % 5_000));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let log = LogDir::open(dir.path()).unwrap();
