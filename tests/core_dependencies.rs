@@ -5,7 +5,7 @@
 use std::process::Command;
 
 /// Crates that only the `tubemail` command, the benchmarks or the simulator need.
-const NOT_IN_THE_CORE: [&str; 13] = [
+const NOT_IN_THE_CORE: [&str; 14] = [
     "clap",
     "plotters",
     "indicatif",
@@ -15,6 +15,7 @@ const NOT_IN_THE_CORE: [&str; 13] = [
     "criterion",
     "lapin",
     "async-nats",
+    "redis",
     "rand_chacha",
     "tubemail-sim",
     "tubemail-bench",

@@ -170,7 +170,10 @@ impl Partition {
                     }
                     _ => 0,
                 };
-                let (segment, torn) = Segment::open(dir, base, active, trusted, max_frame)?;
+                // Below a checkpoint of synced bytes (any policy but `never`), damage is corruption,
+                // never a torn tail to cut: those records were acked.
+                let strict = if config.fsync == Fsync::Never { 0 } else { trusted };
+                let (segment, torn) = Segment::open(dir, base, active, trusted, strict, max_frame)?;
                 recovered.torn_bytes += torn;
                 segments.insert(base, Arc::new(segment));
             }
@@ -203,7 +206,11 @@ impl Partition {
             syncer,
         };
         *partition.sync.synced.lock().expect("synced") = next;
-        // What was found is now the state to recover to: a checkpoint right away.
+        // What was found is now the state to recover to: a checkpoint right away, of synced bytes
+        // (unless the policy is `never`, whose checkpoints are only hints).
+        if partition.config.fsync != Fsync::Never {
+            partition.writer.lock().expect("writer").active.sync()?;
+        }
         partition.write_checkpoint()?;
         Ok(partition)
     }
@@ -279,7 +286,13 @@ impl Partition {
         } else {
             self.acked.store(last + 1, Ordering::Release);
             self.sync.notify.notify_waiters();
-            if self.dir.is_some() && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
+            // Under `interval` the syncer writes the checkpoints, of synced bytes only; under
+            // `never` nothing is synced, and a checkpoint is only a hint of how far to scan.
+            let hint = self.config.fsync == Fsync::Never;
+            if hint
+                && self.dir.is_some()
+                && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS
+            {
                 writer.last_checkpoint = Instant::now();
                 drop(writer);
                 // A checkpoint is a hint for the next open: its failure costs a longer scan only.
@@ -376,11 +389,15 @@ impl Partition {
     /// Syncs what is written and acks it (under `always`). Called by the stream's syncer thread:
     /// every append written before the call shares this one `fdatasync`.
     pub(crate) fn sync_now(&self) {
-        let target = self.next.load(Ordering::Acquire);
+        // Read together under the writer's lock: every byte of the records below `target` is below
+        // `len` in `active` (or in a sealed segment, which was synced when it was sealed).
+        let (target, active, len) = {
+            let writer = self.writer.lock().expect("writer");
+            (self.next.load(Ordering::Acquire), writer.active.clone(), writer.active.len())
+        };
         if target <= *self.sync.synced.lock().expect("synced") {
             return;
         }
-        let active = self.writer.lock().expect("writer").active.clone();
         match active.sync() {
             Ok(()) => {
                 self.sync.syncs.fetch_add(1, Ordering::Relaxed);
@@ -396,7 +413,8 @@ impl Partition {
                 if writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
                     writer.last_checkpoint = Instant::now();
                     drop(writer);
-                    let _ = self.write_checkpoint();
+                    // Of synced bytes only: recovery then reports damage below it as corruption.
+                    let _ = self.write_checkpoint_of(&active, len);
                 }
             }
             Err(e) => {
@@ -607,7 +625,7 @@ impl Partition {
             std::fs::rename(&from, &to).map_err(|e| LogError::io("rename", &from, e))?;
         }
         sync_dir(dir)?;
-        let (segment, _) = Segment::open(dir, base, false, 0, self.config.max_record_bytes as usize)?;
+        let (segment, _) = Segment::open(dir, base, false, 0, 0, self.config.max_record_bytes as usize)?;
         Ok(segment)
     }
 

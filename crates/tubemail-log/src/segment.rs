@@ -390,6 +390,7 @@ impl Segment {
         base: u64,
         active: bool,
         trusted: u64,
+        strict: u64,
         max_frame: usize,
     ) -> Result<(Self, u64), LogError> {
         let path = dir.join(file_name(base, "log"));
@@ -436,7 +437,15 @@ impl Segment {
                 }
             }
         } else if active {
-            segment.scan(scan_from, physical, max_frame, true)?
+            let scanned = segment.scan(scan_from, physical, max_frame, true)?;
+            if scanned.end < strict.min(physical) || (strict > physical) {
+                // The checkpoint vouched for synced bytes that are not there, or not whole.
+                return Err(segment.corrupt(
+                    scanned.end,
+                    "a frame the recovery checkpoint vouched for (synced) is damaged or missing",
+                ));
+            }
+            scanned
         } else {
             segment.scan_closed(physical, max_frame)
         };
@@ -615,7 +624,9 @@ impl Segment {
     /// Deletes the segment's files.
     pub(crate) fn remove_files(&self) -> Result<(), LogError> {
         if let Some(path) = &self.path {
-            for ext in ["log", "index", "timeindex"] {
+            // The index files first: a crash between leaves a segment without them, which the next
+            // open re-indexes, rather than index files without a segment.
+            for ext in ["index", "timeindex", "log"] {
                 let p = path.with_extension(ext);
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}

@@ -434,3 +434,31 @@ async fn a_tailing_reader_wakes_when_a_record_is_acked() {
     let read = reader.await.unwrap();
     assert_eq!(value(&read[0]), "hello");
 }
+
+#[test]
+fn damage_below_a_synced_checkpoint_is_corruption_not_a_torn_tail() {
+    for (fsync, cut) in [(Fsync::Always, false), (Fsync::Interval, false), (Fsync::Never, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = LogDir::open(dir.path()).unwrap();
+            let s = log.stream("t", StreamConfig { fsync, ..StreamConfig::default() }).unwrap();
+            for i in 0..10 {
+                put(&s, "k", &format!("v{i}"), i);
+            }
+        }
+        // A byte of the last record's value flips on disk (the clean close checkpointed it).
+        let file = last_segment(dir.path(), "t");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let log = LogDir::open(dir.path()).unwrap();
+        match log.open_stream("t") {
+            Ok(s) if cut => {
+                assert_eq!(s.partition(0).unwrap().end(), 9, "{fsync:?}: never synced, so cut as torn")
+            }
+            Err(LogError::Corrupt { file, .. }) if !cut => assert!(file.ends_with(".log"), "{fsync:?}"),
+            other => panic!("{fsync:?}: {other:?}"),
+        }
+    }
+}
