@@ -435,3 +435,46 @@ fn bad_log_arguments_are_refused_and_never_panic() {
     );
     assert!(!Path::new("/tmp/never-made").exists());
 }
+
+/// A broker's consumer group, seen from the command line: its committed offsets and lag per
+/// partition, read from the offsets stream the broker keeps beside the streams.
+#[test]
+fn inspect_shows_a_brokers_consumer_groups_with_their_lag() {
+    use tubemail::{Broker, GroupOptions, StreamSpec, Topology};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let topology = Topology::new()
+        .stream("orders", StreamSpec { partitions: 2, ..StreamSpec::default() })
+        .data_dir(&data);
+    actix::System::new().block_on(async {
+        let broker = Broker::start(topology).unwrap();
+        for i in 0..10_u32 {
+            broker.append("orders", &format!("k{i}"), &i).await.unwrap();
+        }
+        let member =
+            broker.join_group("orders", "billing", GroupOptions::default(), |_| async {}).await.unwrap();
+        while broker.stats().await.streams["orders"].groups["billing"].lag() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        member.leave().await;
+        // Two more that the group has not read: its lag.
+        broker.append("orders", "late-1", &1_u32).await.unwrap();
+        broker.append("orders", "late-2", &2_u32).await.unwrap();
+        broker.shutdown(std::time::Duration::from_secs(1)).await;
+    });
+    let out = tubemail(&["log", "inspect", data.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let groups = v["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{v}");
+    assert_eq!(
+        (groups[0]["group"].as_str(), groups[0]["stream"].as_str()),
+        (Some("billing"), Some("orders"))
+    );
+    assert_eq!(groups[0]["lag"], 2);
+    let committed: u64 =
+        groups[0]["partitions"].as_array().unwrap().iter().map(|p| p["committed"].as_u64().unwrap()).sum();
+    assert_eq!(committed, 10);
+    let text = stdout(&tubemail(&["log", "inspect", data.to_str().unwrap()]));
+    assert!(text.contains("group billing on stream orders: lag 2"), "{text}");
+}

@@ -255,6 +255,7 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
         streams.push((name, stream.config().clone(), partitions));
         stream.close()?;
     }
+    let groups = groups(&log, &streams)?;
     if json {
         let list: Vec<Value> = streams
             .iter()
@@ -293,7 +294,21 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
                 })
             })
             .collect();
-        println!("{}", json!({ "dir": dir.display().to_string(), "streams": list }));
+        let groups: Vec<Value> = groups
+            .iter()
+            .map(|g| {
+                let partitions: Vec<Value> = g
+                    .partitions
+                    .iter()
+                    .map(|&(partition, committed, end, lag)| {
+                        json!({"partition": partition, "committed": committed, "end": end, "lag": lag})
+                    })
+                    .collect();
+                let lag: u64 = g.partitions.iter().map(|p| p.3).sum();
+                json!({"group": g.group, "stream": g.stream, "lag": lag, "partitions": partitions})
+            })
+            .collect();
+        println!("{}", json!({ "dir": dir.display().to_string(), "streams": list, "groups": groups }));
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -325,9 +340,55 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
                 }
             }
         }
+        for g in &groups {
+            let lag: u64 = g.partitions.iter().map(|p| p.3).sum();
+            writeln!(out, "group {} on stream {}: lag {lag}", g.group, g.stream)?;
+            for &(partition, committed, end, lag) in &g.partitions {
+                let committed =
+                    committed.map_or_else(|| "nothing committed".to_owned(), |c| format!("committed {c}"));
+                writeln!(out, "  partition {partition}: {committed}, end {end}, lag {lag}")?;
+            }
+        }
         Ok(())
     })();
     Ok(ExitCode::SUCCESS)
+}
+
+/// A consumer group's committed offsets on one stream: (partition, committed, end, lag).
+struct GroupView {
+    group: String,
+    stream: String,
+    partitions: Vec<(u32, Option<u64>, u64, u64)>,
+}
+
+/// The groups whose commits the broker keeps in the offsets stream, with their lag on each partition
+/// of the streams in `streams`.
+fn groups(
+    log: &LogDir,
+    streams: &[(String, StreamConfig, Vec<(PartitionInfo, Recovered)>)],
+) -> Result<Vec<GroupView>, Failure> {
+    if !streams.iter().any(|(name, ..)| name == tubemail_log::offsets::STREAM) {
+        return Ok(Vec::new());
+    }
+    let offsets = log.open_stream(tubemail_log::offsets::STREAM)?;
+    let committed = tubemail_log::offsets::read_all(&offsets)?;
+    offsets.close()?;
+    let mut views: Vec<GroupView> = Vec::new();
+    for (group, stream) in committed.keys().map(|(g, s, _)| (g.clone(), s.clone())) {
+        if views.last().is_some_and(|v| v.group == group && v.stream == stream) {
+            continue;
+        }
+        let Some((_, _, partitions)) = streams.iter().find(|(name, ..)| *name == stream) else { continue };
+        let partitions = partitions
+            .iter()
+            .map(|(p, _)| {
+                let c = committed.get(&(group.clone(), stream.clone(), p.partition)).copied();
+                (p.partition, c, p.end, p.end.saturating_sub(c.unwrap_or(p.start).max(p.start)))
+            })
+            .collect();
+        views.push(GroupView { group, stream, partitions });
+    }
+    Ok(views)
 }
 
 /// A stream's settings on one line.
