@@ -354,6 +354,9 @@ fn inspect(dir: &Path, json: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A stream as `inspect` shows it: its name, settings, and each partition's figures.
+type StreamView = (String, StreamConfig, Vec<(PartitionInfo, Recovered)>);
+
 /// A consumer group's committed offsets on one stream: (partition, committed, end, lag).
 struct GroupView {
     group: String,
@@ -363,10 +366,7 @@ struct GroupView {
 
 /// The groups whose commits the broker keeps in the offsets stream, with their lag on each partition
 /// of the streams in `streams`.
-fn groups(
-    log: &LogDir,
-    streams: &[(String, StreamConfig, Vec<(PartitionInfo, Recovered)>)],
-) -> Result<Vec<GroupView>, Failure> {
+fn groups(log: &LogDir, streams: &[StreamView]) -> Result<Vec<GroupView>, Failure> {
     if !streams.iter().any(|(name, ..)| name == tubemail_log::offsets::STREAM) {
         return Ok(Vec::new());
     }
