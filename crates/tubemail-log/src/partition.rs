@@ -85,6 +85,9 @@ struct SyncState {
     notify: tokio::sync::Notify,
     /// `fdatasync` calls made for acks (group commit makes them fewer than appends).
     syncs: AtomicU64,
+    /// Held by whoever syncs: the syncer thread, or a blocked appender that syncs for itself (and
+    /// every append written before it) rather than wait for the syncer's wake-up.
+    leader: Mutex<()>,
     /// Set when an fdatasync failed: the partition then refuses appends (as PostgreSQL learned, a
     /// failed fsync cannot be retried safely).
     failed: Mutex<Option<String>>,
@@ -334,6 +337,15 @@ impl Partition {
             if self.end() > offset {
                 return Ok(());
             }
+            // No sync running: this thread syncs, sparing the hop to the syncer thread and back.
+            if self.config.fsync == Fsync::Always && self.syncer.is_some() {
+                if let Ok(_leader) = self.sync.leader.try_lock() {
+                    drop(synced);
+                    self.sync_locked();
+                    synced = self.sync.synced.lock().expect("synced");
+                    continue;
+                }
+            }
             // Syncs notify under this lock; appends that ack at once do not, hence the timeout.
             synced = self
                 .sync
@@ -389,6 +401,12 @@ impl Partition {
     /// Syncs what is written and acks it (under `always`). Called by the stream's syncer thread:
     /// every append written before the call shares this one `fdatasync`.
     pub(crate) fn sync_now(&self) {
+        let _leader = self.sync.leader.lock().expect("sync leader");
+        self.sync_locked();
+    }
+
+    /// [`Partition::sync_now`] with the leader's lock held.
+    fn sync_locked(&self) {
         // Read together under the writer's lock: every byte of the records below `target` is below
         // `len` in `active` (or in a sealed segment, which was synced when it was sealed).
         let (target, active, len) = {
