@@ -85,12 +85,41 @@ struct SyncState {
     notify: tokio::sync::Notify,
     /// `fdatasync` calls made for acks (group commit makes them fewer than appends).
     syncs: AtomicU64,
+    /// Async waiters (`acked`, `wait_past`) now: appends skip the wake-up (a lock inside tokio's
+    /// `Notify`) when there are none. A waiter counts itself before it checks the watermark, an
+    /// appender moves the watermark before it reads the count (both `SeqCst`): one of them sees
+    /// the other.
+    waiting: std::sync::atomic::AtomicUsize,
     /// Held by whoever syncs: the syncer thread, or a blocked appender that syncs for itself (and
     /// every append written before it) rather than wait for the syncer's wake-up.
     leader: Mutex<()>,
     /// Set when an fdatasync failed: the partition then refuses appends (as PostgreSQL learned, a
     /// failed fsync cannot be retried safely).
     failed: Mutex<Option<String>>,
+}
+
+impl SyncState {
+    fn wake_waiters(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// An async waiter, counted while it waits.
+struct Waiting<'a>(&'a SyncState);
+
+impl<'a> Waiting<'a> {
+    fn new(sync: &'a SyncState) -> Self {
+        sync.waiting.fetch_add(1, Ordering::SeqCst);
+        Self(sync)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One record to append.
@@ -287,8 +316,8 @@ impl Partition {
             drop(writer);
             syncer.wake();
         } else {
-            self.acked.store(last + 1, Ordering::Release);
-            self.sync.notify.notify_waiters();
+            self.acked.store(last + 1, Ordering::SeqCst);
+            self.sync.wake_waiters();
             // Under `interval` the syncer writes the checkpoints, of synced bytes only; under
             // `never` nothing is synced, and a checkpoint is only a hint of how far to scan.
             let hint = self.config.fsync == Fsync::Never;
@@ -361,12 +390,16 @@ impl Partition {
     /// # Errors
     /// [`LogError::Failed`] when a sync failed.
     pub async fn acked(&self, offset: u64) -> Result<(), LogError> {
+        if self.end() > offset {
+            return Ok(());
+        }
+        let _waiting = Waiting::new(&self.sync);
         loop {
             let notified = self.sync.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.check_failed()?;
-            if self.end() > offset {
+            if self.acked.load(Ordering::SeqCst) > offset {
                 return Ok(());
             }
             notified.await;
@@ -375,11 +408,15 @@ impl Partition {
 
     /// Resolves once the high watermark passes `offset` (a tailing reader's wait).
     pub async fn wait_past(&self, offset: u64) {
+        if self.end() > offset {
+            return;
+        }
+        let _waiting = Waiting::new(&self.sync);
         loop {
             let notified = self.sync.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.end() > offset || self.check_failed().is_err() {
+            if self.acked.load(Ordering::SeqCst) > offset || self.check_failed().is_err() {
                 return;
             }
             notified.await;
@@ -422,11 +459,11 @@ impl Partition {
                 let mut synced = self.sync.synced.lock().expect("synced");
                 *synced = (*synced).max(target);
                 if self.config.fsync == Fsync::Always {
-                    self.acked.fetch_max(target, Ordering::AcqRel);
+                    self.acked.fetch_max(target, Ordering::SeqCst);
                 }
                 drop(synced);
                 self.sync.changed.notify_all();
-                self.sync.notify.notify_waiters();
+                self.sync.wake_waiters();
                 let mut writer = self.writer.lock().expect("writer");
                 if writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
                     writer.last_checkpoint = Instant::now();
@@ -438,7 +475,7 @@ impl Partition {
             Err(e) => {
                 *self.sync.failed.lock().expect("failed") = Some(e.to_string());
                 self.sync.changed.notify_all();
-                self.sync.notify.notify_waiters();
+                self.sync.wake_waiters();
             }
         }
     }
