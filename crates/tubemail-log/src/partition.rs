@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
@@ -73,6 +73,9 @@ pub struct Recovered {
 
 struct Writer {
     active: Arc<Segment>,
+    /// The active segment's first timestamp (for `segment_ms`), kept here so that an append does
+    /// not lock the segment's meta to decide whether to roll.
+    active_first_timestamp: Option<i64>,
     frames: Vec<u8>,
     last_checkpoint: Instant,
 }
@@ -96,6 +99,8 @@ struct SyncState {
     /// Set when an fdatasync failed: the partition then refuses appends (as PostgreSQL learned, a
     /// failed fsync cannot be retried safely).
     failed: Mutex<Option<String>>,
+    /// Whether `failed` is set: the append path reads this, not the lock.
+    has_failed: AtomicBool,
 }
 
 impl SyncState {
@@ -223,12 +228,18 @@ impl Partition {
                 segment
             }
         };
+        let first_timestamp = active.meta.lock().expect("segment meta").first_timestamp;
         let partition = Self {
             id,
             dir,
             config,
             segments: RwLock::new(segments),
-            writer: Mutex::new(Writer { active, frames: Vec::new(), last_checkpoint: Instant::now() }),
+            writer: Mutex::new(Writer {
+                active_first_timestamp: first_timestamp,
+                active,
+                frames: Vec::new(),
+                last_checkpoint: Instant::now(),
+            }),
             next: AtomicU64::new(next),
             acked: AtomicU64::new(next),
             start: AtomicU64::new(start),
@@ -305,9 +316,10 @@ impl Partition {
             min_ts = min_ts.min(r.timestamp);
             max_ts = max_ts.max(r.timestamp);
         }
-        if self.should_roll(&writer.active, frames.len() as u64, records[0].timestamp) {
+        if self.should_roll(&writer, frames.len() as u64, records[0].timestamp) {
             self.roll(&mut writer, first)?;
         }
+        writer.active_first_timestamp.get_or_insert(min_ts);
         let written = writer.active.append(&frames, first, last, min_ts, max_ts);
         writer.frames = frames;
         written?;
@@ -334,12 +346,13 @@ impl Partition {
         Ok((first, last))
     }
 
-    fn should_roll(&self, active: &Segment, bytes: u64, timestamp: i64) -> bool {
-        if active.len() == 0 {
+    fn should_roll(&self, writer: &Writer, bytes: u64, timestamp: i64) -> bool {
+        let len = writer.active.len();
+        if len == 0 {
             return false;
         }
-        let too_big = active.len() + bytes > self.config.segment_bytes;
-        let first = active.meta.lock().expect("segment meta").first_timestamp;
+        let too_big = len + bytes > self.config.segment_bytes;
+        let first = writer.active_first_timestamp;
         let too_old = first.is_some_and(|t| timestamp.saturating_sub(t) >= self.config.segment_ms as i64);
         too_big || too_old
     }
@@ -351,6 +364,7 @@ impl Partition {
         let segment = Arc::new(new_segment(self.dir.as_deref(), base)?);
         self.segments.write().expect("segments").insert(base, segment.clone());
         writer.active = segment;
+        writer.active_first_timestamp = None;
         writer.last_checkpoint = Instant::now();
         self.write_checkpoint_of(&writer.active, 0)
     }
@@ -424,6 +438,9 @@ impl Partition {
     }
 
     fn check_failed(&self) -> Result<(), LogError> {
+        if !self.sync.has_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         match &*self.sync.failed.lock().expect("failed") {
             Some(why) => Err(LogError::Failed { why: why.clone() }),
             None => Ok(()),
@@ -474,6 +491,7 @@ impl Partition {
             }
             Err(e) => {
                 *self.sync.failed.lock().expect("failed") = Some(e.to_string());
+                self.sync.has_failed.store(true, Ordering::Release);
                 self.sync.changed.notify_all();
                 self.sync.wake_waiters();
             }

@@ -462,3 +462,19 @@ fn damage_below_a_synced_checkpoint_is_corruption_not_a_torn_tail() {
         }
     }
 }
+
+#[test]
+fn a_segment_rolls_once_its_first_record_is_segment_ms_old() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        // The second round reopens: the active segment's first timestamp comes back from disk.
+        let log = LogDir::open(dir.path()).unwrap();
+        let s = log.stream("t", StreamConfig { segment_ms: 1_000, ..small(1) }).unwrap();
+        let base = round * 3_000;
+        put(&s, "k", "a", base);
+        put(&s, "k", "b", base + 999);
+        let before = s.partition(0).unwrap().info().segments.len();
+        put(&s, "k", "c", base + 1_000);
+        assert_eq!(s.partition(0).unwrap().info().segments.len(), before + 1, "round {round}");
+    }
+}
