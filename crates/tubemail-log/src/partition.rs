@@ -89,9 +89,9 @@ struct SyncState {
     /// `fdatasync` calls made for acks (group commit makes them fewer than appends).
     syncs: AtomicU64,
     /// Async waiters (`acked`, `wait_past`) now: appends skip the wake-up (a lock inside tokio's
-    /// `Notify`) when there are none. A waiter counts itself before it checks the watermark, an
-    /// appender moves the watermark before it reads the count (both `SeqCst`): one of them sees
-    /// the other.
+    /// `Notify`) when there are none. A waiter counts itself and registers before it reads the
+    /// watermark, an appender moves the watermark before it reads the count, each with a `SeqCst`
+    /// fence between: one of them sees the other (`tests/loom_ack.rs`).
     waiting: std::sync::atomic::AtomicUsize,
     /// Held by whoever syncs: the syncer thread, or a blocked appender that syncs for itself (and
     /// every append written before it) rather than wait for the syncer's wake-up.
@@ -104,8 +104,11 @@ struct SyncState {
 }
 
 impl SyncState {
+    /// After the watermark moved: wakes the async waiters, if any (the fence pairs with the one in
+    /// [`Waiting::new`]; `tests/loom_ack.rs` models the pair).
     fn wake_waiters(&self) {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) > 0 {
             self.notify.notify_waiters();
         }
     }
@@ -115,15 +118,17 @@ impl SyncState {
 struct Waiting<'a>(&'a SyncState);
 
 impl<'a> Waiting<'a> {
+    /// Counts a waiter. The caller then registers with the `Notify` and reads the watermark; the
+    /// fence makes the count visible to an appender before that read (see `wake_waiters`).
     fn new(sync: &'a SyncState) -> Self {
-        sync.waiting.fetch_add(1, Ordering::SeqCst);
+        sync.waiting.fetch_add(1, Ordering::Relaxed);
         Self(sync)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -328,7 +333,7 @@ impl Partition {
             drop(writer);
             syncer.wake();
         } else {
-            self.acked.store(last + 1, Ordering::SeqCst);
+            self.acked.store(last + 1, Ordering::Release);
             self.sync.wake_waiters();
             // Under `interval` the syncer writes the checkpoints, of synced bytes only; under
             // `never` nothing is synced, and a checkpoint is only a hint of how far to scan.
@@ -412,8 +417,9 @@ impl Partition {
             let notified = self.sync.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            std::sync::atomic::fence(Ordering::SeqCst);
             self.check_failed()?;
-            if self.acked.load(Ordering::SeqCst) > offset {
+            if self.acked.load(Ordering::Acquire) > offset {
                 return Ok(());
             }
             notified.await;
@@ -430,7 +436,8 @@ impl Partition {
             let notified = self.sync.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.acked.load(Ordering::SeqCst) > offset || self.check_failed().is_err() {
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.acked.load(Ordering::Acquire) > offset || self.check_failed().is_err() {
                 return;
             }
             notified.await;
@@ -476,7 +483,7 @@ impl Partition {
                 let mut synced = self.sync.synced.lock().expect("synced");
                 *synced = (*synced).max(target);
                 if self.config.fsync == Fsync::Always {
-                    self.acked.fetch_max(target, Ordering::SeqCst);
+                    self.acked.fetch_max(target, Ordering::Release);
                 }
                 drop(synced);
                 self.sync.changed.notify_all();
