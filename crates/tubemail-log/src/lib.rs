@@ -27,6 +27,8 @@ pub mod dir;
 pub mod partition;
 pub mod record;
 pub(crate) mod segment;
+#[doc(hidden)]
+pub mod sim;
 pub mod stream;
 
 use std::path::{Path, PathBuf};

@@ -60,6 +60,10 @@ pub struct Partition {
     recovered: Recovered,
     /// The stream's syncer, woken by appends under `always`.
     syncer: Option<Arc<crate::stream::SyncerShared>>,
+    /// Opened under the simulator ([`crate::sim`]): no syncer thread (an append under `always` syncs
+    /// on the appender's thread, an `interval` tick is the simulator's), no checkpoint by wall-clock
+    /// time, so that a seed replays the same files.
+    simulated: bool,
 }
 
 /// What the open of a partition found.
@@ -149,6 +153,7 @@ impl Partition {
         dir: Option<PathBuf>,
         config: Arc<StreamConfig>,
         syncer: Option<Arc<crate::stream::SyncerShared>>,
+        simulated: bool,
     ) -> Result<Self, LogError> {
         let max_frame = config.max_record_bytes as usize;
         let mut segments = BTreeMap::new();
@@ -201,6 +206,7 @@ impl Partition {
             maintenance: Mutex::new(()),
             recovered,
             syncer,
+            simulated,
         };
         *partition.sync.synced.lock().expect("synced") = next;
         // What was found is now the state to recover to: a checkpoint right away.
@@ -216,6 +222,28 @@ impl Partition {
     /// What the open found.
     pub fn recovered(&self) -> Recovered {
         self.recovered
+    }
+
+    /// For the simulator (`tubemail-sim`), not for applications: the active segment's base offset
+    /// and the bytes of it that an `fdatasync` of this process covered, which is what a power loss
+    /// keeps of it (a segment opened by recovery starts at 0: its bytes may be in the page cache only).
+    #[doc(hidden)]
+    pub fn synced_position(&self) -> (u64, u64) {
+        let active = self.writer.lock().expect("writer").active.clone();
+        (active.base, active.synced())
+    }
+
+    /// The active segment as the simulator sees it.
+    pub(crate) fn active_segment(&self) -> crate::sim::ActiveSegment {
+        let active = self.writer.lock().expect("writer").active.clone();
+        crate::sim::ActiveSegment {
+            partition: self.id,
+            base: active.base,
+            path: active.path.clone(),
+            len: active.len(),
+            synced: active.synced(),
+            end: self.end(),
+        }
     }
 
     /// `fdatasync` calls made so far by the syncer (group commit: fewer than appends).
@@ -275,11 +303,18 @@ impl Partition {
         self.next.store(last + 1, Ordering::Release);
         if let (Fsync::Always, Some(syncer)) = (self.config.fsync, &self.syncer) {
             drop(writer);
-            syncer.wake();
+            if self.simulated {
+                self.sync_now();
+            } else {
+                syncer.wake();
+            }
         } else {
             self.acked.store(last + 1, Ordering::Release);
             self.sync.notify.notify_waiters();
-            if self.dir.is_some() && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
+            if self.dir.is_some()
+                && !self.simulated
+                && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS
+            {
                 writer.last_checkpoint = Instant::now();
                 drop(writer);
                 // A checkpoint is a hint for the next open: its failure costs a longer scan only.
@@ -361,6 +396,15 @@ impl Partition {
         }
     }
 
+    /// A crash of the stream (see [`crate::Stream::abandon`]): no more appends.
+    pub(crate) fn abandon(&self) {
+        let mut failed = self.sync.failed.lock().expect("failed");
+        failed.get_or_insert_with(|| "the stream was abandoned as a crash leaves it".to_owned());
+        drop(failed);
+        self.sync.changed.notify_all();
+        self.sync.notify.notify_waiters();
+    }
+
     fn check_failed(&self) -> Result<(), LogError> {
         match &*self.sync.failed.lock().expect("failed") {
             Some(why) => Err(LogError::Failed { why: why.clone() }),
@@ -393,7 +437,7 @@ impl Partition {
                 self.sync.changed.notify_all();
                 self.sync.notify.notify_waiters();
                 let mut writer = self.writer.lock().expect("writer");
-                if writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
+                if !self.simulated && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
                     writer.last_checkpoint = Instant::now();
                     drop(writer);
                     let _ = self.write_checkpoint();

@@ -113,6 +113,9 @@ pub(crate) struct Segment {
     pub(crate) path: Option<PathBuf>,
     /// Bytes of whole frames.
     len: AtomicU64,
+    /// Bytes of frames an `fdatasync` of this process covered (what a power loss would keep; read by
+    /// the simulator through [`crate::sim`]).
+    synced: AtomicU64,
     /// (offset - base, byte position), every [`INDEX_INTERVAL_BYTES`].
     index: RwLock<Vec<(u32, u32)>>,
     /// (newest timestamp so far, offset - base), beside each index entry.
@@ -157,6 +160,7 @@ impl Segment {
             data,
             path,
             len: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
             index: RwLock::default(),
             times: RwLock::default(),
             meta: Mutex::default(),
@@ -227,7 +231,16 @@ impl Segment {
     /// Syncs the segment's frames (and its index files, which a closed segment's open relies on).
     pub(crate) fn sync(&self) -> Result<(), LogError> {
         let path = self.path.as_deref().unwrap_or(Path::new("memory"));
-        self.data.sync().map_err(|e| LogError::io("fdatasync", path, e))
+        // Every byte written before the call is covered.
+        let len = self.len();
+        self.data.sync().map_err(|e| LogError::io("fdatasync", path, e))?;
+        self.synced.fetch_max(len, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Bytes of frames an `fdatasync` of this process covered.
+    pub(crate) fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// Closes the segment for writing: its index files are synced and let go.
