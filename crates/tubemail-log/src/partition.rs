@@ -19,7 +19,7 @@
 //! # Shutdown
 //! [`Partition::close`] syncs (unless `never`) and writes the recovery checkpoint, so the next open
 //! scans nothing; after a crash, the next open scans only the active segment's tail past the
-//! checkpoint and cuts a torn last frame.
+//! checkpoint, cuts a torn last frame, and (unless `never`) syncs what it keeps before it is read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -209,6 +209,12 @@ impl Partition {
             simulated,
         };
         *partition.sync.synced.lock().expect("synced") = next;
+        if partition.dir.is_some() && partition.config.fsync != Fsync::Never {
+            // What recovery found may be in the page cache only (a crash kept it there), and it is
+            // acked and readable from now on: on disk first, as an append's bytes are.
+            let active = partition.writer.lock().expect("writer").active.clone();
+            active.sync()?;
+        }
         // What was found is now the state to recover to: a checkpoint right away.
         partition.write_checkpoint()?;
         Ok(partition)

@@ -118,3 +118,27 @@ fn what_a_power_loss_keeps_reopens_as_the_partition() {
     let (_log, stream, _) = open(dir.path(), Fsync::Interval);
     assert_eq!(stream.partition(0).unwrap().end(), 3);
 }
+
+/// Records that recovery finds after a crash were written, but perhaps never synced: the page cache
+/// kept them. They are acked and readable as soon as the stream opens, so they must be on disk by
+/// then. Were they not, an idle partition would keep them unsynced for as long as no append comes to
+/// it (its syncer only syncs partitions with new appends), a power loss would take records acked
+/// long before (beyond what `interval` allows), and a consumer group's commit synced since would
+/// point past the end of the partition (the simulator found this: an at-least-once group then
+/// skipped the records appended after the power loss).
+#[test]
+fn records_recovered_after_a_crash_are_synced_when_the_stream_opens() {
+    for fsync in [Fsync::Interval, Fsync::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, stream, _) = open(dir.path(), Fsync::Interval);
+        for n in 0..5 {
+            put(&stream, n);
+        }
+        stream.abandon();
+        drop((stream, log));
+        let (_log, stream, sim) = open(dir.path(), fsync);
+        assert_eq!(stream.partition(0).unwrap().end(), 5);
+        let seg = &sim.active_segments()[0];
+        assert_eq!(seg.synced, seg.len, "{fsync:?}: recovered records are acked but not synced");
+    }
+}
