@@ -22,6 +22,8 @@
 //! order per partition; appends never wait for room; a clean close leaves a checkpoint and a crash
 //! leaves a tail that the next open scans and cuts where torn.
 
+#[doc(hidden)]
+pub mod broken;
 pub mod config;
 pub mod dir;
 pub mod partition;

@@ -605,15 +605,27 @@ impl Partition {
         // The last offset of each key in the closed segments. Only looked up, never iterated.
         let mut last: HashMap<Bytes, u64> = HashMap::new();
         let mut contents = Vec::with_capacity(closed.len());
+        // Broken: the second-to-last offset of each key is kept instead of its last.
+        let keeps_previous = crate::broken::bug(|b| b.compaction_drops_latest);
+        let mut previous: HashMap<Bytes, u64> = HashMap::new();
         for segment in &closed {
             let mut records = Vec::new();
             segment.read(0, u64::MAX, usize::MAX, usize::MAX, max_frame, &mut records)?;
             for r in &records {
                 if let Some(key) = &r.key {
-                    last.insert(key.clone(), r.offset);
+                    if let Some(before) = last.insert(key.clone(), r.offset) {
+                        if keeps_previous {
+                            previous.insert(key.clone(), before);
+                        }
+                    }
                 }
             }
             contents.push(records);
+        }
+        if keeps_previous {
+            for (key, before) in previous {
+                last.insert(key, before);
+            }
         }
         let (mut rewritten, mut removed) = (0, 0);
         for (segment, records) in closed.iter().zip(contents) {

@@ -505,6 +505,18 @@ impl Segment {
                         let frame_end = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
                             as u64
                             + record::FRAME_HEADER as u64;
+                        if tail
+                            && here + frame_end == physical
+                            && why == "CRC-32C mismatch"
+                            && crate::broken::bug(|b| b.recovery_keeps_torn_record)
+                        {
+                            // Broken: the torn frame's CRC is "repaired" and the frame kept.
+                            let end = at + frame_end as usize;
+                            let crc = crc32c::crc32c(&buf[at + record::FRAME_HEADER..end]).to_le_bytes();
+                            buf[at + 4..at + 8].copy_from_slice(&crc);
+                            self.data.write_at(&crc, here + 4).map_err(|e| self.io_error("write", e))?;
+                            continue;
+                        }
                         if tail && here + frame_end >= physical {
                             // The last frame, written in part: torn.
                             return Ok(Scanned { end: here });
