@@ -478,7 +478,9 @@ impl PartitionRun {
                     break;
                 }
                 let offset = r.offset;
-                if !at_least_once {
+                let commit_first =
+                    !at_least_once || crate::probe::thread_bug(|b| b.group_commits_before_handling);
+                if commit_first {
                     // At most once: committed before the handler runs.
                     self.commit(offset + 1).await;
                     last_commit = offset + 1;
