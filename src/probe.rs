@@ -97,6 +97,47 @@ pub struct Bugs {
     /// `unsubscribe` returns without waiting for the subscriber to stop, which goes on running the
     /// handlers of deliveries already in its mailbox.
     pub unsubscribe_returns_early: bool,
+    /// An at-least-once consumer group commits a record's offset before its handler runs (as at most
+    /// once does), so that a crash in the handler skips the record. Consumer groups run without a
+    /// probe: this one is turned on per thread, with [`set_thread_bugs`].
+    pub group_commits_before_handling: bool,
+}
+
+#[cfg(feature = "broken")]
+thread_local! {
+    static THREAD_BUGS: std::cell::Cell<Bugs> = std::cell::Cell::new(Bugs::default());
+}
+
+/// Turns the broken variants `bugs` on for the code that runs on this thread and takes no probe
+/// (consumer groups: their members run on the broker's arbiter, which is the simulator's one thread),
+/// and returns what was on before. Without the `broken` feature, nothing is turned on. Per thread, so
+/// that tests running in parallel do not see each other's bugs.
+#[doc(hidden)]
+pub fn set_thread_bugs(bugs: Bugs) -> Bugs {
+    #[cfg(feature = "broken")]
+    {
+        THREAD_BUGS.with(|b| b.replace(bugs))
+    }
+    #[cfg(not(feature = "broken"))]
+    {
+        let _ = bugs;
+        Bugs::default()
+    }
+}
+
+/// Whether this thread asks for the broken variant `bug` (see [`set_thread_bugs`]); always `false`
+/// without the `broken` feature.
+#[inline(always)]
+pub(crate) fn thread_bug(bug: impl Fn(&Bugs) -> bool) -> bool {
+    #[cfg(feature = "broken")]
+    {
+        THREAD_BUGS.with(|b| bug(&b.get()))
+    }
+    #[cfg(not(feature = "broken"))]
+    {
+        let _ = bug;
+        false
+    }
 }
 
 /// Why a message left a queue without an ack or a dead letter.

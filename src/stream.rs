@@ -302,6 +302,7 @@ impl Reader {
             if let Some(r) = self.buffer.pop_front() {
                 return Ok(r);
             }
+            let end = self.partition.end();
             let records = self.partition.read(self.next, READER_BATCH, 1 << 20)?;
             match records.last() {
                 Some(last) => {
@@ -309,7 +310,11 @@ impl Reader {
                     let id = self.partition.id();
                     self.buffer.extend(records.into_iter().map(|r| StreamRecord::new(&self.stream, id, r)));
                 }
-                None => self.partition.wait_past(self.next).await,
+                None => {
+                    // Nothing from here up to `end`: compaction may have removed every record there.
+                    self.next = self.next.max(end);
+                    self.partition.wait_past(self.next).await;
+                }
             }
         }
     }

@@ -432,3 +432,77 @@ async fn shutdown_stops_group_members_and_reports_streams() {
         Err(GroupError::Closed)
     ));
 }
+
+/// Records compaction removed from the end of a partition (a key's tombstone past
+/// `delete_retention_ms`, and its older value, at the end of a closed segment whose successor is
+/// still empty: a crash right after a roll leaves one) leave an empty range below the partition's
+/// end. A group member and a tailing reader at the start of that range must move past it and wait
+/// for the next append; they used to read nothing, find the end already past their position, and
+/// read again without ever yielding, which froze the broker's arbiter (found by the simulator, with
+/// a compaction broken on purpose that removed a partition's last record).
+#[test]
+fn a_group_and_a_reader_move_past_records_compaction_removed_at_the_end() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StreamSpec {
+        partitions: 1,
+        cleanup: tubemail::Cleanup::Compact,
+        delete_retention_ms: 1,
+        ..StreamSpec::default()
+    };
+    {
+        let log = tubemail_log::LogDir::open(dir.path()).unwrap();
+        let s = log.stream("s", spec.clone()).unwrap();
+        for value in [Some(&b"v"[..]), None] {
+            let append = tubemail_log::Append { key: Some(b"k"), value, timestamp: 1 };
+            s.append_blocking(append).unwrap();
+        }
+        s.close().unwrap();
+    }
+    std::fs::File::create(dir.path().join("streams/s/0").join(format!("{:020}.log", 2))).unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let path = dir.path().to_owned();
+    // The broker on a thread of its own: were its arbiter to spin, this test's thread reports it.
+    std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            let topology = Topology::new().stream("s", spec);
+            let broker = Broker::builder(topology).data_dir(&path).start().unwrap();
+            let removed = broker.maintain_streams().unwrap().records_removed;
+            tx.send(format!("compaction removed {removed}")).unwrap();
+            let mut reader = broker.reader("s", 0, StartFrom::Earliest).unwrap();
+            let handled = tx.clone();
+            let _member = broker
+                .join_group("s", "g", GroupOptions::default(), move |r: StreamRecord| {
+                    let _ = handled.send(format!("group {}", r.offset));
+                    async {}
+                })
+                .await
+                .unwrap();
+            let at_most_once = GroupOptions { mode: DeliveryMode::AtMostOnce, ..GroupOptions::default() };
+            let _other = broker.join_group("s", "h", at_most_once, |_: StreamRecord| async {}).await.unwrap();
+            // The members read the empty range before anything else is appended, and commit past it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let stats = broker.stats().await;
+            for group in ["g", "h"] {
+                let committed = stats.streams["s"].groups[group].partitions[&0].committed;
+                tx.send(format!("{group} committed {committed:?}")).unwrap();
+            }
+            broker.append_bytes("s", "k2", "after").await.unwrap();
+            let r = reader.next().await.unwrap();
+            let _ = tx.send(format!("reader {}", r.offset));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+    });
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => got.push(line),
+            Err(_) => panic!("the broker stopped answering after {got:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["compaction removed 2", "g committed Some(2)", "group 2", "h committed Some(2)", "reader 2"]
+    );
+}

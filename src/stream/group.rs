@@ -446,6 +446,7 @@ impl PartitionRun {
         let mut last_commit = committed.unwrap_or(pos);
         let at_least_once = self.options.mode == DeliveryMode::AtLeastOnce;
         while !self.stop.requested() {
+            let end = partition.end();
             let batch = match partition.read(pos, self.options.batch, 1 << 20) {
                 Ok(batch) => batch,
                 Err(LogError::OffsetBeforeStart { start, .. }) => {
@@ -463,7 +464,10 @@ impl PartitionRun {
                 }
             };
             if batch.is_empty() {
-                if at_least_once && pos > last_commit {
+                // Nothing from `pos` up to `end`: compaction may have removed every record there.
+                // Committed in both modes (at most once, only such a jump leaves `pos` past it).
+                pos = pos.max(end);
+                if pos > last_commit {
                     self.commit(pos).await;
                     last_commit = pos;
                 }
@@ -478,7 +482,9 @@ impl PartitionRun {
                     break;
                 }
                 let offset = r.offset;
-                if !at_least_once {
+                let commit_first =
+                    !at_least_once || crate::probe::thread_bug(|b| b.group_commits_before_handling);
+                if commit_first {
                     // At most once: committed before the handler runs.
                     self.commit(offset + 1).await;
                     last_commit = offset + 1;

@@ -22,12 +22,16 @@
 //! order per partition; appends never wait for room; a clean close leaves a checkpoint and a crash
 //! leaves a tail that the next open scans and cuts where torn.
 
+#[doc(hidden)]
+pub mod broken;
 pub mod config;
 pub mod dir;
 pub mod offsets;
 pub mod partition;
 pub mod record;
 pub(crate) mod segment;
+#[doc(hidden)]
+pub mod sim;
 pub mod stream;
 
 use std::path::{Path, PathBuf};

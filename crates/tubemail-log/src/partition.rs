@@ -19,7 +19,7 @@
 //! # Shutdown
 //! [`Partition::close`] syncs (unless `never`) and writes the recovery checkpoint, so the next open
 //! scans nothing; after a crash, the next open scans only the active segment's tail past the
-//! checkpoint and cuts a torn last frame.
+//! checkpoint, cuts a torn last frame, and (unless `never`) syncs what it keeps before it is read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -60,6 +60,10 @@ pub struct Partition {
     recovered: Recovered,
     /// The stream's syncer, woken by appends under `always`.
     syncer: Option<Arc<crate::stream::SyncerShared>>,
+    /// Opened under the simulator ([`crate::sim`]): no syncer thread (an append under `always` syncs
+    /// on the appender's thread, an `interval` tick is the simulator's), no checkpoint by wall-clock
+    /// time, so that a seed replays the same files.
+    simulated: bool,
 }
 
 /// What the open of a partition found.
@@ -191,6 +195,7 @@ impl Partition {
         dir: Option<PathBuf>,
         config: Arc<StreamConfig>,
         syncer: Option<Arc<crate::stream::SyncerShared>>,
+        simulated: bool,
     ) -> Result<Self, LogError> {
         let max_frame = config.max_record_bytes as usize;
         let mut segments = BTreeMap::new();
@@ -252,13 +257,17 @@ impl Partition {
             maintenance: Mutex::new(()),
             recovered,
             syncer,
+            simulated,
         };
         *partition.sync.synced.lock().expect("synced") = next;
+        if partition.dir.is_some() && partition.config.fsync != Fsync::Never {
+            // What recovery found may be in the page cache only (a crash kept it there), and it is
+            // acked and readable from now on: on disk first, as an append's bytes are.
+            let active = partition.writer.lock().expect("writer").active.clone();
+            active.sync()?;
+        }
         // What was found is now the state to recover to: a checkpoint right away, of synced bytes
         // (unless the policy is `never`, whose checkpoints are only hints).
-        if partition.config.fsync != Fsync::Never {
-            partition.writer.lock().expect("writer").active.sync()?;
-        }
         partition.write_checkpoint()?;
         Ok(partition)
     }
@@ -271,6 +280,28 @@ impl Partition {
     /// What the open found.
     pub fn recovered(&self) -> Recovered {
         self.recovered
+    }
+
+    /// For the simulator (`tubemail-sim`), not for applications: the active segment's base offset
+    /// and the bytes of it that an `fdatasync` of this process covered, which is what a power loss
+    /// keeps of it (a segment opened by recovery starts at 0: its bytes may be in the page cache only).
+    #[doc(hidden)]
+    pub fn synced_position(&self) -> (u64, u64) {
+        let active = self.writer.lock().expect("writer").active.clone();
+        (active.base, active.synced())
+    }
+
+    /// The active segment as the simulator sees it.
+    pub(crate) fn active_segment(&self) -> crate::sim::ActiveSegment {
+        let active = self.writer.lock().expect("writer").active.clone();
+        crate::sim::ActiveSegment {
+            partition: self.id,
+            base: active.base,
+            path: active.path.clone(),
+            len: active.len(),
+            synced: active.synced(),
+            end: self.end(),
+        }
     }
 
     /// `fdatasync` calls made so far by the syncer (group commit: fewer than appends).
@@ -331,7 +362,11 @@ impl Partition {
         self.next.store(last + 1, Ordering::Release);
         if let (Fsync::Always, Some(syncer)) = (self.config.fsync, &self.syncer) {
             drop(writer);
-            syncer.wake();
+            if self.simulated {
+                self.sync_now();
+            } else {
+                syncer.wake();
+            }
         } else {
             self.acked.store(last + 1, Ordering::Release);
             self.sync.wake_waiters();
@@ -340,6 +375,7 @@ impl Partition {
             let hint = self.config.fsync == Fsync::Never;
             if hint
                 && self.dir.is_some()
+                && !self.simulated
                 && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS
             {
                 writer.last_checkpoint = Instant::now();
@@ -444,6 +480,16 @@ impl Partition {
         }
     }
 
+    /// A crash of the stream (see [`crate::Stream::abandon`]): no more appends.
+    pub(crate) fn abandon(&self) {
+        let mut failed = self.sync.failed.lock().expect("failed");
+        failed.get_or_insert_with(|| "the stream was abandoned as a crash leaves it".to_owned());
+        self.sync.has_failed.store(true, Ordering::Release);
+        drop(failed);
+        self.sync.changed.notify_all();
+        self.sync.notify.notify_waiters();
+    }
+
     fn check_failed(&self) -> Result<(), LogError> {
         if !self.sync.has_failed.load(Ordering::Acquire) {
             return Ok(());
@@ -489,7 +535,7 @@ impl Partition {
                 self.sync.changed.notify_all();
                 self.sync.wake_waiters();
                 let mut writer = self.writer.lock().expect("writer");
-                if writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
+                if !self.simulated && writer.last_checkpoint.elapsed().as_secs() >= CHECKPOINT_EVERY_SECS {
                     writer.last_checkpoint = Instant::now();
                     drop(writer);
                     // Of synced bytes only: recovery then reports damage below it as corruption.
@@ -653,15 +699,27 @@ impl Partition {
         // The last offset of each key in the closed segments. Only looked up, never iterated.
         let mut last: HashMap<Bytes, u64> = HashMap::new();
         let mut contents = Vec::with_capacity(closed.len());
+        // Broken: the second-to-last offset of each key is kept instead of its last.
+        let keeps_previous = crate::broken::bug(|b| b.compaction_drops_latest);
+        let mut previous: HashMap<Bytes, u64> = HashMap::new();
         for segment in &closed {
             let mut records = Vec::new();
             segment.read(0, u64::MAX, usize::MAX, usize::MAX, max_frame, &mut records)?;
             for r in &records {
                 if let Some(key) = &r.key {
-                    last.insert(key.clone(), r.offset);
+                    if let Some(before) = last.insert(key.clone(), r.offset) {
+                        if keeps_previous {
+                            previous.insert(key.clone(), before);
+                        }
+                    }
                 }
             }
             contents.push(records);
+        }
+        if keeps_previous {
+            for (key, before) in previous {
+                last.insert(key, before);
+            }
         }
         let (mut rewritten, mut removed) = (0, 0);
         for (segment, records) in closed.iter().zip(contents) {

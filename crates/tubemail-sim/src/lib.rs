@@ -14,6 +14,11 @@
 //! lost publisher confirms (the publisher retries with the same message id), and slow handlers. The
 //! runtime meets the simulator at one seam, [`tubemail::probe`]: the injector here implements its
 //! `Probe` trait, and the events and reasons a history records are its typed vocabulary.
+//!
+//! The log scenario ([`log`], [`run_log`]) puts a stream on disk and its consumer groups through
+//! process kills, power losses, torn writes and handler crashes, and judges the log's and the groups'
+//! promises ([`LogPromise`]); it meets the log at `tubemail_log::sim`, whose streams sync on the
+//! simulator's thread and can be abandoned as a crash leaves them.
 
 pub mod check;
 mod fault;
@@ -21,16 +26,20 @@ mod harness;
 pub mod history;
 mod inject;
 mod lifecycle;
+pub mod log;
 mod run;
 pub mod strategy;
 
 pub use fault::{FaultPlan, MsRange};
 pub use harness::{Harness, Verdict};
 pub use lifecycle::{run_lifecycle, LifecycleRun, LIFECYCLE_OPS, LIFECYCLE_QUEUES, LIFECYCLE_SHUTDOWN};
+pub use log::{run_log, LogFault, LogPromise, LogRun, LogScenario, LogViolation};
 pub use run::{
     expectation, run, Scenario, SimRun, PUBLISH_ATTEMPTS_MAX, SCENARIO_ACK_TIMEOUT, SETTLE_TIME_MAX,
 };
 #[doc(hidden)]
 pub use tubemail::probe::Bugs;
+#[doc(hidden)]
+pub use tubemail_log::broken::LogBugs;
 
 pub use tubemail::probe::{DropReason, FaultKind, HandlerOutcome, RedeliverReason, What};
