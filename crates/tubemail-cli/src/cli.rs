@@ -87,11 +87,11 @@ enum Command {
         #[arg(long, requires = "topology")]
         keys: Option<PathBuf>,
     },
-    /// Runs the built-in scenario over many seeds with injected faults and checks the mode's promise.
+    /// Runs a simulated scenario over many seeds with injected faults and checks its promises.
     Check {
-        /// The delivery mode to judge.
+        /// The delivery mode to judge (required but for `--scenario log`, which judges both).
         #[arg(long, value_enum)]
-        mode: Mode,
+        mode: Option<Mode>,
         /// `all`, `none`, fault kinds separated by commas (drop, duplicate, delay, ack-loss,
         /// crash-before, crash-after, queue-restart, confirm-loss, slow), each optionally `=P`, or a
         /// TOML file of a fault plan (`plan.toml`).
@@ -110,7 +110,10 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Which scenario: the built-in one (a static topology, judged by each queue's promise), the
-        /// lifecycle one (queues and subscribers come and go, then a shutdown), or both.
+        /// lifecycle one (queues and subscribers come and go, then a shutdown), both of those, or the
+        /// log one (a stream on disk and two consumer groups under process kills, power losses, torn
+        /// writes and handler crashes; it draws its own faults and workload from the seed, so
+        /// `--mode`, `--faults` and `--messages` do not apply).
         #[arg(long, value_enum, default_value = "both")]
         scenario: SimScenario,
     },
@@ -158,8 +161,10 @@ pub(crate) enum SimScenario {
     BuiltIn,
     /// Queues declared, deleted, bound, unbound, subscribed and unsubscribed while messages flow.
     Lifecycle,
-    /// Both, for every seed.
+    /// The built-in and the lifecycle scenarios, for every seed.
     Both,
+    /// A stream on disk and its consumer groups under crashes, power losses and torn writes.
+    Log,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -271,9 +276,16 @@ impl Cli {
         };
         let result = match command {
             Command::Check { mode, faults, seeds, seed, messages, json, scenario } => {
-                verdict(fault_plan(&faults).and_then(|plan| {
+                let mode = match (mode, scenario) {
+                    (Some(mode), _) => Ok(mode.delivery()),
+                    // The log scenario judges an at-least-once and an at-most-once group in every run.
+                    (None, SimScenario::Log) => Ok(tubemail::DeliveryMode::AtLeastOnce),
+                    (None, _) => Err("--mode is required (at-least-once or at-most-once)".to_owned()),
+                };
+                let plan = mode.and_then(|mode| fault_plan(&faults).map(|plan| (mode, plan)));
+                verdict(plan.and_then(|(mode, plan)| {
                     let args = sim::CheckArgs {
-                        mode: mode.delivery(),
+                        mode,
                         faults: plan,
                         faults_arg: faults.clone(),
                         seeds,

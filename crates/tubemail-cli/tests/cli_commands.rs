@@ -401,6 +401,8 @@ fn bad_arguments_are_refused_and_never_panic() {
         &["check", "--mode", "at-least-once", "--seeds", "-3"],
         &["check", "--mode", "at-least-once", "--seeds", "99999999999999999999999"],
         &["replay", "--seed", "1", "--messages", "0"],
+        &["check", "--seeds", "1"],
+        &["check", "--scenario", "log", "--seeds", "0"],
         &["bench", "fanout", "--messages", "0"],
         &["bench", "fanout", "--messages", "99999999999"],
         &["bench", "latency", "--rate", "0"],
@@ -424,4 +426,27 @@ fn bad_arguments_are_refused_and_never_panic() {
         assert!(!stderr(&out).trim().is_empty(), "{args:?} said nothing on stderr");
         assert!(!stderr(&out).contains("panicked"), "{args:?} panicked: {}", stderr(&out));
     }
+}
+
+/// `check --scenario log` needs no `--mode`, reports its faults by kind (in JSON too) and holds;
+/// `replay --scenario log` prints the run's history, its hash and the verdict.
+#[test]
+fn the_log_scenario_is_checked_and_replayed() {
+    let out = tubemail(&["check", "--scenario", "log", "--seeds", "4", "--seed", "10", "--json"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    assert_eq!((json["scenario"].as_str(), json["seeds"].as_u64()), (Some("log"), Some(4)));
+    for kind in ["process-kill", "power-loss", "torn-write", "consumer-crash"] {
+        assert!(json["faults"][kind].is_u64(), "{kind} in {json}");
+    }
+    assert_eq!(json["violations"].as_array().map(Vec::len), Some(0), "{json}");
+
+    let out = tubemail(&["check", "--scenario", "log", "--seeds", "2"]);
+    let text = stdout(&out);
+    assert!(out.status.success() && text.contains("faults fired:") && text.contains("power-loss"), "{text}");
+
+    let out = tubemail(&["replay", "--scenario", "log", "--seed", "10"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("history hash ") && text.contains("every promise held"), "{text}");
 }

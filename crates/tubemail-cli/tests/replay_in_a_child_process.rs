@@ -1,10 +1,10 @@
 //! The same seed replays the same history in a child process (the `tubemail replay` command) as in
-//! this one, for several seeds and both delivery modes.
+//! this one, for several seeds and both delivery modes, and for the log scenario.
 
 use std::process::Command;
 
 use tubemail::DeliveryMode;
-use tubemail_sim::{run, FaultPlan, Scenario};
+use tubemail_sim::{run, run_log, FaultPlan, LogScenario, Scenario};
 
 const SEEDS: [u64; 4] = [0, 7, 42, 1_000_003];
 
@@ -38,5 +38,20 @@ fn a_child_process_replays_the_same_history() {
             let there = u64::from_str_radix(line.trim_start_matches("history hash "), 16).expect("hex");
             assert_eq!(here, there, "{name} seed {seed}: this process and a child process differ");
         }
+    }
+}
+
+#[test]
+fn a_child_process_replays_the_same_log_history() {
+    for seed in SEEDS {
+        let here = run_log(&LogScenario::default(), seed).history.hash();
+        let out = Command::new(env!("CARGO_BIN_EXE_tubemail"))
+            .args(["replay", "--scenario", "log", "--seed", &seed.to_string()])
+            .output()
+            .expect("the tubemail command runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().find(|l| l.starts_with("history hash ")).expect("a hash line");
+        let there = u64::from_str_radix(line.trim_start_matches("history hash "), 16).expect("hex");
+        assert_eq!(here, there, "log seed {seed}: this process and a child process differ");
     }
 }

@@ -1,4 +1,5 @@
-//! `tubemail check` and `tubemail replay`: the built-in scenario under injected faults.
+//! `tubemail check` and `tubemail replay`: the built-in, lifecycle and log scenarios under injected
+//! faults.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tubemail::probe::{FaultKind, What};
 use tubemail::DeliveryMode;
-use tubemail_sim::{run, run_lifecycle, FaultPlan, Scenario, SimRun};
+use tubemail_sim::{run, run_lifecycle, run_log, FaultPlan, LogFault, LogRun, LogScenario, Scenario, SimRun};
 
 use super::SimScenario;
 
@@ -32,6 +33,9 @@ struct Violation {
 
 /// Runs `seeds` seeds on every core; exit code 0 when the mode's promise held on every one.
 pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
+    if args.scenario == SimScenario::Log {
+        return Ok(check_log(args));
+    }
     let scenario = Scenario {
         mode: args.mode,
         messages: args.messages,
@@ -135,6 +139,85 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
     Ok(violations.is_empty())
 }
 
+/// The log scenario over `seeds` seeds on every core; whether every promise held on every one.
+fn check_log(args: &CheckArgs) -> bool {
+    let scenario = LogScenario::default();
+    let next = AtomicU64::new(0);
+    let faults = Mutex::new(BTreeMap::<LogFault, u64>::new());
+    let violations = Mutex::new(Vec::<(u64, String)>::new());
+    let bar = ProgressBar::new(args.seeds);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} {eta}").expect("template"),
+    );
+    let started = Instant::now();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.seeds {
+                    break;
+                }
+                let seed = args.first_seed.wrapping_add(i);
+                let outcome = run_log(&scenario, seed);
+                let mut all = faults.lock().expect("faults");
+                for (kind, n) in outcome.faults() {
+                    *all.entry(kind).or_default() += n;
+                }
+                drop(all);
+                if !outcome.ok() {
+                    violations.lock().expect("violations").push((seed, log_summary(&outcome)));
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let faults = faults.into_inner().expect("faults");
+    let mut violations = violations.into_inner().expect("violations");
+    violations.sort_by_key(|v| v.0);
+    let replay = |seed: u64| format!("tubemail replay --scenario log --seed {seed}");
+    if args.json {
+        let faults: BTreeMap<String, u64> =
+            LogFault::ALL.iter().map(|k| (k.to_string(), faults.get(k).copied().unwrap_or(0))).collect();
+        let list: Vec<_> = violations
+            .iter()
+            .map(|(seed, summary)| json!({"seed": seed, "violation": summary, "replay": replay(*seed)}))
+            .collect();
+        let out = json!({
+            "scenario": "log",
+            "seeds": args.seeds,
+            "runs_per_sec": args.seeds as f64 / elapsed,
+            "faults": faults,
+            "violations": list,
+        });
+        println!("{out}");
+    } else {
+        println!("{} seeds of the log scenario: {:.0} runs/s", args.seeds, args.seeds as f64 / elapsed);
+        println!("faults fired:");
+        for kind in LogFault::ALL {
+            println!("  {:<14} {}", kind.to_string(), faults.get(&kind).copied().unwrap_or(0));
+        }
+        if violations.is_empty() {
+            println!("every promise of the log and its groups held on every seed");
+        }
+        for (seed, summary) in &violations {
+            println!("seed {seed}: {summary}\n  replay: {}", replay(*seed));
+        }
+    }
+    violations.is_empty()
+}
+
+/// The first violations of a failed log run, one per line.
+fn log_summary(outcome: &LogRun) -> String {
+    let mut lines: Vec<String> = outcome.violations.iter().take(5).map(ToString::to_string).collect();
+    if outcome.violations.len() > 5 {
+        lines.push(format!("... {} more", outcome.violations.len() - 5));
+    }
+    lines.join("\n  ")
+}
+
 fn tally(history: &tubemail_sim::history::History, faults: &Mutex<BTreeMap<FaultKind, u64>>) {
     let mut counts = BTreeMap::<FaultKind, u64>::new();
     for event in history.events() {
@@ -166,6 +249,31 @@ pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool, which: SimScena
     use std::io::Write;
     // A closed pipe (`| head`) ends the listing quietly: every line is written, never printed.
     let mut out = std::io::stdout().lock();
+    if which == SimScenario::Log {
+        let outcome = run_log(&LogScenario::default(), seed);
+        let events = outcome.history.events();
+        let shown = if full { events.len() } else { events.len().min(200) };
+        let _ = (|| -> std::io::Result<()> {
+            for event in &events[..shown] {
+                writeln!(out, "{event}")?;
+            }
+            if shown < events.len() {
+                writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
+            }
+            writeln!(out, "history hash {:016x}", outcome.history.hash())?;
+            writeln!(out, "operations: {:?}", outcome.ops)?;
+            let faults: Vec<String> = outcome.faults().iter().map(|(k, n)| format!("{k}={n}")).collect();
+            writeln!(out, "faults: {}", faults.join(" "))?;
+            for v in &outcome.violations {
+                writeln!(out, "violation: {v}")?;
+            }
+            if outcome.ok() {
+                writeln!(out, "every promise held")?;
+            }
+            Ok(())
+        })();
+        return outcome.ok();
+    }
     if which == SimScenario::Lifecycle {
         let outcome = run_lifecycle(scenario, seed);
         print_history(&mut out, &outcome.history, full);
