@@ -213,6 +213,9 @@ pub struct PartitionStats {
     pub bytes: u64,
     /// Segments.
     pub segments: u64,
+    /// Offsets below this are on disk (an `fdatasync` covered them); with a data directory and
+    /// `fsync = "interval"`, what a machine crash would keep.
+    pub synced: u64,
 }
 
 /// A consumer group on one stream.

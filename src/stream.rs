@@ -507,6 +507,7 @@ impl Streams {
                     end: info.end,
                     bytes: info.bytes,
                     segments: info.segments.len() as u64,
+                    synced: p.synced_end(),
                 };
                 stats.partitions.insert(p.id(), ps);
             }

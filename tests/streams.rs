@@ -392,6 +392,29 @@ async fn records_and_committed_offsets_survive_a_restart_on_a_data_directory() {
     broker.shutdown(SECOND).await;
 }
 
+/// Under `interval` each stream syncs on its own clock: a group syncs the records it commits first,
+/// so a machine crash never keeps a commit past records it lost.
+#[actix::test]
+async fn under_fsync_interval_a_commit_never_gets_ahead_of_the_synced_records() {
+    let dir = tempfile::tempdir().unwrap();
+    // An interval long enough that only the group's commit can have synced the records.
+    let slow = StreamSpec { fsync: tubemail::Fsync::Interval, fsync_interval_ms: 3_600_000, ..spec(1) };
+    let topology = Topology::new().stream("read", slow.clone()).stream("unread", slow).data_dir(dir.path());
+    let broker = Broker::start(topology).unwrap();
+    for i in 0..10_u64 {
+        broker.append("read", "", &i).await.unwrap();
+        broker.append("unread", "", &i).await.unwrap();
+    }
+    let _member = broker.join_group("read", "g", GroupOptions::default(), |_| async {}).await.unwrap();
+    lag_zero(&broker, "read", "g").await;
+    let stats = broker.stats().await;
+    let committed = stats.streams["read"].groups["g"].partitions[&0].committed.unwrap();
+    assert_eq!(committed, 10);
+    assert!(stats.streams["read"].partitions[&0].synced >= committed, "{:?}", stats.streams["read"]);
+    assert_eq!(stats.streams["unread"].partitions[&0].synced, 0, "nothing else synced them");
+    broker.shutdown(SECOND).await;
+}
+
 #[actix::test]
 async fn records_retention_removed_before_a_group_read_them_are_counted() {
     let small = StreamSpec { segment_bytes: 4096, retention_records: Some(10), ..spec(1) };

@@ -291,6 +291,36 @@ impl Partition {
         (active.base, active.synced())
     }
 
+    /// Offsets below this are on disk: an `fdatasync` covered them (on disk under `always` and
+    /// `interval`; under `never` only what a roll or a close synced).
+    pub fn synced_end(&self) -> u64 {
+        *self.sync.synced.lock().expect("synced")
+    }
+
+    /// Whether the partition syncs its records to disk (on disk, under `always` or `interval`).
+    pub fn syncs_to_disk(&self) -> bool {
+        self.dir.is_some() && self.config.fsync != Fsync::Never
+    }
+
+    /// Syncs every record written so far (an `fdatasync`, blocking), where the partition syncs at
+    /// all ([`Partition::syncs_to_disk`]): what a consumer group does before it commits an offset
+    /// under `interval`, so that a commit never reaches the disk before the records it counts.
+    ///
+    /// # Errors
+    /// [`LogError::Failed`] when the sync failed.
+    pub fn sync(&self) -> Result<(), LogError> {
+        if self.syncs_to_disk() {
+            self.sync_now();
+        }
+        self.check_failed()
+    }
+
+    /// Whether the stream runs inside the simulator (syncs on the caller's thread).
+    #[doc(hidden)]
+    pub fn is_simulated(&self) -> bool {
+        self.simulated
+    }
+
     /// The active segment as the simulator sees it.
     pub(crate) fn active_segment(&self) -> crate::sim::ActiveSegment {
         let active = self.writer.lock().expect("writer").active.clone();
