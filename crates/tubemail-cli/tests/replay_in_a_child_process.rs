@@ -8,12 +8,18 @@ use tubemail_sim::{run, run_log, FaultPlan, LogScenario, Scenario};
 
 const SEEDS: [u64; 4] = [0, 7, 42, 1_000_003];
 
+/// The two tests run one at a time: with the built-in scenario running on another thread of this
+/// process, the log scenario's history was seen to differ (not across processes, nor between debug
+/// and release); the cause is not found yet, and is in the session notes.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn scenario(mode: DeliveryMode) -> Scenario {
     Scenario { mode, messages: 200, plan: FaultPlan::all(), ..Default::default() }
 }
 
 #[test]
 fn a_child_process_replays_the_same_history() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for (mode, name) in
         [(DeliveryMode::AtLeastOnce, "at-least-once"), (DeliveryMode::AtMostOnce, "at-most-once")]
     {
@@ -43,6 +49,7 @@ fn a_child_process_replays_the_same_history() {
 
 #[test]
 fn a_child_process_replays_the_same_log_history() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for seed in SEEDS {
         let here = run_log(&LogScenario::default(), seed).history.hash();
         let out = Command::new(env!("CARGO_BIN_EXE_tubemail"))
