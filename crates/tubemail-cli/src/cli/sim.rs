@@ -42,54 +42,26 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
         plan: args.faults.clone(),
         ..Default::default()
     };
-    let next = AtomicU64::new(0);
     let faults = Mutex::new(BTreeMap::<FaultKind, u64>::new());
     let violations = Mutex::new(Vec::<Violation>::new());
-    let bar = ProgressBar::new(args.seeds);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} {eta}").expect("template"),
-    );
-    let started = Instant::now();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= args.seeds {
-                    break;
-                }
-                let seed = args.first_seed.wrapping_add(i);
-                if args.scenario != SimScenario::Lifecycle {
-                    let outcome = run(&scenario, seed);
-                    tally(&outcome.history, &faults);
-                    if !outcome.ok() {
-                        let summary = summary(&outcome);
-                        violations.lock().expect("violations").push(Violation {
-                            seed,
-                            summary,
-                            lifecycle: false,
-                        });
-                    }
-                }
-                if args.scenario != SimScenario::BuiltIn {
-                    let outcome = run_lifecycle(&scenario, seed);
-                    tally(&outcome.history, &faults);
-                    if !outcome.ok() {
-                        let summary =
-                            outcome.violations.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
-                        violations.lock().expect("violations").push(Violation {
-                            seed,
-                            summary,
-                            lifecycle: true,
-                        });
-                    }
-                }
-                bar.inc(1);
-            });
+    let elapsed = over_seeds(args, |seed| {
+        if args.scenario != SimScenario::Lifecycle {
+            let outcome = run(&scenario, seed);
+            tally(&outcome.history, &faults);
+            if !outcome.ok() {
+                let summary = summary(&outcome);
+                violations.lock().expect("violations").push(Violation { seed, summary, lifecycle: false });
+            }
+        }
+        if args.scenario != SimScenario::BuiltIn {
+            let outcome = run_lifecycle(&scenario, seed);
+            tally(&outcome.history, &faults);
+            if !outcome.ok() {
+                let summary = outcome.violations.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
+                violations.lock().expect("violations").push(Violation { seed, summary, lifecycle: true });
+            }
         }
     });
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
     let faults = faults.into_inner().expect("faults");
     let mut violations = violations.into_inner().expect("violations");
     violations.sort_by_key(|v| v.seed);
@@ -142,38 +114,19 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
 /// The log scenario over `seeds` seeds on every core; whether every promise held on every one.
 fn check_log(args: &CheckArgs) -> bool {
     let scenario = LogScenario::default();
-    let next = AtomicU64::new(0);
     let faults = Mutex::new(BTreeMap::<LogFault, u64>::new());
     let violations = Mutex::new(Vec::<(u64, String)>::new());
-    let bar = ProgressBar::new(args.seeds);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} {eta}").expect("template"),
-    );
-    let started = Instant::now();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= args.seeds {
-                    break;
-                }
-                let seed = args.first_seed.wrapping_add(i);
-                let outcome = run_log(&scenario, seed);
-                let mut all = faults.lock().expect("faults");
-                for (kind, n) in outcome.faults() {
-                    *all.entry(kind).or_default() += n;
-                }
-                drop(all);
-                if !outcome.ok() {
-                    violations.lock().expect("violations").push((seed, log_summary(&outcome)));
-                }
-                bar.inc(1);
-            });
+    let elapsed = over_seeds(args, |seed| {
+        let outcome = run_log(&scenario, seed);
+        let mut all = faults.lock().expect("faults");
+        for (kind, n) in outcome.faults() {
+            *all.entry(kind).or_default() += n;
+        }
+        drop(all);
+        if !outcome.ok() {
+            violations.lock().expect("violations").push((seed, log_summary(&outcome)));
         }
     });
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
     let faults = faults.into_inner().expect("faults");
     let mut violations = violations.into_inner().expect("violations");
     violations.sort_by_key(|v| v.0);
@@ -207,6 +160,32 @@ fn check_log(args: &CheckArgs) -> bool {
         }
     }
     violations.is_empty()
+}
+
+/// Runs `each` over the seeds `args` names, on every core, with a progress bar on a terminal; the
+/// seconds it took.
+fn over_seeds(args: &CheckArgs, each: impl Fn(u64) + Sync) -> f64 {
+    let next = AtomicU64::new(0);
+    let bar = ProgressBar::new(args.seeds);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds {per_sec} {eta}").expect("template"),
+    );
+    let started = Instant::now();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.seeds {
+                    break;
+                }
+                each(args.first_seed.wrapping_add(i));
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    started.elapsed().as_secs_f64()
 }
 
 /// The first violations of a failed log run, one per line.
