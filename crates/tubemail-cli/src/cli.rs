@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod jobs;
 mod log;
 mod plot;
 mod route;
@@ -152,6 +153,14 @@ enum Command {
         #[command(subcommand)]
         command: log::LogCommand,
     },
+    /// Background jobs' directories: inspect, torture.
+    ///
+    /// Exit 1 when the journal cannot be read or a check fails, 2 when the request cannot be served
+    /// as asked.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
 }
 
 /// The simulator's scenarios.
@@ -272,6 +281,7 @@ impl Cli {
         let command = match self.command {
             // Its exit codes tell damage (1) from a request that cannot be served (2).
             Command::Log { command } => return log::run(command),
+            Command::Jobs { command } => return jobs::run(command),
             other => other,
         };
         let result = match command {
@@ -345,7 +355,7 @@ impl Cli {
                     bench::run(&args)
                 })
             }
-            Command::Log { .. } => unreachable!("dispatched above"),
+            Command::Log { .. } | Command::Jobs { .. } => unreachable!("dispatched above"),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -79,8 +79,8 @@ pub use iteration::{enumerators, Enumerator, IterationJob, IterationSettings};
 pub use job::{EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When};
 pub use policy::RetryPolicy;
 pub use runtime::{
-    EnqueueError, JobStats, Jobs, JobsBuilder, Order, Pool, ShutdownReport, StartError, DELAY_MAX,
-    JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM, MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
+    read_journal, EnqueueError, Entry, JobStats, Jobs, JobsBuilder, Order, Pool, ShutdownReport, StartError,
+    DELAY_MAX, JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM, MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
 };
 pub use store::{Cancelled, Counters, JobId, JobRecord, JobState, Limits, Progress, Refused, Sizes};
 pub use tubemail_log::Fsync;

@@ -346,6 +346,7 @@ pub struct JobsBuilder {
     start_time: Option<SystemTime>,
     shutdown_timeout: Duration,
     iteration: IterationSettings,
+    workers: bool,
 }
 
 impl Jobs {
@@ -362,6 +363,7 @@ impl Jobs {
             start_time: None,
             shutdown_timeout: Duration::from_secs(25),
             iteration: IterationSettings::default(),
+            workers: true,
         }
     }
 }
@@ -475,6 +477,15 @@ impl JobsBuilder {
         self
     }
 
+    /// Whether this process runs workers and the scheduler [true]. Without them it only enqueues
+    /// and inspects (a tool, or a process that must not run jobs); the pools still say which queues
+    /// exist.
+    #[must_use]
+    pub fn workers(mut self, run: bool) -> Self {
+        self.workers = run;
+        self
+    }
+
     /// Opens the journal (replaying it), and starts the pools and the scheduler on the current
     /// tokio runtime.
     ///
@@ -584,12 +595,14 @@ impl JobsBuilder {
             jobs.flush(&mut shared)?;
         }
         let mut tasks = Vec::new();
-        for (p, pool) in inner.pools.iter().enumerate() {
-            for _ in 0..pool.spec.concurrency {
-                tasks.push(tokio::spawn(worker(jobs.clone(), p)));
+        if self.workers {
+            for (p, pool) in inner.pools.iter().enumerate() {
+                for _ in 0..pool.spec.concurrency {
+                    tasks.push(tokio::spawn(worker(jobs.clone(), p)));
+                }
             }
+            tasks.push(tokio::spawn(scheduler(jobs.clone(), periodic)));
         }
-        tasks.push(tokio::spawn(scheduler(jobs.clone(), periodic)));
         *inner.tasks.lock().expect("tasks") = tasks;
         Ok(jobs)
     }
@@ -603,9 +616,13 @@ fn queue_problem(queue: &str) -> Option<String> {
 }
 
 /// A journal entry: a key and its value, or `None` for a tombstone.
-type Entry = (Vec<u8>, Option<Vec<u8>>);
+pub type Entry = (Vec<u8>, Option<Vec<u8>>);
 
-fn read_journal(partition: &Partition) -> Result<Vec<Entry>, LogError> {
+/// Reads a jobs journal's entries in order (for `JobStore::recover`, and `tubemail jobs inspect`).
+///
+/// # Errors
+/// The log's.
+pub fn read_journal(partition: &Partition) -> Result<Vec<Entry>, LogError> {
     let mut out = Vec::new();
     let mut next = partition.start();
     let end = partition.end();
