@@ -198,6 +198,9 @@ enum Scenario {
     /// The event log: appends of 100-byte records in memory and under each fsync policy (1 to 256 in
     /// flight) against raw writes of the same bytes, reading as it appends, reopening.
     Log,
+    /// Background jobs: no-op jobs enqueued and performed, in memory and durable, against a thread
+    /// pool fed by a crossbeam channel; the start delay of scheduled jobs under that load.
+    Jobs,
 }
 
 impl Scenario {
@@ -212,6 +215,7 @@ impl Scenario {
             Scenario::Arbiters => "arbiters",
             Scenario::Isolation => "isolation",
             Scenario::Log => "log",
+            Scenario::Jobs => "jobs",
         }
     }
 }
