@@ -617,31 +617,6 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
     let _ = TopicKind::Topic;
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::add_peer_ratios;
-
-    #[test]
-    fn each_peer_is_compared_with_tubemail_in_its_own_mode() {
-        let results = [
-            json!({"system": "baseline", "mode": null, "deliveries_per_sec": 10.0}),
-            json!({"system": "tubemail", "mode": "at-most-once", "deliveries_per_sec": 900.0}),
-            json!({"system": "tubemail", "mode": "at-least-once", "deliveries_per_sec": 600.0}),
-        ];
-        let mut peers = [
-            json!({"system": "rabbitmq-ack", "mode": "at-least-once", "deliveries_per_sec": 3.0}),
-            json!({"system": "nats", "mode": "at-most-once", "deliveries_per_sec": 300.0}),
-            json!({"system": "stalled", "mode": "at-most-once", "deliveries_per_sec": 0.0}),
-        ];
-        add_peer_ratios(&results, &mut peers);
-        assert_eq!(peers[0]["tubemail_ratio"], json!(200.0));
-        assert_eq!(peers[1]["tubemail_ratio"], json!(3.0));
-        assert!(peers[2].get("tubemail_ratio").is_none(), "no ratio to a rate of zero");
-    }
-}
-
 /// Runs of each measurement of the jobs scenario, interleaved; the median is reported.
 const JOBS_RUNS: usize = 3;
 /// Scheduled jobs whose start delay is measured under load.
@@ -703,5 +678,30 @@ fn print_jobs_table(args: &BenchArgs, results: &[Value]) {
     }
     if args.peers {
         println!("Sidekiq and apalis are not measured yet: see BENCHMARKS.md");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::add_peer_ratios;
+
+    #[test]
+    fn each_peer_is_compared_with_tubemail_in_its_own_mode() {
+        let results = [
+            json!({"system": "baseline", "mode": null, "deliveries_per_sec": 10.0}),
+            json!({"system": "tubemail", "mode": "at-most-once", "deliveries_per_sec": 900.0}),
+            json!({"system": "tubemail", "mode": "at-least-once", "deliveries_per_sec": 600.0}),
+        ];
+        let mut peers = [
+            json!({"system": "rabbitmq-ack", "mode": "at-least-once", "deliveries_per_sec": 3.0}),
+            json!({"system": "nats", "mode": "at-most-once", "deliveries_per_sec": 300.0}),
+            json!({"system": "stalled", "mode": "at-most-once", "deliveries_per_sec": 0.0}),
+        ];
+        add_peer_ratios(&results, &mut peers);
+        assert_eq!(peers[0]["tubemail_ratio"], json!(200.0));
+        assert_eq!(peers[1]["tubemail_ratio"], json!(3.0));
+        assert!(peers[2].get("tubemail_ratio").is_none(), "no ratio to a rate of zero");
     }
 }
