@@ -125,6 +125,13 @@ impl EnqueueOptions {
         EnqueueOptions { when: Some(When::At(at)), ..Self::default() }
     }
 
+    /// Due after `delay` (as [`EnqueueOptions::delay`], on options already set).
+    #[must_use]
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.when = Some(When::In(delay));
+        self
+    }
+
     /// In queue `queue`.
     #[must_use]
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
