@@ -172,6 +172,12 @@ pub fn job_key(id: JobId) -> Vec<u8> {
     key
 }
 
+/// The key of the id reservation.
+pub const RESERVED_KEY: &[u8] = b"n";
+
+/// Ids reserved per reservation record.
+pub const ID_BLOCK: u64 = 4_096;
+
 /// The key of periodic job `name`'s last tick.
 pub fn tick_key(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -318,6 +324,9 @@ pub struct JobStore {
     unique: BTreeMap<String, (JobId, i64)>,
     ticks: BTreeMap<String, i64>,
     next_id: u64,
+    /// Ids below this are taken: journaled a block ahead, so that ids are never reused after a
+    /// restart even when compaction removed the newest jobs' records.
+    reserved: u64,
     front: i64,
     counters: Counters,
     limits: Limits,
@@ -341,6 +350,7 @@ impl JobStore {
             unique: BTreeMap::new(),
             ticks: BTreeMap::new(),
             next_id: 1,
+            reserved: 1,
             front: 0,
             counters: Counters::default(),
             limits,
@@ -378,6 +388,10 @@ impl JobStore {
                         store.insert(record, now);
                     }
                     Err(e) => bad.push((key, e.to_string())),
+                },
+                Some(b'n') => match <[u8; 8]>::try_from(value.as_slice()) {
+                    Ok(bytes) => store.next_id = store.next_id.max(u64::from_be_bytes(bytes)),
+                    Err(_) => bad.push((key, "a reservation is 8 bytes".into())),
                 },
                 Some(b'p') => {
                     let name = String::from_utf8_lossy(&key[1..]).into_owned();
@@ -451,6 +465,21 @@ impl JobStore {
         Some(record)
     }
 
+    fn next_id(&mut self) -> JobId {
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        if self.next_id > self.reserved {
+            self.reserved = self.next_id + ID_BLOCK;
+            if self.journaled {
+                self.writes.push(Write {
+                    key: RESERVED_KEY.to_vec(),
+                    value: Some(self.reserved.to_be_bytes().to_vec()),
+                });
+            }
+        }
+        id
+    }
+
     /// The journal writes made since the last call, in order.
     pub fn take_writes(&mut self) -> Vec<Write> {
         std::mem::take(&mut self.writes)
@@ -491,8 +520,7 @@ impl JobStore {
             }
             None => None,
         };
-        let id = JobId(self.next_id);
-        self.next_id += 1;
+        let id = self.next_id();
         let run_at = job.run_at.unwrap_or(now);
         let record = JobRecord {
             id,
@@ -701,20 +729,17 @@ impl JobStore {
         if !self.executing(id) {
             return false;
         }
-        let front = {
+        let order = if interrupted {
             self.front -= 1;
+            self.counters.interrupted += 1;
             self.front
+        } else {
+            i64::try_from(self.next_id().0).unwrap_or(i64::MAX)
         };
         let record = self.jobs.get_mut(&id).expect("an executing job exists");
         record.state = JobState::Available;
         record.run_at = now;
-        if interrupted {
-            record.order = front;
-            self.counters.interrupted += 1;
-        } else {
-            record.order = i64::try_from(self.next_id).unwrap_or(i64::MAX);
-            self.next_id += 1;
-        }
+        record.order = order;
         record.progress.interruptions += 1;
         self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
         self.journal(id);
