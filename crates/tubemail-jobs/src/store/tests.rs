@@ -48,10 +48,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A job's durable fields: id, state, retries, cursor, items, last error.
+type DurableJob = (JobId, JobState, u32, Option<Bytes>, u64, Option<String>);
+
 /// What must survive a restart: each job's durable fields, and the periodic ticks.
-fn durable_view(
-    store: &JobStore,
-) -> (Vec<(JobId, JobState, u32, Option<Bytes>, u64, Option<String>)>, Vec<(String, i64)>) {
+fn durable_view(store: &JobStore) -> (Vec<DurableJob>, Vec<(String, i64)>) {
     let jobs = store
         .all()
         .into_iter()
