@@ -174,6 +174,8 @@ pub(crate) enum SimScenario {
     Both,
     /// A stream on disk and its consumer groups under crashes, power losses and torn writes.
     Log,
+    /// Background jobs on disk under crashes, shutdowns, clock jumps, timeouts and cancellations.
+    Jobs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -293,7 +295,7 @@ impl Cli {
                 let mode = match (mode, scenario) {
                     (Some(mode), _) => Ok(mode.delivery()),
                     // The log scenario judges an at-least-once and an at-most-once group in every run.
-                    (None, SimScenario::Log) => Ok(tubemail::DeliveryMode::AtLeastOnce),
+                    (None, SimScenario::Log | SimScenario::Jobs) => Ok(tubemail::DeliveryMode::AtLeastOnce),
                     (None, _) => Err("--mode is required (at-least-once or at-most-once)".to_owned()),
                 };
                 let plan = mode.and_then(|mode| fault_plan(&faults).map(|plan| (mode, plan)));

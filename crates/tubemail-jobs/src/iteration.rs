@@ -231,6 +231,16 @@ pub(crate) async fn run<T: IterationJob>(
             job.on_complete(&ctx);
             return Outcome::Done;
         };
+        #[cfg(feature = "broken")]
+        if crate::broken::bugs().checkpoint_before_item {
+            if let Ok((_, cursor)) = &next {
+                if let Ok(bytes) = encode_cursor(cursor) {
+                    let _ = jobs
+                        .checkpoint(ctx.id, Some(bytes), items + 1, runtime(tokio::time::Instant::now()))
+                        .await;
+                }
+            }
+        }
         let handled = match next {
             Ok((item, cursor)) => match job.each_iteration(item, &ctx).await {
                 Ok(()) => encode_cursor(&cursor),

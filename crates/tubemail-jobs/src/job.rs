@@ -256,6 +256,7 @@ impl CancelFlag {
 pub struct JobContext {
     pub(crate) id: JobId,
     pub(crate) retries: u32,
+    pub(crate) tick: Option<i64>,
     pub(crate) jobs: crate::Jobs,
     pub(crate) cancel: Arc<CancelFlag>,
     pub(crate) stopping: watch::Receiver<bool>,
@@ -276,6 +277,11 @@ impl JobContext {
     /// Retries before this run (0 on the first run).
     pub fn retry_count(&self) -> u32 {
         self.retries
+    }
+
+    /// For a periodic job, the cron tick it was enqueued for (ms since the Unix epoch).
+    pub fn periodic_tick(&self) -> Option<i64> {
+        self.tick
     }
 
     /// The jobs, to enqueue follow-ups.

@@ -69,6 +69,8 @@
 //! started the jobs; they must not block. Blocking handlers ([`JobsBuilder::handle_blocking`]) run on
 //! tokio's blocking pool, where they stall no other queue.
 
+#[doc(hidden)]
+pub mod broken;
 pub mod iteration;
 pub mod job;
 pub mod policy;

@@ -314,6 +314,7 @@ struct Inner {
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown_timeout: Duration,
+    maintenance_every: Duration,
 }
 
 /// Background jobs: see the [crate docs](crate). Cheap to clone.
@@ -347,6 +348,7 @@ pub struct JobsBuilder {
     shutdown_timeout: Duration,
     iteration: IterationSettings,
     workers: bool,
+    maintenance_every: Duration,
 }
 
 impl Jobs {
@@ -364,6 +366,7 @@ impl Jobs {
             shutdown_timeout: Duration::from_secs(25),
             iteration: IterationSettings::default(),
             workers: true,
+            maintenance_every: MAINTENANCE_EVERY,
         }
     }
 }
@@ -477,6 +480,13 @@ impl JobsBuilder {
         self
     }
 
+    /// How often the dead set is trimmed by age and the journal compacted [30 s].
+    #[must_use]
+    pub fn maintenance_every(mut self, every: Duration) -> Self {
+        self.maintenance_every = every;
+        self
+    }
+
     /// Whether this process runs workers and the scheduler [true]. Without them it only enqueues
     /// and inspects (a tool, or a process that must not run jobs); the pools still say which queues
     /// exist.
@@ -587,6 +597,7 @@ impl JobsBuilder {
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             shutdown_timeout: self.shutdown_timeout,
+            maintenance_every: self.maintenance_every,
         });
         let jobs = Jobs { inner: inner.clone() };
         // Recovery may have journaled interruptions.
@@ -1082,6 +1093,7 @@ impl Jobs {
                 let ctx = JobContext {
                     id,
                     retries: claim.retries,
+                    tick: claim.tick,
                     jobs: self.clone(),
                     cancel: cancel.clone(),
                     stopping: self.inner.stopping.subscribe(),
@@ -1129,6 +1141,10 @@ impl Jobs {
                 Some(Outcome::Yield) => {
                     shared.store.put_back(id, false, now);
                     queue_again = shared.store.get(id).map(|r| r.queue.clone());
+                }
+                #[cfg(feature = "broken")]
+                None if crate::broken::bugs().shutdown_drops_running => {
+                    shared.store.complete(id);
                 }
                 Some(Outcome::Stopped) | None => {
                     shared.store.put_back(id, true, now);
@@ -1198,7 +1214,8 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
             .map(|p| next_tick(p, start.max(shared.store.last_tick(&p.name).unwrap_or(i64::MIN))))
             .collect()
     };
-    let mut maintenance = clock.now_ms() + i64::try_from(MAINTENANCE_EVERY.as_millis()).unwrap_or(i64::MAX);
+    let mut maintenance =
+        clock.now_ms() + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
     loop {
         if *stopping.borrow() {
             return;
@@ -1239,7 +1256,7 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
             jobs.wake(queue);
         }
         if now >= maintenance {
-            maintenance = now + i64::try_from(MAINTENANCE_EVERY.as_millis()).unwrap_or(i64::MAX);
+            maintenance = now + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
             {
                 let mut shared = jobs.inner.shared.lock().expect("jobs");
                 shared.store.trim_dead(now);

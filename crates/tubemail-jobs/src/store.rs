@@ -258,6 +258,8 @@ pub struct Claim {
     pub timeout_ms: Option<u64>,
     /// Its progress (iteration jobs).
     pub progress: Progress,
+    /// The periodic tick it was enqueued for.
+    pub tick: Option<i64>,
 }
 
 /// What `cancel` did.
@@ -625,6 +627,7 @@ impl JobStore {
             retries: record.retries,
             timeout_ms: record.timeout_ms,
             progress: record.progress.clone(),
+            tick: record.periodic.as_ref().map(|(_, tick)| *tick),
         })
     }
 
@@ -673,6 +676,12 @@ impl JobStore {
                     );
                     record.retries += 1;
                     record.state = JobState::Retryable;
+                    #[cfg(feature = "broken")]
+                    if crate::broken::bugs().unique_released_on_retry {
+                        if let Some(lock) = &record.unique {
+                            self.unique.remove(&lock.key);
+                        }
+                    }
                     record.run_at = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
                     let at = record.run_at;
                     self.timed.insert((at, id));
