@@ -1123,6 +1123,7 @@ impl Jobs {
         };
         let now = self.now();
         let mut queue_again = None;
+        let last;
         {
             let mut shared = self.inner.shared.lock().expect("jobs");
             let shared = &mut *shared;
@@ -1154,6 +1155,8 @@ impl Jobs {
                 }
             }
             shared.running.remove(&id);
+            // `idle` and `shutdown` wait for no job running: nothing to tell them before that.
+            last = shared.running.is_empty();
             if let Err(e) = self.flush(shared) {
                 tracing::error!(%id, %e, "the jobs' journal failed");
             }
@@ -1161,7 +1164,9 @@ impl Jobs {
         if let Some(queue) = queue_again {
             self.wake(&queue);
         }
-        self.inner.idle.notify_waiters();
+        if last {
+            self.inner.idle.notify_waiters();
+        }
     }
 }
 
