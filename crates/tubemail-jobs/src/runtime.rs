@@ -996,7 +996,7 @@ impl Jobs {
                 biased;
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline), if interrupted == 0 => {
-                    interrupted = left;
+                    interrupted = self.inner.shared.lock().expect("jobs").running.len().max(1);
                     self.inner.interrupt.send_replace(true);
                 }
             }
