@@ -984,6 +984,7 @@ impl Jobs {
         self.inner.stopping.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
         let mut interrupted = 0;
+        let mut deadline_passed = false;
         loop {
             let notified = self.inner.idle.notified();
             tokio::pin!(notified);
@@ -995,8 +996,9 @@ impl Jobs {
             tokio::select! {
                 biased;
                 () = &mut notified => {}
-                () = tokio::time::sleep_until(deadline), if interrupted == 0 => {
-                    interrupted = self.inner.shared.lock().expect("jobs").running.len().max(1);
+                () = tokio::time::sleep_until(deadline), if !deadline_passed => {
+                    deadline_passed = true;
+                    interrupted = self.inner.shared.lock().expect("jobs").running.len();
                     self.inner.interrupt.send_replace(true);
                 }
             }
