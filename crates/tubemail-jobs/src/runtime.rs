@@ -1045,10 +1045,14 @@ impl Jobs {
         self.inner.journal.as_ref().map(|(s, _)| s)
     }
 
-    fn claim(&self, pool: usize) -> Option<(Claim, bool)> {
-        let spec = &self.inner.pools[pool].spec;
+    fn claim(&self, pool: usize) -> Option<Claimed> {
         let mut shared = self.inner.shared.lock().expect("jobs");
-        let shared = &mut *shared;
+        self.claim_locked(&mut shared, pool)
+    }
+
+    /// Claims the next job for a worker of `pool`, the store's lock held.
+    fn claim_locked(&self, shared: &mut Shared, pool: usize) -> Option<Claimed> {
+        let spec = &self.inner.pools[pool].spec;
         let queue = match spec.order {
             Order::Strict => {
                 spec.queues.iter().find(|(q, _)| shared.store.has_ready(q)).map(|(q, _)| q.clone())
@@ -1076,14 +1080,17 @@ impl Jobs {
             }
         }?;
         let claim = shared.store.claim(&queue)?;
-        shared.running.insert(claim.id, Arc::new(CancelFlag::default()));
+        let cancel = Arc::new(CancelFlag::default());
+        shared.running.insert(claim.id, cancel.clone());
         let more = spec.queues.iter().any(|(q, _)| shared.store.has_ready(q));
-        Some((claim, more))
+        Some(Claimed { claim, cancel, more })
     }
 
-    async fn run(&self, claim: Claim) {
+    /// Runs a claimed job and settles it; under the same lock, claims the worker's next job unless
+    /// the workers are stopping (one lock per job instead of two).
+    async fn run(&self, claimed: Claimed, pool: usize) -> Option<Claimed> {
+        let Claimed { claim, cancel, .. } = claimed;
         let id = claim.id;
-        let cancel = self.inner.shared.lock().expect("jobs").running.get(&id).cloned().unwrap_or_default();
         let outcome = match self.inner.handlers.get(&claim.name) {
             None => Some(Outcome::Failed(Failure::Kill {
                 reason: format!(
@@ -1126,6 +1133,7 @@ impl Jobs {
         let now = self.now();
         let mut queue_again = None;
         let last;
+        let next;
         {
             let mut shared = self.inner.shared.lock().expect("jobs");
             let shared = &mut *shared;
@@ -1162,14 +1170,23 @@ impl Jobs {
             if let Err(e) = self.flush(shared) {
                 tracing::error!(%id, %e, "the jobs' journal failed");
             }
+            next = if *self.inner.stopping.borrow() { None } else { self.claim_locked(shared, pool) };
         }
         if let Some(queue) = queue_again {
             self.wake(&queue);
         }
-        if last {
+        if last && next.is_none() {
             self.inner.idle.notify_waiters();
         }
+        next
     }
+}
+
+/// A job a worker claimed, its cancellation flag, and whether its pool has more ready.
+struct Claimed {
+    claim: Claim,
+    cancel: Arc<CancelFlag>,
+    more: bool,
 }
 
 async fn with_timeout<F: Future>(future: F, timeout: Option<Duration>) -> Option<F::Output> {
@@ -1189,12 +1206,17 @@ async fn worker(jobs: Jobs, pool: usize) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         match jobs.claim(pool) {
-            Some((claim, more)) => {
-                if more {
+            Some(mut claimed) => loop {
+                if claimed.more {
                     jobs.inner.pools[pool].wake.notify_one();
                 }
-                jobs.run(claim).await;
-            }
+                match jobs.run(claimed, pool).await {
+                    Some(next) => claimed = next,
+                    None => break,
+                }
+                // A run of ready handlers never returns Pending: yield when tokio's budget says so.
+                tokio::task::consume_budget().await;
+            },
             None => {
                 tokio::select! {
                     biased;
