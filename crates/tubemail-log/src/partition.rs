@@ -690,6 +690,42 @@ impl Partition {
         Ok(work)
     }
 
+    /// Compacts the whole partition, for a log whose records matter only by key (a durable queue's
+    /// journal): closes the active segment when it holds records (so that its records, tombstones
+    /// above all, count too), compacts every closed segment as [`Partition::maintain`] does, and
+    /// removes the closed segments left empty (the partition's start moves past those at the front).
+    /// Afterwards the partition holds the last record of each key that is not an expired tombstone,
+    /// and nothing else. Offsets never change; a read skips the ranges of removed segments.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] or [`LogError::Corrupt`]; what was done before stays done.
+    pub fn compact_all(&self, now: i64) -> Result<Maintenance, LogError> {
+        let _one = self.maintenance.lock().expect("maintenance");
+        {
+            let mut writer = self.writer.lock().expect("writer");
+            if writer.active.len() > 0 {
+                let base = self.next.load(Ordering::Acquire);
+                self.roll(&mut writer, base)?;
+            }
+        }
+        let (segments_compacted, records_removed) = self.compact(now)?;
+        let mut segments_deleted = 0;
+        let active = self.writer.lock().expect("writer").active.base;
+        for segment in self.closed_segments() {
+            if segment.len() > 0 {
+                continue;
+            }
+            let mut segments = self.segments.write().expect("segments");
+            segments.remove(&segment.base);
+            let first = segments.keys().next().copied().unwrap_or(active);
+            self.start.store(self.start().max(first.min(active)), Ordering::Release);
+            drop(segments);
+            segment.remove_files()?;
+            segments_deleted += 1;
+        }
+        Ok(Maintenance { segments_deleted, segments_compacted, records_removed })
+    }
+
     fn closed_segments(&self) -> Vec<Arc<Segment>> {
         let active = self.writer.lock().expect("writer").active.base;
         self.segments.read().expect("segments").range(..active).map(|(_, s)| s.clone()).collect()
