@@ -50,6 +50,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod broker;
+mod clock;
 pub mod consumer;
 pub mod ids;
 #[doc(hidden)]

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::ids::MessageId;
 use crate::message::{Death, Payload};
+use crate::queue::NO_SLOT;
 
 const NAME: &str = "q";
 const DEAD_LETTER: &str = "dlq";
@@ -238,7 +239,7 @@ impl Harness {
         } else {
             Enqueued::Accepted
         };
-        assert_eq!(self.st.enqueue(msg, false, self.now), expected, "dead letter into a full queue");
+        assert_eq!(self.st.enqueue(msg, false, self.now, NO_SLOT), expected, "dead letter into a full queue");
     }
 
     /// A dispatch that the consumer's mailbox refuses, undone as the actor does.
@@ -305,10 +306,10 @@ impl Harness {
         let now = self.now;
         let msg = self.message(Vec::new());
         match &mut self.credits {
-            None => assert_eq!(self.st.enqueue(msg, false, now), Enqueued::Accepted),
+            None => assert_eq!(self.st.enqueue(msg, false, now, NO_SLOT), Enqueued::Accepted),
             Some(credits) if *credits > 0 => {
                 *credits -= 1;
-                assert_eq!(self.st.enqueue(msg, true, now), Enqueued::Accepted);
+                assert_eq!(self.st.enqueue(msg, true, now, NO_SLOT), Enqueued::Accepted);
             }
             Some(_) => {
                 if self.st.spec.overflow == Overflow::RejectPublishDlx {
