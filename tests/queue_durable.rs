@@ -202,6 +202,43 @@ fn dead_letters_and_their_death_history_survive_a_crash() {
     }
 }
 
+#[test]
+fn a_message_replayed_after_its_last_allowed_delivery_is_dead_lettered_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Topology::new()
+        .topic("t", TopicSpec::new(TopicKind::Fanout))
+        .queue("q", QueueSpec::default().durable(true).delivery_limit(2).dead_letter("dead"))
+        .queue("dead", QueueSpec::default().durable(true))
+        .bind("t", "q", "")
+        .data_dir(dir.path());
+    life(|| async {
+        let (broker, streams) = start_crashable(t.clone());
+        broker.publish("t", "", 1_u64).await.unwrap();
+        broker.publish("t", "", 2_u64).await.unwrap();
+        // 1 is delivered twice (the limit) and held; 2 once.
+        record(&broker, "q", |d| match (*d.value(), d.delivery_count()) {
+            (1, 1) => Outcome::Nack { requeue: true },
+            _ => Outcome::Defer,
+        })
+        .await;
+        common::wait_until(&broker, "three deliveries", |s| s.queues["q"].delivered == 3).await;
+        crash(&streams);
+    });
+    let (in_q, in_dead) = life(|| async {
+        let broker = Broker::start(t.clone()).unwrap();
+        let in_q = record(&broker, "q", |_| Outcome::Ack).await;
+        let in_dead = record(&broker, "dead", |_| Outcome::Ack).await;
+        broker.idle().await;
+        let stats = broker.shutdown(SECOND).await.stats;
+        assert_eq!(stats.queues["q"].dead_lettered, 1, "{:?}", stats.queues["q"]);
+        let (a, b) = (in_q.lock().unwrap().clone(), in_dead.lock().unwrap().clone());
+        (a, b)
+    });
+    assert_eq!(in_q.iter().map(|s| (s.value, s.count)).collect::<Vec<_>>(), [(2, 2)]);
+    assert_eq!(in_dead.iter().map(|s| s.value).collect::<Vec<_>>(), [1]);
+    assert_eq!(in_dead[0].deaths, [("q".to_owned(), DeathReason::DeliveryLimit, 1)]);
+}
+
 /// Sums the sizes of the files under `dir`.
 fn disk_bytes(dir: &Path) -> u64 {
     let mut total = 0;

@@ -314,6 +314,9 @@ impl QueueState {
     /// active consumer). `None` when nothing is ready or no consumer has room.
     pub(crate) fn dispatch(&mut self, now: Instant) -> Option<Dispatch> {
         self.expire_head(now);
+        if self.journaled {
+            self.dead_letter_replayed_past_limit(now);
+        }
         if self.ready.is_empty() {
             return None;
         }
@@ -751,6 +754,16 @@ impl QueueState {
             self.credits_freed += 1;
         }
         Some(entry)
+    }
+
+    /// A message replayed from the journal after its last allowed delivery (the crash came before
+    /// its ack) is dead-lettered when it reaches the head, as the requeue after that delivery would
+    /// have done; not at replay, when its dead-letter queue may not be started yet.
+    fn dead_letter_replayed_past_limit(&mut self, now: Instant) {
+        while self.ready.front().is_some_and(|e| e.deliveries >= self.spec.delivery_limit) {
+            let entry = self.pop_ready().expect("front exists");
+            self.dead_letter(entry, DeathReason::DeliveryLimit, now);
+        }
     }
 
     fn expire_head(&mut self, now: Instant) {
