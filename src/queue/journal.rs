@@ -310,36 +310,30 @@ pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
     let mut enqueued: BTreeMap<u64, (EnqueueRecord, i64)> = BTreeMap::new();
     let mut delivered: BTreeMap<u64, u32> = BTreeMap::new();
     let mut next_slot = 0;
-    let mut from = p.start();
-    loop {
-        let records = p.read(from, 4096, 16 << 20)?;
-        let Some(last) = records.last() else { break };
-        from = last.offset + 1;
-        for r in records {
-            let Some((kind, slot)) = r.key.as_deref().and_then(parse_key) else { continue };
-            next_slot = next_slot.max(slot.saturating_add(1));
-            match (kind, r.value) {
-                (ENQUEUED, Some(v)) => match rmp_serde::from_slice::<EnqueueRecord>(&v) {
-                    Ok(e) => {
-                        enqueued.insert(slot, (e, r.timestamp));
-                    }
-                    Err(e) => tracing::error!(slot, error = %e, "an enqueue record does not decode"),
-                },
-                (ENQUEUED, None) => {
-                    enqueued.remove(&slot);
+    p.for_each_record(16 << 20, |r| {
+        let Some((kind, slot)) = r.key.as_deref().and_then(parse_key) else { return };
+        next_slot = next_slot.max(slot.saturating_add(1));
+        match (kind, r.value) {
+            (ENQUEUED, Some(v)) => match rmp_serde::from_slice::<EnqueueRecord>(&v) {
+                Ok(e) => {
+                    enqueued.insert(slot, (e, r.timestamp));
                 }
-                (DELIVERED, Some(v)) => {
-                    if let Ok(n) = <[u8; 4]>::try_from(&v[..]) {
-                        delivered.insert(slot, u32::from_le_bytes(n));
-                    }
-                }
-                (DELIVERED, None) => {
-                    delivered.remove(&slot);
-                }
-                _ => {}
+                Err(e) => tracing::error!(slot, error = %e, "an enqueue record does not decode"),
+            },
+            (ENQUEUED, None) => {
+                enqueued.remove(&slot);
             }
+            (DELIVERED, Some(v)) => {
+                if let Ok(n) = <[u8; 4]>::try_from(&v[..]) {
+                    delivered.insert(slot, u32::from_le_bytes(n));
+                }
+            }
+            (DELIVERED, None) => {
+                delivered.remove(&slot);
+            }
+            _ => {}
         }
-    }
+    })?;
     let max_id = enqueued.values().map(|(e, _)| MessageId(e.id)).max();
     let messages = enqueued
         .into_iter()

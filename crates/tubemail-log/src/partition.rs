@@ -642,6 +642,22 @@ impl Partition {
         Ok(out)
     }
 
+    /// Calls `f` with every record from the start to the high watermark, in offset order, reading
+    /// 4,096 records (or about `max_bytes`, but at least one record) at a time: how a compacted
+    /// stream's state is read back at open.
+    ///
+    /// # Errors
+    /// As [`Partition::read`].
+    pub fn for_each_record(&self, max_bytes: usize, mut f: impl FnMut(Record)) -> Result<(), LogError> {
+        let mut from = self.start();
+        loop {
+            let records = self.read(from, 4096, max_bytes)?;
+            let Some(last) = records.last() else { return Ok(()) };
+            from = last.offset + 1;
+            records.into_iter().for_each(&mut f);
+        }
+    }
+
     /// The first offset whose record's timestamp is at or after `timestamp` (the high watermark when
     /// none is).
     ///
