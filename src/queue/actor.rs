@@ -370,10 +370,18 @@ impl QueueActor {
             self.settle_in_journal(left);
             return;
         };
+        // Under `fsync = "always"` the copy's enqueue record is awaited before this queue's
+        // tombstone is written, so that a power loss cannot keep the tombstone and lose the copy.
+        let mut synced_at = None;
         let slot = match target.journal.as_ref().filter(|j| !j.is_deleted()) {
             None => NO_SLOT,
             Some(journal) => match journal.enqueue_payload(&msg) {
-                Ok((slot, _)) => slot,
+                Ok((slot, offset)) => {
+                    if journal.fsync() == tubemail_log::Fsync::Always {
+                        synced_at = Some((journal.clone(), offset));
+                    }
+                    slot
+                }
                 Err(e) => {
                     // Kept in this queue's journal (not tombstoned): it comes back here at the next start.
                     tracing::warn!(queue = %target.name, error = %e, "a dead-letter journal refused a message");
@@ -384,7 +392,7 @@ impl QueueActor {
         };
         let target_journal = target.journal.clone();
         match target.inbox.try_send(Enqueue { msg, credited: false, slot }) {
-            Ok(()) => self.settle_in_journal(left),
+            Ok(()) => self.settle_after(left, synced_at, ctx),
             Err(TrySendError::Full(e)) => {
                 // The dead-letter queue's inbox is full: wait for room without blocking this queue.
                 // Pending sends are bounded by the messages this queue held.
@@ -392,13 +400,15 @@ impl QueueActor {
                 ctx.spawn(async move { target.inbox.send(e).await.is_ok() }.into_actor(self).map(
                     move |sent, act, ctx| {
                         act.dead_letters_pending -= 1;
-                        if !sent {
+                        if sent {
+                            act.settle_after(left, synced_at, ctx);
+                        } else {
                             act.state.dead_letter_lost(refused);
                             if let Some(j) = &target_journal {
                                 j.settled(&[(slot, false)]);
                             }
+                            act.settle_in_journal(left);
                         }
-                        act.settle_in_journal(left);
                         act.answer_idle_waiters(ctx);
                         act.stop_when_done(ctx);
                     },
@@ -411,6 +421,29 @@ impl QueueActor {
                 }
                 self.settle_in_journal(left);
             }
+        }
+    }
+
+    /// Tombstones a message that left this durable queue once `synced_at` (its copy's enqueue
+    /// record in a dead-letter queue's journal) is acked; at once without one. A stop in between
+    /// leaves the message in both journals: at least once.
+    fn settle_after(
+        &mut self,
+        left: Option<(u64, bool)>,
+        synced_at: Option<(Arc<Journal>, u64)>,
+        ctx: &mut Context<Self>,
+    ) {
+        match (synced_at, left.is_some() && self.journal.is_some()) {
+            (Some((journal, offset)), true) => {
+                ctx.spawn(async move { journal.acked(offset).await.is_ok() }.into_actor(self).map(
+                    move |synced, act, _| {
+                        if synced {
+                            act.settle_in_journal(left);
+                        }
+                    },
+                ));
+            }
+            _ => self.settle_in_journal(left),
         }
     }
 

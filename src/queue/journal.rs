@@ -153,6 +153,11 @@ impl Journal {
         Ok((journal, replay))
     }
 
+    /// The journal's fsync policy.
+    pub(crate) fn fsync(&self) -> Fsync {
+        self.log.config().fsync
+    }
+
     /// The queue's name.
     pub(crate) fn queue(&self) -> &Arc<str> {
         &self.queue
