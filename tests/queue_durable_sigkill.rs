@@ -74,6 +74,8 @@ fn sigkill_child_publisher() {
         for n in first.. {
             broker.publish("t", "", n).await.unwrap();
             out.lock().unwrap().write_all(format!("PUB {n}\n").as_bytes()).unwrap();
+            // A publish that need not wait (`interval`) does not yield: let the subscriber run.
+            tokio::task::yield_now().await;
         }
     });
 }
