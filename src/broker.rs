@@ -463,6 +463,13 @@ impl Broker {
         if let Some(max) = replay.max_id {
             self.registry.message_ids_past(max);
         }
+        if self.registry.probe.is_none() {
+            // Ids of messages acked (and compacted away) in an earlier process are in no journal:
+            // a broker with durable queues numbers its messages from the wall clock's nanoseconds,
+            // past every id an earlier process handed out (none publishes one id per nanosecond),
+            // so that an idempotent consumer never takes a new message for one it has seen.
+            self.registry.message_ids_past(crate::ids::MessageId(wall_clock_nanos()));
+        }
         // Replayed messages hold publisher credits as published ones do, as far as there are.
         let credited = match credits {
             None => 0,
@@ -884,6 +891,12 @@ fn clock_paused() -> bool {
     let before = Instant::now();
     std::thread::sleep(Duration::from_micros(20));
     Instant::now() == before
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+fn wall_clock_nanos() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
 /// The current arbiter, if this thread runs an actix system.

@@ -50,7 +50,8 @@
 //! starts, each durable queue takes back every message its journal holds before any publish or
 //! subscription: in order, with its death history and delivery count (the next delivery is marked
 //! redelivered), its time to live counted from its first enqueue; message ids continue past the
-//! highest replayed. A tombstone lost to a crash brings its message back once more (at least once);
+//! highest replayed and past the wall clock's nanoseconds since the Unix epoch, so that no new message
+//! takes the id of one acked in an earlier process. A tombstone lost to a crash brings its message back once more (at least once);
 //! an at-most-once durable queue tombstones a message as it hands it out. Deleting a durable queue
 //! deletes its journal. Queues that are not durable never touch a journal.
 //!

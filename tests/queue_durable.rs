@@ -136,11 +136,17 @@ fn after_a_crash_unacked_messages_come_back_redelivered_with_their_count_and_ack
     }
     let new_id = by_value[&100].id;
     assert!(first_ids.iter().all(|&id| id < new_id), "ids continue past the replayed ones: {new_id}");
-    // A clean restart: everything was acked, nothing comes back.
+    // A clean restart: everything was acked, nothing comes back, and although no journal holds an
+    // id any more, new ids do not reuse those of the acked messages.
     life(|| async {
         let broker = Broker::start(t.clone()).unwrap();
         let q = broker.stats().await.queues["q"].clone();
         assert_eq!((q.recovered, q.ready), (0, 0), "{q:?}");
+        let seen = record(&broker, "q", |_| Outcome::Ack).await;
+        broker.publish("t", "", 200_u64).await.unwrap();
+        broker.idle().await;
+        let id = seen.lock().unwrap()[0].id;
+        assert!(id > new_id, "a new id {id} after the ids of an earlier process, up to {new_id}");
         broker.shutdown(SECOND).await;
     });
 }
