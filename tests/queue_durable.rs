@@ -318,6 +318,36 @@ fn compaction_keeps_a_journal_within_twice_its_live_messages_plus_one_segment() 
 }
 
 #[test]
+fn a_queue_that_is_not_durable_keeps_no_journal_and_nothing_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Topology::new()
+        .topic("t", TopicSpec::new(TopicKind::Fanout))
+        .queue("plain", QueueSpec::default())
+        .queue("q", QueueSpec::default().durable(true))
+        .bind("t", "plain", "")
+        .bind("t", "q", "")
+        .data_dir(dir.path());
+    life(|| async {
+        let broker = Broker::start(t.clone()).unwrap();
+        broker.publish("t", "", 1_u64).await.unwrap();
+        let stats = broker.shutdown(SECOND).await.stats;
+        assert_eq!(stats.queues["plain"].journal_bytes, 0);
+        assert!(stats.queues["q"].journal_bytes > 0);
+    });
+    let streams: Vec<String> = std::fs::read_dir(dir.path().join("streams"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!streams.iter().any(|s| s.contains("plain")), "{streams:?}");
+    life(|| async {
+        let broker = Broker::start(t.clone()).unwrap();
+        let stats = broker.stats().await;
+        assert_eq!((stats.queues["plain"].ready, stats.queues["q"].ready), (0, 1));
+        broker.shutdown(SECOND).await;
+    });
+}
+
+#[test]
 fn deleting_a_durable_queue_deletes_its_journal() {
     let dir = tempfile::tempdir().unwrap();
     let t = topology(dir.path(), QueueSpec::default());

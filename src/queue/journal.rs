@@ -76,6 +76,9 @@ pub(crate) struct Replay {
     pub(crate) max_id: Option<MessageId>,
     /// The slot after the highest the journal mentions.
     pub(crate) next_slot: u64,
+    /// Slots with a delivered record and no enqueue record (a crash tore the tombstones of a
+    /// settlement apart): tombstoned at open, so that compaction removes them.
+    pub(crate) orphans: Vec<u64>,
 }
 
 fn key(kind: u8, slot: u64) -> [u8; 9] {
@@ -138,6 +141,13 @@ impl Journal {
         let name = format!("{JOURNAL_PREFIX}{queue}");
         let log = dir.stream(&name, journal_config(fsync))?;
         let replay = replay(&log)?;
+        let orphans: Vec<[u8; 9]> = replay.orphans.iter().map(|&slot| key(DELIVERED, slot)).collect();
+        let now = clock.now_ms();
+        let tombstones: Vec<Append<'_>> =
+            orphans.iter().map(|k| Append { key: Some(k), value: None, timestamp: now }).collect();
+        for chunk in tombstones.chunks(JOURNAL_BATCH_MAX) {
+            log.partition(0)?.append(chunk)?;
+        }
         let bytes = log.partition(0)?.info().bytes;
         let journal = Self {
             queue: queue.into(),
@@ -340,6 +350,7 @@ pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
         }
     })?;
     let max_id = enqueued.values().map(|(e, _)| MessageId(e.id)).max();
+    let orphans = delivered.keys().filter(|slot| !enqueued.contains_key(slot)).copied().collect();
     let messages = enqueued
         .into_iter()
         .map(|(slot, (e, enqueued_ms))| {
@@ -353,7 +364,7 @@ pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
             Replayed { slot, msg, deliveries, enqueued_ms }
         })
         .collect();
-    Ok(Replay { messages, max_id, next_slot })
+    Ok(Replay { messages, max_id, next_slot, orphans })
 }
 
 #[cfg(test)]

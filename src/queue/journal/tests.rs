@@ -78,7 +78,7 @@ fn replay_keeps_what_was_not_settled_with_its_delivery_count() {
 }
 
 #[test]
-fn a_tombstone_that_precedes_nothing_keeps_nothing_and_a_later_enqueue_wins() {
+fn a_delivered_record_without_its_enqueue_record_is_no_message_and_is_tombstoned_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let log = LogDir::open(dir.path()).unwrap();
     {
@@ -88,9 +88,13 @@ fn a_tombstone_that_precedes_nothing_keeps_nothing_and_a_later_enqueue_wins() {
         journal.delivered(&[(0, 4)]);
         journal.close();
     }
-    let (_, replay) = open(&log);
+    let (journal, replay) = open(&log);
     assert!(replay.messages.is_empty(), "a delivered record alone is no message: {:?}", ids(&replay));
     assert_eq!(replay.next_slot, 1);
+    assert_eq!(replay.orphans, [0], "and it is tombstoned at open");
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    journal.compact().unwrap();
+    assert_eq!(journal.bytes(), 0, "compaction then leaves nothing");
 }
 
 #[test]
