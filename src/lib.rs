@@ -53,6 +53,11 @@ mod broker;
 mod clock;
 pub mod consumer;
 pub mod ids;
+/// Background jobs: typed jobs with Sidekiq's retries, a dead set, unique and periodic jobs, worker
+/// pools, graceful shutdown, and iteration jobs that resume from their last checkpoint, durable on
+/// the storage engine of streams (the `tubemail-jobs` crate, behind the default `jobs` feature).
+#[cfg(feature = "jobs")]
+pub use tubemail_jobs as jobs;
 #[doc(hidden)]
 pub mod internals;
 pub mod message;

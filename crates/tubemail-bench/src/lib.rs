@@ -15,6 +15,7 @@ use tubemail::topology::{DeliveryMode, TopicKind};
 #[cfg(feature = "peers")]
 pub mod peers;
 
+pub mod jobs;
 pub mod log;
 pub mod memory;
 pub mod placement;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod jobs;
 mod log;
 mod plot;
 mod route;
@@ -152,6 +153,14 @@ enum Command {
         #[command(subcommand)]
         command: log::LogCommand,
     },
+    /// Background jobs' directories: inspect, torture.
+    ///
+    /// Exit 1 when the journal cannot be read or a check fails, 2 when the request cannot be served
+    /// as asked.
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::JobsCommand,
+    },
 }
 
 /// The simulator's scenarios.
@@ -165,6 +174,8 @@ pub(crate) enum SimScenario {
     Both,
     /// A stream on disk and its consumer groups under crashes, power losses and torn writes.
     Log,
+    /// Background jobs on disk under crashes, shutdowns, clock jumps, timeouts and cancellations.
+    Jobs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -189,6 +200,9 @@ enum Scenario {
     /// The event log: appends of 100-byte records in memory and under each fsync policy (1 to 256 in
     /// flight) against raw writes of the same bytes, reading as it appends, reopening.
     Log,
+    /// Background jobs: no-op jobs enqueued and performed, in memory and durable, against a thread
+    /// pool fed by a crossbeam channel; the start delay of scheduled jobs under that load.
+    Jobs,
 }
 
 impl Scenario {
@@ -203,6 +217,7 @@ impl Scenario {
             Scenario::Arbiters => "arbiters",
             Scenario::Isolation => "isolation",
             Scenario::Log => "log",
+            Scenario::Jobs => "jobs",
         }
     }
 }
@@ -272,6 +287,7 @@ impl Cli {
         let command = match self.command {
             // Its exit codes tell damage (1) from a request that cannot be served (2).
             Command::Log { command } => return log::run(command),
+            Command::Jobs { command } => return jobs::run(command),
             other => other,
         };
         let result = match command {
@@ -279,7 +295,7 @@ impl Cli {
                 let mode = match (mode, scenario) {
                     (Some(mode), _) => Ok(mode.delivery()),
                     // The log scenario judges an at-least-once and an at-most-once group in every run.
-                    (None, SimScenario::Log) => Ok(tubemail::DeliveryMode::AtLeastOnce),
+                    (None, SimScenario::Log | SimScenario::Jobs) => Ok(tubemail::DeliveryMode::AtLeastOnce),
                     (None, _) => Err("--mode is required (at-least-once or at-most-once)".to_owned()),
                 };
                 let plan = mode.and_then(|mode| fault_plan(&faults).map(|plan| (mode, plan)));
@@ -345,7 +361,7 @@ impl Cli {
                     bench::run(&args)
                 })
             }
-            Command::Log { .. } => unreachable!("dispatched above"),
+            Command::Log { .. } | Command::Jobs { .. } => unreachable!("dispatched above"),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

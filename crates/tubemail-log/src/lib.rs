@@ -146,6 +146,9 @@ pub enum LogError {
         /// Asked for.
         asked: u32,
     },
+    /// The stream was closed (its broker or jobs shut down): it takes no more appends.
+    #[error("the stream is closed")]
+    Closed,
     /// A sync failed earlier: the partition takes no more appends until it is reopened.
     #[error("the partition failed to sync ({why}); reopen the log")]
     Failed {

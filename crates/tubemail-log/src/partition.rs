@@ -64,6 +64,10 @@ pub struct Partition {
     /// on the appender's thread, an `interval` tick is the simulator's), no checkpoint by wall-clock
     /// time, so that a seed replays the same files.
     simulated: bool,
+    /// Set by [`Partition::close`] under the writer's lock: no append is written after the close's
+    /// last sync, and a later one gets [`LogError::Closed`] rather than wait for a syncer that has
+    /// stopped.
+    closed: AtomicBool,
 }
 
 /// What the open of a partition found.
@@ -258,6 +262,7 @@ impl Partition {
             recovered,
             syncer,
             simulated,
+            closed: AtomicBool::new(false),
         };
         *partition.sync.synced.lock().expect("synced") = next;
         if partition.dir.is_some() && partition.config.fsync != Fsync::Never {
@@ -372,6 +377,9 @@ impl Partition {
         }
         self.check_failed()?;
         let mut writer = self.writer.lock().expect("writer");
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
         let first = self.next.load(Ordering::Relaxed);
         let last = first + records.len() as u64 - 1;
         let mut frames = std::mem::take(&mut writer.frames);
@@ -451,6 +459,7 @@ impl Partition {
             if self.end() > offset {
                 return Ok(());
             }
+            self.check_closed(offset)?;
             // No sync running: this thread syncs, sparing the hop to the syncer thread and back.
             if self.config.fsync == Fsync::Always && self.syncer.is_some() {
                 if let Ok(_leader) = self.sync.leader.try_lock() {
@@ -488,6 +497,7 @@ impl Partition {
             if self.acked.load(Ordering::Acquire) > offset {
                 return Ok(());
             }
+            self.check_closed(offset)?;
             notified.await;
         }
     }
@@ -518,6 +528,17 @@ impl Partition {
         drop(failed);
         self.sync.changed.notify_all();
         self.sync.notify.notify_waiters();
+    }
+
+    /// After a close, an offset the close's sync did not ack never will be.
+    fn check_closed(&self, offset: u64) -> Result<(), LogError> {
+        if self.closed.load(Ordering::Acquire)
+            && self.acked.load(Ordering::Acquire) <= offset
+            && !self.needs_sync()
+        {
+            return Err(LogError::Closed);
+        }
+        Ok(())
     }
 
     fn check_failed(&self) -> Result<(), LogError> {
@@ -586,6 +607,10 @@ impl Partition {
     /// # Errors
     /// [`LogError::Io`] when the sync or the checkpoint fails.
     pub fn close(&self) -> Result<(), LogError> {
+        {
+            let _writer = self.writer.lock().expect("writer");
+            self.closed.store(true, Ordering::Release);
+        }
         if self.config.fsync != Fsync::Never {
             self.sync_now();
             self.check_failed()?;

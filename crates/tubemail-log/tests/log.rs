@@ -522,3 +522,21 @@ fn a_segment_rolls_once_its_first_record_is_segment_ms_old() {
         assert_eq!(s.partition(0).unwrap().info().segments.len(), before + 1, "round {round}");
     }
 }
+
+#[test]
+fn a_closed_stream_refuses_appends_instead_of_leaving_them_unacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = LogDir::open(dir.path()).unwrap();
+    for fsync in [Fsync::Always, Fsync::Interval, Fsync::Never] {
+        let name = format!("s-{}", fsync.as_str());
+        let stream = log.stream(&name, StreamConfig { fsync, ..small(1) }).unwrap();
+        let before = put(&stream, "k", "before", 1);
+        stream.close().unwrap();
+        let refused = stream.append_blocking(Append { key: Some(b"k"), value: Some(b"after"), timestamp: 2 });
+        assert!(matches!(refused, Err(LogError::Closed)), "{fsync:?}: {refused:?}");
+        let p = stream.partition(0).unwrap();
+        // What was appended before the close is acked, and nothing after it was written.
+        p.wait_acked(before.offset).unwrap();
+        assert_eq!(p.end(), before.offset + 1, "{fsync:?}");
+    }
+}

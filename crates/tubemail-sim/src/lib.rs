@@ -25,6 +25,7 @@ mod fault;
 mod harness;
 pub mod history;
 mod inject;
+pub mod jobs;
 mod lifecycle;
 pub mod log;
 mod run;

@@ -63,6 +63,7 @@ fn run_scenario(args: &BenchArgs) -> Result<Vec<Value>, String> {
         "arbiters" => arbiters(args),
         "isolation" => isolation(),
         "log" => log(args)?,
+        "jobs" => jobs(args)?,
         other => return Err(format!("unknown scenario {other:?}")),
     })
 }
@@ -551,6 +552,10 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
         print_log_table(args, results);
         return;
     }
+    if args.scenario == "jobs" {
+        print_jobs_table(args, results);
+        return;
+    }
     match args.scenario {
         "latency" => println!(
             "latency: {} messages of {} B at {}/s requested (achieved rate per row)",
@@ -610,6 +615,70 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
         );
     }
     let _ = TopicKind::Topic;
+}
+
+/// Runs of each measurement of the jobs scenario, interleaved; the median is reported.
+const JOBS_RUNS: usize = 3;
+/// Scheduled jobs whose start delay is measured under load.
+const JOBS_SCHEDULED: u64 = 2_000;
+
+/// Background jobs: in memory and durable against the thread-pool baseline (median of
+/// [`JOBS_RUNS`] interleaved runs), with the start delay of scheduled jobs under load.
+fn jobs(args: &BenchArgs) -> Result<Vec<Value>, String> {
+    use tubemail_bench::jobs as bench;
+    let n = args.messages;
+    let mut runs: [Vec<bench::JobsRun>; 3] = Default::default();
+    for _ in 0..JOBS_RUNS {
+        runs[0].push(bench::baseline(n));
+        runs[1].push(bench::tubemail(false, n, JOBS_SCHEDULED)?);
+        runs[2].push(bench::tubemail(true, n, JOBS_SCHEDULED)?);
+    }
+    let medians: Vec<bench::JobsRun> = runs
+        .into_iter()
+        .map(|mut of| {
+            of.sort_by(|a, b| a.jobs_per_sec().total_cmp(&b.jobs_per_sec()));
+            of.swap_remove(of.len() / 2)
+        })
+        .collect();
+    let base = medians[0].jobs_per_sec();
+    Ok(medians
+        .iter()
+        .map(|r| {
+            json!({
+                "system": r.system, "storage": r.storage, "jobs": r.jobs, "secs": r.elapsed.as_secs_f64(),
+                "jobs_per_sec": r.jobs_per_sec(), "ratio_to_baseline": r.jobs_per_sec() / base,
+                "p99_start_delay_us": r.p99_start_delay_us, "scheduled": r.scheduled,
+                "workers": bench::workers(),
+            })
+        })
+        .collect())
+}
+
+fn print_jobs_table(args: &BenchArgs, results: &[Value]) {
+    println!(
+        "jobs: {} no-op jobs, enqueued in batches of {} and performed by {} workers, with {JOBS_SCHEDULED} scheduled jobs under that load (median of {JOBS_RUNS} interleaved runs)",
+        args.messages,
+        tubemail_bench::jobs::BATCH,
+        tubemail_bench::jobs::workers()
+    );
+    println!(
+        "{:<10} {:<8} {:>10} {:>12} {:>8} {:>22}",
+        "system", "storage", "jobs", "jobs/s", "ratio", "p99 start delay µs"
+    );
+    for r in results {
+        println!(
+            "{:<10} {:<8} {:>10} {:>12.0} {:>7.2}x {:>22}",
+            r["system"].as_str().unwrap_or_default(),
+            r["storage"].as_str().unwrap_or_default(),
+            r["jobs"],
+            r["jobs_per_sec"].as_f64().unwrap_or(0.0),
+            r["ratio_to_baseline"].as_f64().unwrap_or(0.0),
+            r["p99_start_delay_us"].as_u64().map_or_else(|| "-".into(), |d| d.to_string()),
+        );
+    }
+    if args.peers {
+        println!("Sidekiq and apalis are not measured yet: see BENCHMARKS.md");
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use tubemail::jobs::{
+    enumerators, EnqueueOptions, Enumerator, IterationJob, IterationSettings, Job, JobContext, JobError,
+    Jobs, RetryPolicy,
+};
 use tubemail::{Broker, Delivery, Outcome, Stats, Topology};
 
 const TOPOLOGY: &str = r#"
@@ -133,6 +137,7 @@ async fn demo(orders: u32, seed: u64) -> Result<(), String> {
         revenue.load(Ordering::Relaxed) as f64 / 100.0,
         final_report.stats.conserved()
     );
+    background_jobs(orders).await?;
     if final_report.stats.conserved() {
         Ok(())
     } else {
@@ -206,4 +211,115 @@ async fn wait_quiet(broker: &Broker) {
 fn print_table(stats: &Stats, title: &str) {
     println!("-- {title}");
     println!("{stats}");
+}
+
+/// The Business module's invoice job: the invoice of order 13 never goes through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SendInvoice {
+    order: u32,
+}
+
+impl Job for SendInvoice {
+    const NAME: &'static str = "send_invoice";
+}
+
+/// The Support module's reindex over every order: an iteration job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reindex {
+    orders: u64,
+}
+
+impl Job for Reindex {
+    const NAME: &'static str = "reindex";
+}
+
+static REINDEXED: AtomicU64 = AtomicU64::new(0);
+
+impl IterationJob for Reindex {
+    type Item = u64;
+    type Cursor = u64;
+
+    fn build_enumerator(&self, cursor: Option<u64>) -> Result<Enumerator<u64, u64>, JobError> {
+        Ok(enumerators::range(0..self.orders, cursor))
+    }
+
+    async fn each_iteration(&self, _order: u64, _ctx: &JobContext) -> Result<(), JobError> {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        REINDEXED.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn on_resume(&self, ctx: &JobContext) {
+        let from = ctx.jobs().job(ctx.id()).map_or(0, |r| r.progress.items);
+        println!("  reindex resumed in the new process from its checkpoint: {from} orders done");
+    }
+}
+
+/// Jobs in a directory, as a deploy sees them: invoices retried into the dead set, a reindex
+/// interrupted by a shutdown and resumed by the next process.
+fn demo_jobs(dir: &std::path::Path) -> Result<Jobs, String> {
+    Jobs::builder()
+        .dir(dir)
+        .shutdown_timeout(Duration::from_millis(50))
+        .iteration_settings(IterationSettings { checkpoint_items: 100, ..IterationSettings::default() })
+        .iteration::<Reindex>()
+        .handle(|job: SendInvoice, _ctx: JobContext| async move {
+            if job.order == 13 {
+                return Err(JobError::Retry("the mail server refuses order 13".into()));
+            }
+            Ok(())
+        })
+        .start()
+        .map_err(|e| e.to_string())
+}
+
+async fn background_jobs(orders: u32) -> Result<(), String> {
+    println!("\n-- background jobs (tubemail::jobs, journaled on disk)");
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let jobs = demo_jobs(dir.path())?;
+    let quick = EnqueueOptions::default().retry(RetryPolicy::Fixed { retries: 3, delay_ms: 20 });
+    for order in 10..20 {
+        jobs.enqueue_with(SendInvoice { order }, quick.clone()).await.map_err(|e| e.to_string())?;
+    }
+    let reindex = jobs.enqueue(Reindex { orders: u64::from(orders) }).await.map_err(|e| e.to_string())?;
+    while jobs.dead().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for dead in jobs.dead() {
+        println!(
+            "  {} {} died after {} retries: {}",
+            dead.name,
+            dead.id,
+            dead.retries,
+            dead.error.as_deref().unwrap_or("-")
+        );
+    }
+    // A deploy: this process stops mid-reindex...
+    let report = jobs.shutdown().await;
+    let done = REINDEXED.load(Ordering::Relaxed);
+    println!(
+        "  deploy: shutdown with the reindex at {done} of {orders} orders; {} jobs left for the next process",
+        report.left.total
+    );
+    drop(jobs);
+    // ... and the next one carries on.
+    let jobs = demo_jobs(dir.path())?;
+    while jobs.job(reindex).is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "  reindex complete: {} orders handled in all, {} of them again after the restart (at most the checkpoint interval, 100)",
+        REINDEXED.load(Ordering::Relaxed),
+        REINDEXED.load(Ordering::Relaxed).saturating_sub(u64::from(orders))
+    );
+    let dead = jobs.dead().len();
+    jobs.shutdown().await;
+    if dead == 1 && REINDEXED.load(Ordering::Relaxed) >= u64::from(orders) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the jobs demo went wrong: {dead} dead jobs, {} orders reindexed",
+            REINDEXED.load(Ordering::Relaxed)
+        ))
+    }
 }

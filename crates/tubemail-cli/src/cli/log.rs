@@ -196,7 +196,8 @@ impl From<LogError> for Failure {
             LogError::Io { .. }
             | LogError::Corrupt { .. }
             | LogError::Locked { .. }
-            | LogError::Failed { .. } => 1,
+            | LogError::Failed { .. }
+            | LogError::Closed => 1,
             LogError::NotALog { .. }
             | LogError::RecordTooLarge { .. }
             | LogError::BatchSize { .. }

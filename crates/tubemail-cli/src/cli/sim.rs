@@ -36,6 +36,9 @@ pub(crate) fn check(args: &CheckArgs) -> Result<bool, String> {
     if args.scenario == SimScenario::Log {
         return Ok(check_log(args));
     }
+    if args.scenario == SimScenario::Jobs {
+        return Ok(check_jobs(args));
+    }
     let scenario = Scenario {
         mode: args.mode,
         messages: args.messages,
@@ -189,6 +192,53 @@ fn over_seeds(args: &CheckArgs, each: impl Fn(u64) + Sync) -> f64 {
 }
 
 /// The first violations of a failed log run, one per line.
+fn check_jobs(args: &CheckArgs) -> bool {
+    use tubemail_sim::jobs::{run_jobs, JobsScenario};
+    let scenario = JobsScenario::default();
+    let faults = Mutex::new(BTreeMap::<&'static str, u64>::new());
+    let violations = Mutex::new(Vec::<(u64, String)>::new());
+    let elapsed = over_seeds(args, |seed| {
+        let outcome = run_jobs(&scenario, seed);
+        let mut all = faults.lock().expect("faults");
+        for (kind, n) in &outcome.faults {
+            *all.entry(kind).or_default() += n;
+        }
+        drop(all);
+        if !outcome.ok() {
+            let summary = outcome.violations.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
+            violations.lock().expect("violations").push((seed, summary));
+        }
+    });
+    let faults = faults.into_inner().expect("faults");
+    let mut violations = violations.into_inner().expect("violations");
+    violations.sort_by_key(|v| v.0);
+    let replay = |seed: u64| format!("tubemail replay --scenario jobs --seed {seed}");
+    if args.json {
+        let list: Vec<_> = violations
+            .iter()
+            .map(|(seed, summary)| json!({"seed": seed, "violation": summary, "replay": replay(*seed)}))
+            .collect();
+        let out = json!({
+            "scenario": "jobs", "seeds": args.seeds, "runs_per_sec": args.seeds as f64 / elapsed,
+            "faults": faults, "violations": list,
+        });
+        println!("{out}");
+    } else {
+        println!("{} seeds of the jobs scenario: {:.0} runs/s", args.seeds, args.seeds as f64 / elapsed);
+        println!("faults fired:");
+        for (kind, n) in &faults {
+            println!("  {kind:<24} {n}");
+        }
+        if violations.is_empty() {
+            println!("every promise of the jobs held on every seed");
+        }
+        for (seed, summary) in &violations {
+            println!("seed {seed}: {summary}\n  replay: {}", replay(*seed));
+        }
+    }
+    violations.is_empty()
+}
+
 fn log_summary(outcome: &LogRun) -> String {
     let mut lines: Vec<String> = outcome.violations.iter().take(5).map(ToString::to_string).collect();
     if outcome.violations.len() > 5 {
@@ -228,6 +278,30 @@ pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool, which: SimScena
     use std::io::Write;
     // A closed pipe (`| head`) ends the listing quietly: every line is written, never printed.
     let mut out = std::io::stdout().lock();
+    if which == SimScenario::Jobs {
+        let outcome = tubemail_sim::jobs::run_jobs(&tubemail_sim::jobs::JobsScenario::default(), seed);
+        let events = outcome.history.events();
+        let shown = if full { events.len() } else { events.len().min(200) };
+        let _ = (|| -> std::io::Result<()> {
+            for event in &events[..shown] {
+                writeln!(out, "{event}")?;
+            }
+            if shown < events.len() {
+                writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
+            }
+            writeln!(out, "history hash {:016x}", outcome.history.hash())?;
+            let faults: Vec<String> = outcome.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            writeln!(out, "faults: {}", faults.join(" "))?;
+            for v in &outcome.violations {
+                writeln!(out, "violation: {v}")?;
+            }
+            if outcome.ok() {
+                writeln!(out, "every promise held")?;
+            }
+            Ok(())
+        })();
+        return outcome.ok();
+    }
     if which == SimScenario::Log {
         let outcome = run_log(&LogScenario::default(), seed);
         let events = outcome.history.events();

@@ -1,0 +1,1293 @@
+//! The running jobs: the store behind one lock, the journal on the storage engine, worker pools,
+//! the scheduler (due jobs, periodic ticks, the log's maintenance) and shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use rustc_hash::FxHashMap;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tubemail_log::{Append, Cleanup, Fsync, LogDir, LogError, Partition, Stream, StreamConfig};
+
+use crate::iteration::{self, IterationJob, IterationSettings, Outcome};
+use crate::job::{CancelFlag, EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When};
+use crate::store::{
+    Cancelled, Claim, Counters, Failure, JobId, JobRecord, JobStore, Limits, NewJob, Refused, Sizes,
+};
+
+/// The stream that holds the jobs' journal.
+pub const JOURNAL_STREAM: &str = "__jobs";
+
+/// The longest delay an enqueue accepts: 100 years.
+pub const DELAY_MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The most workers a pool may have.
+pub const POOL_CONCURRENCY_MAX: usize = 10_000;
+
+/// How often the scheduler runs the journal's retention and compaction.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+
+/// The journal's segment size: small, so that compaction (which works on closed segments) keeps the
+/// journal near the live jobs' size.
+pub const JOURNAL_SEGMENT_BYTES: u64 = 8 << 20;
+
+type RunFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+trait Handler: Send + Sync {
+    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture;
+}
+
+fn undecodable<T>(e: &rmp_serde::decode::Error) -> RunFuture {
+    let reason = format!("arguments do not decode as {}: {e}", std::any::type_name::<T>());
+    Box::pin(std::future::ready(Outcome::Failed(Failure::Kill { reason })))
+}
+
+fn outcome_of(result: Result<(), JobError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Done,
+        Err(e) => Outcome::Failed(e.into_failure()),
+    }
+}
+
+struct AsyncHandler<T, F>(F, PhantomData<fn() -> T>);
+
+impl<T, F, Fut> Handler for AsyncHandler<T, F>
+where
+    T: Job,
+    F: Fn(T, JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+{
+    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture {
+        match rmp_serde::from_slice::<T>(&claim.args) {
+            Ok(job) => Box::pin((self.0)(job, ctx).map(outcome_of)),
+            Err(e) => undecodable::<T>(&e),
+        }
+    }
+}
+
+struct BlockingHandler<T, F>(Arc<F>, PhantomData<fn() -> T>);
+
+impl<T, F> Handler for BlockingHandler<T, F>
+where
+    T: Job,
+    F: Fn(T, JobContext) -> Result<(), JobError> + Send + Sync + 'static,
+{
+    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture {
+        match rmp_serde::from_slice::<T>(&claim.args) {
+            Ok(job) => {
+                let f = self.0.clone();
+                let task = tokio::task::spawn_blocking(move || f(job, ctx));
+                Box::pin(async move {
+                    match task.await {
+                        Ok(result) => outcome_of(result),
+                        Err(e) if e.is_panic() => {
+                            Outcome::Failed(Failure::Kill { reason: panic_reason(e.into_panic()) })
+                        }
+                        Err(e) => Outcome::Failed(Failure::Retry { reason: e.to_string(), delay_ms: None }),
+                    }
+                })
+            }
+            Err(e) => undecodable::<T>(&e),
+        }
+    }
+}
+
+struct IterationHandler<T>(IterationSettings, PhantomData<fn() -> T>);
+
+impl<T: IterationJob> Handler for IterationHandler<T> {
+    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture {
+        match rmp_serde::from_slice::<T>(&claim.args) {
+            Ok(job) => Box::pin(iteration::run(job, claim.progress.clone(), ctx, self.0)),
+            Err(e) => undecodable::<T>(&e),
+        }
+    }
+}
+
+fn panic_reason(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    format!("the handler panicked: {text}")
+}
+
+/// How a pool chooses between its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Always the first queue with a job, in the order given.
+    Strict,
+    /// A queue drawn at random by weight among those with a job (Sidekiq's weighted queues).
+    Weighted,
+}
+
+/// A pool of workers serving queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    name: String,
+    concurrency: usize,
+    queues: Vec<(Arc<str>, u32)>,
+    order: Order,
+}
+
+impl Pool {
+    /// A pool of `concurrency` workers (1 to [`POOL_CONCURRENCY_MAX`]).
+    pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
+        Pool { name: name.into(), concurrency, queues: Vec::new(), order: Order::Strict }
+    }
+
+    /// Serves `queue` with weight 1.
+    #[must_use]
+    pub fn queue(self, queue: &str) -> Self {
+        self.weighted_queue(queue, 1)
+    }
+
+    /// Serves `queue` with `weight` (used when the order is [`Order::Weighted`]).
+    #[must_use]
+    pub fn weighted_queue(mut self, queue: &str, weight: u32) -> Self {
+        self.queues.push((Arc::from(queue), weight));
+        self
+    }
+
+    /// Sets how the pool chooses between its queues.
+    #[must_use]
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+}
+
+struct PoolState {
+    spec: Pool,
+    wake: Notify,
+}
+
+struct Periodic {
+    name: String,
+    cron: croner::Cron,
+    job: NewJob,
+}
+
+/// Why the jobs did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The journal could not be opened.
+    #[error("cannot open the jobs' journal: {0}")]
+    Log(#[from] LogError),
+    /// Not inside a tokio runtime (an actix system is one).
+    #[error("Jobs::start needs a tokio runtime (call it inside #[actix::main], #[tokio::main] or a runtime's block_on)")]
+    NoRuntime,
+    /// A setting is out of range.
+    #[error("invalid jobs setting {field}: {why}")]
+    Invalid {
+        /// Which.
+        field: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A cron expression did not parse.
+    #[error("periodic job {name}: cron expression {expr:?} does not parse: {why}")]
+    Cron {
+        /// The periodic job.
+        name: String,
+        /// The expression.
+        expr: String,
+        /// The parser's words.
+        why: String,
+    },
+}
+
+/// Why an enqueue was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// No handler is registered under this name.
+    #[error("no handler is registered for job {0:?}")]
+    UnknownJob(String),
+    /// No pool serves this queue, so the job would never run.
+    #[error("no pool serves queue {0:?} (add one with JobsBuilder::pool)")]
+    UnknownQueue(String),
+    /// The unique key is held.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// An option is out of range.
+    #[error("invalid enqueue option: {0}")]
+    Invalid(String),
+    /// The arguments do not serialize.
+    #[error("the arguments of {name} do not encode: {why}")]
+    Encode {
+        /// The job's name.
+        name: &'static str,
+        /// The encoder's words.
+        why: String,
+    },
+    /// The journal failed: the job may still run (as a publish whose confirm was lost).
+    #[error("the journal failed: {0}")]
+    Log(#[from] LogError),
+    /// The jobs were shut down.
+    #[error("the jobs are shut down")]
+    Closed,
+}
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Whether this call shut the jobs down (false when they already were).
+    pub shut_down: bool,
+    /// Jobs running when the shutdown began.
+    pub running: usize,
+    /// Of those, jobs interrupted at the timeout and put back at the front of their queue.
+    pub interrupted: usize,
+    /// Jobs left in the store (they run in the next process when the journal is on disk).
+    pub left: Sizes,
+}
+
+/// The jobs' figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobStats {
+    /// Counters since start.
+    pub counters: Counters,
+    /// Jobs in each state.
+    pub sizes: Sizes,
+}
+
+impl std::fmt::Display for JobStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counters;
+        writeln!(
+            f,
+            "enqueued {}  completed {}  retried {}  died {}  discarded {}  cancelled {}  interrupted {}  trimmed {}  duplicates {}",
+            c.enqueued, c.completed, c.retried, c.died, c.discarded, c.cancelled, c.interrupted, c.trimmed, c.duplicates
+        )?;
+        let s = &self.sizes;
+        write!(f, "scheduled {}  executing {}  dead {}  available", s.scheduled, s.executing, s.dead)?;
+        for (queue, n) in &s.available {
+            write!(f, "  {queue}={n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the time comes from: the wall clock at start, advanced by tokio's clock (so that paused
+/// time and the simulator drive schedules, retries and cron ticks).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    base_ms: i64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now_ms(&self) -> i64 {
+        self.base_ms.saturating_add(i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn instant_at(&self, ms: i64) -> tokio::time::Instant {
+        self.base + Duration::from_millis(u64::try_from(ms.saturating_sub(self.base_ms)).unwrap_or(0))
+    }
+}
+
+struct Shared {
+    store: JobStore,
+    rng: fastrand::Rng,
+    running: FxHashMap<JobId, Arc<CancelFlag>>,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    journal: Option<(Stream, Arc<Partition>)>,
+    handlers: BTreeMap<Arc<str>, Arc<dyn Handler>>,
+    pools: Vec<PoolState>,
+    serving: BTreeMap<Arc<str>, Vec<usize>>,
+    scheduler: Notify,
+    idle: Notify,
+    clock: Clock,
+    stopping: watch::Sender<bool>,
+    interrupt: watch::Sender<bool>,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shutdown_timeout: Duration,
+    maintenance_every: Duration,
+}
+
+/// Background jobs: see the [crate docs](crate). Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs").field("durable", &self.inner.journal.is_some()).finish()
+    }
+}
+
+enum Storage {
+    Memory,
+    Dir(PathBuf),
+    Log(Arc<LogDir>),
+}
+
+/// Sets up [`Jobs`]: storage, handlers, pools, periodic jobs.
+pub struct JobsBuilder {
+    storage: Storage,
+    fsync: Fsync,
+    handlers: BTreeMap<Arc<str>, Arc<dyn Handler>>,
+    pools: Vec<Pool>,
+    periodic: Vec<(String, String, Result<NewJob, String>)>,
+    limits: Limits,
+    seed: Option<u64>,
+    start_time: Option<SystemTime>,
+    shutdown_timeout: Duration,
+    iteration: IterationSettings,
+    workers: bool,
+    maintenance_every: Duration,
+}
+
+impl Jobs {
+    /// A builder: jobs in memory, one pool of 10 workers on queue "default", Sidekiq's defaults.
+    pub fn builder() -> JobsBuilder {
+        JobsBuilder {
+            storage: Storage::Memory,
+            fsync: Fsync::Always,
+            handlers: BTreeMap::new(),
+            pools: Vec::new(),
+            periodic: Vec::new(),
+            limits: Limits::default(),
+            seed: None,
+            start_time: None,
+            shutdown_timeout: Duration::from_secs(25),
+            iteration: IterationSettings::default(),
+            workers: true,
+            maintenance_every: MAINTENANCE_EVERY,
+        }
+    }
+}
+
+impl JobsBuilder {
+    /// Keeps the jobs in a log directory on disk (created if missing, locked while open).
+    #[must_use]
+    pub fn dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.storage = Storage::Dir(path.into());
+        self
+    }
+
+    /// Keeps the jobs in an open log (a broker's data directory, say).
+    #[must_use]
+    pub fn log(mut self, log: Arc<LogDir>) -> Self {
+        self.storage = Storage::Log(log);
+        self
+    }
+
+    /// The journal's fsync policy [`always`: an enqueue returns once its record is on disk].
+    #[must_use]
+    pub fn fsync(mut self, fsync: Fsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Registers an async handler for job type `T` (it runs on the runtime's threads: it must not
+    /// block; see [`JobsBuilder::handle_blocking`]).
+    #[must_use]
+    pub fn handle<T, F, Fut>(mut self, handler: F) -> Self
+    where
+        T: Job,
+        F: Fn(T, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        self.handlers.insert(Arc::from(T::NAME), Arc::new(AsyncHandler(handler, PhantomData)));
+        self
+    }
+
+    /// Registers a blocking handler for job type `T`: it runs on tokio's blocking pool, so it stalls
+    /// no other queue. It cannot be stopped mid-run: its timeout, a cancellation and a shutdown's
+    /// interruption take effect when it returns, or where it checks [`JobContext::is_cancelled`] and
+    /// [`JobContext::is_stopping`].
+    #[must_use]
+    pub fn handle_blocking<T, F>(mut self, handler: F) -> Self
+    where
+        T: Job,
+        F: Fn(T, JobContext) -> Result<(), JobError> + Send + Sync + 'static,
+    {
+        self.handlers.insert(Arc::from(T::NAME), Arc::new(BlockingHandler(Arc::new(handler), PhantomData)));
+        self
+    }
+
+    /// Registers iteration job type `T` with the builder's iteration settings.
+    #[must_use]
+    pub fn iteration<T: IterationJob>(mut self) -> Self {
+        self.handlers
+            .insert(Arc::from(T::NAME), Arc::new(IterationHandler::<T>(self.iteration, PhantomData)));
+        self
+    }
+
+    /// The checkpoint and yield settings of iteration jobs registered after this call.
+    #[must_use]
+    pub fn iteration_settings(mut self, settings: IterationSettings) -> Self {
+        self.iteration = settings;
+        self
+    }
+
+    /// Adds a worker pool (without any, one pool of 10 workers serves "default").
+    #[must_use]
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    /// Enqueues `job` on each tick of cron expression `cron` (five fields, or six with seconds
+    /// first; UTC), once per tick across restarts. Ticks missed while no process ran are not made
+    /// up. A bad expression fails [`JobsBuilder::start`].
+    #[must_use]
+    pub fn periodic<T: Job>(mut self, name: &str, cron: &str, job: &T) -> Self {
+        let new = new_job(job, &EnqueueOptions::default(), 0).map_err(|e| e.to_string());
+        self.periodic.push((name.to_owned(), cron.to_owned(), new));
+        self
+    }
+
+    /// The store's bounds.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The seed of the retry jitter and the weighted queue choice [drawn from the OS].
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The wall-clock time at start [now]; time then advances with tokio's clock.
+    #[must_use]
+    pub fn start_time(mut self, at: SystemTime) -> Self {
+        self.start_time = Some(at);
+        self
+    }
+
+    /// How long a shutdown waits for running jobs before it interrupts them [25 s, as Sidekiq].
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How often the dead set is trimmed by age and the journal compacted [30 s].
+    #[must_use]
+    pub fn maintenance_every(mut self, every: Duration) -> Self {
+        self.maintenance_every = every;
+        self
+    }
+
+    /// Whether this process runs workers and the scheduler [true]. Without them it only enqueues
+    /// and inspects (a tool, or a process that must not run jobs); the pools still say which queues
+    /// exist.
+    #[must_use]
+    pub fn workers(mut self, run: bool) -> Self {
+        self.workers = run;
+        self
+    }
+
+    /// Opens the journal (replaying it), and starts the pools and the scheduler on the current
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// [`StartError`]: no runtime, the journal, a bad cron expression, a bad pool.
+    pub fn start(self) -> Result<Jobs, StartError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StartError::NoRuntime);
+        }
+        let mut pools = self.pools;
+        if pools.is_empty() {
+            pools.push(Pool::new("default", 10).queue("default"));
+        }
+        let mut serving: BTreeMap<Arc<str>, Vec<usize>> = BTreeMap::new();
+        for (i, pool) in pools.iter().enumerate() {
+            let invalid = |why: String| StartError::Invalid { field: format!("pool {}", pool.name), why };
+            if !(1..=POOL_CONCURRENCY_MAX).contains(&pool.concurrency) {
+                return Err(invalid(format!(
+                    "concurrency {} (1 to {POOL_CONCURRENCY_MAX})",
+                    pool.concurrency
+                )));
+            }
+            if pool.queues.is_empty() {
+                return Err(invalid("serves no queue".into()));
+            }
+            for (queue, weight) in &pool.queues {
+                if let Some(why) = queue_problem(queue) {
+                    return Err(invalid(why));
+                }
+                if *weight == 0 && pool.order == Order::Weighted {
+                    return Err(invalid(format!("queue {queue} has weight 0")));
+                }
+                serving.entry(queue.clone()).or_default().push(i);
+            }
+        }
+        let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Optional).build();
+        let mut periodic = Vec::new();
+        for (name, expr, job) in self.periodic {
+            let cron = parser.parse(&expr).map_err(|e| StartError::Cron {
+                name: name.clone(),
+                expr: expr.clone(),
+                why: e.to_string(),
+            })?;
+            let job =
+                job.map_err(|why| StartError::Invalid { field: format!("periodic job {name}"), why })?;
+            if !serving.contains_key(&job.queue) {
+                return Err(StartError::Invalid {
+                    field: format!("periodic job {name}"),
+                    why: format!("no pool serves its queue {}", job.queue),
+                });
+            }
+            periodic.push(Periodic { name, cron, job });
+        }
+        let wall = self.start_time.unwrap_or_else(SystemTime::now);
+        let clock = Clock {
+            base_ms: i64::try_from(wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis())
+                .unwrap_or(i64::MAX),
+            base: tokio::time::Instant::now(),
+        };
+        let now = clock.now_ms();
+        let log = match self.storage {
+            Storage::Memory => None,
+            Storage::Dir(path) => Some(Arc::new(LogDir::open(path)?)),
+            Storage::Log(log) => Some(log),
+        };
+        let (store, journal) = match log {
+            None => (JobStore::new(self.limits, false), None),
+            Some(log) => {
+                let config = StreamConfig {
+                    cleanup: Cleanup::Compact,
+                    fsync: self.fsync,
+                    segment_bytes: JOURNAL_SEGMENT_BYTES,
+                    delete_retention_ms: 0,
+                    max_record_bytes: 16 << 20,
+                    ..StreamConfig::default()
+                };
+                let stream = log.stream(JOURNAL_STREAM, config)?;
+                let partition = stream.partition(0)?.clone();
+                let records = read_journal(&partition)?;
+                let (store, bad) = JobStore::recover(self.limits, records, now);
+                for (key, why) in bad {
+                    tracing::error!(?key, %why, "a job record in the journal does not decode; skipped");
+                }
+                (store, Some((stream, partition)))
+            }
+        };
+        let rng = self.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared { store, rng, running: FxHashMap::default() }),
+            journal,
+            handlers: self.handlers,
+            pools: pools.into_iter().map(|spec| PoolState { spec, wake: Notify::new() }).collect(),
+            serving,
+            scheduler: Notify::new(),
+            idle: Notify::new(),
+            clock,
+            stopping: watch::Sender::new(false),
+            interrupt: watch::Sender::new(false),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::new(Vec::new()),
+            shutdown_timeout: self.shutdown_timeout,
+            maintenance_every: self.maintenance_every,
+        });
+        let jobs = Jobs { inner: inner.clone() };
+        // Recovery may have journaled interruptions.
+        {
+            let mut shared = inner.shared.lock().expect("jobs");
+            jobs.flush(&mut shared)?;
+        }
+        let mut tasks = Vec::new();
+        if self.workers {
+            for (p, pool) in inner.pools.iter().enumerate() {
+                for _ in 0..pool.spec.concurrency {
+                    tasks.push(tokio::spawn(worker(jobs.clone(), p)));
+                }
+            }
+            tasks.push(tokio::spawn(scheduler(jobs.clone(), periodic)));
+        }
+        *inner.tasks.lock().expect("tasks") = tasks;
+        Ok(jobs)
+    }
+}
+
+fn queue_problem(queue: &str) -> Option<String> {
+    if queue.is_empty() || queue.len() > 255 {
+        return Some(format!("queue name {queue:?}: 1 to 255 bytes"));
+    }
+    None
+}
+
+/// A journal entry: a key and its value, or `None` for a tombstone.
+pub type Entry = (Vec<u8>, Option<Vec<u8>>);
+
+/// Reads a jobs journal's entries in order (for `JobStore::recover`, and `tubemail jobs inspect`).
+///
+/// # Errors
+/// The log's.
+pub fn read_journal(partition: &Partition) -> Result<Vec<Entry>, LogError> {
+    let mut out = Vec::new();
+    let mut next = partition.start();
+    let end = partition.end();
+    while next < end {
+        let records = partition.read(next, 4096, 16 << 20)?;
+        let Some(last) = records.last() else { break };
+        next = last.offset + 1;
+        for r in records {
+            if let Some(key) = r.key {
+                out.push((key.to_vec(), r.value.map(|v| v.to_vec())));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn new_job<T: Job>(job: &T, options: &EnqueueOptions, now: i64) -> Result<NewJob, EnqueueError> {
+    let defaults: JobOptions = T::options();
+    let args =
+        rmp_serde::to_vec(job).map_err(|e| EnqueueError::Encode { name: T::NAME, why: e.to_string() })?;
+    let queue = options.queue.clone().unwrap_or(defaults.queue);
+    if let Some(why) = queue_problem(&queue) {
+        return Err(EnqueueError::Invalid(why));
+    }
+    let priority = options.priority.unwrap_or(defaults.priority);
+    if priority > 9 {
+        return Err(EnqueueError::Invalid(format!("priority {priority} (0 to 9)")));
+    }
+    let policy = options.retry.unwrap_or(defaults.retry);
+    if let Some(why) = policy.problem() {
+        return Err(EnqueueError::Invalid(why));
+    }
+    let run_at = match options.when.unwrap_or(When::Now) {
+        When::Now => None,
+        When::In(delay) => {
+            if delay > DELAY_MAX {
+                return Err(EnqueueError::Invalid(format!("a delay of {delay:?} (at most 100 years)")));
+            }
+            Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)))
+        }
+        When::At(at) => {
+            let ms = match at.duration_since(UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                Err(_) => 0,
+            };
+            if ms.saturating_sub(now) > i64::try_from(DELAY_MAX.as_millis()).unwrap_or(i64::MAX) {
+                return Err(EnqueueError::Invalid("a time more than 100 years ahead".into()));
+            }
+            Some(ms.max(now))
+        }
+    };
+    let unique = match options.unique.clone().or(defaults.unique_for.map(Unique::Args)) {
+        None => None,
+        Some(Unique::Key(key, ttl)) => {
+            if key.len() > 1024 {
+                return Err(EnqueueError::Invalid(format!(
+                    "a unique key of {} bytes (at most 1,024)",
+                    key.len()
+                )));
+            }
+            Some((key, millis(ttl)))
+        }
+        Some(Unique::Args(ttl)) => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            args.hash(&mut h);
+            Some((format!("{}:{queue}:{:016x}", T::NAME, h.finish()), millis(ttl)))
+        }
+    };
+    Ok(NewJob {
+        name: Arc::from(T::NAME),
+        queue: Arc::from(queue.as_str()),
+        args: Bytes::from(args),
+        priority,
+        run_at,
+        policy,
+        retry_for_ms: options.retry_for.or(defaults.retry_for).map(millis),
+        timeout_ms: options.timeout.or(defaults.timeout).map(millis),
+        dead: defaults.dead,
+        unique,
+    })
+}
+
+impl Jobs {
+    fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Appends the store's pending writes to the journal; returns the last offset written.
+    fn flush(&self, shared: &mut Shared) -> Result<Option<u64>, LogError> {
+        let Some((_, partition)) = &self.inner.journal else { return Ok(None) };
+        if !shared.store.has_writes() {
+            return Ok(None);
+        }
+        let writes = shared.store.take_writes();
+        let now = self.now();
+        let appends: Vec<Append<'_>> = writes
+            .iter()
+            .map(|w| Append { key: Some(&w.key), value: w.value.as_deref(), timestamp: now })
+            .collect();
+        let (_, last) = partition.append(&appends)?;
+        Ok(Some(last))
+    }
+
+    async fn acked(&self, offset: Option<u64>) -> Result<(), LogError> {
+        match (&self.inner.journal, offset) {
+            (Some((_, partition)), Some(offset)) => partition.acked(offset).await,
+            _ => Ok(()),
+        }
+    }
+
+    fn wake(&self, queue: &str) {
+        if let Some(pools) = self.inner.serving.get(queue) {
+            for &p in pools {
+                self.inner.pools[p].wake.notify_one();
+            }
+        }
+    }
+
+    /// Enqueues `job` now with its type's options; resolves once the journal holds it under the
+    /// fsync policy.
+    ///
+    /// # Errors
+    /// [`EnqueueError`].
+    pub async fn enqueue<T: Job>(&self, job: T) -> Result<JobId, EnqueueError> {
+        self.enqueue_with(job, EnqueueOptions::default()).await
+    }
+
+    /// Enqueues `job` to run after `delay`.
+    ///
+    /// # Errors
+    /// [`EnqueueError`]; a delay over 100 years is [`EnqueueError::Invalid`].
+    pub async fn enqueue_in<T: Job>(&self, job: T, delay: Duration) -> Result<JobId, EnqueueError> {
+        self.enqueue_with(job, EnqueueOptions::delay(delay)).await
+    }
+
+    /// Enqueues `job` to run at `at` (now, when `at` has passed).
+    ///
+    /// # Errors
+    /// [`EnqueueError`].
+    pub async fn enqueue_at<T: Job>(&self, job: T, at: SystemTime) -> Result<JobId, EnqueueError> {
+        self.enqueue_with(job, EnqueueOptions::at(at)).await
+    }
+
+    /// Enqueues `job` with `options` overriding its type's.
+    ///
+    /// # Errors
+    /// [`EnqueueError`].
+    pub async fn enqueue_with<T: Job>(&self, job: T, options: EnqueueOptions) -> Result<JobId, EnqueueError> {
+        let mut ids = self.enqueue_all(std::iter::once((job, options))).await?;
+        ids.pop().expect("one job").map_err(EnqueueError::Refused)
+    }
+
+    /// Enqueues many jobs of one type with one journal write and one wait; each gets its id or the
+    /// reason it was refused (a unique key held, a full store).
+    ///
+    /// # Errors
+    /// [`EnqueueError`] for what refuses the whole batch (unknown job or queue, bad options, the
+    /// journal, closed).
+    pub async fn enqueue_bulk<T: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<Result<JobId, Refused>>, EnqueueError> {
+        self.enqueue_all(jobs.into_iter().map(|j| (j, EnqueueOptions::default()))).await
+    }
+
+    async fn enqueue_all<T: Job>(
+        &self,
+        jobs: impl IntoIterator<Item = (T, EnqueueOptions)>,
+    ) -> Result<Vec<Result<JobId, Refused>>, EnqueueError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(EnqueueError::Closed);
+        }
+        if !self.inner.handlers.contains_key(T::NAME) {
+            return Err(EnqueueError::UnknownJob(T::NAME.into()));
+        }
+        let now = self.now();
+        let mut prepared = Vec::new();
+        for (job, options) in jobs {
+            let new = new_job(&job, &options, now)?;
+            if !self.inner.serving.contains_key(&new.queue) {
+                return Err(EnqueueError::UnknownQueue(new.queue.to_string()));
+            }
+            prepared.push(new);
+        }
+        let mut results = Vec::with_capacity(prepared.len());
+        let mut ready_queues = Vec::new();
+        let mut scheduled = false;
+        let offset = {
+            let mut shared = self.inner.shared.lock().expect("jobs");
+            for new in prepared {
+                let queue = new.queue.clone();
+                let later = new.run_at.is_some_and(|at| at > now);
+                let result = shared.store.enqueue(new, now);
+                if result.is_ok() {
+                    if later {
+                        scheduled = true;
+                    } else {
+                        ready_queues.push(queue);
+                    }
+                }
+                results.push(result);
+            }
+            self.flush(&mut shared)?
+        };
+        ready_queues.dedup();
+        for queue in &ready_queues {
+            self.wake(queue);
+        }
+        if scheduled {
+            self.inner.scheduler.notify_one();
+        }
+        self.acked(offset).await?;
+        Ok(results)
+    }
+
+    pub(crate) async fn checkpoint(
+        &self,
+        id: JobId,
+        cursor: Option<Bytes>,
+        items: u64,
+        runtime_ms: u64,
+    ) -> Result<(), LogError> {
+        let offset = {
+            let mut shared = self.inner.shared.lock().expect("jobs");
+            shared.store.checkpoint(id, cursor, items, runtime_ms);
+            self.flush(&mut shared)?
+        };
+        self.acked(offset).await
+    }
+
+    /// Cancels job `id`: a waiting job leaves at once; a running one is stopped (an async handler at
+    /// its next `.await`, a blocking one when it returns or checks) and then leaves.
+    pub async fn cancel(&self, id: JobId) -> Result<Cancelled, LogError> {
+        let (cancelled, offset) = {
+            let mut shared = self.inner.shared.lock().expect("jobs");
+            let cancelled = shared.store.cancel(id);
+            if cancelled == Cancelled::Running {
+                if let Some(flag) = shared.running.get(&id) {
+                    flag.raise();
+                }
+            }
+            (cancelled, self.flush(&mut shared)?)
+        };
+        self.acked(offset).await?;
+        Ok(cancelled)
+    }
+
+    /// A job's record: its state, retries, last error, progress.
+    pub fn job(&self, id: JobId) -> Option<JobRecord> {
+        self.inner.shared.lock().expect("jobs").store.get(id).cloned()
+    }
+
+    /// The dead set, newest first.
+    pub fn dead(&self) -> Vec<JobRecord> {
+        self.inner.shared.lock().expect("jobs").store.dead().into_iter().cloned().collect()
+    }
+
+    /// Puts dead job `id` back in its queue with its retries reset; false when it is not dead.
+    ///
+    /// # Errors
+    /// The journal's.
+    pub fn retry_dead(&self, id: JobId) -> Result<bool, LogError> {
+        self.dead_op(|store, now| usize::from(store.retry_dead(id, now))).map(|n| n == 1)
+    }
+
+    /// Puts every dead job back in its queue; returns how many.
+    ///
+    /// # Errors
+    /// The journal's.
+    pub fn retry_all_dead(&self) -> Result<usize, LogError> {
+        self.dead_op(|store, now| {
+            let ids: Vec<JobId> = store.dead().iter().map(|r| r.id).collect();
+            ids.into_iter().filter(|id| store.retry_dead(*id, now)).count()
+        })
+    }
+
+    /// Deletes dead job `id`; false when it is not dead.
+    ///
+    /// # Errors
+    /// The journal's.
+    pub fn delete_dead(&self, id: JobId) -> Result<bool, LogError> {
+        self.dead_op(|store, _| usize::from(store.delete_dead(id))).map(|n| n == 1)
+    }
+
+    /// Deletes every dead job; returns how many.
+    ///
+    /// # Errors
+    /// The journal's.
+    pub fn clear_dead(&self) -> Result<usize, LogError> {
+        self.dead_op(|store, _| {
+            let ids: Vec<JobId> = store.dead().iter().map(|r| r.id).collect();
+            ids.into_iter().filter(|id| store.delete_dead(*id)).count()
+        })
+    }
+
+    fn dead_op(&self, op: impl FnOnce(&mut JobStore, i64) -> usize) -> Result<usize, LogError> {
+        let now = self.now();
+        let mut queues = Vec::new();
+        let n = {
+            let mut shared = self.inner.shared.lock().expect("jobs");
+            let n = op(&mut shared.store, now);
+            queues.extend(shared.store.sizes().available.into_keys());
+            self.flush(&mut shared)?;
+            n
+        };
+        for queue in queues {
+            self.wake(&queue);
+        }
+        Ok(n)
+    }
+
+    /// The figures.
+    pub fn stats(&self) -> JobStats {
+        let shared = self.inner.shared.lock().expect("jobs");
+        JobStats { counters: shared.store.counters(), sizes: shared.store.sizes() }
+    }
+
+    /// Resolves when no job is available or executing (scheduled and retrying jobs may wait).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let shared = self.inner.shared.lock().expect("jobs");
+                let sizes = shared.store.sizes();
+                if sizes.executing == 0 && sizes.available.values().all(|&n| n == 0) {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops the jobs as Sidekiq does: workers stop fetching; running jobs get up to the shutdown
+    /// timeout (iteration jobs stop after their current item and checkpoint); then the rest are
+    /// interrupted and put back at the front of their queue. The journal is synced and closed.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return ShutdownReport::default();
+        }
+        let running = self.inner.shared.lock().expect("jobs").running.len();
+        self.inner.stopping.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
+        let mut interrupted = 0;
+        let mut deadline_passed = false;
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let left = self.inner.shared.lock().expect("jobs").running.len();
+            if left == 0 {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline), if !deadline_passed => {
+                    deadline_passed = true;
+                    interrupted = self.inner.shared.lock().expect("jobs").running.len();
+                    self.inner.interrupt.send_replace(true);
+                }
+            }
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks"));
+        for task in tasks {
+            let _ = task.await;
+        }
+        {
+            let mut shared = self.inner.shared.lock().expect("jobs");
+            if let Err(e) = self.flush(&mut shared) {
+                tracing::error!(%e, "the jobs' journal failed at shutdown");
+            }
+        }
+        if let Some((stream, _)) = &self.inner.journal {
+            if let Err(e) = stream.close() {
+                tracing::error!(%e, "the jobs' journal did not close cleanly");
+            }
+        }
+        let left = self.inner.shared.lock().expect("jobs").store.sizes();
+        ShutdownReport { shut_down: true, running, interrupted, left }
+    }
+
+    /// What a crash leaves (for tests and the simulator): the tasks stop where they are, the journal
+    /// is abandoned without its last sync or checkpoint, and the directory is unlocked once every
+    /// handle is dropped. Running handlers' futures are dropped mid-run.
+    #[doc(hidden)]
+    pub async fn crash(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        if let Some((stream, _)) = &self.inner.journal {
+            stream.abandon();
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks"));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// The journal's stream, for inspection.
+    pub fn journal(&self) -> Option<&Stream> {
+        self.inner.journal.as_ref().map(|(s, _)| s)
+    }
+
+    fn claim(&self, pool: usize) -> Option<(Claim, bool)> {
+        let spec = &self.inner.pools[pool].spec;
+        let mut shared = self.inner.shared.lock().expect("jobs");
+        let shared = &mut *shared;
+        let queue = match spec.order {
+            Order::Strict => {
+                spec.queues.iter().find(|(q, _)| shared.store.has_ready(q)).map(|(q, _)| q.clone())
+            }
+            Order::Weighted => {
+                let candidates: Vec<&(Arc<str>, u32)> =
+                    spec.queues.iter().filter(|(q, _)| shared.store.has_ready(q)).collect();
+                let total: u64 = candidates.iter().map(|(_, w)| u64::from(*w)).sum();
+                if total == 0 {
+                    None
+                } else {
+                    let mut draw = shared.rng.u64(0..total);
+                    candidates
+                        .into_iter()
+                        .find(|(_, w)| {
+                            if draw < u64::from(*w) {
+                                true
+                            } else {
+                                draw -= u64::from(*w);
+                                false
+                            }
+                        })
+                        .map(|(q, _)| q.clone())
+                }
+            }
+        }?;
+        let claim = shared.store.claim(&queue)?;
+        shared.running.insert(claim.id, Arc::new(CancelFlag::default()));
+        let more = spec.queues.iter().any(|(q, _)| shared.store.has_ready(q));
+        Some((claim, more))
+    }
+
+    async fn run(&self, claim: Claim) {
+        let id = claim.id;
+        let cancel = self.inner.shared.lock().expect("jobs").running.get(&id).cloned().unwrap_or_default();
+        let outcome = match self.inner.handlers.get(&claim.name) {
+            None => Some(Outcome::Failed(Failure::Kill {
+                reason: format!(
+                    "no handler is registered for job {:?} (did the code change between deploys?)",
+                    claim.name
+                ),
+            })),
+            Some(handler) => {
+                let ctx = JobContext {
+                    id,
+                    retries: claim.retries,
+                    tick: claim.tick,
+                    jobs: self.clone(),
+                    cancel: cancel.clone(),
+                    stopping: self.inner.stopping.subscribe(),
+                };
+                match std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(&claim, ctx))) {
+                    Err(panic) => Some(Outcome::Failed(Failure::Kill { reason: panic_reason(panic) })),
+                    Ok(future) => {
+                        let guarded = AssertUnwindSafe(future).catch_unwind();
+                        let timeout = claim.timeout_ms.map(Duration::from_millis);
+                        let mut interrupt = self.inner.interrupt.subscribe();
+                        tokio::select! {
+                            biased;
+                            _ = interrupt.wait_for(|stop| *stop) => None,
+                            () = cancel.raised() => Some(Outcome::Cancelled),
+                            result = with_timeout(guarded, timeout) => Some(match result {
+                                Some(Ok(outcome)) => outcome,
+                                Some(Err(panic)) => Outcome::Failed(Failure::Kill { reason: panic_reason(panic) }),
+                                None => Outcome::Failed(Failure::Retry {
+                                    reason: format!("timed out after {} ms", claim.timeout_ms.unwrap_or(0)),
+                                    delay_ms: None,
+                                }),
+                            }),
+                        }
+                    }
+                }
+            }
+        };
+        let now = self.now();
+        let mut queue_again = None;
+        let last;
+        {
+            let mut shared = self.inner.shared.lock().expect("jobs");
+            let shared = &mut *shared;
+            match outcome {
+                Some(Outcome::Done) => {
+                    shared.store.complete(id);
+                }
+                Some(Outcome::Failed(failure)) => {
+                    if let Some(fate) = shared.store.fail(id, failure.clone(), now, &mut shared.rng) {
+                        tracing::warn!(%id, ?failure, ?fate, "job failed");
+                        if matches!(fate, crate::store::Fate::Retry { .. }) {
+                            self.inner.scheduler.notify_one();
+                        }
+                    }
+                }
+                Some(Outcome::Yield) => {
+                    shared.store.put_back(id, false, now);
+                    queue_again = shared.store.get(id).map(|r| r.queue.clone());
+                }
+                #[cfg(feature = "broken")]
+                None if crate::broken::bugs().shutdown_drops_running => {
+                    shared.store.complete(id);
+                }
+                Some(Outcome::Stopped) | None => {
+                    shared.store.put_back(id, true, now);
+                }
+                Some(Outcome::Cancelled) => {
+                    shared.store.finish_cancelled(id);
+                }
+            }
+            shared.running.remove(&id);
+            // `idle` and `shutdown` wait for no job running: nothing to tell them before that.
+            last = shared.running.is_empty();
+            if let Err(e) = self.flush(shared) {
+                tracing::error!(%id, %e, "the jobs' journal failed");
+            }
+        }
+        if let Some(queue) = queue_again {
+            self.wake(&queue);
+        }
+        if last {
+            self.inner.idle.notify_waiters();
+        }
+    }
+}
+
+async fn with_timeout<F: Future>(future: F, timeout: Option<Duration>) -> Option<F::Output> {
+    match timeout {
+        None => Some(future.await),
+        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
+    }
+}
+
+async fn worker(jobs: Jobs, pool: usize) {
+    let mut stopping = jobs.inner.stopping.subscribe();
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let notified = jobs.inner.pools[pool].wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match jobs.claim(pool) {
+            Some((claim, more)) => {
+                if more {
+                    jobs.inner.pools[pool].wake.notify_one();
+                }
+                jobs.run(claim).await;
+            }
+            None => {
+                tokio::select! {
+                    biased;
+                    _ = stopping.changed() => {}
+                    () = &mut notified => {}
+                }
+            }
+        }
+    }
+}
+
+async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
+    let mut stopping = jobs.inner.stopping.subscribe();
+    let clock = jobs.inner.clock;
+    let next_tick = |p: &Periodic, after: i64| -> Option<i64> {
+        let at = chrono::DateTime::from_timestamp_millis(after)?;
+        p.cron.find_next_occurrence(&at, false).ok().map(|t| t.timestamp_millis())
+    };
+    let start = clock.now_ms();
+    let mut ticks: Vec<Option<i64>> = {
+        let shared = jobs.inner.shared.lock().expect("jobs");
+        periodic
+            .iter()
+            .map(|p| next_tick(p, start.max(shared.store.last_tick(&p.name).unwrap_or(i64::MIN))))
+            .collect()
+    };
+    let mut maintenance =
+        clock.now_ms() + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let notified = jobs.inner.scheduler.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = clock.now_ms();
+        let (queues, next_due) = {
+            let mut shared = jobs.inner.shared.lock().expect("jobs");
+            let mut queues = shared.store.promote_due(now);
+            for (p, tick) in periodic.iter().zip(ticks.iter_mut()) {
+                while let Some(at) = *tick {
+                    if at > now {
+                        break;
+                    }
+                    let mut job = p.job.clone();
+                    job.run_at = None;
+                    match shared.store.enqueue_tick(&p.name, at, job, now) {
+                        Ok(Some(_)) => queues.push(p.job.queue.clone()),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(periodic = %p.name, tick = at, %e, "periodic tick not enqueued")
+                        }
+                    }
+                    *tick = next_tick(p, at.max(now));
+                }
+            }
+            if let Err(e) = jobs.flush(&mut shared) {
+                tracing::error!(%e, "the jobs' journal failed");
+            }
+            (queues, shared.store.next_due())
+        };
+        let mut queues = queues;
+        queues.sort();
+        queues.dedup();
+        for queue in &queues {
+            jobs.wake(queue);
+        }
+        if now >= maintenance {
+            maintenance = now + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
+            {
+                let mut shared = jobs.inner.shared.lock().expect("jobs");
+                shared.store.trim_dead(now);
+                let _ = jobs.flush(&mut shared);
+            }
+            if jobs.inner.journal.is_some() {
+                let owner = jobs.clone();
+                // Compaction reads and rewrites files: off the runtime's threads.
+                let done = tokio::task::spawn_blocking(move || {
+                    owner.inner.journal.as_ref().map(|(stream, _)| stream.maintain(now))
+                });
+                if let Ok(Some(Err(e))) = done.await {
+                    tracing::error!(%e, "the jobs' journal maintenance failed");
+                }
+            }
+        }
+        let wake_at =
+            [next_due, ticks.iter().flatten().min().copied(), Some(maintenance)].into_iter().flatten().min();
+        let sleep = tokio::time::sleep_until(clock.instant_at(wake_at.unwrap_or(maintenance)));
+        tokio::select! {
+            biased;
+            _ = stopping.changed() => {}
+            () = &mut notified => {}
+            () = sleep => {}
+        }
+    }
+}

@@ -1,0 +1,915 @@
+//! The jobs' state machine: no async, no clock, no threads. Time is passed in (milliseconds since
+//! the Unix epoch), randomness comes from the caller's seeded generator, and every change that must
+//! survive a crash is put in an outbox of journal writes (`take_writes`) that the runtime appends to
+//! the storage engine in the order they were made.
+//!
+//! A job's states are Oban's vocabulary: `scheduled` (waiting for its time), `available` (ready in
+//! its queue), `executing`, `retryable` (failed, waiting for its retry), `dead`. Completed, discarded
+//! and cancelled jobs leave the store (a tombstone in the journal) and are counted.
+//!
+//! What is journaled: a job's record whenever it is created or its durable fields change (retry
+//! count, due time, cursor, progress, death, interruption), a tombstone when it leaves, and each
+//! periodic job's last enqueued tick. Moving a due job to its queue and claiming it are not
+//! journaled: after a crash, a scheduled job whose time has come is available, and an executing one
+//! is available again (jobs run at least once).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::RetryPolicy;
+
+/// A job's id: unique in its store, never reused (ids continue past the highest after a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job-{}", self.0)
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for its time.
+    Scheduled,
+    /// Ready in its queue.
+    Available,
+    /// Claimed by a worker.
+    Executing,
+    /// Failed, waiting for its retry.
+    Retryable,
+    /// In the dead set.
+    Dead,
+}
+
+impl JobState {
+    /// The state's name, as `jobs inspect` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Available => "available",
+            JobState::Executing => "executing",
+            JobState::Retryable => "retryable",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+/// An iteration job's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The last checkpointed cursor (MessagePack), `None` before the first checkpoint.
+    pub cursor: Option<Bytes>,
+    /// Items handled up to that cursor.
+    pub items: u64,
+    /// Times the job stopped before its end (shutdown, maximum run time, crash), and resumed.
+    pub interruptions: u32,
+    /// Time spent running, up to the last checkpoint, in milliseconds.
+    pub runtime_ms: u64,
+    /// Whether `on_start` has run.
+    pub started: bool,
+}
+
+/// A unique job's lock: no other job with the key until `until` (or until this job leaves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniqueLock {
+    /// The key.
+    pub key: String,
+    /// When the lock lapses, in ms since the epoch.
+    pub until: i64,
+}
+
+/// A job as the journal holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// The registered name of its type.
+    pub name: Arc<str>,
+    /// Its queue.
+    pub queue: Arc<str>,
+    /// Its arguments (MessagePack).
+    pub args: Bytes,
+    /// 0 (first) to 9 (last) within its queue.
+    pub priority: u8,
+    /// Its state.
+    pub state: JobState,
+    /// When it was enqueued.
+    pub enqueued_at: i64,
+    /// When it is due (scheduled and retryable jobs), or when it became available.
+    pub run_at: i64,
+    /// Retries so far.
+    pub retries: u32,
+    /// Its retry policy.
+    pub policy: RetryPolicy,
+    /// Retries stop once this long has passed since the first failure.
+    pub retry_for_ms: Option<u64>,
+    /// When it first failed.
+    pub first_failed_at: Option<i64>,
+    /// Its time limit per run.
+    pub timeout_ms: Option<u64>,
+    /// Whether a job that runs out of retries goes to the dead set (true) or is dropped.
+    pub dead: bool,
+    /// Its unique lock.
+    pub unique: Option<UniqueLock>,
+    /// The periodic job and tick it was enqueued for.
+    pub periodic: Option<(String, i64)>,
+    /// Its last error.
+    pub error: Option<String>,
+    /// When it died.
+    pub died_at: Option<i64>,
+    /// Its progress (iteration jobs).
+    pub progress: Progress,
+    /// Its place among jobs of its priority (smaller first): its id, or below every id when put
+    /// back at the front of its queue.
+    pub order: i64,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The registered name.
+    pub name: Arc<str>,
+    /// The queue.
+    pub queue: Arc<str>,
+    /// The arguments (MessagePack).
+    pub args: Bytes,
+    /// 0 (first) to 9.
+    pub priority: u8,
+    /// When it is due (`None`: now).
+    pub run_at: Option<i64>,
+    /// Its retry policy.
+    pub policy: RetryPolicy,
+    /// Retries stop this long after the first failure.
+    pub retry_for_ms: Option<u64>,
+    /// Its time limit per run.
+    pub timeout_ms: Option<u64>,
+    /// Whether it goes to the dead set when out of retries.
+    pub dead: bool,
+    /// A unique key and how long it holds, in milliseconds.
+    pub unique: Option<(String, u64)>,
+}
+
+/// A journal write: the record for `key`, or its tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// `j` + the job id (8 bytes, big-endian), or `p` + a periodic job's name.
+    pub key: Vec<u8>,
+    /// The value; `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The key of job `id`'s record.
+pub fn job_key(id: JobId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(b'j');
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
+
+/// The key of the id reservation.
+pub const RESERVED_KEY: &[u8] = b"n";
+
+/// Ids reserved per reservation record.
+pub const ID_BLOCK: u64 = 4_096;
+
+/// The key of periodic job `name`'s last tick.
+pub fn tick_key(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(b'p');
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Why an enqueue was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A job with the same unique key is enqueued, scheduled, retrying or running.
+    #[error("a job with unique key {key:?} exists ({existing}) until {until} ms")]
+    Duplicate {
+        /// The key.
+        key: String,
+        /// The job holding it.
+        existing: JobId,
+        /// When its lock lapses.
+        until: i64,
+    },
+    /// The store holds `jobs_max` jobs.
+    #[error("the job store is full ({max} jobs)")]
+    Full {
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// Why a run ended without success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Retry per the policy, or after `delay_ms` when given.
+    Retry {
+        /// What went wrong.
+        reason: String,
+        /// The handler's own wait.
+        delay_ms: Option<u64>,
+    },
+    /// Drop the job (counted as discarded).
+    Discard {
+        /// Why.
+        reason: String,
+    },
+    /// Straight to the dead set.
+    Kill {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What became of a failed job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// It runs again at `at`.
+    Retry {
+        /// When.
+        at: i64,
+    },
+    /// It went to the dead set.
+    Dead,
+    /// It was dropped.
+    Discarded,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Its id.
+    pub id: JobId,
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its arguments.
+    pub args: Bytes,
+    /// Retries so far.
+    pub retries: u32,
+    /// Its time limit.
+    pub timeout_ms: Option<u64>,
+    /// Its progress (iteration jobs).
+    pub progress: Progress,
+    /// The periodic tick it was enqueued for.
+    pub tick: Option<i64>,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job was waiting and is gone.
+    Removed,
+    /// The job is running: the runtime interrupts it, and `finish_cancelled` removes it.
+    Running,
+    /// No such job (finished, never enqueued, or in the dead set: delete it there).
+    NotFound,
+}
+
+/// The store's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Jobs the store holds at most, in every state [1,000,000]; an enqueue beyond is refused.
+    pub jobs_max: usize,
+    /// Jobs the dead set keeps, oldest trimmed first [10,000, as Sidekiq].
+    pub dead_max: usize,
+    /// How long the dead set keeps a job, in milliseconds [180 days, as Sidekiq].
+    pub dead_max_age_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { jobs_max: 1_000_000, dead_max: 10_000, dead_max_age_ms: 180 * 86_400_000 }
+    }
+}
+
+/// Counters since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Jobs enqueued (periodic ticks included).
+    pub enqueued: u64,
+    /// Runs that succeeded.
+    pub completed: u64,
+    /// Failures that led to a retry.
+    pub retried: u64,
+    /// Jobs that went to the dead set.
+    pub died: u64,
+    /// Jobs dropped on a `Discard` or with retries out and `dead = false`.
+    pub discarded: u64,
+    /// Jobs cancelled.
+    pub cancelled: u64,
+    /// Runs interrupted (shutdown, maximum run time, crash) and put back.
+    pub interrupted: u64,
+    /// Dead jobs trimmed by the dead set's bounds.
+    pub trimmed: u64,
+    /// Enqueues refused by a unique lock.
+    pub duplicates: u64,
+    /// Dead jobs retried from the dead set.
+    pub resurrected: u64,
+}
+
+/// The jobs' state.
+#[derive(Debug)]
+pub struct JobStore {
+    jobs: FxHashMap<JobId, JobRecord>,
+    ready: BTreeMap<Arc<str>, BTreeSet<(u8, i64, JobId)>>,
+    timed: BTreeSet<(i64, JobId)>,
+    executing: BTreeSet<JobId>,
+    dead: BTreeSet<(i64, JobId)>,
+    unique: BTreeMap<String, (JobId, i64)>,
+    ticks: BTreeMap<String, i64>,
+    next_id: u64,
+    /// Ids below this are taken: journaled a block ahead, so that ids are never reused after a
+    /// restart even when compaction removed the newest jobs' records.
+    reserved: u64,
+    front: i64,
+    counters: Counters,
+    limits: Limits,
+    journaled: bool,
+    writes: Vec<Write>,
+}
+
+fn encode(record: &JobRecord) -> Vec<u8> {
+    rmp_serde::to_vec(record).expect("a job record encodes")
+}
+
+impl JobStore {
+    /// An empty store. `journaled` false keeps no outbox (memory-only jobs).
+    pub fn new(limits: Limits, journaled: bool) -> Self {
+        JobStore {
+            jobs: FxHashMap::default(),
+            ready: BTreeMap::new(),
+            timed: BTreeSet::new(),
+            executing: BTreeSet::new(),
+            dead: BTreeSet::new(),
+            unique: BTreeMap::new(),
+            ticks: BTreeMap::new(),
+            next_id: 1,
+            reserved: 1,
+            front: 0,
+            counters: Counters::default(),
+            limits,
+            journaled,
+            writes: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a store from its journal: `records` are `(key, value)` in journal order (a `None`
+    /// value deletes the key); the last write of each key wins. Jobs that were executing are
+    /// available again, at the front of their queue, with one more interruption (journaled). Records
+    /// that do not decode are returned as `(key, error)`, and skipped.
+    pub fn recover(
+        limits: Limits,
+        records: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
+        now: i64,
+    ) -> (Self, Vec<(Vec<u8>, String)>) {
+        let mut latest: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for (key, value) in records {
+            latest.insert(key, value);
+        }
+        let mut store = JobStore::new(limits, true);
+        let mut bad = Vec::new();
+        for (key, value) in latest {
+            let Some(value) = value else { continue };
+            match key.first() {
+                Some(b'j') => match rmp_serde::from_slice::<JobRecord>(&value) {
+                    Ok(record) => {
+                        store.next_id = store.next_id.max(record.id.0 + 1);
+                        store.front = store.front.min(record.order);
+                        if let Some((name, tick)) = &record.periodic {
+                            let last = store.ticks.entry(name.clone()).or_insert(*tick);
+                            *last = (*last).max(*tick);
+                        }
+                        store.insert(record, now);
+                    }
+                    Err(e) => bad.push((key, e.to_string())),
+                },
+                Some(b'n') => match <[u8; 8]>::try_from(value.as_slice()) {
+                    Ok(bytes) => store.next_id = store.next_id.max(u64::from_be_bytes(bytes)),
+                    Err(_) => bad.push((key, "a reservation is 8 bytes".into())),
+                },
+                Some(b'p') => {
+                    let name = String::from_utf8_lossy(&key[1..]).into_owned();
+                    match <[u8; 8]>::try_from(value.as_slice()) {
+                        Ok(bytes) => {
+                            let tick = i64::from_be_bytes(bytes);
+                            let last = store.ticks.entry(name).or_insert(tick);
+                            *last = (*last).max(tick);
+                        }
+                        Err(_) => bad.push((key, "a tick is 8 bytes".into())),
+                    }
+                }
+                _ => bad.push((key, "unknown record kind".into())),
+            }
+        }
+        // Executing when the process stopped: interrupted; they run again first.
+        let executing: Vec<JobId> = store.executing.iter().copied().collect();
+        for id in executing {
+            store.put_back(id, true, now);
+        }
+        store.promote_due(now);
+        (store, bad)
+    }
+
+    fn insert(&mut self, mut record: JobRecord, now: i64) {
+        let id = record.id;
+        if let Some(lock) = &record.unique {
+            if record.state != JobState::Dead {
+                self.unique.insert(lock.key.clone(), (id, lock.until));
+            }
+        }
+        match record.state {
+            JobState::Scheduled | JobState::Retryable if record.run_at > now => {
+                self.timed.insert((record.run_at, id));
+            }
+            JobState::Scheduled | JobState::Retryable | JobState::Available => {
+                record.state = JobState::Available;
+                self.ready.entry(record.queue.clone()).or_default().insert((
+                    record.priority,
+                    record.order,
+                    id,
+                ));
+            }
+            JobState::Executing => {
+                self.executing.insert(id);
+            }
+            JobState::Dead => {
+                self.dead.insert((record.died_at.unwrap_or(now), id));
+            }
+        }
+        self.jobs.insert(id, record);
+    }
+
+    fn journal(&mut self, id: JobId) {
+        if self.journaled {
+            let value = self.jobs.get(&id).map(encode);
+            self.writes.push(Write { key: job_key(id), value });
+        }
+    }
+
+    fn remove(&mut self, id: JobId) -> Option<JobRecord> {
+        let record = self.jobs.remove(&id)?;
+        if let Some(lock) = &record.unique {
+            if self.unique.get(&lock.key).is_some_and(|(holder, _)| *holder == id) {
+                self.unique.remove(&lock.key);
+            }
+        }
+        if self.journaled {
+            self.writes.push(Write { key: job_key(id), value: None });
+        }
+        Some(record)
+    }
+
+    fn next_id(&mut self) -> JobId {
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        if self.next_id > self.reserved {
+            self.reserved = self.next_id + ID_BLOCK;
+            if self.journaled {
+                self.writes.push(Write {
+                    key: RESERVED_KEY.to_vec(),
+                    value: Some(self.reserved.to_be_bytes().to_vec()),
+                });
+            }
+        }
+        id
+    }
+
+    /// The journal writes made since the last call, in order.
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Whether writes are waiting.
+    pub fn has_writes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// Enqueues a job.
+    ///
+    /// # Errors
+    /// [`Refused::Duplicate`] when its unique key is held; [`Refused::Full`] at `jobs_max`.
+    pub fn enqueue(&mut self, job: NewJob, now: i64) -> Result<JobId, Refused> {
+        self.enqueue_tagged(job, None, now)
+    }
+
+    fn enqueue_tagged(
+        &mut self,
+        job: NewJob,
+        periodic: Option<(String, i64)>,
+        now: i64,
+    ) -> Result<JobId, Refused> {
+        if self.jobs.len() >= self.limits.jobs_max {
+            return Err(Refused::Full { max: self.limits.jobs_max });
+        }
+        let unique = match job.unique {
+            Some((key, ttl_ms)) => {
+                if let Some(&(existing, until)) = self.unique.get(&key) {
+                    if until > now && self.jobs.contains_key(&existing) {
+                        self.counters.duplicates += 1;
+                        return Err(Refused::Duplicate { key, existing, until });
+                    }
+                }
+                let until = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+                Some(UniqueLock { key, until })
+            }
+            None => None,
+        };
+        let id = self.next_id();
+        let run_at = job.run_at.unwrap_or(now);
+        let record = JobRecord {
+            id,
+            name: job.name,
+            queue: job.queue,
+            args: job.args,
+            priority: job.priority.min(9),
+            state: if run_at > now { JobState::Scheduled } else { JobState::Available },
+            enqueued_at: now,
+            run_at,
+            retries: 0,
+            policy: job.policy,
+            retry_for_ms: job.retry_for_ms,
+            first_failed_at: None,
+            timeout_ms: job.timeout_ms,
+            dead: job.dead,
+            unique,
+            periodic,
+            error: None,
+            died_at: None,
+            progress: Progress::default(),
+            order: i64::try_from(id.0).unwrap_or(i64::MAX),
+        };
+        self.insert(record, now);
+        self.journal(id);
+        self.counters.enqueued += 1;
+        Ok(id)
+    }
+
+    /// Enqueues periodic job `name`'s `tick` unless that tick (or a later one) was enqueued before:
+    /// each tick once, across restarts (the job's record carries its tick, and the tick is journaled
+    /// after it, so a crash between the two still finds it).
+    ///
+    /// # Errors
+    /// As [`JobStore::enqueue`].
+    pub fn enqueue_tick(
+        &mut self,
+        name: &str,
+        tick: i64,
+        job: NewJob,
+        now: i64,
+    ) -> Result<Option<JobId>, Refused> {
+        if self.ticks.get(name).is_some_and(|&last| last >= tick) {
+            return Ok(None);
+        }
+        let id = self.enqueue_tagged(job, Some((name.to_owned(), tick)), now)?;
+        self.ticks.insert(name.to_owned(), tick);
+        if self.journaled {
+            self.writes.push(Write { key: tick_key(name), value: Some(tick.to_be_bytes().to_vec()) });
+        }
+        Ok(Some(id))
+    }
+
+    /// The last tick enqueued for periodic job `name`.
+    pub fn last_tick(&self, name: &str) -> Option<i64> {
+        self.ticks.get(name).copied()
+    }
+
+    /// Moves scheduled and retryable jobs whose time has come to their queues; returns the queues
+    /// that got jobs (with repeats).
+    pub fn promote_due(&mut self, now: i64) -> Vec<Arc<str>> {
+        let mut queues = Vec::new();
+        while let Some(&(at, id)) = self.timed.first() {
+            if at > now {
+                break;
+            }
+            self.timed.pop_first();
+            if let Some(record) = self.jobs.get_mut(&id) {
+                record.state = JobState::Available;
+                self.ready.entry(record.queue.clone()).or_default().insert((
+                    record.priority,
+                    record.order,
+                    id,
+                ));
+                queues.push(record.queue.clone());
+            }
+        }
+        queues
+    }
+
+    /// When the next scheduled or retryable job is due.
+    pub fn next_due(&self) -> Option<i64> {
+        self.timed.first().map(|&(at, _)| at)
+    }
+
+    /// Whether queue `queue` has an available job.
+    pub fn has_ready(&self, queue: &str) -> bool {
+        self.ready.get(queue).is_some_and(|set| !set.is_empty())
+    }
+
+    /// Claims the first available job of `queue` (lowest priority number, then oldest).
+    pub fn claim(&mut self, queue: &str) -> Option<Claim> {
+        let set = self.ready.get_mut(queue)?;
+        let (_, _, id) = set.pop_first()?;
+        let record = self.jobs.get_mut(&id).expect("a ready job exists");
+        record.state = JobState::Executing;
+        self.executing.insert(id);
+        Some(Claim {
+            id,
+            name: record.name.clone(),
+            args: record.args.clone(),
+            retries: record.retries,
+            timeout_ms: record.timeout_ms,
+            progress: record.progress.clone(),
+            tick: record.periodic.as_ref().map(|(_, tick)| *tick),
+        })
+    }
+
+    fn executing(&mut self, id: JobId) -> bool {
+        self.executing.remove(&id)
+    }
+
+    /// A run succeeded: the job leaves, its unique lock with it.
+    pub fn complete(&mut self, id: JobId) -> bool {
+        if !self.executing(id) {
+            return false;
+        }
+        self.remove(id);
+        self.counters.completed += 1;
+        true
+    }
+
+    /// A run failed: retry per the policy (or the handler's own delay), discard, or kill.
+    pub fn fail(&mut self, id: JobId, failure: Failure, now: i64, rng: &mut fastrand::Rng) -> Option<Fate> {
+        if !self.executing(id) {
+            return None;
+        }
+        let record = self.jobs.get_mut(&id).expect("an executing job exists");
+        match failure {
+            Failure::Discard { reason } => {
+                record.error = Some(reason);
+                self.remove(id);
+                self.counters.discarded += 1;
+                Some(Fate::Discarded)
+            }
+            Failure::Kill { reason } => {
+                record.error = Some(reason);
+                self.bury(id, now);
+                Some(Fate::Dead)
+            }
+            Failure::Retry { reason, delay_ms } => {
+                record.error = Some(reason);
+                let first = *record.first_failed_at.get_or_insert(now);
+                let within = record
+                    .retry_for_ms
+                    .is_none_or(|limit| now.saturating_sub(first) < i64::try_from(limit).unwrap_or(i64::MAX));
+                if record.retries < record.policy.retries() && within {
+                    let wait = delay_ms.map_or_else(
+                        || record.policy.delay_ms(record.retries, rng),
+                        |d| d.min(crate::policy::RETRY_DELAY_MAX_MS),
+                    );
+                    record.retries += 1;
+                    record.state = JobState::Retryable;
+                    #[cfg(feature = "broken")]
+                    if crate::broken::bugs().unique_released_on_retry {
+                        if let Some(lock) = &record.unique {
+                            self.unique.remove(&lock.key);
+                        }
+                    }
+                    record.run_at = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+                    let at = record.run_at;
+                    self.timed.insert((at, id));
+                    self.journal(id);
+                    self.counters.retried += 1;
+                    Some(Fate::Retry { at })
+                } else if record.dead {
+                    self.bury(id, now);
+                    Some(Fate::Dead)
+                } else {
+                    self.remove(id);
+                    self.counters.discarded += 1;
+                    Some(Fate::Discarded)
+                }
+            }
+        }
+    }
+
+    fn bury(&mut self, id: JobId, now: i64) {
+        let record = self.jobs.get_mut(&id).expect("a job to bury exists");
+        record.state = JobState::Dead;
+        record.died_at = Some(now);
+        if let Some(lock) = &record.unique {
+            if self.unique.get(&lock.key).is_some_and(|(holder, _)| *holder == id) {
+                self.unique.remove(&lock.key);
+            }
+        }
+        self.dead.insert((now, id));
+        self.journal(id);
+        self.counters.died += 1;
+        self.trim_dead(now);
+    }
+
+    /// Trims the dead set to its bounds (oldest first); returns how many went.
+    pub fn trim_dead(&mut self, now: i64) -> usize {
+        let oldest_kept = now.saturating_sub(i64::try_from(self.limits.dead_max_age_ms).unwrap_or(i64::MAX));
+        let mut trimmed = 0;
+        while let Some(&(died, id)) = self.dead.first() {
+            if self.dead.len() <= self.limits.dead_max && died >= oldest_kept {
+                break;
+            }
+            self.dead.pop_first();
+            self.remove(id);
+            trimmed += 1;
+        }
+        self.counters.trimmed += trimmed as u64;
+        trimmed
+    }
+
+    /// Puts an executing job back in its queue: at the front for an interruption (shutdown, crash),
+    /// at the back when an iteration job yields its turn after its maximum run time. An
+    /// interruption is counted and journaled with the job's progress.
+    pub fn put_back(&mut self, id: JobId, interrupted: bool, now: i64) -> bool {
+        if !self.executing(id) {
+            return false;
+        }
+        let order = if interrupted {
+            self.front -= 1;
+            self.counters.interrupted += 1;
+            self.front
+        } else {
+            i64::try_from(self.next_id().0).unwrap_or(i64::MAX)
+        };
+        let record = self.jobs.get_mut(&id).expect("an executing job exists");
+        record.state = JobState::Available;
+        record.run_at = now;
+        record.order = order;
+        record.progress.interruptions += 1;
+        self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
+        self.journal(id);
+        true
+    }
+
+    /// Records an iteration job's checkpoint (journaled).
+    pub fn checkpoint(&mut self, id: JobId, cursor: Option<Bytes>, items: u64, runtime_ms: u64) -> bool {
+        let Some(record) = self.jobs.get_mut(&id) else { return false };
+        if record.state != JobState::Executing {
+            return false;
+        }
+        record.progress.cursor = cursor;
+        record.progress.items = items;
+        record.progress.runtime_ms = runtime_ms;
+        record.progress.started = true;
+        self.journal(id);
+        true
+    }
+
+    /// Cancels a waiting job, or reports that it is running.
+    pub fn cancel(&mut self, id: JobId) -> Cancelled {
+        let Some(record) = self.jobs.get(&id) else { return Cancelled::NotFound };
+        match record.state {
+            JobState::Executing => Cancelled::Running,
+            JobState::Dead => Cancelled::NotFound,
+            JobState::Available => {
+                let key = (record.priority, record.order, id);
+                if let Some(set) = self.ready.get_mut(&record.queue) {
+                    set.remove(&key);
+                }
+                self.remove(id);
+                self.counters.cancelled += 1;
+                Cancelled::Removed
+            }
+            JobState::Scheduled | JobState::Retryable => {
+                self.timed.remove(&(record.run_at, id));
+                self.remove(id);
+                self.counters.cancelled += 1;
+                Cancelled::Removed
+            }
+        }
+    }
+
+    /// A running job that was cancelled has stopped: it leaves.
+    pub fn finish_cancelled(&mut self, id: JobId) -> bool {
+        if !self.executing(id) {
+            return false;
+        }
+        self.remove(id);
+        self.counters.cancelled += 1;
+        true
+    }
+
+    /// The dead set, newest first.
+    pub fn dead(&self) -> Vec<&JobRecord> {
+        self.dead.iter().rev().filter_map(|(_, id)| self.jobs.get(id)).collect()
+    }
+
+    /// Puts dead job `id` back in its queue with its retries reset (Sidekiq's "retry now").
+    pub fn retry_dead(&mut self, id: JobId, now: i64) -> bool {
+        let Some(record) = self.jobs.get(&id) else { return false };
+        if record.state != JobState::Dead {
+            return false;
+        }
+        self.dead.remove(&(record.died_at.unwrap_or(now), id));
+        let record = self.jobs.get_mut(&id).expect("checked");
+        record.state = JobState::Available;
+        record.retries = 0;
+        record.first_failed_at = None;
+        record.died_at = None;
+        record.run_at = now;
+        self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
+        self.journal(id);
+        self.counters.resurrected += 1;
+        true
+    }
+
+    /// Deletes dead job `id`.
+    pub fn delete_dead(&mut self, id: JobId) -> bool {
+        let Some(record) = self.jobs.get(&id) else { return false };
+        if record.state != JobState::Dead {
+            return false;
+        }
+        self.dead.remove(&(record.died_at.unwrap_or(0), id));
+        self.remove(id).is_some()
+    }
+
+    /// A job's record.
+    pub fn get(&self, id: JobId) -> Option<&JobRecord> {
+        self.jobs.get(&id)
+    }
+
+    /// Every job, by id.
+    pub fn all(&self) -> Vec<&JobRecord> {
+        let mut all: Vec<&JobRecord> = self.jobs.values().collect();
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Jobs in each state, and available jobs per queue.
+    pub fn sizes(&self) -> Sizes {
+        Sizes {
+            available: self.ready.iter().map(|(q, set)| (q.to_string(), set.len())).collect(),
+            scheduled: self.timed.len(),
+            executing: self.executing.len(),
+            dead: self.dead.len(),
+            total: self.jobs.len(),
+        }
+    }
+
+    /// The oldest available job's enqueue time in `queue` (for latency).
+    pub fn oldest_ready(&self, queue: &str) -> Option<i64> {
+        self.ready.get(queue)?.iter().filter_map(|(_, _, id)| self.jobs.get(id)).map(|r| r.run_at).min()
+    }
+
+    /// Checks the store's own invariants (each job indexed once, by its state); used by tests and
+    /// the simulator.
+    pub fn check(&self) -> Result<(), String> {
+        let ready: usize = self.ready.values().map(BTreeSet::len).sum();
+        let indexed = ready + self.timed.len() + self.executing.len() + self.dead.len();
+        if indexed != self.jobs.len() {
+            return Err(format!("{} jobs, {indexed} indexed", self.jobs.len()));
+        }
+        for record in self.jobs.values() {
+            let ok = match record.state {
+                JobState::Available => self
+                    .ready
+                    .get(&record.queue)
+                    .is_some_and(|s| s.contains(&(record.priority, record.order, record.id))),
+                JobState::Scheduled | JobState::Retryable => self.timed.contains(&(record.run_at, record.id)),
+                JobState::Executing => self.executing.contains(&record.id),
+                JobState::Dead => self.dead.iter().any(|(_, id)| *id == record.id),
+            };
+            if !ok {
+                return Err(format!("{} is {} but not indexed so", record.id, record.state.as_str()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many jobs are where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sizes {
+    /// Available jobs per queue.
+    pub available: BTreeMap<String, usize>,
+    /// Scheduled and retryable jobs.
+    pub scheduled: usize,
+    /// Executing jobs.
+    pub executing: usize,
+    /// The dead set.
+    pub dead: usize,
+    /// All jobs.
+    pub total: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+use super::*;
+use proptest::prelude::*;
+
+fn new_job(queue: &str, run_at: Option<i64>, unique: Option<&str>) -> NewJob {
+    NewJob {
+        name: Arc::from("work"),
+        queue: Arc::from(queue),
+        args: Bytes::from_static(b"\x90"),
+        priority: 0,
+        run_at,
+        policy: RetryPolicy::Fixed { retries: 2, delay_ms: 10 },
+        retry_for_ms: None,
+        timeout_ms: None,
+        dead: true,
+        unique: unique.map(|k| (k.to_owned(), 1_000)),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Enqueue { queue: u8, delay: Option<u16>, unique: Option<u8> },
+    Tick { name: u8, tick: u8 },
+    Claim { queue: u8 },
+    Complete,
+    Fail { kind: u8 },
+    PutBack { front: bool },
+    Checkpoint { items: u8 },
+    Cancel { pick: u8 },
+    RetryDead,
+    DeleteDead,
+    Advance { ms: u16 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..2u8, proptest::option::of(0..500u16), proptest::option::of(0..3u8))
+            .prop_map(|(queue, delay, unique)| Op::Enqueue { queue, delay, unique }),
+        (0..2u8, 0..10u8).prop_map(|(name, tick)| Op::Tick { name, tick }),
+        (0..2u8).prop_map(|queue| Op::Claim { queue }),
+        Just(Op::Complete),
+        (0..3u8).prop_map(|kind| Op::Fail { kind }),
+        any::<bool>().prop_map(|front| Op::PutBack { front }),
+        (0..50u8).prop_map(|items| Op::Checkpoint { items }),
+        any::<u8>().prop_map(|pick| Op::Cancel { pick }),
+        Just(Op::RetryDead),
+        Just(Op::DeleteDead),
+        (0..400u16).prop_map(|ms| Op::Advance { ms }),
+    ]
+}
+
+/// A job's durable fields: id, state, retries, cursor, items, last error.
+type DurableJob = (JobId, JobState, u32, Option<Bytes>, u64, Option<String>);
+
+/// What must survive a restart: each job's durable fields, and the periodic ticks.
+fn durable_view(store: &JobStore) -> (Vec<DurableJob>, Vec<(String, i64)>) {
+    let jobs = store
+        .all()
+        .into_iter()
+        .map(|r| {
+            // Claims are not journaled: an executing job comes back available; a due scheduled one too.
+            let state = match r.state {
+                JobState::Executing | JobState::Scheduled | JobState::Retryable => JobState::Available,
+                other => other,
+            };
+            (r.id, state, r.retries, r.progress.cursor.clone(), r.progress.items, r.error.clone())
+        })
+        .collect();
+    (jobs, store.ticks.iter().map(|(k, v)| (k.clone(), *v)).collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Any sequence of operations keeps the store's indexes consistent, and replaying its journal
+    /// gives back every job with its durable fields and every periodic tick.
+    #[test]
+    fn the_journal_replays_to_the_same_jobs(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut store = JobStore::new(Limits { dead_max: 4, ..Limits::default() }, true);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut now = 1_000i64;
+        let mut journal: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut claimed: Vec<JobId> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Enqueue { queue, delay, unique } => {
+                    let unique = unique.map(|u| format!("u{u}"));
+                    let _ = store.enqueue(new_job(&format!("q{queue}"), delay.map(|d| now + i64::from(d)), unique.as_deref()), now);
+                }
+                Op::Tick { name, tick } => {
+                    let _ = store.enqueue_tick(&format!("p{name}"), i64::from(tick) * 1_000, new_job("q0", None, None), now);
+                }
+                Op::Claim { queue } => {
+                    store.promote_due(now);
+                    if let Some(claim) = store.claim(&format!("q{queue}")) {
+                        claimed.push(claim.id);
+                    }
+                }
+                Op::Complete => {
+                    if let Some(id) = claimed.pop() {
+                        prop_assert!(store.complete(id));
+                    }
+                }
+                Op::Fail { kind } => {
+                    if let Some(id) = claimed.pop() {
+                        let failure = match kind {
+                            0 => Failure::Retry { reason: "r".into(), delay_ms: None },
+                            1 => Failure::Discard { reason: "d".into() },
+                            _ => Failure::Kill { reason: "k".into() },
+                        };
+                        prop_assert!(store.fail(id, failure, now, &mut rng).is_some());
+                    }
+                }
+                Op::PutBack { front } => {
+                    if let Some(id) = claimed.pop() {
+                        prop_assert!(store.put_back(id, front, now));
+                    }
+                }
+                Op::Checkpoint { items } => {
+                    if let Some(&id) = claimed.last() {
+                        prop_assert!(store.checkpoint(id, Some(Bytes::from(vec![items])), u64::from(items), 5));
+                    }
+                }
+                Op::Cancel { pick } => {
+                    let ids: Vec<JobId> = store.all().iter().map(|r| r.id).collect();
+                    if !ids.is_empty() {
+                        let id = ids[usize::from(pick) % ids.len()];
+                        if store.cancel(id) == Cancelled::Running {
+                            claimed.retain(|c| *c != id);
+                            prop_assert!(store.finish_cancelled(id));
+                        }
+                    }
+                }
+                Op::RetryDead => {
+                    if let Some(id) = store.dead().first().map(|r| r.id) {
+                        prop_assert!(store.retry_dead(id, now));
+                    }
+                }
+                Op::DeleteDead => {
+                    if let Some(id) = store.dead().last().map(|r| r.id) {
+                        prop_assert!(store.delete_dead(id));
+                    }
+                }
+                Op::Advance { ms } => now += i64::from(ms),
+            }
+            if let Err(e) = store.check() {
+                return Err(TestCaseError::fail(e));
+            }
+            prop_assert!(store.dead.len() <= 4, "the dead set is bounded");
+            journal.extend(store.take_writes().into_iter().map(|w| (w.key, w.value)));
+        }
+        let (recovered, bad) = JobStore::recover(Limits { dead_max: 4, ..Limits::default() }, journal, now);
+        prop_assert!(bad.is_empty());
+        if let Err(e) = recovered.check() {
+            return Err(TestCaseError::fail(e));
+        }
+        prop_assert_eq!(durable_view(&recovered), durable_view(&store));
+        prop_assert!(recovered.next_id >= store.next_id, "ids are never reused");
+    }
+}
+
+#[test]
+fn a_unique_key_is_refused_while_held_and_free_after_its_ttl() {
+    let mut store = JobStore::new(Limits::default(), false);
+    let first = store.enqueue(new_job("q", None, Some("k")), 0).unwrap();
+    match store.enqueue(new_job("q", None, Some("k")), 10) {
+        Err(Refused::Duplicate { existing, until, .. }) => assert_eq!((existing, until), (first, 1_000)),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.enqueue(new_job("q", None, Some("k")), 1_000).is_ok(), "lapsed at its TTL");
+}
+
+#[test]
+fn a_full_store_refuses_with_its_bound() {
+    let mut store = JobStore::new(Limits { jobs_max: 2, ..Limits::default() }, false);
+    store.enqueue(new_job("q", None, None), 0).unwrap();
+    store.enqueue(new_job("q", None, None), 0).unwrap();
+    assert_eq!(store.enqueue(new_job("q", None, None), 0), Err(Refused::Full { max: 2 }));
+}
+
+#[test]
+fn a_periodic_tick_is_enqueued_once_even_when_its_tick_record_was_lost() {
+    let mut store = JobStore::new(Limits::default(), true);
+    assert!(store.enqueue_tick("nightly", 5_000, new_job("q", None, None), 5_000).unwrap().is_some());
+    let mut writes = store.take_writes();
+    assert_eq!(writes.len(), 3, "the id reservation, the job, then the tick");
+    writes.pop(); // a crash between the two appends
+    let (mut recovered, _) =
+        JobStore::recover(Limits::default(), writes.into_iter().map(|w| (w.key, w.value)), 5_001);
+    assert_eq!(recovered.enqueue_tick("nightly", 5_000, new_job("q", None, None), 5_001), Ok(None));
+}
