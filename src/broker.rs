@@ -160,6 +160,14 @@ pub enum DeclareError {
     /// Every queue id has been used: 2³² queues were declared in this broker's life.
     #[error("the broker has used every queue id")]
     IdsExhausted,
+    /// A durable queue's journal could not be opened (locked, damaged, or an I/O error).
+    #[error("cannot open the journal of queue {queue:?}: {reason}")]
+    Journal {
+        /// The queue.
+        queue: String,
+        /// The log's words.
+        reason: String,
+    },
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -196,6 +204,14 @@ pub enum StartError {
     /// log, damaged, or an I/O error (each names the file).
     #[error("cannot open the streams: {0}")]
     Log(#[from] tubemail_log::LogError),
+    /// A durable queue's journal could not be opened or replayed (damaged, or an I/O error).
+    #[error("cannot open the journal of queue {queue:?}: {error}")]
+    Journal {
+        /// The queue.
+        queue: String,
+        /// The log's error, naming the file.
+        error: tubemail_log::LogError,
+    },
 }
 
 /// What shutting down found.
@@ -348,15 +364,16 @@ impl Broker {
         let arbiters = registry::Arbiters::start(arbiter.clone(), arbiters);
         let registry = Arc::new(Registry::new(arbiter, arbiters, probe, streams));
         let broker = Broker { registry };
-        if !topology.streams.is_empty() {
+        if !topology.streams.is_empty() || topology.queues.values().any(|q| q.durable) {
             broker.start_stream_maintenance();
         }
         for (name, spec) in &topology.queues {
-            broker.start_queue(name, spec.clone()).map_err(|_| {
-                StartError::Topology(TopologyError::invalid(
+            broker.start_queue(name, spec.clone()).map_err(|e| match e {
+                InsertError::Journal(e) => StartError::Journal { queue: name.clone(), error: e },
+                _ => StartError::Topology(TopologyError::invalid(
                     format!("queues.{name}"),
                     "declared twice".to_owned(),
-                ))
+                )),
             })?;
         }
         for (name, spec) in &topology.topics {
@@ -410,7 +427,12 @@ impl Broker {
             let name: Arc<str> = name.into();
             let credits = QueueHandle::credits_for(&spec);
             let counters: Arc<crate::queue::SideCounters> = Arc::default();
-            let state = QueueState::new(name.clone(), spec.clone(), registry.started);
+            let mut state = QueueState::new(name.clone(), spec.clone(), registry.started);
+            let journal = match spec.durable {
+                false => None,
+                true => Some(Arc::new(self.replay_journal(&name, &spec, &mut state, credits.as_deref())?)),
+            };
+            let journal_ = journal.clone();
             let (inbox, inbox_rx) = crate::queue::inbox(QueueHandle::inbox_bound(&spec));
             let host = Arc::downgrade(registry) as std::sync::Weak<dyn QueueHost>;
             let (probe, credits_, counters_) =
@@ -418,10 +440,47 @@ impl Broker {
             // Built on its arbiter: the actor holds its inbox in an `Rc`, never leaving that thread.
             let arbiter = registry.arbiters.for_queue(id).clone();
             let addr = QueueActor::start_in_arbiter(&arbiter, move |_| {
-                QueueActor::new(id, inbox_rx, state, host, probe, credits_, counters_)
+                let shared =
+                    crate::queue::Shared { credits: credits_, counters: counters_, journal: journal_ };
+                QueueActor::new(id, inbox_rx, state, host, probe, shared)
             });
-            Arc::new(QueueHandle { id, name, addr, arbiter, inbox, spec, credits, counters })
+            Ok(Arc::new(QueueHandle { id, name, addr, arbiter, inbox, spec, credits, counters, journal }))
         })
+    }
+
+    /// Opens a durable queue's journal and puts what it holds back into `state`, before the queue
+    /// takes any publish or subscription; message ids continue past the highest it holds.
+    fn replay_journal(
+        &self,
+        name: &str,
+        spec: &QueueSpec,
+        state: &mut QueueState,
+        credits: Option<&tokio::sync::Semaphore>,
+    ) -> Result<crate::queue::Journal, InsertError> {
+        let streams = &self.registry.streams;
+        let open = |dir: &_| crate::queue::Journal::open(dir, name, spec.fsync, streams.clock);
+        let (journal, replay) = streams.with_dir(open).map_err(InsertError::Journal)?;
+        if let Some(max) = replay.max_id {
+            self.registry.message_ids_past(max);
+        }
+        if self.registry.probe.is_none() {
+            // Ids of messages acked (and compacted away) in an earlier process are in no journal:
+            // a broker with durable queues numbers its messages from the wall clock's nanoseconds,
+            // past every id an earlier process handed out (none publishes one id per nanosecond),
+            // so that an idempotent consumer never takes a new message for one it has seen.
+            self.registry.message_ids_past(crate::ids::MessageId(wall_clock_nanos()));
+        }
+        // Replayed messages hold publisher credits as published ones do, as far as there are.
+        let credited = match credits {
+            None => 0,
+            Some(c) => {
+                let n = replay.messages.len().min(c.available_permits());
+                c.forget_permits(n)
+            }
+        };
+        state.set_journaled();
+        state.restore(replay.messages, credited, streams.clock.now_ms());
+        Ok(journal)
     }
 
     /// Declares a queue at run time; declaring an existing queue with the same spec does nothing.
@@ -436,6 +495,7 @@ impl Broker {
             return Err(DeclareError::Closed);
         }
         let mut check = Topology::new().queue(name, spec.clone());
+        check.data_dir = self.registry.streams.path();
         if let Some(dl) = spec.dead_letter.as_deref().filter(|dl| *dl != name) {
             if self.registry.queue(dl).is_none() {
                 return Err(TopologyError::invalid(
@@ -455,6 +515,9 @@ impl Broker {
                 _ => Ok(()),
             },
             Err(InsertError::IdsExhausted) => Err(DeclareError::IdsExhausted),
+            Err(InsertError::Journal(e)) => {
+                Err(DeclareError::Journal { queue: name.to_owned(), reason: e.to_string() })
+            }
         }
     }
 
@@ -830,6 +893,12 @@ fn clock_paused() -> bool {
     Instant::now() == before
 }
 
+/// Nanoseconds since the Unix epoch (0 before it).
+fn wall_clock_nanos() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+}
+
 /// The current arbiter, if this thread runs an actix system.
 fn current_arbiter() -> Option<actix::ArbiterHandle> {
     std::panic::catch_unwind(Arbiter::current).ok()
@@ -862,6 +931,9 @@ async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> Shut
         report.lost += r.lost;
     }
     let streams = registry.streams.stats();
+    for journal in queues.iter().filter_map(|q| q.journal.as_ref()) {
+        journal.close();
+    }
     registry.streams.close().await;
     report.stats = registry.stop_everything().await;
     report.stats.streams = streams;

@@ -42,7 +42,7 @@ impl QueueBench {
     /// (at-least-once) or one report (at-most-once). Returns how many were dispatched.
     pub fn cycle(&mut self, n: u32) -> u32 {
         for _ in 0..n {
-            self.state.enqueue(self.msg.clone(), false, self.now);
+            self.state.enqueue(self.msg.clone(), false, self.now, crate::queue::NO_SLOT);
         }
         let mut last = 0;
         let mut dispatched = 0;

@@ -50,6 +50,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod broker;
+mod clock;
 pub mod consumer;
 pub mod ids;
 /// Background jobs: typed jobs with Sidekiq's retries, a dead set, unique and periodic jobs, worker

@@ -54,6 +54,8 @@ pub enum SettleError {
 pub(crate) struct Enqueue {
     pub(crate) msg: Arc<Message>,
     pub(crate) credited: bool,
+    /// Its slot in a durable queue's journal, `NO_SLOT` otherwise.
+    pub(crate) slot: u64,
 }
 
 /// A publish refused under `reject-publish-dlx`, to be dead-lettered.

@@ -39,6 +39,22 @@
 //! actix mailbox of [`CONTROL_MAILBOX_MAX`]. Deliveries in flight per subscriber are bounded by its prefetch (0 means up to
 //! `depth_max`); a subscriber whose mailbox is full is skipped and its messages stay in the queue.
 //!
+//! # Durability
+//! A queue declared `durable` (on a broker with a data directory) keeps a journal, a compacted stream
+//! of the broker's log named `__queue.NAME` (see `journal.rs`): a publish appends the message's
+//! enqueue record before the copy enters the queue, and is confirmed once the record is acked under
+//! the queue's `fsync` policy (as a publish to a stream: `always` on disk, `interval` and `never` in
+//! the page cache, which a kill -9 never loses). Each at-least-once delivery appends its delivery
+//! count; a message that leaves (acked, rejected, dropped with a reason, or dead-lettered once its
+//! copy is in the dead-letter queue) is tombstoned, without waiting for a sync. When the broker
+//! starts, each durable queue takes back every message its journal holds before any publish or
+//! subscription: in order, with its death history and delivery count (the next delivery is marked
+//! redelivered), its time to live counted from its first enqueue; message ids continue past the
+//! highest replayed and past the wall clock's nanoseconds since the Unix epoch, so that no new message
+//! takes the id of one acked in an earlier process. A tombstone lost to a crash brings its message back once more (at least once);
+//! an at-most-once durable queue tombstones a message as it hands it out. Deleting a durable queue
+//! deletes its journal. Queues that are not durable never touch a journal.
+//!
 //! # Shutdown
 //! Unsubscribing first stops deliveries to that subscriber, waits (up to a timeout) for what it holds
 //! to be settled, then requeues whatever is still unacked (at-least-once) or counts it lost
@@ -49,6 +65,7 @@
 
 mod actor;
 mod inbox;
+pub(crate) mod journal;
 pub(crate) mod state;
 mod table;
 
@@ -59,8 +76,10 @@ use actix::Addr;
 use tokio::sync::Semaphore;
 
 pub use crate::protocol::SettleError;
-pub(crate) use actor::QueueActor;
+pub(crate) use actor::{QueueActor, Shared};
 pub(crate) use inbox::{inbox, InboxReceiver, InboxSender, TrySendError};
+pub(crate) use journal::{Journal, NO_SLOT};
+pub use journal::{DURABLE_NAME_MAX, JOURNAL_PREFIX, JOURNAL_SEGMENT_BYTES};
 pub(crate) use table::{InsertError, QueueTable};
 
 use crate::ids::QueueId;
@@ -126,6 +145,8 @@ pub(crate) struct QueueHandle {
     /// Counted outside the actor: publishes refused before reaching it, payloads its subscribers
     /// could not decode.
     pub(crate) counters: Arc<SideCounters>,
+    /// A durable queue's journal: publishers append a message's enqueue record before offering it.
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 impl QueueHandle {
@@ -145,21 +166,22 @@ impl QueueHandle {
         }
     }
 
-    /// Offers a message without waiting.
-    pub(crate) fn try_offer(&self, msg: Arc<Message>) -> Offer {
+    /// Offers a message without waiting; `slot` is its journal slot in a durable queue
+    /// ([`NO_SLOT`] otherwise).
+    pub(crate) fn try_offer(&self, msg: Arc<Message>, slot: u64) -> Offer {
         let credited = match self.take_credit() {
             Credit::Taken => true,
             Credit::NotNeeded => false,
             Credit::Missing if self.spec.overflow == Overflow::Block => return Offer::Full(msg),
             Credit::Missing => return self.refuse(msg),
         };
-        self.send_now(msg, credited)
+        self.send_now(msg, credited, slot)
     }
 
     /// Offers a message, waiting for credit (`block`) or mailbox room.
     ///
     /// Cancellation: if the future is dropped while waiting, the message has not entered this queue.
-    pub(crate) async fn offer(&self, msg: Arc<Message>) -> Offer {
+    pub(crate) async fn offer(&self, msg: Arc<Message>, slot: u64) -> Offer {
         let credited = match self.take_credit() {
             Credit::Taken => true,
             Credit::NotNeeded => false,
@@ -173,8 +195,8 @@ impl QueueHandle {
             }
             Credit::Missing => return self.refuse(msg),
         };
-        match self.send_now(msg, credited) {
-            Offer::Full(msg) => match self.inbox.send(Enqueue { msg, credited }).await {
+        match self.send_now(msg, credited, slot) {
+            Offer::Full(msg) => match self.inbox.send(Enqueue { msg, credited, slot }).await {
                 Ok(()) => Offer::Accepted,
                 Err(back) => self.closed(back.msg, credited),
             },
@@ -182,8 +204,8 @@ impl QueueHandle {
         }
     }
 
-    fn send_now(&self, msg: Arc<Message>, credited: bool) -> Offer {
-        match self.inbox.try_send(Enqueue { msg, credited }) {
+    fn send_now(&self, msg: Arc<Message>, credited: bool, slot: u64) -> Offer {
+        match self.inbox.try_send(Enqueue { msg, credited, slot }) {
             Ok(()) => Offer::Accepted,
             Err(TrySendError::Full(e)) => {
                 self.return_credit(credited);

@@ -101,6 +101,11 @@ pub struct QueueStats {
     /// Deliveries whose payload a subscriber could not decode into its type: rejected (dead-lettered
     /// or dropped as `rejected`). A publisher and a subscriber that disagree on the message type.
     pub undecodable: u64,
+    /// Messages a durable queue took back from its journal when the broker started (counted in
+    /// `enqueued` too).
+    pub recovered: u64,
+    /// Bytes of a durable queue's journal (0 for other queues).
+    pub journal_bytes: u64,
     /// Whether the queue has been deleted (its counters are final).
     pub deleted: bool,
 }
@@ -127,6 +132,8 @@ impl QueueStats {
         self.consumers += other.consumers;
         self.restarts += other.restarts;
         self.undecodable += other.undecodable;
+        self.recovered += other.recovered;
+        self.journal_bytes += other.journal_bytes;
         self.deleted |= other.deleted;
     }
 }
@@ -292,7 +299,8 @@ impl Stats {
     pub fn conserved(&self) -> bool {
         let routed: u64 = self.topics.values().map(|t| t.routed).sum();
         let dead: u64 = self.all_queues().map(|q| q.dead_lettered + q.refused_dead_lettered).sum();
-        let enqueued: u64 = self.all_queues().map(|q| q.enqueued).sum();
+        // Messages durable queues took back from their journals came from an earlier process.
+        let enqueued: u64 = self.all_queues().map(|q| q.enqueued - q.recovered).sum();
         self.all_queues().all(QueueStats::conserved)
             && self.topics.values().all(TopicStats::conserved)
             && routed + dead == enqueued

@@ -67,27 +67,7 @@ pub const OFFSETS_STREAM: &str = tubemail_log::offsets::STREAM;
 /// Records a reader or group member reads at once, at most.
 pub const READ_BATCH_MAX: usize = 65_536;
 
-/// Record timestamps: the wall clock when the broker started, moved on by tokio's clock (so a test
-/// under a paused clock controls them too).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    epoch_ms: i64,
-    started: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new(started: tokio::time::Instant) -> Self {
-        let epoch_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Self { epoch_ms, started }
-    }
-
-    /// Milliseconds since the Unix epoch, now.
-    pub(crate) fn now_ms(&self) -> i64 {
-        self.epoch_ms + self.started.elapsed().as_millis() as i64
-    }
-}
+pub(crate) use crate::clock::Clock;
 
 /// Where a reader, or a group new to a partition, starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -453,6 +433,17 @@ impl Streams {
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<StreamHandle>> {
         self.by_name.get(name)
+    }
+
+    /// The data directory, when the broker has one.
+    pub(crate) fn path(&self) -> Option<std::path::PathBuf> {
+        self.dir.lock().expect("log dir").as_ref().and_then(|d| d.path().map(|p| p.to_owned()))
+    }
+
+    /// Runs `f` on the broker's log directory (durable queues' journals live there too).
+    pub(crate) fn with_dir<R>(&self, f: impl FnOnce(&LogDir) -> Result<R, LogError>) -> Result<R, LogError> {
+        let dir = self.dir.lock().expect("log dir");
+        f(dir.as_ref().ok_or_else(|| LogError::Failed { why: "the broker's log is closed".to_owned() })?)
     }
 
     /// The group `group` on `stream`, made on first use.

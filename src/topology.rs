@@ -42,6 +42,8 @@
 //! | `auto_delete` | false | the queue is deleted when its last consumer leaves |
 //! | `single_active_consumer` | false | only the first consumer receives; the next takes over when it leaves |
 //! | `prefetch_default` | 64 | unacked deliveries per subscriber unless the subscription says otherwise |
+//! | `durable` | false | the queue keeps a journal in `data_dir` and comes back after a restart or a kill -9 (needs `data_dir`; names of A-Z a-z 0-9 . _ -) |
+//! | `fsync` | `interval` | a durable queue's journal: `always` (a publish is confirmed once on disk), `interval`, `never` (as streams') |
 //! | binding `key` | `""` | routing key or pattern, at most 255 bytes |
 //! | binding `weight` | 1 | share of keys for `hash` topics (1 to [`WEIGHT_MAX`](crate::routing::WEIGHT_MAX)) |
 //!
@@ -104,6 +106,10 @@ pub const DELIVERY_LIMIT_MAX: u32 = 1_000_000;
 pub const PREFETCH_DEFAULT: u32 = 64;
 /// The largest name of a topic or queue, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
+/// The journal of the durable queue `q` is the stream `__queue.q` in the data directory.
+pub const JOURNAL_PREFIX: &str = "__queue.";
+/// The longest name of a durable queue: its journal's name must be a valid stream name.
+pub const DURABLE_NAME_MAX: usize = tubemail_log::dir::NAME_MAX - JOURNAL_PREFIX.len();
 
 /// What a queue does with a message that arrives when it already holds `depth_max` ready messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -211,6 +217,13 @@ pub struct QueueSpec {
     pub single_active_consumer: bool,
     /// Prefetch of subscribers that do not set their own (0 = unlimited, up to `depth_max`).
     pub prefetch_default: u32,
+    /// Whether the queue keeps a journal in the broker's data directory, from which it is rebuilt
+    /// when the broker starts (see [`crate::queue`]'s "Durability"). Needs a data directory.
+    pub durable: bool,
+    /// When a durable queue's journal is forced to disk, as a stream's `fsync`: `always` (a publish
+    /// is confirmed once on disk), `interval` (the default) or `never`; a process crash loses
+    /// nothing confirmed under any of them.
+    pub fsync: Fsync,
 }
 
 impl Default for QueueSpec {
@@ -227,6 +240,8 @@ impl Default for QueueSpec {
             auto_delete: false,
             single_active_consumer: false,
             prefetch_default: PREFETCH_DEFAULT,
+            durable: false,
+            fsync: Fsync::default(),
         }
     }
 }
@@ -258,6 +273,10 @@ impl QueueSpec {
         single_active_consumer: bool);
     setter!(/// Sets [`QueueSpec::prefetch_default`].
         prefetch_default: u32);
+    setter!(/// Sets [`QueueSpec::durable`].
+        durable: bool);
+    setter!(/// Sets [`QueueSpec::fsync`].
+        fsync: Fsync);
 
     /// Sets the dead-letter queue.
     pub fn dead_letter(mut self, queue: impl Into<String>) -> Self {
@@ -559,6 +578,25 @@ impl Topology {
         }
         if let Some(dl) = &q.dead_letter {
             self.check_queue_ref(&field("dead_letter"), dl)?;
+        }
+        if q.durable {
+            if self.data_dir.is_none() {
+                return Err(TopologyError::invalid(
+                    field("durable"),
+                    "a durable queue needs a data directory (`data_dir` in the file, or \
+                     `Broker::builder(t).data_dir(path)`)",
+                ));
+            }
+            let journal = format!("{JOURNAL_PREFIX}{name}");
+            if tubemail_log::dir::validate_name(&journal).is_err() {
+                return Err(TopologyError::invalid(
+                    field("durable"),
+                    format!(
+                        "a durable queue's name is 1 to {} of A-Z a-z 0-9 . _ - (its journal is a stream)",
+                        DURABLE_NAME_MAX
+                    ),
+                ));
+            }
         }
         Ok(())
     }

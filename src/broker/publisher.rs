@@ -12,7 +12,7 @@ use super::{Confirm, PublishError, TryPublishError};
 use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
-use crate::queue::{Offer, QueueHandle};
+use crate::queue::{Journal, Offer, QueueHandle, NO_SLOT};
 use crate::routing::validate_key;
 use crate::stream::{Appended, StreamHandle};
 use crate::topic::{Route, TopicHandle};
@@ -39,8 +39,13 @@ struct Attempt {
     /// The accepting queues' names, kept only in a simulation.
     accepted_names: Option<Vec<String>>,
     refused: SmallVec<[Arc<str>; 1]>,
-    /// Target queues that need waiting for (or, for `try_publish`, could not take it now).
-    waiting: SmallVec<[Arc<QueueHandle>; 2]>,
+    /// Target queues that need waiting for (or, for `try_publish`, could not take it now), with the
+    /// message's slot in each one's journal ([`NO_SLOT`] for a queue that is not durable).
+    waiting: SmallVec<[(Arc<QueueHandle>, u64); 2]>,
+    /// Enqueue records appended to durable queues' journals, to await under their fsync policy.
+    journaled: SmallVec<[(Arc<Journal>, u64); 1]>,
+    /// The payload as MessagePack, once a journal needed it (encoded once for every journal).
+    encoded: Option<Result<Bytes, String>>,
     /// Target queues found closed (deleted, or shut down, after the route was read).
     closed: u32,
     /// The message, when the publisher still holds a reference: kept for the waiting queues.
@@ -103,14 +108,18 @@ impl Publisher {
         }
         if attempt.reached_none() {
             let msg = attempt.held.take().expect("a closed queue hands the message back");
-            return Ok(self.try_alternate(msg));
+            return Ok(self.try_alternate(msg).0);
+        }
+        for (queue, slot) in &attempt.waiting {
+            // Written to a journal, not taken by its queue: the record goes.
+            unjournal(queue, *slot);
         }
         if attempt.accepted == 0 && attempt.refused.is_empty() && !attempt.waiting.is_empty() {
             self.topic.counters.published.fetch_sub(1, Ordering::Relaxed);
             let msg = attempt.held.take().expect("a queue with no room hands the message back");
             return Err(TryPublishError::Full(take_value(msg)));
         }
-        for queue in attempt.waiting.drain(..) {
+        for (queue, _) in attempt.waiting.drain(..) {
             queue.counters.refused.fetch_add(1, Ordering::Relaxed);
             attempt.refused.push(queue.name.clone());
         }
@@ -162,17 +171,21 @@ impl Publisher {
         // Counted until its confirm is counted too, so that shutdown's final counters include it.
         let _waiting = (!attempt.waiting.is_empty()).then(|| self.registry.publish_waits());
         if !attempt.waiting.is_empty() {
-            for queue in std::mem::take(&mut attempt.waiting) {
+            for (queue, slot) in std::mem::take(&mut attempt.waiting) {
                 let msg = held.clone().expect("a queue with no room hands the message back");
-                match queue.offer(msg).await {
+                match queue.offer(msg, slot).await {
                     Offer::Accepted => {
                         attempt.accepted += 1;
                         if let Some(names) = &mut attempt.accepted_names {
                             names.push(queue.name.to_string());
                         }
                     }
-                    Offer::Refused => attempt.refused.push(queue.name.clone()),
+                    Offer::Refused => {
+                        unjournal(&queue, slot);
+                        attempt.refused.push(queue.name.clone());
+                    }
                     Offer::Closed(back) => {
+                        unjournal(&queue, slot);
                         attempt.closed += 1;
                         held = Some(back);
                     }
@@ -180,12 +193,19 @@ impl Publisher {
                 }
             }
         }
+        await_journals(&mut attempt).await;
         let names = attempt.accepted_names.take();
         let refused: Vec<String> = attempt.refused.iter().map(|q| q.to_string()).collect();
         let confirm = if attempt.reached_none() {
             // Every queue it was routed to is gone (deleted, or shut down) as it was routed.
             let msg = held.take().expect("a closed queue hands the message back");
-            self.try_alternate(msg)
+            let (confirm, journaled) = self.try_alternate(msg);
+            if let Some((journal, offset)) = journaled {
+                if let Err(e) = journal.acked(offset).await {
+                    tracing::error!(error = %e, "a durable alternate queue's journal failed to sync");
+                }
+            }
+            confirm
         } else {
             self.confirm(attempt)
         };
@@ -200,21 +220,58 @@ impl Publisher {
     }
 
     /// An unroutable publish: to the topic's alternate queue if it has a live one, else dropped and
-    /// counted.
-    fn try_alternate(&self, msg: Arc<Message>) -> Confirm {
+    /// counted. With a durable alternate queue, also the enqueue record to await.
+    fn try_alternate(&self, msg: Arc<Message>) -> (Confirm, Option<(Arc<Journal>, u64)>) {
         let alternate =
             self.topic.alternate.and_then(|id| self.registry.queues.load().by_id.get(&id).cloned());
         let counters = &self.topic.counters;
         counters.unroutable.fetch_add(1, Ordering::Relaxed);
         if let Some(queue) = alternate {
-            if let Offer::Accepted = queue.try_offer(msg) {
-                counters.routed.fetch_add(1, Ordering::Relaxed);
-                counters.alternate.fetch_add(1, Ordering::Relaxed);
-                return Confirm::Unroutable { alternate: Some(queue.name.to_string()) };
+            let journal = queue.journal.as_ref().filter(|j| !j.is_deleted());
+            let journaled = match journal.map(|j| j.enqueue_payload(&msg)) {
+                None => Ok(None),
+                Some(Ok((slot, offset))) => Ok(Some((slot, offset))),
+                Some(Err(e)) => Err(e),
+            };
+            if let Ok(journaled) = journaled {
+                let slot = journaled.map_or(NO_SLOT, |(slot, _)| slot);
+                if let Offer::Accepted = queue.try_offer(msg, slot) {
+                    counters.routed.fetch_add(1, Ordering::Relaxed);
+                    counters.alternate.fetch_add(1, Ordering::Relaxed);
+                    let confirm = Confirm::Unroutable { alternate: Some(queue.name.to_string()) };
+                    let journal = journal.zip(journaled).map(|(j, (_, offset))| (j.clone(), offset));
+                    return (confirm, journal);
+                }
+                unjournal(&queue, slot);
             }
         }
         counters.dropped_unroutable.fetch_add(1, Ordering::Relaxed);
-        Confirm::Unroutable { alternate: None }
+        (Confirm::Unroutable { alternate: None }, None)
+    }
+
+    /// Appends `msg`'s enqueue record to a durable queue's journal before it is offered; returns its
+    /// slot ([`NO_SLOT`] for other queues), or `None` when the journal refused it (the copy is then
+    /// refused, and the confirm names the queue).
+    fn journal(&self, queue: &QueueHandle, msg: &Message, attempt: &mut Attempt) -> Option<u64> {
+        let Some(journal) = queue.journal.as_ref().filter(|j| !j.is_deleted()) else { return Some(NO_SLOT) };
+        let encoded =
+            attempt.encoded.get_or_insert_with(|| msg.payload.to_bytes().map_err(|e| e.to_string()));
+        let result = match encoded {
+            Ok(bytes) => journal.enqueue(msg, bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        };
+        match result {
+            Ok((slot, offset)) => {
+                attempt.journaled.push((journal.clone(), offset));
+                Some(slot)
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue.name, error = %e, "a durable queue's journal refused a message");
+                queue.counters.refused.fetch_add(1, Ordering::Relaxed);
+                attempt.refused.push(queue.name.clone());
+                None
+            }
+        }
     }
 
     fn record_confirm(&self, msg: MessageId, queues: Vec<String>, refused: Vec<String>) {
@@ -319,6 +376,8 @@ impl Publisher {
             accepted_names,
             refused: SmallVec::new(),
             waiting: SmallVec::new(),
+            journaled: SmallVec::new(),
+            encoded: None,
             closed: 0,
             held: None,
         };
@@ -326,19 +385,33 @@ impl Publisher {
         for (i, queue) in targets.iter().enumerate() {
             let offered = if i + 1 == targets.len() { msg.take() } else { msg.clone() };
             let offered = offered.expect("the publisher holds the message until the last target");
-            match queue.try_offer(offered) {
+            let slot = match queue.journal {
+                None => NO_SLOT,
+                Some(_) => match self.journal(queue, &offered, &mut attempt) {
+                    Some(slot) => slot,
+                    None => {
+                        attempt.held.get_or_insert(offered);
+                        continue;
+                    }
+                },
+            };
+            match queue.try_offer(offered, slot) {
                 Offer::Accepted => {
                     attempt.accepted += 1;
                     if let Some(names) = &mut attempt.accepted_names {
                         names.push(queue.name.to_string());
                     }
                 }
-                Offer::Refused => attempt.refused.push(queue.name.clone()),
+                Offer::Refused => {
+                    unjournal(queue, slot);
+                    attempt.refused.push(queue.name.clone());
+                }
                 Offer::Full(back) => {
-                    attempt.waiting.push(queue.clone());
+                    attempt.waiting.push((queue.clone(), slot));
                     attempt.held = Some(back);
                 }
                 Offer::Closed(back) => {
+                    unjournal(queue, slot);
                     attempt.closed += 1;
                     attempt.held = Some(back);
                 }
@@ -379,6 +452,25 @@ impl Publisher {
         } else {
             let queues = attempt.refused.iter().map(|q| q.to_string()).collect();
             Confirm::Refused { accepted: attempt.accepted, queues }
+        }
+    }
+}
+
+/// Tombstones the enqueue record of a copy that `queue` did not take.
+fn unjournal(queue: &QueueHandle, slot: u64) {
+    if let (Some(journal), true) = (&queue.journal, slot != NO_SLOT) {
+        journal.settled(&[(slot, false)]);
+    }
+}
+
+/// Waits until every enqueue record of the publish is acked under its journal's fsync policy; a
+/// journal that failed to sync makes its copy refused (the confirm names the queue), as a stream's.
+async fn await_journals(attempt: &mut Attempt) {
+    for (journal, offset) in std::mem::take(&mut attempt.journaled) {
+        if let Err(e) = journal.acked(offset).await {
+            tracing::error!(queue = %journal.queue(), error = %e, "a durable queue's journal failed to sync");
+            attempt.accepted = attempt.accepted.saturating_sub(1);
+            attempt.refused.push(journal.queue().clone());
         }
     }
 }

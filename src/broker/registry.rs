@@ -143,6 +143,11 @@ impl Registry {
         MessageId(self.next_message.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// New message ids from now on are above `max` (a durable queue's journal holds ids up to it).
+    pub(crate) fn message_ids_past(&self, max: MessageId) {
+        self.next_message.fetch_max(max.0 + 1, Ordering::Relaxed);
+    }
+
     pub(crate) fn consumer_id(&self) -> ConsumerId {
         ConsumerId(self.next_consumer.fetch_add(1, Ordering::Relaxed))
     }

@@ -127,13 +127,22 @@ impl Broker {
         group.join(options, handler).await
     }
 
-    /// Applies retention and compaction to every stream now (the broker also does it every
-    /// [`STREAM_MAINTENANCE_EVERY`]).
+    /// Applies retention and compaction to every stream, and compacts every durable queue's journal,
+    /// now (the broker also does it every [`STREAM_MAINTENANCE_EVERY`], and compacts a journal as
+    /// soon as it has grown by its size after its last compaction plus one segment).
     ///
     /// # Errors
     /// The log's error; what was done before it stays done.
     pub fn maintain_streams(&self) -> Result<tubemail_log::Maintenance, tubemail_log::LogError> {
-        self.registry.streams.maintain()
+        let mut total = self.registry.streams.maintain()?;
+        let queues: Vec<_> = self.registry.queues.load().by_id.values().cloned().collect();
+        for journal in queues.iter().filter_map(|q| q.journal.as_ref()).filter(|j| !j.is_deleted()) {
+            let m = journal.compact()?;
+            total.segments_deleted += m.segments_deleted;
+            total.segments_compacted += m.segments_compacted;
+            total.records_removed += m.records_removed;
+        }
+        Ok(total)
     }
 
     /// Runs stream maintenance every [`STREAM_MAINTENANCE_EVERY`] on a blocking thread (compaction
@@ -144,7 +153,8 @@ impl Broker {
             loop {
                 tokio::time::sleep(STREAM_MAINTENANCE_EVERY).await;
                 let Some(registry) = registry.upgrade().filter(|r| !r.is_closed()) else { return };
-                let run = tokio::task::spawn_blocking(move || registry.streams.maintain());
+                let broker = Broker { registry };
+                let run = tokio::task::spawn_blocking(move || broker.maintain_streams());
                 if let Ok(Err(e)) = run.await {
                     tracing::error!(error = %e, "stream maintenance failed");
                 }

@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
-use super::{InboxReceiver, QueueHost, TrySendError, CONTROL_MAILBOX_MAX, INBOX_BATCH_MAX};
+use super::{InboxReceiver, Journal, QueueHost, TrySendError, CONTROL_MAILBOX_MAX, INBOX_BATCH_MAX, NO_SLOT};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
 use crate::probe::{FaultKind, ProbeRef, What};
@@ -67,6 +67,15 @@ pub(crate) struct QueueActor {
     outbox: Vec<Batch>,
     /// The simulator's probe, when the queue runs in one.
     probe: ProbeRef,
+    /// A durable queue's journal: delivered records and tombstones are written here.
+    journal: Option<Arc<Journal>>,
+}
+
+/// What a queue actor shares with its publishers' side (its [`QueueHandle`](super::QueueHandle)).
+pub(crate) struct Shared {
+    pub(crate) credits: Option<Arc<Semaphore>>,
+    pub(crate) counters: Arc<super::SideCounters>,
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 impl QueueActor {
@@ -76,9 +85,9 @@ impl QueueActor {
         state: QueueState,
         host: Weak<dyn QueueHost>,
         probe: ProbeRef,
-        credits: Option<Arc<Semaphore>>,
-        counters: Arc<super::SideCounters>,
+        shared: Shared,
     ) -> Self {
+        let Shared { credits, counters, journal } = shared;
         let state = state.traced(probe.clone());
         let spec = state.spec();
         let timed = spec.message_ttl.is_some() || spec.delivery == crate::topology::DeliveryMode::AtLeastOnce;
@@ -103,6 +112,7 @@ impl QueueActor {
             idle_since: Some(started),
             had_consumer: false,
             deleted: false,
+            journal,
         }
     }
 
@@ -167,11 +177,23 @@ impl QueueActor {
             items = self.inject_link_faults(batch, items, ctx);
         }
         let recipient = self.subscribers.iter().find(|(id, _)| *id == batch.consumer).map(|(_, r)| r);
+        // A durable at-least-once queue records each delivery's count once it is on its way.
+        let delivered: Option<Vec<(u64, u32)>> =
+            self.journal.as_ref().filter(|_| self.at_least_once()).map(|_| {
+                items
+                    .iter()
+                    .zip(&batch.places)
+                    .map(|(item, place)| (place.seq, item.delivery_count))
+                    .collect()
+            });
         let (items, gone) = match recipient {
             None => (items, true),
             Some(r) => match r.try_send(Deliver { epoch: batch.epoch, items }) {
                 Ok(()) => {
                     batch.places.clear();
+                    if let (Some(journal), Some(delivered)) = (&self.journal, delivered) {
+                        journal.delivered(&delivered);
+                    }
                     return;
                 }
                 Err(SendError::Full(d)) => (d.items, false),
@@ -299,7 +321,13 @@ impl QueueActor {
         let effects: SmallVec<[Effect; 4]> = self.state.take_effects().collect();
         for effect in effects {
             match effect {
-                Effect::DeadLetter { msg, refused } => self.dead_letter(msg, refused, ctx),
+                Effect::DeadLetter { msg, refused, left } => self.dead_letter(msg, refused, left, ctx),
+            }
+        }
+        if let Some(journal) = &self.journal {
+            let left = self.state.take_left();
+            if !left.is_empty() {
+                journal.settled(&left);
             }
         }
         self.finish_drains();
@@ -326,15 +354,45 @@ impl QueueActor {
         }
     }
 
-    fn dead_letter(&mut self, msg: Arc<Message>, refused: bool, ctx: &mut Context<Self>) {
+    /// Passes a dead letter to the dead-letter queue; `left` is its slot in this queue's journal,
+    /// tombstoned once the copy is in its target (journaled there first when the target is durable).
+    fn dead_letter(
+        &mut self,
+        msg: Arc<Message>,
+        refused: bool,
+        left: Option<(u64, bool)>,
+        ctx: &mut Context<Self>,
+    ) {
         let host = self.host.upgrade();
         let target = self.state.spec().dead_letter.as_deref().and_then(|name| host?.dead_letter_queue(name));
         let Some(target) = target else {
             self.state.dead_letter_lost(refused);
+            self.settle_in_journal(left);
             return;
         };
-        match target.inbox.try_send(Enqueue { msg, credited: false }) {
-            Ok(()) => {}
+        // Under `fsync = "always"` the copy's enqueue record is awaited before this queue's
+        // tombstone is written, so that a power loss cannot keep the tombstone and lose the copy.
+        let mut synced_at = None;
+        let slot = match target.journal.as_ref().filter(|j| !j.is_deleted()) {
+            None => NO_SLOT,
+            Some(journal) => match journal.enqueue_payload(&msg) {
+                Ok((slot, offset)) => {
+                    if journal.fsync() == tubemail_log::Fsync::Always {
+                        synced_at = Some((journal.clone(), offset));
+                    }
+                    slot
+                }
+                Err(e) => {
+                    // Kept in this queue's journal (not tombstoned): it comes back here at the next start.
+                    tracing::warn!(queue = %target.name, error = %e, "a dead-letter journal refused a message");
+                    self.state.dead_letter_lost(refused);
+                    return;
+                }
+            },
+        };
+        let target_journal = target.journal.clone();
+        match target.inbox.try_send(Enqueue { msg, credited: false, slot }) {
+            Ok(()) => self.settle_after(left, synced_at, ctx),
             Err(TrySendError::Full(e)) => {
                 // The dead-letter queue's inbox is full: wait for room without blocking this queue.
                 // Pending sends are bounded by the messages this queue held.
@@ -342,16 +400,62 @@ impl QueueActor {
                 ctx.spawn(async move { target.inbox.send(e).await.is_ok() }.into_actor(self).map(
                     move |sent, act, ctx| {
                         act.dead_letters_pending -= 1;
-                        if !sent {
-                            act.state.dead_letter_lost(refused)
+                        if sent {
+                            act.settle_after(left, synced_at, ctx);
+                        } else {
+                            act.state.dead_letter_lost(refused);
+                            if let Some(j) = &target_journal {
+                                j.settled(&[(slot, false)]);
+                            }
+                            act.settle_in_journal(left);
                         }
                         act.answer_idle_waiters(ctx);
                         act.stop_when_done(ctx);
                     },
                 ));
             }
-            Err(TrySendError::Closed(_)) => self.state.dead_letter_lost(refused),
+            Err(TrySendError::Closed(_)) => {
+                self.state.dead_letter_lost(refused);
+                if let Some(j) = &target_journal {
+                    j.settled(&[(slot, false)]);
+                }
+                self.settle_in_journal(left);
+            }
         }
+    }
+
+    /// Tombstones a message that left this durable queue once `synced_at` (its copy's enqueue
+    /// record in a dead-letter queue's journal) is acked; at once without one. A stop in between
+    /// leaves the message in both journals: at least once.
+    fn settle_after(
+        &mut self,
+        left: Option<(u64, bool)>,
+        synced_at: Option<(Arc<Journal>, u64)>,
+        ctx: &mut Context<Self>,
+    ) {
+        match (synced_at, left.is_some() && self.journal.is_some()) {
+            (Some((journal, offset)), true) => {
+                ctx.spawn(async move { journal.acked(offset).await.is_ok() }.into_actor(self).map(
+                    move |synced, act, _| {
+                        if synced {
+                            act.settle_in_journal(left);
+                        }
+                    },
+                ));
+            }
+            _ => self.settle_in_journal(left),
+        }
+    }
+
+    /// Tombstones a message that left this durable queue.
+    fn settle_in_journal(&self, left: Option<(u64, bool)>) {
+        if let (Some(journal), Some(left)) = (&self.journal, left) {
+            journal.settled(&[left]);
+        }
+    }
+
+    fn at_least_once(&self) -> bool {
+        self.state.spec().delivery == crate::topology::DeliveryMode::AtLeastOnce
     }
 
     fn enqueue(&mut self, msg: Enqueue) {
@@ -359,9 +463,9 @@ impl QueueActor {
         // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
         let credited = msg.credited || self.take_credit();
         if self.credits.is_some() && !credited {
-            self.state.refuse_dead_letter(&msg.msg);
+            self.state.refuse_dead_letter(&msg.msg, msg.slot);
         } else {
-            self.state.enqueue(msg.msg, credited, now);
+            self.state.enqueue(msg.msg, credited, now, msg.slot);
         }
     }
 
@@ -454,6 +558,10 @@ impl QueueActor {
             // Dead letters made before the deletion are passed on, not dropped with the queue.
             self.after(ctx);
             self.state.delete();
+            if let Some(journal) = &self.journal {
+                // Deleting a durable queue deletes its journal.
+                journal.delete();
+            }
             self.after(ctx);
             let stats = self.stats();
             if let Some(probe) = &self.probe {
@@ -502,6 +610,9 @@ impl QueueActor {
         let mut stats = self.state.stats();
         stats.refused += self.counters.refused.load(Ordering::Relaxed);
         stats.undecodable = self.counters.undecodable.load(Ordering::Relaxed);
+        if let Some(journal) = &self.journal {
+            stats.journal_bytes = journal.bytes();
+        }
         stats
     }
 }

@@ -104,8 +104,9 @@ impl Expiry {
 #[derive(Debug)]
 pub(crate) enum Effect {
     /// Enqueue into the dead-letter queue (the death is already recorded). `refused`: a publish
-    /// refused under `reject-publish-dlx`, rather than a message that left the queue.
-    DeadLetter { msg: Arc<Message>, refused: bool },
+    /// refused under `reject-publish-dlx`, rather than a message that left the queue. `left`: its
+    /// slot in this queue's journal, tombstoned once the copy is in its target (durable queues).
+    DeadLetter { msg: Arc<Message>, refused: bool, left: Option<(u64, bool)> },
 }
 
 /// What [`QueueState::enqueue`] did with a message.
@@ -133,6 +134,12 @@ pub(crate) struct QueueState {
     stats: QueueStats,
     effects: Vec<Effect>,
     credits_freed: usize,
+    /// Whether the queue keeps a journal (durable): then entries' `seq` is their journal slot, and
+    /// what leaves the queue is listed in `left` for the actor to tombstone.
+    journaled: bool,
+    /// Journal slots of the messages that left since the last [`QueueState::take_left`], and
+    /// whether each was delivered (it has a delivered record). Bounded by what the queue held.
+    left: Vec<(u64, bool)>,
     /// The simulation's recorder, when this queue runs in one.
     probe: ProbeRef,
 }
@@ -150,7 +157,51 @@ impl QueueState {
             stats: QueueStats::default(),
             effects: Vec::new(),
             credits_freed: 0,
+            journaled: false,
+            left: Vec::new(),
             probe: None,
+        }
+    }
+
+    /// Makes this a durable queue's state: entries are numbered by their journal slots.
+    pub(crate) fn set_journaled(&mut self) {
+        self.journaled = true;
+    }
+
+    /// Takes back messages replayed from the journal, in slot order, before the queue starts:
+    /// ready, with their delivery counts (so the next delivery is marked redelivered) and their
+    /// remaining time to live. `credited`: how many of them hold a publisher credit (the first).
+    pub(crate) fn restore(&mut self, replayed: Vec<super::journal::Replayed>, credited: usize, now_ms: i64) {
+        for (i, r) in replayed.into_iter().enumerate() {
+            let expires_at = match self.spec.message_ttl {
+                Some(ttl) => {
+                    let age = Duration::from_millis(now_ms.saturating_sub(r.enqueued_ms).max(0) as u64);
+                    let left = ttl.saturating_sub(age);
+                    Expiry(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+                }
+                None => Expiry::NEVER,
+            };
+            let msg = Arc::new(r.msg);
+            self.stats.enqueued += 1;
+            self.stats.recovered += 1;
+            self.note(|queue| What::Enqueue { msg: msg.id, queue });
+            let entry =
+                Entry { msg, seq: r.slot, expires_at, deliveries: r.deliveries, credited: i < credited };
+            self.insert_ready(entry);
+        }
+        self.debug_assert_conserved();
+    }
+
+    /// Journal slots of the messages that left since the last call (durable queues only).
+    pub(crate) fn take_left(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.left)
+    }
+
+    /// Notes that `entry` left the queue, for its journal.
+    #[inline]
+    fn leave(&mut self, entry: &Entry) {
+        if self.journaled && entry.seq != super::journal::NO_SLOT {
+            self.left.push((entry.seq, entry.deliveries > 0));
         }
     }
 
@@ -200,11 +251,16 @@ impl QueueState {
 
     /// Accepts a message. `credited` messages were admitted by a publisher's credit and are always
     /// accepted; others (dead letters) obey the overflow policy when the queue is full.
-    pub(crate) fn enqueue(&mut self, msg: Arc<Message>, credited: bool, now: Instant) -> Enqueued {
+    /// `slot`: the message's journal slot in a durable queue ([`NO_SLOT`](super::journal::NO_SLOT)
+    /// otherwise), which is then its position.
+    pub(crate) fn enqueue(&mut self, msg: Arc<Message>, credited: bool, now: Instant, slot: u64) -> Enqueued {
         self.stats.enqueued += 1;
         let full = self.ready.len() >= self.spec.depth_max;
         if full && !credited && self.spec.overflow != Overflow::DropHead {
             self.stats.dropped.overflow += 1;
+            if self.journaled {
+                self.left.push((slot, false));
+            }
             return Enqueued::Refused;
         }
         let expires_at = match self.spec.message_ttl {
@@ -212,10 +268,16 @@ impl QueueState {
             Some(ttl) => Expiry(u64::try_from((now + ttl - self.started).as_nanos()).unwrap_or(u64::MAX)),
             None => Expiry::NEVER,
         };
-        let seq = self.next_seq;
-        self.next_seq += 1;
         self.note(|queue| What::Enqueue { msg: msg.id, queue });
-        self.ready.push_back(Entry { msg, seq, expires_at, deliveries: 0, credited });
+        if self.journaled {
+            // Publishers number a durable queue's messages as they journal them, and may reach the
+            // inbox out of that order: each takes its place by slot.
+            self.insert_ready(Entry { msg, seq: slot, expires_at, deliveries: 0, credited });
+        } else {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.ready.push_back(Entry { msg, seq, expires_at, deliveries: 0, credited });
+        }
         while self.spec.overflow == Overflow::DropHead && self.ready.len() > self.spec.depth_max {
             let head = self.pop_ready().expect("queue over depth_max is not empty");
             self.dead_letter(head, DeathReason::Maxlen, now);
@@ -244,7 +306,7 @@ impl QueueState {
         if self.spec.dead_letter.is_some() {
             self.stats.refused_dead_lettered += 1;
             let died = msg.died(&self.name, DeathReason::Maxlen, self.ms_since_start(now));
-            self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: true });
+            self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: true, left: None });
         }
     }
 
@@ -252,6 +314,9 @@ impl QueueState {
     /// active consumer). `None` when nothing is ready or no consumer has room.
     pub(crate) fn dispatch(&mut self, now: Instant) -> Option<Dispatch> {
         self.expire_head(now);
+        if self.journaled {
+            self.dead_letter_replayed_past_limit(now);
+        }
         if self.ready.is_empty() {
             return None;
         }
@@ -278,6 +343,10 @@ impl QueueState {
             msg
         } else {
             consumer.outstanding += 1;
+            if self.journaled && entry.seq != super::journal::NO_SLOT {
+                // At most once, a message leaves the queue as it is handed out.
+                self.left.push((entry.seq, false));
+            }
             entry.msg
         };
         let dispatch = Dispatch {
@@ -305,6 +374,11 @@ impl QueueState {
             debug_assert!(last.is_some_and(|u| u.tag == d.tag.0), "undone dispatch is the newest unacked");
         } else {
             consumer.outstanding = less(u64::from(consumer.outstanding), 1, "outstanding") as u32;
+            if self.journaled {
+                if let Some(at) = self.left.iter().rposition(|(slot, _)| *slot == d.place.seq) {
+                    self.left.remove(at);
+                }
+            }
         }
         self.stats.delivered = less(self.stats.delivered, 1, "delivered");
         self.stats.in_flight = less(self.stats.in_flight, 1, "in_flight");
@@ -350,13 +424,16 @@ impl QueueState {
                 self.stats.acked += count as u64;
                 self.stats.in_flight = less(self.stats.in_flight, count as u64, "in_flight");
                 let settled = unacked.drain(..count);
-                match &self.probe {
-                    None => drop(settled),
-                    Some(_) => {
-                        let acked: Vec<(MessageId, u64)> = settled.map(|u| (u.entry.msg.id, u.tag)).collect();
-                        for (msg, tag) in acked {
-                            self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
+                if !self.journaled && self.probe.is_none() {
+                    drop(settled);
+                } else {
+                    let acked: Vec<(MessageId, u64, u64)> =
+                        settled.map(|u| (u.entry.msg.id, u.tag, u.entry.seq)).collect();
+                    for (msg, tag, slot) in acked {
+                        if self.journaled && slot != super::journal::NO_SLOT {
+                            self.left.push((slot, true));
                         }
+                        self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
                     }
                 }
             }
@@ -364,6 +441,9 @@ impl QueueState {
                 let settled = self.take_unacked(index, tag, false)?;
                 self.stats.acked += settled.len() as u64;
                 self.stats.in_flight = less(self.stats.in_flight, settled.len() as u64, "in_flight");
+                for (_, entry) in &settled {
+                    self.leave(entry);
+                }
                 for (tag, entry) in &settled {
                     let (msg, tag) = (entry.msg.id, *tag);
                     self.note(|queue| What::Ack { msg, queue, consumer: consumer.0, tag });
@@ -390,7 +470,9 @@ impl QueueState {
             SettleOp::Rejected(msg) => {
                 self.take_outstanding(index, 1)?;
                 self.stats.nacked += 1;
-                let entry = Entry { msg, seq: 0, expires_at: Expiry::NEVER, deliveries: 1, credited: false };
+                // It left this queue (and its journal) when it was handed out.
+                let seq = super::journal::NO_SLOT;
+                let entry = Entry { msg, seq, expires_at: Expiry::NEVER, deliveries: 1, credited: false };
                 self.dead_letter(entry, DeathReason::Rejected, now);
             }
         }
@@ -453,7 +535,10 @@ impl QueueState {
     }
 
     /// Counts a dead letter refused for want of room (a full queue whose policy is not drop-head).
-    pub(crate) fn refuse_dead_letter(&mut self, msg: &Message) {
+    pub(crate) fn refuse_dead_letter(&mut self, msg: &Message, slot: u64) {
+        if self.journaled && slot != super::journal::NO_SLOT {
+            self.left.push((slot, false));
+        }
         let msg = msg.id;
         self.note(|queue| What::Drop { msg, queue, reason: DropReason::Overflow });
         self.stats.enqueued += 1;
@@ -524,12 +609,16 @@ impl QueueState {
             for u in &c.unacked {
                 let msg = u.entry.msg.id;
                 self.note(|queue| What::Drop { msg, queue, reason });
+                self.leave(&u.entry);
             }
         }
-        for e in &self.ready {
+        let ready = std::mem::take(&mut self.ready);
+        for e in &ready {
             let msg = e.msg.id;
             self.note(|queue| What::Drop { msg, queue, reason });
+            self.leave(e);
         }
+        self.ready = ready;
         gone += self.ready.len() as u64;
         match reason {
             DropReason::Deleted => self.stats.dropped.deleted += gone,
@@ -667,6 +756,16 @@ impl QueueState {
         Some(entry)
     }
 
+    /// A message replayed from the journal after its last allowed delivery (the crash came before
+    /// its ack) is dead-lettered when it reaches the head, as the requeue after that delivery would
+    /// have done; not at replay, when its dead-letter queue may not be started yet.
+    fn dead_letter_replayed_past_limit(&mut self, now: Instant) {
+        while self.ready.front().is_some_and(|e| e.deliveries >= self.spec.delivery_limit) {
+            let entry = self.pop_ready().expect("front exists");
+            self.dead_letter(entry, DeathReason::DeliveryLimit, now);
+        }
+    }
+
     fn expire_head(&mut self, now: Instant) {
         while self.ready.front().is_some_and(|e| self.instant(e.expires_at).is_some_and(|at| at <= now)) {
             let entry = self.pop_ready().expect("front exists");
@@ -677,6 +776,7 @@ impl QueueState {
     fn dead_letter(&mut self, entry: Entry, reason: DeathReason, now: Instant) {
         let msg = entry.msg.id;
         let Some(target) = &self.spec.dead_letter else {
+            self.leave(&entry);
             self.note(|queue| What::Drop { msg, queue, reason: reason.into() });
             let dropped = &mut self.stats.dropped;
             match reason {
@@ -688,6 +788,7 @@ impl QueueState {
             return;
         };
         if entry.msg.would_cycle(target) {
+            self.leave(&entry);
             self.note(|queue| What::Drop { msg, queue, reason: DropReason::DeadLetterCycle });
             self.stats.dropped.dead_letter_cycle += 1;
             return;
@@ -695,7 +796,9 @@ impl QueueState {
         self.note(|queue| What::DeadLetter { msg, queue, reason });
         self.stats.dead_lettered += 1;
         let died = entry.msg.died(&self.name, reason, self.ms_since_start(now));
-        self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: false });
+        let left = (self.journaled && entry.seq != super::journal::NO_SLOT)
+            .then_some((entry.seq, entry.deliveries > 0));
+        self.effects.push(Effect::DeadLetter { msg: Arc::new(died), refused: false, left });
     }
 
     fn ms_since_start(&self, now: Instant) -> u64 {

@@ -29,12 +29,14 @@ pub(crate) struct QueueTable {
 }
 
 /// Why a queue could not be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum InsertError {
     /// A live queue has the name.
     Exists,
     /// Every queue id has been used (2³² incarnations).
     IdsExhausted,
+    /// A durable queue's journal could not be opened.
+    Journal(tubemail_log::LogError),
 }
 
 impl QueueTable {
@@ -67,7 +69,7 @@ impl QueueTable {
     pub(crate) fn insert(
         &self,
         name: &str,
-        make: impl FnOnce(QueueId) -> Arc<QueueHandle>,
+        make: impl FnOnce(QueueId) -> Result<Arc<QueueHandle>, InsertError>,
     ) -> Result<Arc<QueueHandle>, InsertError> {
         let mut next = self.writers.lock().expect("queue table writers lock");
         let old = self.map.load();
@@ -75,8 +77,9 @@ impl QueueTable {
             return Err(InsertError::Exists);
         }
         let id = QueueId(*next);
-        *next = next.checked_add(1).ok_or(InsertError::IdsExhausted)?;
-        let handle = make(id);
+        let after = next.checked_add(1).ok_or(InsertError::IdsExhausted)?;
+        let handle = make(id)?;
+        *next = after;
         debug_assert_eq!(handle.id, id, "a queue handle carries the id it was built for");
         let mut by_id = old.by_id.clone();
         let mut by_name = old.by_name.clone();

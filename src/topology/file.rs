@@ -88,6 +88,8 @@ struct RawQueue {
     auto_delete: Option<Spanned<bool>>,
     single_active_consumer: Option<Spanned<bool>>,
     prefetch_default: Option<Spanned<u32>>,
+    durable: Option<Spanned<bool>>,
+    fsync: Option<Spanned<Fsync>>,
 }
 
 /// `[[bindings]]`.
@@ -173,6 +175,8 @@ fn build(raw: RawFile) -> Result<(Topology, Spans), (String, Range<usize>, &'sta
                 .unwrap_or(d.single_active_consumer),
             prefetch_default: take(s, &table, "prefetch_default", q.prefetch_default)
                 .unwrap_or(d.prefetch_default),
+            durable: take(s, &table, "durable", q.durable).unwrap_or(d.durable),
+            fsync: take(s, &table, "fsync", q.fsync).unwrap_or(d.fsync),
         };
         topology.queues.insert(name.into_inner(), spec);
     }

@@ -39,18 +39,12 @@ pub fn parse_key(key: &[u8]) -> Option<(String, String, u32)> {
 pub fn read_all(offsets: &Stream) -> Result<BTreeMap<(String, String, u32), u64>, LogError> {
     let mut committed = BTreeMap::new();
     for p in offsets.partitions() {
-        let mut from = p.start();
-        loop {
-            let records = p.read(from, 4096, 1 << 20)?;
-            let Some(last) = records.last() else { break };
-            from = last.offset + 1;
-            for r in records {
-                let (Some(key), Some(value)) = (r.key, r.value) else { continue };
-                if let (Some(k), Ok(v)) = (parse_key(&key), <[u8; 8]>::try_from(&value[..])) {
-                    committed.insert(k, u64::from_le_bytes(v));
-                }
+        p.for_each_record(1 << 20, |r| {
+            let (Some(key), Some(value)) = (r.key, r.value) else { return };
+            if let (Some(k), Ok(v)) = (parse_key(&key), <[u8; 8]>::try_from(&value[..])) {
+                committed.insert(k, u64::from_le_bytes(v));
             }
-        }
+        })?;
     }
     Ok(committed)
 }

@@ -667,6 +667,22 @@ impl Partition {
         Ok(out)
     }
 
+    /// Calls `f` with every record from the start to the high watermark, in offset order, reading
+    /// 4,096 records (or about `max_bytes`, but at least one record) at a time: how a compacted
+    /// stream's state is read back at open.
+    ///
+    /// # Errors
+    /// As [`Partition::read`].
+    pub fn for_each_record(&self, max_bytes: usize, mut f: impl FnMut(Record)) -> Result<(), LogError> {
+        let mut from = self.start();
+        loop {
+            let records = self.read(from, 4096, max_bytes)?;
+            let Some(last) = records.last() else { return Ok(()) };
+            from = last.offset + 1;
+            records.into_iter().for_each(&mut f);
+        }
+    }
+
     /// The first offset whose record's timestamp is at or after `timestamp` (the high watermark when
     /// none is).
     ///
@@ -713,6 +729,42 @@ impl Partition {
             work.records_removed = records;
         }
         Ok(work)
+    }
+
+    /// Compacts the whole partition, for a log whose records matter only by key (a durable queue's
+    /// journal): closes the active segment when it holds records (so that its records, tombstones
+    /// above all, count too), compacts every closed segment as [`Partition::maintain`] does, and
+    /// removes the closed segments left empty (the partition's start moves past those at the front).
+    /// Afterwards the partition holds the last record of each key that is not an expired tombstone,
+    /// and nothing else. Offsets never change; a read skips the ranges of removed segments.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] or [`LogError::Corrupt`]; what was done before stays done.
+    pub fn compact_all(&self, now: i64) -> Result<Maintenance, LogError> {
+        let _one = self.maintenance.lock().expect("maintenance");
+        {
+            let mut writer = self.writer.lock().expect("writer");
+            if writer.active.len() > 0 {
+                let base = self.next.load(Ordering::Acquire);
+                self.roll(&mut writer, base)?;
+            }
+        }
+        let (segments_compacted, records_removed) = self.compact(now)?;
+        let mut segments_deleted = 0;
+        let active = self.writer.lock().expect("writer").active.base;
+        for segment in self.closed_segments() {
+            if segment.len() > 0 {
+                continue;
+            }
+            let mut segments = self.segments.write().expect("segments");
+            segments.remove(&segment.base);
+            let first = segments.keys().next().copied().unwrap_or(active);
+            self.start.store(self.start().max(first.min(active)), Ordering::Release);
+            drop(segments);
+            segment.remove_files()?;
+            segments_deleted += 1;
+        }
+        Ok(Maintenance { segments_deleted, segments_compacted, records_removed })
     }
 
     fn closed_segments(&self) -> Vec<Arc<Segment>> {

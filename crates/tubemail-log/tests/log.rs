@@ -374,6 +374,50 @@ fn compacted_segments_survive_a_reopen() {
     assert_eq!(all(&s, 0), expected);
 }
 
+/// `compact_all` (a durable queue's journal): the active segment's records count too, expired
+/// tombstones go with the records they deleted, and the segments left empty are removed, also after
+/// a reopen; offsets never change and what is kept reads back.
+#[test]
+fn compacting_a_whole_partition_keeps_only_the_live_keys_and_removes_empty_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StreamConfig { cleanup: Cleanup::Compact, delete_retention_ms: 0, ..small(1) };
+    let kept = {
+        let log = LogDir::open(dir.path()).unwrap();
+        let s = log.stream("j", config.clone()).unwrap();
+        for i in 0..400_i64 {
+            put(&s, &format!("k{i}"), &"x".repeat(50), i);
+            if i % 40 != 0 {
+                // Deleted at once: in the active segment, or in a closed one.
+                s.append_blocking(Append {
+                    key: Some(format!("k{i}").as_bytes()),
+                    value: None,
+                    timestamp: i,
+                })
+                .unwrap();
+            }
+        }
+        let p = s.partition(0).unwrap();
+        let (segments, end) = (p.info().segments.len(), p.end());
+        assert!(segments > 5, "{segments} segments");
+        let work = p.compact_all(1_000).unwrap();
+        assert!(work.segments_deleted > 0, "{work:?}");
+        let info = p.info();
+        assert!(info.segments.len() < segments, "{info:?}");
+        assert_eq!(p.end(), end, "offsets never change");
+        let kept = all(&s, 0);
+        let keys: Vec<String> =
+            kept.iter().map(|r| String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap()).collect();
+        assert_eq!(keys, (0..10).map(|i| format!("k{}", i * 40)).collect::<Vec<_>>());
+        assert!(info.bytes <= 10 * 200, "{} bytes for 10 live records", info.bytes);
+        // Appends go on past the end.
+        assert_eq!(put(&s, "k-after", "v", 2_000).offset, end);
+        all(&s, 0)
+    };
+    let log = LogDir::open(dir.path()).unwrap();
+    let s = log.open_stream("j").unwrap();
+    assert_eq!(all(&s, 0), kept, "the compacted partition reads back after a reopen");
+}
+
 #[test]
 fn a_reader_finds_the_first_record_at_or_after_a_time() {
     let log = LogDir::memory();

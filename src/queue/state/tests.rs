@@ -2,7 +2,7 @@
 //! dispatches, settlements, consumer changes and time passing, with the invariants checked after
 //! every step.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::ids::MessageId;
 use crate::message::{Death, Payload};
+use crate::queue::NO_SLOT;
 
 const NAME: &str = "q";
 const DEAD_LETTER: &str = "dlq";
@@ -147,6 +148,9 @@ struct Harness {
     last_first_seq: Option<u64>,
     /// Dead-letter effects seen.
     dead_letters: u64,
+    /// A durable queue's journal, as the publisher and the actor write it: the slots given out, and
+    /// those with an enqueue record that no tombstone followed.
+    journal: Option<(u64, BTreeSet<u64>)>,
 }
 
 impl Harness {
@@ -161,7 +165,26 @@ impl Harness {
             dispatched: HashSet::new(),
             last_first_seq: None,
             dead_letters: 0,
+            journal: None,
         }
+    }
+
+    /// A durable queue's harness: messages get journal slots, and what leaves is checked against
+    /// the journal's model.
+    fn journaled(spec: QueueSpec, base: Instant) -> Self {
+        let mut h = Self::new(spec, base);
+        h.st.set_journaled();
+        h.journal = Some((0, BTreeSet::new()));
+        h
+    }
+
+    /// A new message's slot, journaled (or [`NO_SLOT`] for a queue that is not durable).
+    fn slot(&mut self) -> u64 {
+        let Some((next, live)) = &mut self.journal else { return NO_SLOT };
+        let slot = *next;
+        *next += 1;
+        live.insert(slot);
+        slot
     }
 
     fn at_most_once(&self) -> bool {
@@ -238,7 +261,8 @@ impl Harness {
         } else {
             Enqueued::Accepted
         };
-        assert_eq!(self.st.enqueue(msg, false, self.now), expected, "dead letter into a full queue");
+        let slot = self.slot();
+        assert_eq!(self.st.enqueue(msg, false, self.now, slot), expected, "dead letter into a full queue");
     }
 
     /// A dispatch that the consumer's mailbox refuses, undone as the actor does.
@@ -305,10 +329,14 @@ impl Harness {
         let now = self.now;
         let msg = self.message(Vec::new());
         match &mut self.credits {
-            None => assert_eq!(self.st.enqueue(msg, false, now), Enqueued::Accepted),
+            None => {
+                let slot = self.slot();
+                assert_eq!(self.st.enqueue(msg, false, now, slot), Enqueued::Accepted);
+            }
             Some(credits) if *credits > 0 => {
                 *credits -= 1;
-                assert_eq!(self.st.enqueue(msg, true, now), Enqueued::Accepted);
+                let slot = self.slot();
+                assert_eq!(self.st.enqueue(msg, true, now, slot), Enqueued::Accepted);
             }
             Some(_) => {
                 if self.st.spec.overflow == Overflow::RejectPublishDlx {
@@ -432,6 +460,16 @@ impl Harness {
             None => assert_eq!(freed, 0, "drop-head queues hold no credits"),
         }
         let effects: Vec<Effect> = self.st.take_effects().collect();
+        let mut tombstoned = self.st.take_left();
+        if self.journal.is_none() {
+            assert!(tombstoned.is_empty(), "a queue without a journal listed {tombstoned:?} as left");
+        }
+        tombstoned.extend(effects.iter().filter_map(|Effect::DeadLetter { left, .. }| *left));
+        if let Some((_, live)) = &mut self.journal {
+            for (slot, _) in tombstoned {
+                assert!(live.remove(&slot), "slot {slot} tombstoned, but not held (or twice)");
+            }
+        }
         for Effect::DeadLetter { msg, .. } in effects {
             assert!(self.st.spec.dead_letter.is_some(), "dead-lettered without a dead-letter queue");
             let death = msg.deaths().first().expect("a dead letter records its death");
@@ -456,6 +494,15 @@ impl Harness {
         let seqs: Vec<u64> = st.ready.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ready is not in seq order: {seqs:?}");
 
+        if let Some((_, live)) = &self.journal {
+            let held: BTreeSet<u64> = st
+                .ready
+                .iter()
+                .map(|e| e.seq)
+                .chain(st.consumers.iter().flat_map(|c| c.unacked.iter().map(|u| u.entry.seq)))
+                .collect();
+            assert_eq!(live, &held, "the journal would replay other messages than the queue holds");
+        }
         let mut ids = HashSet::new();
         for e in &st.ready {
             assert!(ids.insert(e.msg.id), "{:?} is ready twice", e.msg.id);
@@ -501,8 +548,10 @@ impl Harness {
 }
 
 fn run(spec: QueueSpec, ops: &[Op], delete: bool) {
-    let base = Instant::now();
-    let mut h = Harness::new(spec, base);
+    run_with(Harness::new(spec, Instant::now()), ops, delete);
+}
+
+fn run_with(mut h: Harness, ops: &[Op], delete: bool) {
     for op in ops {
         h.apply(op);
         h.collect();
@@ -522,6 +571,18 @@ proptest! {
         ops in prop::collection::vec(op(), 1..160),
     ) {
         run(spec, &ops, false);
+    }
+
+    /// A durable queue's journal (enqueue records, minus the tombstones of what left) holds
+    /// exactly the messages the queue holds, ready or unacked, after every step: what a crash then
+    /// would replay.
+    #[test]
+    fn a_durable_queue_journals_exactly_what_it_holds(
+        spec in spec(),
+        ops in prop::collection::vec(op(), 1..160),
+        delete in any::<bool>(),
+    ) {
+        run_with(Harness::journaled(spec, Instant::now()), &ops, delete);
     }
 
     #[test]
@@ -575,6 +636,21 @@ fn one_in_flight(spec: QueueSpec, n: usize) -> Harness {
 fn check_catches_a_message_that_vanishes() {
     let mut h = one_in_flight(QueueSpec::default(), 3);
     h.st.ready.pop_back();
+    h.check();
+}
+
+#[test]
+#[should_panic(expected = "the journal would replay other messages")]
+fn check_catches_an_ack_that_is_not_tombstoned() {
+    let base = Instant::now();
+    let mut h = Harness::journaled(QueueSpec::default(), base);
+    h.apply(&Op::Publish);
+    h.apply(&Op::AddConsumer { prefetch: 1 });
+    h.apply(&Op::Dispatch);
+    h.apply(&Op::Ack { consumer: 0, pick: 0, multiple: true, bogus: false });
+    // The actor would tombstone these; forgetting them leaves an acked message in the journal.
+    h.st.take_left();
+    h.collect();
     h.check();
 }
 
