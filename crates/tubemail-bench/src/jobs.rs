@@ -239,6 +239,16 @@ mod peers {
         Ok(())
     }
 
+    /// apalis-redis's sorted set of the queues it has seen (members `QUEUE:workers`).
+    const APALIS_QUEUES: &str = "core:apalis:queues:list";
+
+    fn redis_query(command: &redis::Cmd) -> Result<(), String> {
+        let client = redis::Client::open(redis_url()).map_err(peers::err("client"))?;
+        let mut con = client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(peers::err("connect"))?;
+        con.set_read_timeout(Some(CLEANUP_TIMEOUT)).map_err(peers::err("timeout"))?;
+        command.query::<redis::Value>(&mut con).map(drop).map_err(peers::err("cleanup"))
+    }
+
     /// The job class the `sidekiq` process loads (`-r`): a no-op that counts in memory and, at the
     /// last job of the run, sets the run's done key; a job of argument -1 sets the ready key.
     const SIDEKIQ_JOB_RB: &str = r##"require "sidekiq"
@@ -322,12 +332,7 @@ puts "done"
         let key = format!("tubemail:bench:jobs:{id}");
         let run = sidekiq_run(n, &queue, &key).map_err(failed(system));
         let cleanup = delete_keys(&format!("queue:{queue}")).and_then(|()| delete_keys(&key));
-        let cleanup = cleanup.and_then(|()| {
-            let client = redis::Client::open(redis_url()).map_err(peers::err("client"))?;
-            let mut con =
-                client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(peers::err("connect"))?;
-            redis::cmd("SREM").arg("queues").arg(&queue).query::<i64>(&mut con).map_err(peers::err("SREM"))
-        });
+        let cleanup = cleanup.and_then(|()| redis_query(redis::cmd("SREM").arg("queues").arg(&queue)));
         let run = run?;
         cleanup.map_err(failed(system))?;
         Ok(run)
@@ -450,7 +455,10 @@ puts "done"
             }
         });
         runtime.shutdown_timeout(Duration::from_secs(1));
-        let cleanup = delete_keys(&queue).map_err(failed(system));
+        // The run's keys, and its queue's name in apalis's list of queues.
+        let cleanup = delete_keys(&queue)
+            .and_then(|()| redis_query(redis::cmd("ZREM").arg(APALIS_QUEUES).arg(format!("{queue}:workers"))))
+            .map_err(failed(system));
         let run = run?;
         cleanup?;
         Ok(run)
