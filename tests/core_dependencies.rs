@@ -5,7 +5,7 @@
 use std::process::Command;
 
 /// Crates that only the `tubemail` command, the benchmarks or the simulator need.
-const NOT_IN_THE_CORE: [&str; 14] = [
+const NOT_IN_THE_CORE: [&str; 16] = [
     "clap",
     "plotters",
     "indicatif",
@@ -16,6 +16,8 @@ const NOT_IN_THE_CORE: [&str; 14] = [
     "lapin",
     "async-nats",
     "redis",
+    "apalis",
+    "apalis-redis",
     "rand_chacha",
     "tubemail-sim",
     "tubemail-bench",

@@ -123,6 +123,14 @@ pub enum PeerError {
         /// The connect error.
         reason: String,
     },
+    /// The peer's program is not installed on this machine; `how` says how to install it.
+    #[error("{system} is not installed: {how}")]
+    Missing {
+        /// The system, as in [`PeerResult::system`].
+        system: &'static str,
+        /// The command that installs it.
+        how: &'static str,
+    },
     /// The peer answered but the run failed (a protocol error, a nack, a timeout).
     #[error("{system} failed: {reason}")]
     Failed {

@@ -641,22 +641,63 @@ fn jobs(args: &BenchArgs) -> Result<Vec<Value>, String> {
         })
         .collect();
     let base = medians[0].jobs_per_sec();
-    Ok(medians
-        .iter()
-        .map(|r| {
-            json!({
-                "system": r.system, "storage": r.storage, "jobs": r.jobs, "secs": r.elapsed.as_secs_f64(),
-                "jobs_per_sec": r.jobs_per_sec(), "ratio_to_baseline": r.jobs_per_sec() / base,
-                "p99_start_delay_us": r.p99_start_delay_us, "scheduled": r.scheduled,
-                "workers": bench::workers(),
-            })
+    let row = |r: &bench::JobsRun| {
+        json!({
+            "system": r.system, "storage": r.storage, "jobs": r.jobs, "secs": r.elapsed.as_secs_f64(),
+            "jobs_per_sec": r.jobs_per_sec(), "ratio_to_baseline": r.jobs_per_sec() / base,
+            "p99_start_delay_us": r.p99_start_delay_us, "scheduled": r.scheduled,
+            "workers": bench::workers(),
         })
-        .collect())
+    };
+    let mut results: Vec<Value> = medians.iter().map(row).collect();
+    if args.peers {
+        let durable = medians[2].jobs_per_sec();
+        results.extend(jobs_peers(n).iter().map(|r| {
+            let mut peer = row(r);
+            peer["tubemail_ratio"] = json!(durable / r.jobs_per_sec());
+            peer
+        }));
+    }
+    Ok(results)
+}
+
+/// Sidekiq and apalis, one run each of at most [`tubemail_bench::jobs::SIDEKIQ_JOBS`] and
+/// [`tubemail_bench::jobs::APALIS_JOBS`] jobs; a peer that is not installed or does not answer is
+/// said so on stderr and left out.
+#[cfg(feature = "peers")]
+fn jobs_peers(n: u64) -> Vec<tubemail_bench::jobs::JobsRun> {
+    use tubemail_bench::jobs as bench;
+    let mut runs = Vec::new();
+    for run in [bench::sidekiq(n.min(bench::SIDEKIQ_JOBS)), bench::apalis(n.min(bench::APALIS_JOBS))] {
+        match run {
+            Ok(run) => runs.push(run),
+            Err(e) => eprintln!("{e}: carrying on without it"),
+        }
+    }
+    runs
+}
+
+#[cfg(not(feature = "peers"))]
+fn jobs_peers(_n: u64) -> Vec<tubemail_bench::jobs::JobsRun> {
+    eprintln!(
+        "this build has no peer clients: cargo run --release -p tubemail-cli --features peers -- bench jobs --peers"
+    );
+    Vec::new()
 }
 
 fn print_jobs_table(args: &BenchArgs, results: &[Value]) {
+    let peers: Vec<String> = results
+        .iter()
+        .filter(|r| r.get("tubemail_ratio").is_some())
+        .map(|r| format!("{} with {}", r["system"].as_str().unwrap_or_default(), r["jobs"]))
+        .collect();
+    let peers = if peers.is_empty() {
+        String::new()
+    } else {
+        format!("; {}, one run each, same batches and workers, on Redis", peers.join(" and "))
+    };
     println!(
-        "jobs: {} no-op jobs, enqueued in batches of {} and performed by {} workers, with {JOBS_SCHEDULED} scheduled jobs under that load (median of {JOBS_RUNS} interleaved runs)",
+        "jobs: {} no-op jobs, enqueued in batches of {} and performed by {} workers, with {JOBS_SCHEDULED} scheduled jobs under that load (median of {JOBS_RUNS} interleaved runs{peers})",
         args.messages,
         tubemail_bench::jobs::BATCH,
         tubemail_bench::jobs::workers()
@@ -676,8 +717,17 @@ fn print_jobs_table(args: &BenchArgs, results: &[Value]) {
             r["p99_start_delay_us"].as_u64().map_or_else(|| "-".into(), |d| d.to_string()),
         );
     }
-    if args.peers {
-        println!("Sidekiq and apalis are not measured yet: see BENCHMARKS.md");
+    for r in results.iter().filter(|r| r.get("tubemail_ratio").is_some()) {
+        let (system, target) = match r["system"].as_str().unwrap_or_default() {
+            "sidekiq" => ("sidekiq", 20.0),
+            other => (other, 10.0),
+        };
+        let ratio = r["tubemail_ratio"].as_f64().unwrap_or_default();
+        println!(
+            "tubemail durable against {system} ({} jobs, one run, its jobs kept in Redis): {ratio:.1}x (target >= {target}x: {})",
+            r["jobs"],
+            if ratio >= target { "met" } else { "missed" }
+        );
     }
 }
 
