@@ -280,51 +280,18 @@ pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool, which: SimScena
     let mut out = std::io::stdout().lock();
     if which == SimScenario::Jobs {
         let outcome = tubemail_sim::jobs::run_jobs(&tubemail_sim::jobs::JobsScenario::default(), seed);
-        let events = outcome.history.events();
-        let shown = if full { events.len() } else { events.len().min(200) };
-        let _ = (|| -> std::io::Result<()> {
-            for event in &events[..shown] {
-                writeln!(out, "{event}")?;
-            }
-            if shown < events.len() {
-                writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
-            }
-            writeln!(out, "history hash {:016x}", outcome.history.hash())?;
-            let faults: Vec<String> = outcome.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            writeln!(out, "faults: {}", faults.join(" "))?;
-            for v in &outcome.violations {
-                writeln!(out, "violation: {v}")?;
-            }
-            if outcome.ok() {
-                writeln!(out, "every promise held")?;
-            }
-            Ok(())
-        })();
+        let faults: Vec<String> = outcome.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let run = Listed { hash: outcome.history.hash(), ops: None, faults, violations: &outcome.violations };
+        print_run(&mut out, outcome.history.events(), full, &run);
         return outcome.ok();
     }
     if which == SimScenario::Log {
         let outcome = run_log(&LogScenario::default(), seed);
-        let events = outcome.history.events();
-        let shown = if full { events.len() } else { events.len().min(200) };
-        let _ = (|| -> std::io::Result<()> {
-            for event in &events[..shown] {
-                writeln!(out, "{event}")?;
-            }
-            if shown < events.len() {
-                writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
-            }
-            writeln!(out, "history hash {:016x}", outcome.history.hash())?;
-            writeln!(out, "operations: {:?}", outcome.ops)?;
-            let faults: Vec<String> = outcome.faults().iter().map(|(k, n)| format!("{k}={n}")).collect();
-            writeln!(out, "faults: {}", faults.join(" "))?;
-            for v in &outcome.violations {
-                writeln!(out, "violation: {v}")?;
-            }
-            if outcome.ok() {
-                writeln!(out, "every promise held")?;
-            }
-            Ok(())
-        })();
+        let faults: Vec<String> = outcome.faults().iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let ops = format!("{:?}", outcome.ops);
+        let run =
+            Listed { hash: outcome.history.hash(), ops: Some(ops), faults, violations: &outcome.violations };
+        print_run(&mut out, outcome.history.events(), full, &run);
         return outcome.ok();
     }
     if which == SimScenario::Lifecycle {
@@ -343,6 +310,44 @@ pub(crate) fn replay(scenario: &Scenario, seed: u64, full: bool, which: SimScena
     print_history(&mut out, &outcome.history, full);
     let _ = writeln!(out, "{}", outcome.report);
     outcome.ok()
+}
+
+/// What a listed run ends with: its hash, its operations, its faults and its violations.
+struct Listed<'a, V> {
+    hash: u64,
+    ops: Option<String>,
+    faults: Vec<String>,
+    violations: &'a [V],
+}
+
+/// Prints the events of a log or jobs run (the first 200 unless `full`), then what `run` holds.
+fn print_run<E: std::fmt::Display, V: std::fmt::Display>(
+    out: &mut impl std::io::Write,
+    events: &[E],
+    full: bool,
+    run: &Listed<'_, V>,
+) {
+    let shown = if full { events.len() } else { events.len().min(200) };
+    let _ = (|| -> std::io::Result<()> {
+        for event in &events[..shown] {
+            writeln!(out, "{event}")?;
+        }
+        if shown < events.len() {
+            writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
+        }
+        writeln!(out, "history hash {:016x}", run.hash)?;
+        if let Some(ops) = &run.ops {
+            writeln!(out, "operations: {ops}")?;
+        }
+        writeln!(out, "faults: {}", run.faults.join(" "))?;
+        for v in run.violations {
+            writeln!(out, "violation: {v}")?;
+        }
+        if run.violations.is_empty() {
+            writeln!(out, "every promise held")?;
+        }
+        Ok(())
+    })();
 }
 
 /// Prints a history (the first 200 events unless `full`) and its hash.
