@@ -86,6 +86,20 @@ impl Broker {
         Ok(Reader::new(handle.name.clone(), handle.partition(partition)?.clone(), from)?)
     }
 
+    /// Partition `partition` of `stream` in the storage engine, for tools that read it directly: a
+    /// backfill job's enumerator (`tubemail::jobs::enumerators::partition`), say.
+    ///
+    /// # Errors
+    /// [`ReadError::UnknownStream`], or the log's error for an unknown partition.
+    pub fn stream_partition(
+        &self,
+        stream: &str,
+        partition: u32,
+    ) -> Result<Arc<tubemail_log::Partition>, ReadError> {
+        let handle = self.stream(stream).ok_or_else(|| ReadError::UnknownStream(stream.to_owned()))?;
+        Ok(handle.partition(partition)?.clone())
+    }
+
     /// The partition a key's records go to in `stream`.
     ///
     /// # Errors
