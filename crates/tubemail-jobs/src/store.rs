@@ -865,11 +865,6 @@ impl JobStore {
         }
     }
 
-    /// The oldest available job's enqueue time in `queue` (for latency).
-    pub fn oldest_ready(&self, queue: &str) -> Option<i64> {
-        self.ready.get(queue)?.iter().filter_map(|(_, _, id)| self.jobs.get(id)).map(|r| r.run_at).min()
-    }
-
     /// Checks the store's own invariants (each job indexed once, by its state); used by tests and
     /// the simulator.
     pub fn check(&self) -> Result<(), String> {

@@ -284,10 +284,6 @@ impl IterationJob for SimIteration {
     }
 }
 
-struct Life {
-    jobs: Jobs,
-}
-
 fn start(dir: &std::path::Path, seed: u64, wall_ms: i64, workers: usize, checkpoint_items: u64) -> Jobs {
     Jobs::builder()
         .dir(dir)
@@ -366,13 +362,12 @@ async fn drive(
         *life_no += 1;
         let wall_ms = wall(jump);
         record(&shared, JobsWhat::Start { life: *life_no, wall_ms });
-        let jobs = start(dir, seed.wrapping_add(u64::from(*life_no)), wall_ms, workers, checkpoint_items);
-        Life { jobs }
+        start(dir, seed.wrapping_add(u64::from(*life_no)), wall_ms, workers, checkpoint_items)
     };
     let mut life = new_life(&mut life_no, jump);
-    let progress = |life: &Life, ids: &[(JobId, u64)]| {
+    let progress = |life: &Jobs, ids: &[(JobId, u64)]| {
         for (id, key) in ids {
-            if let Some(record) = life.jobs.job(*id) {
+            if let Some(record) = life.job(*id) {
                 if record.progress.started {
                     note(JobsWhat::Progress { job: *key, items: record.progress.items });
                 }
@@ -408,7 +403,7 @@ async fn drive(
                 if rng.gen_bool(0.2) {
                     options = options.after(Duration::from_millis(rng.gen_range(0..30_000)));
                 }
-                match life.jobs.enqueue_with(job, options).await {
+                match life.enqueue_with(job, options).await {
                     Ok(id) => {
                         ids.push((id, key));
                         record(&shared, JobsWhat::Enqueued { job: key, unique, failures, slow });
@@ -422,13 +417,13 @@ async fn drive(
             45..=54 => {
                 let key = next_key;
                 next_key += 1;
-                let id = life.jobs.enqueue(SimIteration { key }).await.expect("an iteration job enqueues");
+                let id = life.enqueue(SimIteration { key }).await.expect("an iteration job enqueues");
                 ids.push((id, key));
                 record(&shared, JobsWhat::EnqueuedIteration { job: key });
             }
             55..=64 if !ids.is_empty() => {
                 let (id, key) = ids[rng.gen_range(0..ids.len())];
-                match life.jobs.cancel(id).await.expect("cancel") {
+                match life.cancel(id).await.expect("cancel") {
                     Cancelled::Removed | Cancelled::Running => {
                         record(&shared, JobsWhat::Cancelled { job: key });
                         *faults.entry("cancel").or_default() += 1;
@@ -437,7 +432,7 @@ async fn drive(
                 }
             }
             65..=79 => {
-                life.jobs.crash().await;
+                life.crash().await;
                 record(&shared, JobsWhat::Crash);
                 *faults.entry("crash").or_default() += 1;
                 drop(life);
@@ -449,7 +444,7 @@ async fn drive(
                 progress(&life, &ids);
             }
             80..=87 => {
-                let report = life.jobs.shutdown().await;
+                let report = life.shutdown().await;
                 record(&shared, JobsWhat::Shutdown { interrupted: report.interrupted });
                 *faults.entry("shutdown").or_default() += 1;
                 *faults.entry("interrupted_at_timeout").or_default() += report.interrupted as u64;
@@ -462,23 +457,23 @@ async fn drive(
     }
     // The end: everything runs out (retries wait at most 3^4 + 15 + 40 s each).
     for _ in 0..2_000 {
-        let sizes = life.jobs.stats().sizes;
+        let sizes = life.stats().sizes;
         if sizes.total == sizes.dead {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let dead: BTreeSet<JobId> = life.jobs.dead().iter().map(|r| r.id).collect();
+    let dead: BTreeSet<JobId> = life.dead().iter().map(|r| r.id).collect();
     let mut left = Vec::new();
     let mut dead_keys = Vec::new();
     for (id, key) in &ids {
         if dead.contains(id) {
             dead_keys.push(*key);
-        } else if life.jobs.job(*id).is_some() {
+        } else if life.job(*id).is_some() {
             left.push(*key);
         }
     }
-    life.jobs.shutdown().await;
+    life.shutdown().await;
     record(&shared, JobsWhat::End { left, dead: dead_keys });
     RECORDER.with(|r| *r.borrow_mut() = None);
     let events = std::mem::take(&mut shared.lock().expect("history").events);
