@@ -327,14 +327,8 @@ fn print_run<E: std::fmt::Display, V: std::fmt::Display>(
     full: bool,
     run: &Listed<'_, V>,
 ) {
-    let shown = if full { events.len() } else { events.len().min(200) };
     let _ = (|| -> std::io::Result<()> {
-        for event in &events[..shown] {
-            writeln!(out, "{event}")?;
-        }
-        if shown < events.len() {
-            writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
-        }
+        print_events(out, events, full)?;
         writeln!(out, "history hash {:016x}", run.hash)?;
         if let Some(ops) = &run.ops {
             writeln!(out, "operations: {ops}")?;
@@ -352,15 +346,24 @@ fn print_run<E: std::fmt::Display, V: std::fmt::Display>(
 
 /// Prints a history (the first 200 events unless `full`) and its hash.
 fn print_history(out: &mut impl std::io::Write, history: &tubemail_sim::history::History, full: bool) {
-    let events = history.events();
-    let shown = if full { events.len() } else { events.len().min(200) };
     let _ = (|| -> std::io::Result<()> {
-        for event in &events[..shown] {
-            writeln!(out, "{event}")?;
-        }
-        if shown < events.len() {
-            writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
-        }
+        print_events(out, history.events(), full)?;
         writeln!(out, "history hash {:016x}", history.hash())
     })();
+}
+
+/// Prints events one per line: the first 200 unless `full`, then how many more there are.
+fn print_events<E: std::fmt::Display>(
+    out: &mut impl std::io::Write,
+    events: &[E],
+    full: bool,
+) -> std::io::Result<()> {
+    let shown = if full { events.len() } else { events.len().min(200) };
+    for event in &events[..shown] {
+        writeln!(out, "{event}")?;
+    }
+    if shown < events.len() {
+        writeln!(out, "... {} more events (--full shows all)", events.len() - shown)?;
+    }
+    Ok(())
 }
