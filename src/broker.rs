@@ -51,6 +51,7 @@ use crate::probe::ProbeRef;
 use crate::protocol::{Bind, Delete, GetStats, Stop, Subscribe, Unbind};
 use crate::queue::state::QueueState;
 use crate::queue::{InsertError, QueueActor, QueueHandle, QueueHost};
+use crate::remote::RemoteBroker;
 use crate::routing::RoutingError;
 use crate::stats::{DeletedQueue, QueueStats, Stats};
 use crate::stream::Streams;
@@ -80,6 +81,9 @@ pub enum Confirm {
         /// The queues that refused it, in queue order.
         queues: Vec<String>,
     },
+    /// `try_publish` on a remote broker: handed to the connection, within the window of unconfirmed
+    /// publishes; the remote's confirm comes later and is counted in the topic's [`Stats`].
+    Sent,
 }
 
 /// Why a publish could not be attempted.
@@ -91,6 +95,13 @@ pub enum PublishError {
     /// The routing key is invalid (over 255 bytes).
     #[error(transparent)]
     Key(#[from] RoutingError),
+    /// The payload could not be encoded as MessagePack for a remote broker.
+    #[error("cannot encode the payload: {0}")]
+    Encode(String),
+    /// The remote broker failed the publish (a lost connection): the message may not have been
+    /// stored; publish it again (consumers must be idempotent, as at-least-once always needs).
+    #[error(transparent)]
+    Remote(crate::remote::RemoteError),
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -126,6 +137,9 @@ pub enum SubscribeError {
     /// No queue of that name (or it has been deleted).
     #[error("no queue named {0:?}")]
     UnknownQueue(String),
+    /// The remote broker refused the consumer or could not be reached.
+    #[error(transparent)]
+    Remote(crate::remote::RemoteError),
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -143,6 +157,9 @@ pub enum BindError {
     /// The key or pattern is invalid.
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    /// The remote broker refused the binding or could not be reached.
+    #[error(transparent)]
+    Remote(crate::remote::RemoteError),
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -168,6 +185,9 @@ pub enum DeclareError {
         /// The log's words.
         reason: String,
     },
+    /// The remote broker refused the queue or could not be reached.
+    #[error(transparent)]
+    Remote(crate::remote::RemoteError),
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -179,6 +199,9 @@ pub enum DeleteError {
     /// No queue of that name (or it has been deleted already).
     #[error("no queue named {0:?}")]
     UnknownQueue(String),
+    /// The remote broker could not delete it.
+    #[error(transparent)]
+    Remote(crate::remote::RemoteError),
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -212,6 +235,14 @@ pub enum StartError {
         /// The log's error, naming the file.
         error: tubemail_log::LogError,
     },
+    /// The remote broker could not be reached, or refused the topology.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    /// A remote broker was named (a builder's [`BrokerBuilder::remote`] or the topology's
+    /// `connect`) but the broker was started with the synchronous `start`: connecting waits for the
+    /// network, so use `Broker::connect(topology).await` or `BrokerBuilder::connect().await`.
+    #[error("topology names a remote broker ({0}): start it with `Broker::connect(topology).await`")]
+    NeedsConnect(String),
 }
 
 /// What shutting down found.
@@ -270,6 +301,8 @@ pub struct ShutdownReport {
 #[derive(Clone)]
 pub struct Broker {
     registry: Arc<Registry>,
+    /// The remote backend, when the broker runs on RabbitMQ or NATS (see [`crate::remote`]).
+    remote: Option<Arc<RemoteBroker>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -285,6 +318,56 @@ pub struct BrokerBuilder {
     topology: Topology,
     probe: ProbeRef,
     arbiters: Option<usize>,
+}
+
+impl BrokerBuilder {
+    /// Runs the broker on the remote broker at `url` (`amqp://…` for RabbitMQ, `nats://…` for NATS
+    /// JetStream), overriding the topology's `connect`; start it with [`BrokerBuilder::connect`].
+    pub fn remote(mut self, url: impl Into<String>) -> Self {
+        self.topology.connect = Some(url.into());
+        self
+    }
+
+    /// Runs the broker on RabbitMQ at `url` (`amqp://guest:guest@127.0.0.1:5672/%2f`), through the
+    /// `rabbitmq` feature; start it with [`BrokerBuilder::connect`].
+    pub fn rabbitmq(self, url: impl Into<String>) -> Self {
+        self.remote(url)
+    }
+
+    /// Runs the broker on NATS JetStream at `url` (`nats://127.0.0.1:4222`), through the `nats`
+    /// feature; start it with [`BrokerBuilder::connect`].
+    pub fn nats(self, url: impl Into<String>) -> Self {
+        self.remote(url)
+    }
+
+    /// Starts the broker: in this process, as [`BrokerBuilder::start`] does, or on the remote broker
+    /// the topology's `connect` (or [`BrokerBuilder::remote`]) names, declaring the topology there
+    /// (idempotently) first.
+    ///
+    /// # Errors
+    /// As [`BrokerBuilder::start`]; [`StartError::Remote`] when the remote broker cannot be reached,
+    /// refuses a declaration, or the backend is not built in.
+    pub async fn connect(self) -> Result<Broker, StartError> {
+        let Some(url) = self.topology.connect.clone() else { return self.start() };
+        let endpoint = crate::remote::Endpoint::parse(&url)?;
+        self.topology.validate()?;
+        if let Some(stream) = self.topology.streams.keys().next() {
+            return Err(StartError::Remote(crate::remote::RemoteError::Unsupported {
+                backend: endpoint.backend(),
+                what: format!("keep stream {stream:?}"),
+                hint: "streams live in process; run the topology's streams on a broker started with \
+                       `Broker::start`"
+                    .to_owned(),
+            }));
+        }
+        let arbiter = current_arbiter().ok_or(StartError::NoActixSystem)?;
+        let remote = RemoteBroker::connect(endpoint, self.topology).await?;
+        let clock = crate::stream::Clock::new(Instant::now());
+        let streams = Streams::open(None, &Default::default(), clock)?;
+        let arbiters = registry::Arbiters::start(arbiter.clone(), 1);
+        let registry = Arc::new(Registry::new(arbiter, arbiters, None, streams));
+        Ok(Broker { registry, remote: Some(Arc::new(remote)) })
+    }
 }
 
 /// How often a broker applies retention and compaction to its streams (see
@@ -322,6 +405,9 @@ impl BrokerBuilder {
     /// # Errors
     /// [`StartError::Topology`] when the topology is invalid.
     pub fn start(self) -> Result<Broker, StartError> {
+        if let Some(url) = &self.topology.connect {
+            return Err(StartError::NeedsConnect(crate::remote::redact(url)));
+        }
         let arbiters = match (&self.probe, self.arbiters) {
             (Some(_), _) => 1,
             (None, Some(n)) => n,
@@ -347,8 +433,23 @@ impl Broker {
         Self::builder(topology).start()
     }
 
+    /// Starts a broker for `topology`: on the remote broker its `connect` line names (RabbitMQ or
+    /// NATS JetStream, see [`crate::remote`]), else in this process as [`Broker::start`] does. The one
+    /// entry point for code that should run on either.
+    ///
+    /// # Errors
+    /// As [`BrokerBuilder::connect`].
+    pub async fn connect(topology: Topology) -> Result<Broker, StartError> {
+        Self::builder(topology).connect().await
+    }
+
+    /// Where this broker runs: `None` in this process, else the remote broker's endpoint.
+    pub fn endpoint(&self) -> Option<&crate::remote::Endpoint> {
+        self.remote.as_deref().map(|r| &r.endpoint)
+    }
+
     /// A builder, for a broker with more than a topology: a [`Probe`](crate::probe::Probe) for the
-    /// simulator.
+    /// simulator, arbiters, a data directory, a remote backend.
     pub fn builder(topology: Topology) -> BrokerBuilder {
         BrokerBuilder { topology, probe: None, arbiters: None }
     }
@@ -363,7 +464,7 @@ impl Broker {
         let streams = Streams::open(topology.data_dir.as_deref(), &topology.streams, clock)?;
         let arbiters = registry::Arbiters::start(arbiter.clone(), arbiters);
         let registry = Arc::new(Registry::new(arbiter, arbiters, probe, streams));
-        let broker = Broker { registry };
+        let broker = Broker { registry, remote: None };
         if !topology.streams.is_empty() || topology.queues.values().any(|q| q.durable) {
             broker.start_stream_maintenance();
         }
@@ -494,6 +595,13 @@ impl Broker {
         if self.registry.is_closed() {
             return Err(DeclareError::Closed);
         }
+        if let Some(remote) = &self.remote {
+            return Err(DeclareError::Remote(crate::remote::RemoteError::Unsupported {
+                backend: remote.endpoint.backend(),
+                what: format!("declare queue {name:?} without waiting"),
+                hint: "declaring on a remote broker waits for it: use `Broker::declare`".to_owned(),
+            }));
+        }
         let mut check = Topology::new().queue(name, spec.clone());
         check.data_dir = self.registry.streams.path();
         if let Some(dl) = spec.dead_letter.as_deref().filter(|dl| *dl != name) {
@@ -521,6 +629,20 @@ impl Broker {
         }
     }
 
+    /// Declares a queue at run time, on whichever backend the broker runs: as
+    /// [`Broker::declare_queue`] in process, and on a remote broker once it confirmed the
+    /// declaration. The form to use in code that may run on RabbitMQ or NATS.
+    ///
+    /// # Errors
+    /// As [`Broker::declare_queue`]; [`DeclareError::Remote`] when the remote broker refuses it.
+    pub async fn declare(&self, name: &str, spec: QueueSpec) -> Result<(), DeclareError> {
+        match &self.remote {
+            Some(_) if self.registry.is_closed() => Err(DeclareError::Closed),
+            Some(remote) => remote.declare_queue(name, spec).await,
+            None => self.declare_queue(name, spec),
+        }
+    }
+
     /// Deletes a queue: it is unbound everywhere, its subscribers' unacked deliveries and its ready
     /// messages are counted as `dropped.deleted` (dead letters it had already made are passed on),
     /// and its final counters stay in [`Broker::stats`] under [`Stats::deleted_queues`]. A publish
@@ -534,6 +656,9 @@ impl Broker {
         if self.registry.is_closed() {
             return Err(DeleteError::Closed);
         }
+        if let Some(remote) = &self.remote {
+            return remote.delete_queue(name).await;
+        }
         let queue = self.registry.queue(name).ok_or_else(|| DeleteError::UnknownQueue(name.to_owned()))?;
         queue.addr.send(Delete).await.map_err(|_| DeleteError::UnknownQueue(name.to_owned()))
     }
@@ -546,8 +671,11 @@ impl Broker {
         if self.registry.is_closed() {
             return Err(PublishError::Closed);
         }
+        if let Some(remote) = &self.remote {
+            return Ok(Publisher::remote(Arc::clone(remote), topic));
+        }
         let topic = self.registry.topic(topic).ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
-        Ok(Publisher { topic, registry: self.registry.clone() })
+        Ok(Publisher::local(topic, self.registry.clone()))
     }
 
     /// Publishes a typed value; waits only where a queue's policy is `block` or a mailbox is full.
@@ -711,6 +839,11 @@ impl Broker {
         if self.registry.is_closed() {
             return Err(SubscribeError::Closed);
         }
+        if let Some(remote) = &self.remote {
+            let consumer = self.registry.consumer_id();
+            remote.subscribe::<T, R>(&self.registry.arbiter, consumer, queue, options, runner).await?;
+            return Ok(Subscription { consumer, queue: queue.into(), broker: self.clone() });
+        }
         let unknown = || SubscribeError::UnknownQueue(queue.to_owned());
         let handle = self.registry.queue(queue).ok_or_else(unknown)?;
         let consumer = self.registry.consumer_id();
@@ -746,6 +879,9 @@ impl Broker {
     /// # Errors
     /// [`BindError`] for unknown names or an invalid key; [`BindError::Closed`] after shutdown.
     pub async fn bind(&self, topic: &str, queue: &str, key: &str) -> Result<bool, BindError> {
+        if let Some(remote) = self.remote_open().map_err(|()| BindError::Closed)? {
+            return remote.bind(topic, queue, key, true).await;
+        }
         let (topic, queue) = self.resolve(topic, queue)?;
         let bind = Bind { queue, key: key.to_owned(), weight: 1 };
         topic.addr.send(bind).await.map_err(|_| BindError::Closed)?.map_err(BindError::Routing)
@@ -756,8 +892,19 @@ impl Broker {
     /// # Errors
     /// [`BindError`] for unknown names; [`BindError::Closed`] after shutdown.
     pub async fn unbind(&self, topic: &str, queue: &str, key: &str) -> Result<bool, BindError> {
+        if let Some(remote) = self.remote_open().map_err(|()| BindError::Closed)? {
+            return remote.bind(topic, queue, key, false).await;
+        }
         let (topic, queue) = self.resolve(topic, queue)?;
         topic.addr.send(Unbind { queue, key: key.to_owned() }).await.map_err(|_| BindError::Closed)
+    }
+
+    /// The remote backend, if any; `Err` after shutdown.
+    fn remote_open(&self) -> Result<Option<&Arc<RemoteBroker>>, ()> {
+        match &self.remote {
+            Some(_) if self.registry.is_closed() => Err(()),
+            remote => Ok(remote.as_ref()),
+        }
     }
 
     fn resolve(&self, topic: &str, queue: &str) -> Result<(Arc<TopicHandle>, QueueId), BindError> {
@@ -776,6 +923,9 @@ impl Broker {
     pub async fn stats(&self) -> Stats {
         if let Some(stats) = self.registry.final_stats() {
             return stats;
+        }
+        if let Some(remote) = &self.remote {
+            return remote.stats().await;
         }
         let mut stats = Stats::default();
         for (name, topic) in self.registry.topics.load().iter() {
@@ -810,6 +960,12 @@ impl Broker {
     /// never lets the broker be idle: bound the wait with a timeout where that can happen. Resolves
     /// at once after shutdown. May be awaited from any thread.
     pub async fn idle(&self) {
+        if let Some(remote) = self.remote.clone() {
+            if !self.registry.is_closed() {
+                let _ = self.on_arbiter(async move { remote.idle().await }).await;
+            }
+            return;
+        }
         let registry = self.registry.clone();
         let _ = self
             .on_arbiter(async move {
@@ -870,6 +1026,13 @@ impl Broker {
                 ..Default::default()
             };
         }
+        if let Some(remote) = self.remote.clone() {
+            let report = self.on_arbiter(async move { remote.shutdown(timeout).await }).await;
+            let report = report.unwrap_or_default();
+            self.registry.set_final_stats(report.stats.clone());
+            self.registry.arbiters.stop();
+            return report;
+        }
         let registry = self.registry.clone();
         let report = self.on_arbiter(async move { shutdown_on_arbiter(registry, timeout).await }).await;
         let mut report = report.unwrap_or_default();
@@ -894,7 +1057,7 @@ fn clock_paused() -> bool {
 }
 
 /// Nanoseconds since the Unix epoch (0 before it).
-fn wall_clock_nanos() -> u64 {
+pub(crate) fn wall_clock_nanos() -> u64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     since.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }

@@ -64,6 +64,7 @@ pub mod message;
 pub mod probe;
 mod protocol;
 pub mod queue;
+pub mod remote;
 pub mod routing;
 pub mod stats;
 pub mod stream;

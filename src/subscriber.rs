@@ -267,9 +267,17 @@ impl<F: Send + 'static> BlockingThread<F> {
 
 /// The subscriber's link to its queue, shared by its deliveries.
 #[derive(Debug)]
-struct Link {
+pub(crate) struct QueueLink {
     queue: Addr<QueueActor>,
     consumer: ConsumerId,
+}
+
+/// Where a delivery is settled: its queue actor, or a remote broker.
+#[derive(Debug, Clone)]
+pub(crate) enum Link {
+    Local(Arc<QueueLink>),
+    #[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
+    Remote(Arc<dyn crate::remote::Settler>),
 }
 
 /// One delivery: the value, and what is known of its journey.
@@ -280,7 +288,7 @@ pub struct Delivery<T> {
     tag: DeliveryTag,
     epoch: u32,
     delivery_count: u32,
-    link: Arc<Link>,
+    link: Link,
 }
 
 impl<T: 'static> Deref for Delivery<T> {
@@ -332,6 +340,18 @@ impl<T: 'static> Delivery<T> {
         &self.msg
     }
 
+    /// A delivery from a remote broker.
+    #[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
+    pub(crate) fn remote(
+        value: Value<T>,
+        msg: Arc<Message>,
+        tag: DeliveryTag,
+        delivery_count: u32,
+        link: Link,
+    ) -> Self {
+        Delivery { value, msg, tag, epoch: 0, delivery_count, link }
+    }
+
     /// A handle to settle this delivery later; return [`Outcome::Defer`] from the handler to use it.
     pub fn acker(&self) -> Acker {
         Acker { link: self.link.clone(), tag: self.tag, epoch: self.epoch }
@@ -341,7 +361,7 @@ impl<T: 'static> Delivery<T> {
 /// Settles a deferred delivery, or with `multiple` every unsettled one up to it.
 #[derive(Debug, Clone)]
 pub struct Acker {
-    link: Arc<Link>,
+    link: Link,
     tag: DeliveryTag,
     epoch: u32,
 }
@@ -355,6 +375,10 @@ pub enum AckError {
     /// The queue has been deleted or the broker stopped.
     #[error("the queue is gone")]
     QueueGone,
+    /// The remote broker's connection or channel was lost before the settlement reached it: the
+    /// remote broker redelivers the message (at least once).
+    #[error("the remote broker's channel was lost; the delivery comes again")]
+    Remote,
 }
 
 impl Acker {
@@ -389,8 +413,23 @@ impl Acker {
     }
 
     async fn settle(&self, op: SettleOp) -> Result<(), AckError> {
-        let msg = ManualSettle { consumer: self.link.consumer, epoch: self.epoch, op };
-        self.link.queue.send(msg).await.map_err(|_| AckError::QueueGone)?.map_err(AckError::Refused)
+        match &self.link {
+            Link::Local(link) => {
+                let msg = ManualSettle { consumer: link.consumer, epoch: self.epoch, op };
+                link.queue.send(msg).await.map_err(|_| AckError::QueueGone)?.map_err(AckError::Refused)
+            }
+            Link::Remote(settler) => {
+                use crate::remote::RemoteSettle;
+                let (tag, op) = match op {
+                    SettleOp::Ack { tag, multiple } => (tag, RemoteSettle::Ack { multiple }),
+                    SettleOp::Nack { tag, multiple, requeue } => {
+                        (tag, RemoteSettle::Nack { multiple, requeue })
+                    }
+                    SettleOp::Processed(_) | SettleOp::Rejected(_) => return Ok(()),
+                };
+                settler.settle(tag.0, op).await
+            }
+        }
     }
 }
 
@@ -465,7 +504,7 @@ enum Crash {
 
 /// The subscriber actor.
 pub(crate) struct SubscriberActor<T, H> {
-    link: Arc<Link>,
+    link: Arc<QueueLink>,
     mode: DeliveryMode,
     prefetch: u32,
     handler: Box<H>,
@@ -561,7 +600,7 @@ where
         let Placement { queue_addr, queue, consumer, mode, prefetch, stopping, counters, on_undecodable } =
             place;
         Self {
-            link: Arc::new(Link { queue: queue_addr, consumer }),
+            link: Arc::new(QueueLink { queue: queue_addr, consumer }),
             mode,
             prefetch,
             handler: Box::new(handler),
@@ -702,7 +741,7 @@ where
             tag: DeliveryTag(tag),
             epoch,
             delivery_count,
-            link: self.link.clone(),
+            link: Link::Local(self.link.clone()),
         };
         let mut run = std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.run(delivery)));
         if let (Some(probe), Ok(ran)) = (&self.probe, &mut run) {

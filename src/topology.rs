@@ -419,6 +419,9 @@ pub struct Topology {
     ///
     /// [`BrokerBuilder::data_dir`]: crate::BrokerBuilder::data_dir
     pub data_dir: Option<PathBuf>,
+    /// The remote broker this topology runs on (`connect = "amqp://…"` or `"nats://…"`), read by
+    /// [`Broker::connect`](crate::Broker::connect); `None` runs it in this process.
+    pub connect: Option<String>,
 }
 
 impl Topology {

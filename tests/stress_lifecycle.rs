@@ -78,6 +78,7 @@ async fn publishing_threads_against_topology_churn_conserve_every_message() {
                         confirmed.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Confirm::Unroutable { alternate: None }) => {}
+                    Ok(Confirm::Sent) => unreachable!("only a remote broker's try_publish answers Sent"),
                     Err(e) => panic!("publish failed: {e}"),
                 }
             }

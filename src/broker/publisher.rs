@@ -13,21 +13,113 @@ use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
 use crate::queue::{Journal, Offer, QueueHandle, NO_SLOT};
+use crate::remote::RemoteBroker;
 use crate::routing::validate_key;
 use crate::stream::{Appended, StreamHandle};
 use crate::topic::{Route, TopicHandle};
 
 /// Publishes to one topic.
 #[derive(Clone)]
-pub struct Publisher {
-    pub(super) topic: Arc<TopicHandle>,
-    pub(super) registry: Arc<Registry>,
+pub struct Publisher(Target);
+
+#[derive(Clone)]
+enum Target {
+    Local(LocalPublisher),
+    Remote { broker: Arc<RemoteBroker>, topic: Arc<str> },
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("topic", &self.topic.name).finish()
+        let topic = match &self.0 {
+            Target::Local(p) => &*p.topic.name,
+            Target::Remote { topic, .. } => &**topic,
+        };
+        f.debug_struct("Publisher").field("topic", &topic).finish()
     }
+}
+
+impl Publisher {
+    pub(super) fn local(topic: Arc<TopicHandle>, registry: Arc<Registry>) -> Self {
+        Publisher(Target::Local(LocalPublisher { topic, registry }))
+    }
+
+    pub(super) fn remote(broker: Arc<RemoteBroker>, topic: &str) -> Self {
+        Publisher(Target::Remote { broker, topic: topic.into() })
+    }
+
+    /// Publishes a typed value. See [`Broker::publish`](crate::Broker::publish).
+    ///
+    /// # Errors
+    /// As [`Broker::publish`](crate::Broker::publish).
+    pub async fn publish<T: Serialize + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        value: T,
+    ) -> Result<Confirm, PublishError> {
+        match &self.0 {
+            Target::Local(p) => p.publish_payload(key, Payload::value(value)).await,
+            Target::Remote { broker, topic } => broker.publish(topic, key, Payload::value(value)).await,
+        }
+    }
+
+    /// Publishes raw bytes. See [`Broker::publish_bytes`](crate::Broker::publish_bytes).
+    ///
+    /// # Errors
+    /// As [`Broker::publish`](crate::Broker::publish).
+    pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
+        // Never cloned on the way: every queue shares the message, and subscribers read the bytes in
+        // place, so a `Bytes` made from a `Vec` is never promoted to a shared buffer (an allocation).
+        let payload = Payload::Bytes(bytes.into());
+        match &self.0 {
+            Target::Local(p) => p.publish_payload(key, payload).await,
+            Target::Remote { broker, topic } => broker.publish(topic, key, payload).await,
+        }
+    }
+
+    /// Publishes without waiting. See [`Broker::try_publish`](crate::Broker::try_publish).
+    ///
+    /// # Errors
+    /// As [`Broker::try_publish`](crate::Broker::try_publish).
+    pub fn try_publish<T: Serialize + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        value: T,
+    ) -> Result<Confirm, TryPublishError<T>> {
+        match &self.0 {
+            Target::Local(p) => p.try_publish(key, value),
+            Target::Remote { broker, topic } => broker.try_publish(topic, key, value),
+        }
+    }
+
+    /// Publishes a payload with a given message id, or a new one when `id` is `None`; `attempt_no`
+    /// counts from 1. A publisher that lost a confirm publishes again with the same id, so that an
+    /// idempotent consumer can tell the copies apart (the simulator's `confirm-loss` fault does so).
+    /// Returns the id and the confirm. In process only: a remote broker's publish gets a new id.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    #[doc(hidden)]
+    pub async fn publish_as(
+        &self,
+        key: &str,
+        payload: Payload,
+        id: Option<MessageId>,
+        attempt_no: u32,
+    ) -> Result<(MessageId, Confirm), PublishError> {
+        match &self.0 {
+            Target::Local(p) => p.publish_as(key, payload, id, attempt_no).await,
+            Target::Remote { broker, topic } => {
+                broker.publish(topic, key, payload).await.map(|c| (id.unwrap_or(MessageId(0)), c))
+            }
+        }
+    }
+}
+
+/// Publishes to one topic of the in-process broker.
+#[derive(Clone)]
+pub(crate) struct LocalPublisher {
+    pub(super) topic: Arc<TopicHandle>,
+    pub(super) registry: Arc<Registry>,
 }
 
 /// How far a publish got without waiting.
@@ -59,34 +151,8 @@ impl Attempt {
     }
 }
 
-impl Publisher {
-    /// Publishes a typed value. See [`Broker::publish`](crate::Broker::publish).
-    ///
-    /// # Errors
-    /// As [`Broker::publish`](crate::Broker::publish).
-    pub async fn publish<T: Serialize + Send + Sync + 'static>(
-        &self,
-        key: &str,
-        value: T,
-    ) -> Result<Confirm, PublishError> {
-        self.publish_payload(key, Payload::value(value)).await
-    }
-
-    /// Publishes raw bytes. See [`Broker::publish_bytes`](crate::Broker::publish_bytes).
-    ///
-    /// # Errors
-    /// As [`Broker::publish`](crate::Broker::publish).
-    pub async fn publish_bytes(&self, key: &str, bytes: impl Into<Bytes>) -> Result<Confirm, PublishError> {
-        // Never cloned on the way: every queue shares the message, and subscribers read the bytes in
-        // place, so a `Bytes` made from a `Vec` is never promoted to a shared buffer (an allocation).
-        self.publish_payload(key, Payload::Bytes(bytes.into())).await
-    }
-
-    /// Publishes without waiting. See [`Broker::try_publish`](crate::Broker::try_publish).
-    ///
-    /// # Errors
-    /// As [`Broker::try_publish`](crate::Broker::try_publish).
-    pub fn try_publish<T: Serialize + Send + Sync + 'static>(
+impl LocalPublisher {
+    fn try_publish<T: Serialize + Send + Sync + 'static>(
         &self,
         key: &str,
         value: T,
@@ -130,15 +196,7 @@ impl Publisher {
         self.publish_as(key, payload, None, 1).await.map(|(_, confirm)| confirm)
     }
 
-    /// Publishes a payload with a given message id, or a new one when `id` is `None`; `attempt_no`
-    /// counts from 1. A publisher that lost a confirm publishes again with the same id, so that an
-    /// idempotent consumer can tell the copies apart (the simulator's `confirm-loss` fault does so).
-    /// Returns the id and the confirm.
-    ///
-    /// # Errors
-    /// As [`Publisher::publish`].
-    #[doc(hidden)]
-    pub async fn publish_as(
+    async fn publish_as(
         &self,
         key: &str,
         payload: Payload,

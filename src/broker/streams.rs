@@ -167,7 +167,7 @@ impl Broker {
             loop {
                 tokio::time::sleep(STREAM_MAINTENANCE_EVERY).await;
                 let Some(registry) = registry.upgrade().filter(|r| !r.is_closed()) else { return };
-                let broker = Broker { registry };
+                let broker = Broker { registry, remote: None };
                 let run = tokio::task::spawn_blocking(move || broker.maintain_streams());
                 if let Ok(Err(e)) = run.await {
                     tracing::error!(error = %e, "stream maintenance failed");

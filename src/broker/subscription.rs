@@ -164,6 +164,15 @@ impl Subscription {
     /// After [`Broker::shutdown`](crate::Broker::shutdown), which retired every subscriber, the
     /// report is empty and says `drained` and `stopped`.
     pub async fn unsubscribe(self, timeout: Duration) -> UnsubscribeReport {
+        if let Some(remote) = self.broker.remote.clone() {
+            let consumer = self.consumer;
+            let retired = self.broker.on_arbiter(async move { remote.unsubscribe(consumer, timeout).await });
+            return retired.await.unwrap_or(UnsubscribeReport {
+                drained: true,
+                stopped: true,
+                ..Default::default()
+            });
+        }
         let Some(subscriber) = self.broker.registry.subscriptions.take(self.consumer) else {
             return UnsubscribeReport { drained: true, stopped: true, ..Default::default() };
         };

@@ -46,6 +46,7 @@ struct RawFile {
     #[serde(default)]
     bindings: Vec<Spanned<RawBinding>>,
     data_dir: Option<Spanned<String>>,
+    connect: Option<Spanned<String>>,
 }
 
 /// `[streams.NAME]`.
@@ -122,6 +123,16 @@ fn build(raw: RawFile) -> Result<(Topology, Spans), (String, Range<usize>, &'sta
         spans.insert("data_dir".to_owned(), d.span());
         PathBuf::from(d.into_inner())
     });
+    if let Some(url) = raw.connect {
+        let span = url.span();
+        let url = url.into_inner();
+        if crate::remote::Endpoint::parse(&url).is_err() {
+            let message = "names no backend: use amqp://… for RabbitMQ or nats://… for NATS JetStream";
+            return Err(("connect".to_owned(), span, message));
+        }
+        spans.insert("connect".to_owned(), span);
+        topology.connect = Some(url);
+    }
     for (name, st) in raw.streams {
         let table = format!("streams.{}", name.get_ref());
         spans.insert(table.clone(), name.span());

@@ -1,0 +1,501 @@
+//! The RabbitMQ backend, through `lapin`: topics are exchanges, queues are queues (quorum queues
+//! where the spec needs a delivery limit), bindings are bindings; every publish is confirmed.
+//!
+//! The mapping, and where it differs from the in-process broker, is in `docs/BACKENDS.md`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use super::{
+    redact, Backend, BoxFut, Consumer, Depth, Incoming, Outgoing, RemoteError, RemoteSettle, Sent, Settler,
+    CONFIRM_TIMEOUT, CONTENT_TYPE,
+};
+use crate::ids::{DeliveryTag, MessageId};
+use crate::message::{Death, DeathReason, DEATHS_MAX};
+use crate::protocol::SettleError;
+use crate::routing::TopicKind;
+use crate::subscriber::AckError;
+use crate::topology::{DeliveryMode, Overflow, QueueSpec, Target, Topology};
+
+const BACKEND: &str = "rabbitmq";
+
+/// The exchange that takes a topic's unroutable messages to its alternate queue.
+pub(crate) fn alternate_exchange(topic: &str) -> String {
+    format!("tubemail.alternate.{topic}")
+}
+
+fn io(what: &str) -> impl Fn(lapin::Error) -> RemoteError + '_ {
+    move |e| RemoteError::Io { backend: BACKEND, reason: format!("{what}: {e}") }
+}
+
+fn declare_error(what: String) -> impl FnOnce(lapin::Error) -> RemoteError {
+    move |e| {
+        let text = e.to_string();
+        let hint = if text.contains("PRECONDITION_FAILED") || text.contains("inequivalent") {
+            " (it exists with other arguments: `tubemail diff` shows how; delete it or change the file)"
+        } else if text.contains("x-consistent-hash") || text.contains("invalid exchange type") {
+            " (a `hash` topic needs RabbitMQ's consistent-hash exchange: \
+             `rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`)"
+        } else {
+            ""
+        };
+        RemoteError::Declare { backend: BACKEND, what, reason: format!("{text}{hint}") }
+    }
+}
+
+/// The RabbitMQ queue type a spec maps to: quorum queues count deliveries (`x-delivery-limit`);
+/// classic queues where a quorum queue cannot do what the spec asks (`auto_delete`,
+/// `reject-publish-dlx`).
+pub(crate) fn queue_type(spec: &QueueSpec) -> &'static str {
+    if spec.auto_delete || spec.overflow == Overflow::RejectPublishDlx {
+        "classic"
+    } else {
+        "quorum"
+    }
+}
+
+/// The arguments a queue is declared with on RabbitMQ, by name (`x-…`), as text for `diff`.
+pub(crate) fn queue_arguments(spec: &QueueSpec) -> BTreeMap<&'static str, AMQPValue> {
+    let mut args = BTreeMap::new();
+    let kind = queue_type(spec);
+    args.insert("x-queue-type", AMQPValue::LongString(kind.into()));
+    if kind == "quorum" && spec.delivery_limit > 0 {
+        // tubemail counts deliveries, RabbitMQ returns: a limit of N deliveries is N - 1 returns.
+        args.insert("x-delivery-limit", AMQPValue::LongLongInt(i64::from(spec.delivery_limit - 1)));
+    }
+    let overflow = match spec.overflow {
+        Overflow::Block => None,
+        Overflow::DropHead => Some("drop-head"),
+        Overflow::RejectPublish => Some("reject-publish"),
+        Overflow::RejectPublishDlx => Some("reject-publish-dlx"),
+    };
+    if let Some(overflow) = overflow {
+        args.insert(
+            "x-max-length",
+            AMQPValue::LongLongInt(i64::try_from(spec.depth_max).unwrap_or(i64::MAX)),
+        );
+        args.insert("x-overflow", AMQPValue::LongString(overflow.into()));
+    }
+    if let Some(ttl) = spec.message_ttl {
+        args.insert("x-message-ttl", AMQPValue::LongLongInt(millis(ttl)));
+    }
+    if let Some(expires) = spec.expires {
+        args.insert("x-expires", AMQPValue::LongLongInt(millis(expires).max(1)));
+    }
+    if let Some(dl) = &spec.dead_letter {
+        // Through the default exchange, which routes by queue name.
+        args.insert("x-dead-letter-exchange", AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key", AMQPValue::LongString(dl.as_str().into()));
+    }
+    if spec.single_active_consumer {
+        args.insert("x-single-active-consumer", AMQPValue::Boolean(true));
+    }
+    args
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn table(args: BTreeMap<&'static str, AMQPValue>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in args {
+        table.insert(k.into(), v);
+    }
+    table
+}
+
+/// The exchange type a topic kind maps to.
+pub(crate) fn exchange_kind(kind: TopicKind) -> ExchangeKind {
+    match kind {
+        TopicKind::Topic => ExchangeKind::Topic,
+        TopicKind::Direct => ExchangeKind::Direct,
+        TopicKind::Fanout => ExchangeKind::Fanout,
+        TopicKind::Hash => ExchangeKind::Custom("x-consistent-hash".to_owned()),
+    }
+}
+
+/// The binding key on RabbitMQ: the key, or for a hash topic the weight.
+fn binding_key(kind: TopicKind, key: &str, weight: u32) -> String {
+    match kind {
+        TopicKind::Hash => weight.to_string(),
+        TopicKind::Fanout => String::new(),
+        _ => key.to_owned(),
+    }
+}
+
+/// A connection to RabbitMQ with a confirming publish channel.
+pub(crate) struct RabbitMq {
+    conn: Connection,
+    publish: Mutex<Channel>,
+}
+
+impl RabbitMq {
+    /// Connects (with lapin's automatic recovery: the connection, its channels, consumers and
+    /// publisher confirms come back after a network failure or a broker restart) and declares the
+    /// topology.
+    pub(crate) async fn connect(url: &str, topology: &Topology) -> Result<RabbitMq, RemoteError> {
+        let props =
+            ConnectionProperties::default().with_connection_name("tubemail".into()).enable_auto_recover();
+        let conn = Connection::connect(url, props)
+            .await
+            .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
+        let publish = confirming_channel(&conn).await?;
+        let rabbit = RabbitMq { conn, publish: Mutex::new(publish) };
+        rabbit.declare(topology).await?;
+        Ok(rabbit)
+    }
+
+    async fn channel(&self) -> Result<Channel, RemoteError> {
+        self.conn.create_channel().await.map_err(io("channel.open"))
+    }
+
+    /// Declares every queue, exchange and binding of `topology`: idempotent, and an error naming
+    /// the object where RabbitMQ has it with other arguments.
+    pub(crate) async fn declare(&self, topology: &Topology) -> Result<(), RemoteError> {
+        for (name, spec) in &topology.queues {
+            self.declare_queue_now(name, spec).await?;
+        }
+        for (name, spec) in &topology.topics {
+            let mut args = FieldTable::default();
+            if let Some(alt) = &spec.alternate {
+                let exchange = alternate_exchange(name);
+                let channel = self.channel().await?;
+                let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+                channel
+                    .exchange_declare(
+                        exchange.as_str().into(),
+                        ExchangeKind::Fanout,
+                        options,
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(declare_error(format!("exchange {exchange:?}")))?;
+                channel
+                    .queue_bind(
+                        alt.as_str().into(),
+                        exchange.as_str().into(),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(declare_error(format!("binding of {exchange:?} to {alt:?}")))?;
+                args.insert("alternate-exchange".into(), AMQPValue::LongString(exchange.into()));
+            }
+            let channel = self.channel().await?;
+            let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+            channel
+                .exchange_declare(name.as_str().into(), exchange_kind(spec.kind), options, args)
+                .await
+                .map_err(declare_error(format!("exchange {name:?} ({})", spec.kind)))?;
+        }
+        let channel = self.channel().await?;
+        for b in &topology.bindings {
+            let Target::Queue(queue) = &b.target else { continue };
+            let kind = topology.topics[&b.topic].kind;
+            let key = binding_key(kind, &b.key, b.weight);
+            channel
+                .queue_bind(
+                    queue.as_str().into(),
+                    b.topic.as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(declare_error(format!("binding {:?} → {queue:?} ({:?})", b.topic, b.key)))?;
+        }
+        Ok(())
+    }
+
+    async fn declare_queue_now(&self, name: &str, spec: &QueueSpec) -> Result<(), RemoteError> {
+        // A refused declaration closes its channel: each gets a channel of its own.
+        let channel = self.channel().await?;
+        let classic_auto_delete = spec.auto_delete && queue_type(spec) == "classic";
+        let options = QueueDeclareOptions {
+            durable: !classic_auto_delete,
+            auto_delete: classic_auto_delete,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(name.into(), options, table(queue_arguments(spec)))
+            .await
+            .map_err(declare_error(format!("queue {name:?}")))?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    async fn publish_channel(&self) -> Result<Channel, RemoteError> {
+        let current = self.publish.lock().expect("not poisoned").clone();
+        if current.status().connected() || current.status().reconnecting() {
+            return Ok(current);
+        }
+        // Closed by an error of its own (a publish to an exchange deleted behind our back): anew.
+        let fresh = confirming_channel(&self.conn).await?;
+        *self.publish.lock().expect("not poisoned") = fresh.clone();
+        Ok(fresh)
+    }
+}
+
+async fn confirming_channel(conn: &Connection) -> Result<Channel, RemoteError> {
+    let channel = conn.create_channel().await.map_err(io("channel.open"))?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(io("confirm.select"))?;
+    Ok(channel)
+}
+
+impl Backend for RabbitMq {
+    fn publish<'a>(&'a self, out: Outgoing<'a>) -> BoxFut<'a, Result<Sent, RemoteError>> {
+        Box::pin(async move {
+            let channel = self.publish_channel().await?;
+            let props = BasicProperties::default()
+                .with_content_type(CONTENT_TYPE.into())
+                .with_message_id(out.id.0.to_string().into())
+                .with_delivery_mode(2);
+            let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let confirm = channel
+                .basic_publish(out.topic.into(), out.key.into(), options, &out.body, props)
+                .await
+                .map_err(io("basic.publish"))?;
+            match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                Err(_) => Err(RemoteError::Io {
+                    backend: BACKEND,
+                    reason: format!("no publisher confirm within {CONFIRM_TIMEOUT:?}"),
+                }),
+                Ok(Err(e)) => Err(io("publisher confirm")(e)),
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(Sent::Confirmed),
+                Ok(Ok(Confirmation::Ack(Some(_)))) => Ok(Sent::Returned),
+                Ok(Ok(Confirmation::Nack(_))) => Ok(Sent::Refused),
+            }
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        spec: &'a QueueSpec,
+        prefetch: u32,
+    ) -> BoxFut<'a, Result<Consumer, RemoteError>> {
+        Box::pin(async move {
+            let channel = self.channel().await?;
+            let at_most_once = spec.delivery == DeliveryMode::AtMostOnce;
+            let qos = u16::try_from(prefetch).unwrap_or(u16::MAX);
+            if !at_most_once {
+                channel.basic_qos(qos, BasicQosOptions::default()).await.map_err(io("basic.qos"))?;
+            }
+            let options = BasicConsumeOptions { no_ack: at_most_once, ..Default::default() };
+            let consumer = channel
+                .basic_consume(queue.into(), "".into(), options, FieldTable::default())
+                .await
+                .map_err(|e| match e.to_string().contains("NOT_FOUND") {
+                    true => RemoteError::Declare {
+                        backend: BACKEND,
+                        what: format!("queue {queue:?}"),
+                        reason: "no such queue on RabbitMQ (deleted there?): run `tubemail declare`"
+                            .to_owned(),
+                    },
+                    false => io("basic.consume")(e),
+                })?;
+            let settler = Arc::new(RabbitSettler { ackers: Mutex::default() });
+            let ackers = Arc::clone(&settler);
+            let mut next_tag = 0_u64;
+            let deliveries = consumer.map(move |delivery| {
+                let delivery = delivery.map_err(io("consume"))?;
+                next_tag += 1;
+                let incoming = incoming(next_tag, &delivery);
+                if !at_most_once {
+                    ackers.ackers.lock().expect("not poisoned").insert(next_tag, delivery.acker);
+                }
+                Ok(incoming)
+            });
+            let closing = channel.clone();
+            let cancel: Box<dyn FnOnce() -> BoxFut<'static, ()> + Send> = Box::new(move || {
+                Box::pin(async move {
+                    // Closing the channel requeues what it delivered and nobody acked.
+                    let _ = closing.close(200, "unsubscribed".into()).await;
+                })
+            });
+            Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel })
+        })
+    }
+
+    fn depth<'a>(&'a self, queue: &'a str) -> BoxFut<'a, Result<Depth, RemoteError>> {
+        Box::pin(async move {
+            let channel = self.channel().await?;
+            let options = QueueDeclareOptions { passive: true, ..Default::default() };
+            let q = channel.queue_declare(queue.into(), options, FieldTable::default()).await;
+            let q = q.map_err(io("queue.declare (passive)"))?;
+            let _ = channel.close(200, "depth".into()).await;
+            Ok(Depth { ready: u64::from(q.message_count()), consumers: u64::from(q.consumer_count()) })
+        })
+    }
+
+    fn declare_queue<'a>(
+        &'a self,
+        _topology: &'a Topology,
+        name: &'a str,
+        spec: &'a QueueSpec,
+    ) -> BoxFut<'a, Result<(), RemoteError>> {
+        Box::pin(self.declare_queue_now(name, spec))
+    }
+
+    fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<u64, RemoteError>> {
+        Box::pin(async move {
+            let channel = self.channel().await?;
+            let n = channel.queue_delete(name.into(), QueueDeleteOptions::default()).await;
+            let n = n.map_err(io("queue.delete"))?;
+            let _ = channel.close(200, "deleted".into()).await;
+            Ok(u64::from(n))
+        })
+    }
+
+    fn bind<'a>(
+        &'a self,
+        topic: &'a str,
+        kind: TopicKind,
+        queue: &'a str,
+        key: &'a str,
+        bind: bool,
+    ) -> BoxFut<'a, Result<(), RemoteError>> {
+        Box::pin(async move {
+            let channel = self.channel().await?;
+            let key: ShortString = binding_key(kind, key, 1).into();
+            let done = if bind {
+                let options = QueueBindOptions::default();
+                channel.queue_bind(queue.into(), topic.into(), key, options, FieldTable::default()).await
+            } else {
+                channel.queue_unbind(queue.into(), topic.into(), key, FieldTable::default()).await
+            };
+            done.map_err(declare_error(format!("binding {topic:?} → {queue:?}")))?;
+            let _ = channel.close(200, "bound".into()).await;
+            Ok(())
+        })
+    }
+
+    fn close(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            let _ = self.conn.close(200, "tubemail shut down".into()).await;
+        })
+    }
+}
+
+/// Reads what tubemail needs of a RabbitMQ delivery: its id, key, delivery count and deaths.
+fn incoming(tag: u64, delivery: &lapin::message::Delivery) -> Incoming {
+    let props = &delivery.properties;
+    let id = props.message_id().as_ref().and_then(|id| id.as_str().parse().ok()).unwrap_or(0);
+    let headers = props.headers().as_ref().map(FieldTable::inner);
+    let header = |name: &str| headers.and_then(|h| h.get(name));
+    // Quorum queues count returns in `x-delivery-count`; classic queues only flag a redelivery.
+    let delivery_count = match header("x-delivery-count").and_then(int) {
+        Some(returns) => u32::try_from(returns).unwrap_or(u32::MAX - 1).saturating_add(1),
+        None => 1 + u32::from(delivery.redelivered),
+    };
+    let (deaths, original_key) = match header("x-death") {
+        Some(AMQPValue::FieldArray(entries)) => deaths(entries.as_slice()),
+        _ => (Vec::new(), None),
+    };
+    Incoming {
+        tag,
+        key: original_key.unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+        body: bytes::Bytes::copy_from_slice(&delivery.data),
+        id: MessageId(id),
+        delivery_count,
+        deaths,
+    }
+}
+
+fn int(v: &AMQPValue) -> Option<i64> {
+    match v {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// RabbitMQ's `x-death` (newest first) as tubemail's deaths, and the key the message was first
+/// published with (dead-lettering through the default exchange changes its routing key).
+fn deaths(entries: &[AMQPValue]) -> (Vec<Death>, Option<String>) {
+    let mut out = Vec::new();
+    let mut key = None;
+    for entry in entries.iter().take(DEATHS_MAX) {
+        let AMQPValue::FieldTable(t) = entry else { continue };
+        let t = t.inner();
+        let reason = match t.get("reason").and_then(text).as_deref() {
+            Some("rejected") => DeathReason::Rejected,
+            Some("expired") => DeathReason::Expired,
+            Some("maxlen") => DeathReason::Maxlen,
+            Some("delivery_limit") => DeathReason::DeliveryLimit,
+            _ => continue,
+        };
+        let queue = t.get("queue").and_then(text).unwrap_or_default();
+        let count = t.get("count").and_then(int).map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let at_ms =
+            t.get("time").and_then(int).map_or(0, |s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
+        if let Some(AMQPValue::FieldArray(keys)) = t.get("routing-keys") {
+            key = keys.as_slice().first().and_then(text);
+        }
+        out.push(Death { queue: queue.into(), reason, count, at_ms });
+    }
+    (out, key)
+}
+
+/// Settles through each delivery's own lapin acker, so that a delivery of a channel that was
+/// recovered since is refused (its tag would name another message on the new channel) instead of
+/// settling the wrong one.
+struct RabbitSettler {
+    /// Unsettled deliveries: at most the subscription's prefetch.
+    ackers: Mutex<BTreeMap<u64, lapin::Acker>>,
+}
+
+impl Settler for RabbitSettler {
+    fn settle(&self, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
+        let multiple =
+            matches!(op, RemoteSettle::Ack { multiple: true } | RemoteSettle::Nack { multiple: true, .. });
+        let acker = {
+            let mut ackers = self.ackers.lock().expect("not poisoned");
+            let acker = ackers.remove(&tag);
+            if multiple && acker.is_some() {
+                ackers.retain(|t, _| *t > tag);
+            }
+            acker
+        };
+        Box::pin(async move {
+            let acker = acker.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
+            if !acker.usable() {
+                return Err(AckError::Remote);
+            }
+            let done = match op {
+                RemoteSettle::Ack { multiple } => acker.ack(BasicAckOptions { multiple }).await,
+                RemoteSettle::Nack { multiple, requeue } => {
+                    acker.nack(BasicNackOptions { multiple, requeue }).await
+                }
+                RemoteSettle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+            };
+            done.map(|_| ()).map_err(|_| AckError::Remote)
+        })
+    }
+}
