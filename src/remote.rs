@@ -416,13 +416,17 @@ impl RemoteBroker {
     }
 
     /// The targets a publish reaches by this process's bindings, and the alternate queue.
-    fn route(&self, topic: &str, key: &str) -> Result<(u32, Option<String>), PublishError> {
+    fn route(
+        &self,
+        topic: &str,
+        key: &str,
+    ) -> Result<(SmallVec<[QueueId; 8]>, Option<String>), PublishError> {
         let mirrors = self.mirrors.read().expect("not poisoned");
         let mirror = mirrors.get(topic).ok_or_else(|| PublishError::UnknownTopic(topic.to_owned()))?;
         validate_key(key)?;
         let mut out: SmallVec<[QueueId; 8]> = SmallVec::new();
         mirror.table.route(key, &mut out);
-        Ok((u32::try_from(out.len()).unwrap_or(u32::MAX), mirror.alternate.clone()))
+        Ok((out, mirror.alternate.clone()))
     }
 
     pub(crate) async fn publish(
@@ -431,16 +435,22 @@ impl RemoteBroker {
         key: &str,
         payload: Payload,
     ) -> Result<Confirm, PublishError> {
-        let (targets, alternate) = self.route(topic, key)?;
+        let (route, alternate) = self.route(topic, key)?;
         let body = payload.to_bytes().map_err(|e| PublishError::Encode(e.to_string()))?;
         let _permit = self.window.acquire().await.map_err(|_| PublishError::Closed)?;
         let id = MessageId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let sent = self.backend.publish(Outgoing { topic, key, body, id }).await;
         let sent = sent.map_err(PublishError::Remote)?;
-        Ok(self.confirmed(topic, targets, alternate, sent))
+        Ok(self.confirmed(topic, &route, alternate, sent))
     }
 
-    fn confirmed(&self, topic: &str, targets: u32, alternate: Option<String>, sent: Sent) -> Confirm {
+    fn confirmed(&self, topic: &str, route: &[QueueId], alternate: Option<String>, sent: Sent) -> Confirm {
+        let targets = u32::try_from(route.len()).unwrap_or(u32::MAX);
+        // The queues that can refuse a publish: a full `reject-publish` queue is the only reason.
+        let refusing = match sent {
+            Sent::Refused => self.refusing(route),
+            _ => Vec::new(),
+        };
         let mut counts = self.counts.lock().expect("not poisoned");
         let t = counts.topics.entry(topic.to_owned()).or_default();
         t.published += 1;
@@ -471,21 +481,36 @@ impl RemoteBroker {
                 Confirm::Unroutable { alternate: None }
             }
             Sent::Refused => {
-                // The remote does not say which queue refused: every target is named.
+                // The remote does not say which queue refused: the targets that refuse when full
+                // are named, the others counted as accepting.
+                let refused = u32::try_from(refusing.len()).unwrap_or(u32::MAX).max(1);
                 t.refused_publishes += 1;
-                t.refused += u64::from(targets.max(1));
-                let mirrors = self.mirrors.read().expect("not poisoned");
-                let queues = self.target_names(mirrors.get(topic), topic);
-                Confirm::Refused { accepted: 0, queues }
+                t.refused += u64::from(refused);
+                t.routed += u64::from(targets.saturating_sub(refused));
+                for q in &refusing {
+                    counts.queues.entry(q.clone()).or_default().refused += 1;
+                }
+                Confirm::Refused { accepted: targets.saturating_sub(refused), queues: refusing }
             }
         }
     }
 
-    fn target_names(&self, mirror: Option<&Mirror>, _topic: &str) -> Vec<String> {
-        let Some(mirror) = mirror else { return Vec::new() };
+    /// The names of the queues among `route` whose overflow policy refuses publishes.
+    fn refusing(&self, route: &[QueueId]) -> Vec<String> {
         let ids = self.queue_ids.read().expect("not poisoned");
-        let bound: Vec<QueueId> = mirror.table.bindings().iter().map(|b| b.queue).collect();
-        ids.iter().filter(|(_, id)| bound.contains(id)).map(|(name, _)| name.clone()).collect()
+        let topology = self.topology.read().expect("not poisoned");
+        let refuses = |name: &String| {
+            topology.queues.get(name).is_some_and(|q| {
+                matches!(
+                    q.overflow,
+                    crate::topology::Overflow::RejectPublish | crate::topology::Overflow::RejectPublishDlx
+                )
+            })
+        };
+        ids.iter()
+            .filter(|(name, id)| route.contains(id) && refuses(name))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     pub(crate) fn try_publish<T: serde::Serialize + Send + Sync + 'static>(
@@ -544,6 +569,7 @@ impl RemoteBroker {
         let sub_loop = SubLoop {
             queue: queue.into(),
             mode: spec.delivery,
+            dead_letters: spec.dead_letter.is_some(),
             consumer,
             settler,
             stop: Arc::clone(&stop),
@@ -748,6 +774,8 @@ impl RemoteBroker {
 struct SubLoop {
     queue: Arc<str>,
     mode: DeliveryMode,
+    /// Whether the queue has a dead-letter queue.
+    dead_letters: bool,
     consumer: ConsumerId,
     settler: Arc<dyn Settler>,
     stop: Arc<StopFlag>,
@@ -851,10 +879,19 @@ impl SubLoop {
                 return;
             }
         }
+        // Counted as the in-process queue does: every nack and reject is `nacked`; one that is not
+        // requeued is dead-lettered, or dropped as `rejected` without a dead-letter queue.
+        let dead_letters = self.dead_letters;
         self.count(|q| match op {
             RemoteSettle::Ack { .. } => q.acked += 1,
             RemoteSettle::Nack { requeue: true, .. } => q.nacked += 1,
-            RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => q.dead_lettered += 1,
+            RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
+                q.nacked += 1;
+                match dead_letters {
+                    true => q.dead_lettered += 1,
+                    false => q.dropped.rejected += 1,
+                }
+            }
         });
     }
 }

@@ -80,10 +80,13 @@ pub(crate) fn queue_arguments(spec: &QueueSpec) -> BTreeMap<&'static str, AMQPVa
         Overflow::RejectPublishDlx => Some("reject-publish-dlx"),
     };
     if let Some(overflow) = overflow {
-        args.insert(
-            "x-max-length",
-            AMQPValue::LongLongInt(i64::try_from(spec.depth_max).unwrap_or(i64::MAX)),
-        );
+        let mut max = i64::try_from(spec.depth_max).unwrap_or(i64::MAX);
+        if kind == "quorum" && spec.overflow == Overflow::RejectPublish {
+            // Measured on RabbitMQ 3.10: a quorum queue refuses a publish only once it is over its
+            // `x-max-length`, so it holds one more; tubemail's `depth_max` N is its N - 1.
+            max = (max - 1).max(0);
+        }
+        args.insert("x-max-length", AMQPValue::LongLongInt(max));
         args.insert("x-overflow", AMQPValue::LongString(overflow.into()));
     }
     if let Some(ttl) = spec.message_ttl {

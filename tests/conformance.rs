@@ -1,0 +1,500 @@
+//! One conformance suite, run against every backend: the in-process broker, RabbitMQ (the
+//! `rabbitmq` feature) and NATS JetStream (the `nats` feature). Each scenario is written once
+//! against the `Broker` API; where a backend differs, the difference is a test of its own and a row
+//! of the table in `docs/BACKENDS.md`.
+//!
+//! The remote backends are the services on this machine (RabbitMQ on 127.0.0.1:5672, NATS on
+//! 127.0.0.1:4222): a test fails, saying so, when one is not running. Every run uses names of its
+//! own and deletes its queues at the end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tubemail::{Broker, Confirm, DeathReason, Delivery, Outcome, Topology};
+
+const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// How long a scenario waits for a delivery that must come.
+const ARRIVES: Duration = Duration::from_secs(10);
+/// How long a scenario waits to be sure a delivery does not come.
+const QUIET: Duration = Duration::from_millis(400);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Local,
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    RabbitMq,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Nats,
+}
+
+/// A prefix unique to this test in this run, so that runs never see each other's queues.
+fn prefix(test: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!(
+        "tmc_{test}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn reachable(addr: &str, what: &str) {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        panic!("{what} is not running on {addr}: start it (the conformance suite runs against it in CI)");
+    }
+}
+
+/// Starts `toml` (with `{p}` replaced by the run's prefix) on `backend`.
+async fn start(backend: Backend, p: &str, toml: &str) -> (Broker, Topology) {
+    let topology = Topology::from_toml_str(&toml.replace("{p}", p)).unwrap();
+    let builder = Broker::builder(topology.clone());
+    let broker = match backend {
+        Backend::Local => builder.start().unwrap(),
+        Backend::RabbitMq => {
+            reachable("127.0.0.1:5672", "RabbitMQ");
+            builder.rabbitmq(RABBITMQ).connect().await.unwrap()
+        }
+        Backend::Nats => {
+            reachable("127.0.0.1:4222", "NATS");
+            builder.nats(NATS).connect().await.unwrap()
+        }
+    };
+    (broker, topology)
+}
+
+/// Shuts down and deletes every queue of the topology on a remote backend (with a broker of its
+/// own, since the first has shut down).
+async fn finish(backend: Backend, broker: Broker, topology: Topology) {
+    broker.shutdown(Duration::from_secs(2)).await;
+    if backend == Backend::Local {
+        return;
+    }
+    let cleaner = Broker::connect(topology.clone()).await;
+    let cleaner = match (backend, cleaner) {
+        (_, Ok(b)) if b.endpoint().is_some() => b,
+        (Backend::RabbitMq, _) => {
+            Broker::builder(topology.clone()).rabbitmq(RABBITMQ).connect().await.unwrap()
+        }
+        _ => Broker::builder(topology.clone()).nats(NATS).connect().await.unwrap(),
+    };
+    for queue in topology.queues.keys() {
+        let _ = cleaner.delete_queue(queue).await;
+    }
+    cleaner.shutdown(Duration::from_secs(1)).await;
+    #[cfg(feature = "rabbitmq")]
+    if backend == Backend::RabbitMq {
+        delete_exchanges(&topology).await;
+    }
+}
+
+/// Deletes the run's exchanges (the broker API deletes queues, not topics).
+#[cfg(feature = "rabbitmq")]
+async fn delete_exchanges(topology: &Topology) {
+    use lapin::options::ExchangeDeleteOptions;
+    let props = lapin::ConnectionProperties::default();
+    let conn = lapin::Connection::connect(RABBITMQ, props).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    for (topic, spec) in &topology.topics {
+        let _ = channel.exchange_delete(topic.as_str().into(), ExchangeDeleteOptions::default()).await;
+        if spec.alternate.is_some() {
+            let alternate = format!("tubemail.alternate.{topic}");
+            let _ =
+                channel.exchange_delete(alternate.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+    }
+    let _ = conn.close(200, "clean".into()).await;
+}
+
+/// What a handler saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    key: String,
+    value: u64,
+    delivery_count: u32,
+    redelivered: bool,
+    deaths: Vec<(String, DeathReason)>,
+}
+
+/// Subscribes a handler that records each delivery and answers with `outcome(delivery)`.
+async fn record(
+    broker: &Broker,
+    queue: &str,
+    mut outcome: impl FnMut(&Seen) -> Outcome + Send + 'static,
+) -> (tubemail::Subscription, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sub = broker
+        .subscribe_sync(queue, move |d: Delivery<u64>| {
+            let seen = Seen {
+                key: d.key().to_owned(),
+                value: *d,
+                delivery_count: d.delivery_count(),
+                redelivered: d.redelivered(),
+                deaths: d.deaths().iter().map(|x| (x.queue.to_string(), x.reason)).collect(),
+            };
+            let out = outcome(&seen);
+            let _ = tx.send(seen);
+            out
+        })
+        .await
+        .unwrap();
+    (sub, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) -> Seen {
+    match tokio::time::timeout(ARRIVES, rx.recv()).await {
+        Ok(Some(seen)) => seen,
+        _ => panic!("{what}: no delivery within {ARRIVES:?}"),
+    }
+}
+
+async fn quiet(rx: &mut mpsc::UnboundedReceiver<Seen>, what: &str) {
+    if let Ok(Some(seen)) = tokio::time::timeout(QUIET, rx.recv()).await {
+        panic!("{what}: an unexpected delivery {seen:?}");
+    }
+}
+
+/// RabbitMQ's own topic-exchange cases (rabbit_exchange_type_topic tests), as (pattern, key,
+/// matches). `#` in the middle of a pattern is left to [`middle_hash`], since NATS cannot express it.
+const TOPIC_CASES: &[(&str, &str, bool)] = &[
+    ("a.b.c", "a.b.c", true),
+    ("a.*.c", "a.b.c", true),
+    ("a.*.c", "a.c", false),
+    ("a.b.*", "a.b.c", true),
+    ("a.b.*", "a.b", false),
+    ("a.b.*", "a.b.c.d", false),
+    ("#", "a.b.c", true),
+    ("#", "a", true),
+    ("a.#", "a.b.c", true),
+    ("a.#", "a", true),
+    ("a.#", "b.a", false),
+    ("*.b.c", "a.b.c", true),
+    ("*.*", "a.b", true),
+    ("*.*", "a.b.c", false),
+    ("*", "a", true),
+    ("*.#", "a", true),
+    ("*.#", "a.b.c", true),
+];
+
+async fn routing_matrix(backend: Backend) {
+    let p = prefix("routing");
+    let mut toml = String::from("[topics.{p}_t]\nkind = \"topic\"\n");
+    for (i, (pattern, _, _)) in TOPIC_CASES.iter().enumerate() {
+        toml += &format!(
+            "[queues.{{p}}_q{i}]\n[[bindings]]\ntopic = \"{{p}}_t\"\nqueue = \"{{p}}_q{i}\"\nkey = \"{pattern}\"\n"
+        );
+    }
+    let (broker, topology) = start(backend, &p, &toml).await;
+    // Every key is published once; queue i must receive exactly the keys its pattern matches.
+    for (j, (_, key, _)) in TOPIC_CASES.iter().enumerate() {
+        broker.publish(&format!("{p}_t"), key, j as u64).await.unwrap();
+    }
+    for (i, (pattern, key, matches)) in TOPIC_CASES.iter().enumerate() {
+        assert_eq!(tubemail::routing::pattern_matches(pattern, key), *matches, "the case's own verdict");
+        let want: Vec<u64> = (0..TOPIC_CASES.len())
+            .filter(|&j| tubemail::routing::pattern_matches(pattern, TOPIC_CASES[j].1))
+            .map(|j| j as u64)
+            .collect();
+        let (sub, mut rx) = record(&broker, &format!("{p}_q{i}"), |_| Outcome::Ack).await;
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(next(&mut rx, &format!("pattern {pattern:?}")).await.value);
+        }
+        quiet(&mut rx, &format!("pattern {pattern:?}: nothing more")).await;
+        got.sort_unstable();
+        assert_eq!(got, want, "pattern {pattern:?}");
+        sub.unsubscribe(Duration::from_secs(1)).await;
+    }
+    finish(backend, broker, topology).await;
+}
+
+async fn confirms_and_alternate(backend: Backend) {
+    let p = prefix("confirms");
+    let toml = r#"
+        [topics.{p}_plain]
+        kind = "direct"
+        [topics.{p}_alt]
+        kind = "direct"
+        alternate = "{p}_unrouted"
+        [queues.{p}_a]
+        [queues.{p}_b]
+        [queues.{p}_unrouted]
+        [[bindings]]
+        topic = "{p}_plain"
+        queue = "{p}_a"
+        key = "k"
+        [[bindings]]
+        topic = "{p}_plain"
+        queue = "{p}_b"
+        key = "k"
+        [[bindings]]
+        topic = "{p}_alt"
+        queue = "{p}_a"
+        key = "k"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let plain = format!("{p}_plain");
+    assert_eq!(broker.publish(&plain, "k", 1_u64).await.unwrap(), Confirm::Routed { queues: 2 });
+    assert_eq!(
+        broker.publish(&plain, "other", 2_u64).await.unwrap(),
+        Confirm::Unroutable { alternate: None }
+    );
+    let alt = broker.publish(&format!("{p}_alt"), "other", 3_u64).await.unwrap();
+    assert_eq!(alt, Confirm::Unroutable { alternate: Some(format!("{p}_unrouted")) });
+    let (_sub, mut rx) = record(&broker, &format!("{p}_unrouted"), |_| Outcome::Ack).await;
+    assert_eq!(next(&mut rx, "the alternate queue").await.value, 3);
+    let stats = broker.stats().await;
+    let t = &stats.topics[&plain];
+    assert_eq!((t.published, t.routed_publishes, t.unroutable), (2, 1, 1));
+    finish(backend, broker, topology).await;
+}
+
+async fn ack_nack_reject(backend: Backend) {
+    let p = prefix("settle");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "direct"
+        [queues.{p}_work]
+        delivery = "at-least-once"
+        dead_letter = "{p}_dead"
+        [queues.{p}_dead]
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+        key = "k"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    // The first delivery is nacked with requeue, the second rejected, the third acked.
+    let (_sub, mut rx) =
+        record(&broker, &format!("{p}_work"), |seen| match (seen.value, seen.delivery_count) {
+            (1, 1) => Outcome::Nack { requeue: true },
+            (2, _) => Outcome::Reject,
+            _ => Outcome::Ack,
+        })
+        .await;
+    let (_dead, mut dead_rx) = record(&broker, &format!("{p}_dead"), |_| Outcome::Ack).await;
+    broker.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap();
+    let first = next(&mut rx, "first delivery").await;
+    assert_eq!((first.value, first.delivery_count, first.redelivered), (1, 1, false));
+    let again = next(&mut rx, "redelivery after nack").await;
+    assert_eq!((again.value, again.delivery_count, again.redelivered), (1, 2, true));
+    broker.publish(&format!("{p}_t"), "k", 2_u64).await.unwrap();
+    assert_eq!(next(&mut rx, "the rejected one").await.value, 2);
+    let dead = next(&mut dead_rx, "the dead letter").await;
+    assert_eq!(dead.value, 2);
+    assert_eq!(dead.key, "k", "a dead letter keeps its routing key");
+    assert_eq!(dead.deaths.first(), Some(&(format!("{p}_work"), DeathReason::Rejected)));
+    broker.idle().await;
+    let stats = broker.stats().await;
+    let work = &stats.queues[&format!("{p}_work")];
+    assert_eq!((work.acked, work.nacked, work.dead_lettered), (1, 2, 1), "{work:?}");
+    finish(backend, broker, topology).await;
+}
+
+async fn delivery_limit(backend: Backend) {
+    let p = prefix("limit");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "direct"
+        [queues.{p}_work]
+        delivery = "at-least-once"
+        delivery_limit = 2
+        dead_letter = "{p}_dead"
+        [queues.{p}_dead]
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+        key = "k"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (_sub, mut rx) = record(&broker, &format!("{p}_work"), |_| Outcome::Nack { requeue: true }).await;
+    let (_dead, mut dead_rx) = record(&broker, &format!("{p}_dead"), |_| Outcome::Ack).await;
+    broker.publish(&format!("{p}_t"), "k", 7_u64).await.unwrap();
+    assert_eq!(next(&mut rx, "delivery 1").await.delivery_count, 1);
+    assert_eq!(next(&mut rx, "delivery 2").await.delivery_count, 2);
+    let dead = next(&mut dead_rx, "dead letter at the limit").await;
+    assert_eq!(dead.deaths.first().map(|d| d.1), Some(DeathReason::DeliveryLimit));
+    quiet(&mut rx, "no third delivery with a limit of 2").await;
+    finish(backend, broker, topology).await;
+}
+
+async fn overflow(backend: Backend) {
+    let p = prefix("overflow");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_head]
+        depth_max = 2
+        overflow = "drop-head"
+        [queues.{p}_refuse]
+        depth_max = 2
+        overflow = "reject-publish"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_head"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_refuse"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let t = format!("{p}_t");
+    for i in 1..=2_u64 {
+        assert_eq!(broker.publish(&t, "k", i).await.unwrap(), Confirm::Routed { queues: 2 });
+    }
+    let third = broker.publish(&t, "k", 3_u64).await.unwrap();
+    assert_eq!(third, Confirm::Refused { accepted: 1, queues: vec![format!("{p}_refuse")] });
+    let (_head, mut head_rx) = record(&broker, &format!("{p}_head"), |_| Outcome::Ack).await;
+    let (_refuse, mut refuse_rx) = record(&broker, &format!("{p}_refuse"), |_| Outcome::Ack).await;
+    let head: Vec<u64> =
+        vec![next(&mut head_rx, "head 1").await.value, next(&mut head_rx, "head 2").await.value];
+    assert_eq!(head, [2, 3], "drop-head dropped the oldest");
+    let refuse =
+        vec![next(&mut refuse_rx, "refuse 1").await.value, next(&mut refuse_rx, "refuse 2").await.value];
+    assert_eq!(refuse, [1, 2], "reject-publish kept the first two");
+    finish(backend, broker, topology).await;
+}
+
+async fn ttl_dead_letters(backend: Backend) {
+    let p = prefix("ttl");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "direct"
+        [queues.{p}_short]
+        message_ttl_ms = 100
+        dead_letter = "{p}_dead"
+        [queues.{p}_dead]
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_short"
+        key = "k"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    broker.publish(&format!("{p}_t"), "k", 5_u64).await.unwrap();
+    let (_dead, mut dead_rx) = record(&broker, &format!("{p}_dead"), |_| Outcome::Ack).await;
+    let dead = next(&mut dead_rx, "the expired message").await;
+    assert_eq!(dead.deaths.first().map(|d| d.1), Some(DeathReason::Expired));
+    finish(backend, broker, topology).await;
+}
+
+async fn single_active_consumer(backend: Backend) {
+    let p = prefix("sac");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "direct"
+        [queues.{p}_q]
+        delivery = "at-least-once"
+        single_active_consumer = true
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_q"
+        key = "k"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (first, mut first_rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Ack).await;
+    let (_second, mut second_rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Ack).await;
+    for i in 0..4_u64 {
+        broker.publish(&format!("{p}_t"), "k", i).await.unwrap();
+    }
+    for i in 0..4 {
+        assert_eq!(next(&mut first_rx, "the active consumer").await.value, i);
+    }
+    quiet(&mut second_rx, "the waiting consumer").await;
+    // The active one leaves: the other takes over.
+    first.unsubscribe(Duration::from_secs(1)).await;
+    broker.publish(&format!("{p}_t"), "k", 9_u64).await.unwrap();
+    assert_eq!(next(&mut second_rx, "the consumer that took over").await.value, 9);
+    finish(backend, broker, topology).await;
+}
+
+async fn consumer_crash(backend: Backend) {
+    let p = prefix("crash");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_alo]
+        delivery = "at-least-once"
+        [queues.{p}_amo]
+        delivery = "at-most-once"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_alo"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_amo"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let crash_first = |seen: &Seen| {
+        if seen.delivery_count == 1 {
+            panic!("the handler crashes on a first delivery");
+        }
+        Outcome::Ack
+    };
+    let (_alo, mut alo_rx) = record_crashing(&broker, &format!("{p}_alo"), crash_first).await;
+    let (_amo, mut amo_rx) = record_crashing(&broker, &format!("{p}_amo"), crash_first).await;
+    broker.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap();
+    let again = next(&mut alo_rx, "at-least-once: redelivered after the crash").await;
+    assert_eq!((again.value, again.delivery_count), (1, 2));
+    quiet(&mut amo_rx, "at-most-once: lost with the crash").await;
+    finish(backend, broker, topology).await;
+}
+
+/// As [`record`], but the delivery is reported before the handler decides (and may panic).
+async fn record_crashing(
+    broker: &Broker,
+    queue: &str,
+    outcome: impl Fn(&Seen) -> Outcome + Send + 'static,
+) -> (tubemail::Subscription, mpsc::UnboundedReceiver<Seen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sub = broker
+        .subscribe_sync(queue, move |d: Delivery<u64>| {
+            let seen = Seen {
+                key: d.key().to_owned(),
+                value: *d,
+                delivery_count: d.delivery_count(),
+                redelivered: d.redelivered(),
+                deaths: Vec::new(),
+            };
+            if seen.delivery_count > 1 {
+                let _ = tx.send(seen.clone());
+            }
+            outcome(&seen)
+        })
+        .await
+        .unwrap();
+    (sub, rx)
+}
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            use super::*;
+            $(#[actix::test] async fn $scenario() { super::$scenario(Backend::Local).await })*
+        }
+        #[cfg(feature = "rabbitmq")]
+        mod rabbitmq {
+            use super::*;
+            $(#[actix::test] async fn $scenario() { super::$scenario(Backend::RabbitMq).await })*
+        }
+        #[cfg(feature = "nats")]
+        mod nats {
+            use super::*;
+            $(#[actix::test] async fn $scenario() { super::$scenario(Backend::Nats).await })*
+        }
+    };
+}
+
+conformance!(
+    routing_matrix,
+    confirms_and_alternate,
+    ack_nack_reject,
+    delivery_limit,
+    overflow,
+    ttl_dead_letters,
+    single_active_consumer,
+    consumer_crash,
+);
