@@ -53,11 +53,15 @@ fn declare_error(what: String) -> impl FnOnce(lapin::Error) -> RemoteError {
     }
 }
 
-/// The RabbitMQ queue type a spec maps to: quorum queues count deliveries (`x-delivery-limit`);
-/// classic queues where a quorum queue cannot do what the spec asks (`auto_delete`,
-/// `reject-publish-dlx`).
+/// The RabbitMQ queue type a spec maps to: quorum queues for at-least-once (replicated, and they
+/// count deliveries for `x-delivery-limit`); classic queues for at-most-once (nothing is redelivered,
+/// so neither matters, and they are faster) and where a quorum queue cannot do what the spec asks
+/// (`auto_delete`, `reject-publish-dlx`).
 pub(crate) fn queue_type(spec: &QueueSpec) -> &'static str {
-    if spec.auto_delete || spec.overflow == Overflow::RejectPublishDlx {
+    if spec.delivery == DeliveryMode::AtMostOnce
+        || spec.auto_delete
+        || spec.overflow == Overflow::RejectPublishDlx
+    {
         "classic"
     } else {
         "quorum"

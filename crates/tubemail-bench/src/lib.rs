@@ -14,6 +14,8 @@ use std::time::Duration;
 use tubemail::topology::{DeliveryMode, TopicKind};
 #[cfg(feature = "peers")]
 pub mod peers;
+#[cfg(feature = "peers")]
+pub mod remote;
 
 pub mod jobs;
 pub mod log;

@@ -501,20 +501,20 @@ async fn jetstream_run(
 }
 
 /// What one consumer handled.
-struct Tally {
-    count: u64,
+pub(crate) struct Tally {
+    pub(crate) count: u64,
     last: Option<Instant>,
     latency: Option<Histogram<u64>>,
 }
 
 impl Tally {
-    fn new(payload: usize) -> Self {
+    pub(crate) fn new(payload: usize) -> Self {
         let latency =
             (payload >= 8).then(|| Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3).expect("bounds"));
         Tally { count: 0, last: None, latency }
     }
 
-    fn handled(&mut self, base: Instant, body: &[u8]) {
+    pub(crate) fn handled(&mut self, base: Instant, body: &[u8]) {
         let now = Instant::now();
         self.count += 1;
         self.last = Some(now);
@@ -527,7 +527,7 @@ impl Tally {
 }
 
 /// What the consumers of one run handled together.
-struct Run {
+pub(crate) struct Run {
     published: u64,
     deliveries: u64,
     elapsed: Duration,
@@ -535,7 +535,7 @@ struct Run {
 }
 
 impl Run {
-    async fn gather(
+    pub(crate) async fn gather(
         start: Instant,
         published: u64,
         consumers: Vec<tokio::task::JoinHandle<Result<Tally, String>>>,
@@ -556,7 +556,7 @@ impl Run {
         Ok(run)
     }
 
-    fn into_result(self, system: &'static str, mode: &'static str, messages: u64) -> PeerResult {
+    pub(crate) fn into_result(self, system: &'static str, mode: &'static str, messages: u64) -> PeerResult {
         let expected = super::fanout_deliveries(messages);
         let quantile = |q: f64| {
             self.latency.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q) as f64 / 1000.0)
@@ -577,7 +577,7 @@ impl Run {
 
 /// Deliveries each queue of [`FANOUT_BINDINGS`] gets from `messages` publishes, by tubemail's own
 /// matcher.
-fn per_queue_expected(messages: u64) -> [u64; 4] {
+pub(crate) fn per_queue_expected(messages: u64) -> [u64; 4] {
     let mut table = RoutingTable::new(TopicKind::Topic);
     for (i, (_, pattern)) in FANOUT_BINDINGS.iter().enumerate() {
         table.bind(QueueId(i as u32), pattern, 1).expect("valid pattern");
@@ -601,7 +601,7 @@ fn per_queue_expected(messages: u64) -> [u64; 4] {
 }
 
 /// A payload of `payload` bytes stamped with the time since `base` in its first 8 bytes.
-fn stamped(base: Instant, payload: usize) -> Vec<u8> {
+pub(crate) fn stamped(base: Instant, payload: usize) -> Vec<u8> {
     let mut body = vec![0xAB_u8; payload];
     if let Some(stamp) = body.get_mut(..8) {
         stamp.copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());

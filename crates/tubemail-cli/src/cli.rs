@@ -75,6 +75,10 @@ enum Command {
         /// `--features peers`).
         #[arg(long)]
         peers: bool,
+        /// Run `fanout` on a remote broker (`amqp://…`), through tubemail and through the broker's
+        /// own client in the same run (a build with `--features peers`).
+        #[arg(long, value_name = "URL")]
+        on: Option<String>,
         /// Draw the results as SVG (wide, bindings, latency, log).
         #[arg(long)]
         plot: Option<PathBuf>,
@@ -329,7 +333,19 @@ impl Cli {
                 route::run(&topology, topic.as_deref(), json, &keys)
             }
             Command::Validate { topology } => validate(&topology),
-            Command::Bench { scenario, messages, payload, mode, json, peers, plot, rate, topology, keys } => {
+            Command::Bench {
+                scenario,
+                messages,
+                payload,
+                mode,
+                json,
+                peers,
+                on,
+                plot,
+                rate,
+                topology,
+                keys,
+            } => {
                 let modes = match mode {
                     Some(m) => vec![m.delivery()],
                     None => vec![tubemail::DeliveryMode::AtMostOnce, tubemail::DeliveryMode::AtLeastOnce],
@@ -353,6 +369,7 @@ impl Cli {
                         modes,
                         json,
                         peers,
+                        on,
                         plot,
                         rate,
                         topology,

@@ -19,6 +19,7 @@ pub(crate) struct BenchArgs {
     pub(crate) modes: Vec<DeliveryMode>,
     pub(crate) json: bool,
     pub(crate) peers: bool,
+    pub(crate) on: Option<String>,
     pub(crate) plot: Option<PathBuf>,
     pub(crate) rate: u64,
     pub(crate) topology: Option<PathBuf>,
@@ -52,6 +53,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
 }
 
 fn run_scenario(args: &BenchArgs) -> Result<Vec<Value>, String> {
+    if let Some(url) = &args.on {
+        return remote_fanout(args, url);
+    }
     Ok(match args.scenario {
         "fanout" => throughput(args, Shaped::Fanout)?,
         "work-queue" => throughput(args, Shaped::Shape(shapes::work_queue()))?,
@@ -85,8 +89,14 @@ fn check(args: &BenchArgs) -> Result<(), String> {
             args.rate,
             args.messages / args.rate
         )),
+        _ if args.on.is_some() && args.scenario != "fanout" => {
+            Err(format!("--on runs the fanout scenario only, not {}", args.scenario))
+        }
         _ => Ok(()),
     }?;
+    if let Some(url) = &args.on {
+        tubemail::remote::Endpoint::parse(url).map_err(|e| e.to_string())?;
+    }
     if let Some(path) = &args.plot {
         super::plot::check_path(path, args.scenario)?;
     }
@@ -174,6 +184,42 @@ fn peers(args: &BenchArgs, fanout: bool) -> Vec<Value> {
             }
         })
         .collect()
+}
+
+/// Messages per run on a remote broker, at most: a remote run is confirmed publish by publish.
+const REMOTE_MESSAGES_MAX: u64 = 50_000;
+
+/// `bench fanout --on URL`: the shape through tubemail on the remote broker and through its own
+/// client, in each mode; each tubemail row's `ratio_to_direct` is its rate over the client's.
+#[cfg(feature = "peers")]
+fn remote_fanout(args: &BenchArgs, url: &str) -> Result<Vec<Value>, String> {
+    let messages = args.messages.min(REMOTE_MESSAGES_MAX);
+    if messages < args.messages {
+        eprintln!("--on: {messages} messages per run (a remote run is at most {REMOTE_MESSAGES_MAX})");
+    }
+    let mut results = Vec::new();
+    for mode in &args.modes {
+        let [tube, direct] = tubemail_bench::remote::fanout_remote(url, messages, args.payload, *mode)
+            .map_err(|e| e.to_string())?;
+        let row = |r: &tubemail_bench::peers::PeerResult| {
+            json!({
+                "system": r.system, "mode": r.mode, "messages": r.published, "deliveries": r.deliveries,
+                "deliveries_per_sec": r.deliveries_per_sec(), "p50_us": r.p50_us, "p99_us": r.p99_us, "lost": r.lost,
+            })
+        };
+        let mut t = row(&tube);
+        if direct.deliveries_per_sec() > 0.0 {
+            t["ratio_to_direct"] = json!(tube.deliveries_per_sec() / direct.deliveries_per_sec());
+        }
+        results.extend([t, row(&direct)]);
+    }
+    Ok(results)
+}
+
+#[cfg(not(feature = "peers"))]
+fn remote_fanout(_args: &BenchArgs, _url: &str) -> Result<Vec<Value>, String> {
+    Err("this build has no remote clients: cargo run --release --features peers -- bench fanout --on URL"
+        .into())
 }
 
 #[cfg(not(feature = "peers"))]
@@ -557,6 +603,14 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
         return;
     }
     match args.scenario {
+        "fanout" if args.on.is_some() => println!(
+            "fanout on {}: {} messages of {} B, through tubemail and through the broker's client directly (ratio: tubemail over direct)",
+            tubemail::remote::Endpoint::parse(args.on.as_deref().unwrap_or_default())
+                .map(|e| e.backend())
+                .unwrap_or("the remote broker"),
+            results.first().and_then(|r| r["messages"].as_u64()).unwrap_or(args.messages),
+            args.payload
+        ),
         "latency" => println!(
             "latency: {} messages of {} B at {}/s requested (achieved rate per row)",
             args.messages, args.payload, args.rate
@@ -577,14 +631,14 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
         ),
     }
     println!(
-        "{:<15} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
+        "{:<17} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
         "system", "mode", "size", "rate/s", "p50 µs", "p99 µs", "lost", "ratio"
     );
     let num = |v: &Value| v.as_f64().map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
     for r in results {
         let size = r.get("queues").or(r.get("bindings")).map(num).unwrap_or_else(|| "-".into());
         println!(
-            "{:<15} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
+            "{:<17} {:<14} {:>9} {:>15} {:>9} {:>9} {:>9} {:>8}",
             r["system"].as_str().unwrap_or_default(),
             r["mode"].as_str().unwrap_or("-"),
             size,
@@ -593,6 +647,7 @@ fn print_table(args: &BenchArgs, results: &[Value]) {
             num(&r["p99_us"]),
             num(&r["lost"]),
             r.get("ratio_to_baseline")
+                .or(r.get("ratio_to_direct"))
                 .and_then(Value::as_f64)
                 .map(|x| format!("{x:.2}x"))
                 .unwrap_or_else(|| "-".into()),
