@@ -23,6 +23,7 @@
 //! final counters; afterwards every method answers `Closed`, and the broker's memory is freed when
 //! the last handle is dropped.
 
+mod bridge;
 mod publisher;
 mod registry;
 mod streams;
@@ -40,6 +41,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use self::bridge::BRIDGE_RETRY_AFTER;
 pub use self::publisher::Publisher;
 use self::registry::Registry;
 pub use self::registry::DELETED_QUEUES_KEPT_MAX;

@@ -75,7 +75,7 @@ pub mod topology;
 pub use broker::{
     BindError, Broker, BrokerBuilder, Confirm, DeclareError, DeleteError, PublishError, Publisher,
     ShutdownReport, StartError, SubscribeError, Subscription, TryPublishError, UnsubscribeReport,
-    ARBITERS_MAX, DELETED_QUEUES_KEPT_MAX, GROUP_NAME_MAX, STREAM_MAINTENANCE_EVERY,
+    ARBITERS_MAX, BRIDGE_RETRY_AFTER, DELETED_QUEUES_KEPT_MAX, GROUP_NAME_MAX, STREAM_MAINTENANCE_EVERY,
 };
 pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, PayloadError, TypedValue};
