@@ -570,6 +570,7 @@ impl RemoteBroker {
             queue: queue.into(),
             mode: spec.delivery,
             dead_letters: spec.dead_letter.is_some(),
+            ack_timeout: spec.ack_timeout,
             consumer,
             settler,
             stop: Arc::clone(&stop),
@@ -776,6 +777,8 @@ struct SubLoop {
     mode: DeliveryMode,
     /// Whether the queue has a dead-letter queue.
     dead_letters: bool,
+    /// How long a deferred delivery may stay unsettled before this side gives it back.
+    ack_timeout: Duration,
     consumer: ConsumerId,
     settler: Arc<dyn Settler>,
     stop: Arc<StopFlag>,
@@ -868,6 +871,17 @@ impl SubLoop {
 
     async fn settle(&self, tag: u64, outcome: Outcome) {
         let op = match outcome {
+            Outcome::Defer if self.mode == DeliveryMode::AtLeastOnce => {
+                // The queue's `ack_timeout`, kept on this side (RabbitMQ before 3.12 has no
+                // per-queue consumer timeout): a deferred delivery still unsettled then is given
+                // back and redelivered. Settled before, the late nack finds no such tag.
+                let (settler, after) = (Arc::clone(&self.settler), self.ack_timeout);
+                actix::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = settler.settle(tag, RemoteSettle::Nack { multiple: false, requeue: true }).await;
+                });
+                return;
+            }
             Outcome::Defer => return,
             Outcome::Ack => RemoteSettle::Ack { multiple: false },
             Outcome::Nack { requeue } => RemoteSettle::Nack { multiple: false, requeue },

@@ -497,4 +497,165 @@ conformance!(
     ttl_dead_letters,
     single_active_consumer,
     consumer_crash,
+    ack_timeout,
 );
+
+/// Where RabbitMQ differs from the in-process broker: each difference of `docs/BACKENDS.md`, shown.
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq_differences {
+    use super::*;
+
+    /// A `hash` topic is RabbitMQ's consistent-hash exchange, a plugin: with it enabled, each key goes
+    /// to exactly one queue; without it, connecting fails with an error that says how to enable it.
+    #[actix::test]
+    async fn a_hash_topic_needs_the_consistent_hash_plugin() {
+        let p = prefix("hash");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "hash"
+            [queues.{p}_a]
+            [queues.{p}_b]
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_a"
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_b"
+        "#;
+        reachable("127.0.0.1:5672", "RabbitMQ");
+        let topology = Topology::from_toml_str(&toml.replace("{p}", &p)).unwrap();
+        match Broker::builder(topology.clone()).rabbitmq(RABBITMQ).connect().await {
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("rabbitmq_consistent_hash_exchange"), "{text}");
+                // The queues were declared before the exchange failed: clean them.
+                let mut plain = topology.clone();
+                plain.topics.clear();
+                plain.bindings.clear();
+                let cleaner = Broker::builder(plain.clone()).rabbitmq(RABBITMQ).connect().await.unwrap();
+                for q in plain.queues.keys() {
+                    cleaner.delete_queue(q).await.unwrap();
+                }
+            }
+            Ok(broker) => {
+                for i in 0..20_u64 {
+                    let confirm = broker.publish(&format!("{p}_t"), &format!("k{i}"), i).await.unwrap();
+                    assert_eq!(confirm, Confirm::Routed { queues: 1 });
+                }
+                broker.idle().await;
+                let stats = broker.stats().await;
+                let (a, b) = (stats.queues[&format!("{p}_a")].ready, stats.queues[&format!("{p}_b")].ready);
+                assert_eq!(a + b, 20, "each key went to exactly one queue");
+                finish(Backend::RabbitMq, broker, topology).await;
+            }
+        }
+    }
+
+    /// `overflow = "block"` has no server-side limit on RabbitMQ (it has no blocking overflow): the
+    /// publisher is slowed by the client's window of unconfirmed publishes and RabbitMQ's own flow
+    /// control, not by `depth_max`.
+    #[actix::test]
+    async fn a_block_queue_is_not_bounded_by_depth_max() {
+        let p = prefix("block");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            depth_max = 2
+            overflow = "block"
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        for i in 0..5_u64 {
+            let confirm = tokio::time::timeout(ARRIVES, broker.publish(&format!("{p}_t"), "k", i)).await;
+            assert_eq!(confirm.expect("no wait for room").unwrap(), Confirm::Routed { queues: 1 });
+        }
+        let stats = broker.stats().await;
+        assert_eq!(stats.queues[&format!("{p}_q")].ready, 5, "RabbitMQ holds all five");
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
+    /// `try_publish` cannot wait for a remote confirm: it answers `Sent`, and the message arrives.
+    #[actix::test]
+    async fn try_publish_answers_sent() {
+        let p = prefix("try");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        assert_eq!(broker.try_publish(&format!("{p}_t"), "k", 4_u64).unwrap(), Confirm::Sent);
+        let (_sub, mut rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Ack).await;
+        assert_eq!(next(&mut rx, "the message sent without waiting").await.value, 4);
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
+    /// A death's time is RabbitMQ's wall clock (milliseconds since the Unix epoch), where the
+    /// in-process broker counts from its own start.
+    #[actix::test]
+    async fn a_death_time_is_the_wall_clock() {
+        let p = prefix("deathtime");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            delivery = "at-least-once"
+            dead_letter = "{p}_dead"
+            [queues.{p}_dead]
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        let (_sub, _rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Reject).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        broker
+            .subscribe_sync(&format!("{p}_dead"), move |d: Delivery<u64>| {
+                let _ = tx.send(d.deaths().first().map(|d| d.at_ms));
+                Outcome::Ack
+            })
+            .await
+            .unwrap();
+        broker.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap();
+        let at_ms = tokio::time::timeout(ARRIVES, rx.recv()).await.unwrap().unwrap().unwrap();
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(now_ms.abs_diff(at_ms) < 120_000, "death at {at_ms} ms, now {now_ms} ms since the epoch");
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+}
+
+/// A deferred delivery left unsettled past the queue's `ack_timeout` comes again.
+async fn ack_timeout(backend: Backend) {
+    let p = prefix("acktimeout");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_q]
+        delivery = "at-least-once"
+        ack_timeout_ms = 300
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_q"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (_sub, mut rx) = record(&broker, &format!("{p}_q"), |seen| {
+        if seen.delivery_count == 1 {
+            Outcome::Defer
+        } else {
+            Outcome::Ack
+        }
+    })
+    .await;
+    broker.publish(&format!("{p}_t"), "k", 3_u64).await.unwrap();
+    assert_eq!(next(&mut rx, "the deferred delivery").await.delivery_count, 1);
+    let again = next(&mut rx, "redelivered after the ack timeout").await;
+    assert_eq!((again.value, again.delivery_count), (3, 2));
+    finish(backend, broker, topology).await;
+}
