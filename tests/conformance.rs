@@ -629,6 +629,68 @@ mod rabbitmq_differences {
         assert!(now_ms.abs_diff(at_ms) < 120_000, "death at {at_ms} ms, now {now_ms} ms since the epoch");
         finish(Backend::RabbitMq, broker, topology).await;
     }
+
+    /// A classic queue (here an `auto_delete` one) has no delivery limit on RabbitMQ: a message
+    /// nacked with requeue comes a third time where the in-process queue would dead-letter it; and
+    /// it only flags a redelivery, so `delivery_count` is 2 for every one.
+    #[actix::test]
+    async fn a_classic_queue_has_no_delivery_limit() {
+        let p = prefix("classiclimit");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            delivery = "at-least-once"
+            auto_delete = true
+            delivery_limit = 2
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        let mut n = 0;
+        let (sub, mut rx) = record(&broker, &format!("{p}_q"), move |_| {
+            n += 1;
+            if n <= 2 {
+                Outcome::Nack { requeue: true }
+            } else {
+                Outcome::Ack
+            }
+        })
+        .await;
+        broker.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap();
+        // Nor does a classic queue count deliveries: every redelivery says 2.
+        let counts = [
+            next(&mut rx, "delivery 1").await.delivery_count,
+            next(&mut rx, "delivery 2").await.delivery_count,
+            next(&mut rx, "delivery 3, past a limit of 2").await.delivery_count,
+        ];
+        assert_eq!(counts, [1, 2, 2]);
+        sub.unsubscribe(Duration::from_secs(1)).await;
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
+    /// The remote broker keeps the books: `ready` is the remote queue's depth, `enqueued` is not
+    /// known here (0), so `conserved()` does not apply.
+    #[actix::test]
+    async fn stats_ready_is_the_remote_depth() {
+        let p = prefix("stats");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        for i in 0..3_u64 {
+            broker.publish(&format!("{p}_t"), "k", i).await.unwrap();
+        }
+        let q = broker.stats().await.queues[&format!("{p}_q")].clone();
+        assert_eq!((q.ready, q.enqueued, q.delivered), (3, 0, 0), "{q:?}");
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
 }
 
 /// A deferred delivery left unsettled past the queue's `ack_timeout` comes again.
