@@ -652,6 +652,9 @@ impl RemoteBroker {
     }
 
     pub(crate) async fn idle(&self) {
+        // Deliveries a client holds before its handler loop takes them are not in the remote's
+        // ready count: idle is two quiet looks in a row, one poll apart.
+        let mut quiet = 0;
         loop {
             let subscribed: Vec<String> = {
                 let subs = self.subs.lock().expect("not poisoned");
@@ -665,7 +668,8 @@ impl RemoteBroker {
                 }
                 busy = self.backend.depth(queue).await.is_ok_and(|d| d.ready > 0);
             }
-            if !busy {
+            quiet = if busy { 0 } else { quiet + 1 };
+            if quiet == 2 {
                 return;
             }
             tokio::time::sleep(IDLE_POLL).await;
