@@ -58,6 +58,8 @@ use crate::stats::{QueueStats, Stats, TopicStats};
 use crate::subscriber::{AckError, Delivery, Outcome, Run, Runner, SubscribeOptions};
 use crate::topology::{DeliveryMode, QueueSpec, Target, Topology};
 
+#[cfg(feature = "nats")]
+pub(crate) mod nats;
 #[cfg(feature = "rabbitmq")]
 pub(crate) mod rabbitmq;
 
@@ -192,6 +194,9 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) key: &'a str,
     pub(crate) body: Bytes,
     pub(crate) id: MessageId,
+    /// The queues the topology's bindings route it to (or the alternate queue when none), for a
+    /// backend whose client routes (NATS); RabbitMQ routes on the server.
+    pub(crate) targets: &'a [String],
 }
 
 /// What the remote broker said of a publish.
@@ -226,7 +231,7 @@ pub(crate) enum RemoteSettle {
 
 /// Settles a consumer's deliveries on the remote broker.
 pub(crate) trait Settler: Send + Sync + 'static {
-    fn settle(&self, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>>;
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>>;
 }
 
 impl std::fmt::Debug for dyn Settler {
@@ -292,7 +297,13 @@ pub(crate) async fn connect(
             let _ = topology;
             Err(RemoteError::NotBuilt { backend: "rabbitmq", feature: "rabbitmq" })
         }
-        Endpoint::Nats(_) => Err(RemoteError::NotBuilt { backend: "nats", feature: "nats" }),
+        #[cfg(feature = "nats")]
+        Endpoint::Nats(url) => Ok(Arc::new(nats::Nats::connect(url, topology).await?)),
+        #[cfg(not(feature = "nats"))]
+        Endpoint::Nats(_) => {
+            let _ = topology;
+            Err(RemoteError::NotBuilt { backend: "nats", feature: "nats" })
+        }
     }
 }
 
@@ -439,7 +450,8 @@ impl RemoteBroker {
         let body = payload.to_bytes().map_err(|e| PublishError::Encode(e.to_string()))?;
         let _permit = self.window.acquire().await.map_err(|_| PublishError::Closed)?;
         let id = MessageId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let sent = self.backend.publish(Outgoing { topic, key, body, id }).await;
+        let targets = self.target_names(&route, alternate.as_deref());
+        let sent = self.backend.publish(Outgoing { topic, key, body, id, targets: &targets }).await;
         let sent = sent.map_err(PublishError::Remote)?;
         Ok(self.confirmed(topic, &route, alternate, sent))
     }
@@ -493,6 +505,15 @@ impl RemoteBroker {
                 Confirm::Refused { accepted: targets.saturating_sub(refused), queues: refusing }
             }
         }
+    }
+
+    /// The names of the queues of `route`, or the alternate queue when it is empty.
+    fn target_names(&self, route: &[QueueId], alternate: Option<&str>) -> Vec<String> {
+        if route.is_empty() {
+            return alternate.map(str::to_owned).into_iter().collect();
+        }
+        let ids = self.queue_ids.read().expect("not poisoned");
+        ids.iter().filter(|(_, id)| route.contains(id)).map(|(name, _)| name.clone()).collect()
     }
 
     /// The names of the queues among `route` whose overflow policy refuses publishes.
@@ -892,7 +913,7 @@ impl SubLoop {
             Outcome::Reject => RemoteSettle::Reject,
         };
         if self.mode == DeliveryMode::AtLeastOnce {
-            if let Err(e) = self.settler.settle(tag, op).await {
+            if let Err(e) = Arc::clone(&self.settler).settle(tag, op).await {
                 tracing::warn!(queue = %self.queue, tag, error = %e, "settling on the remote broker failed; it redelivers");
                 return;
             }

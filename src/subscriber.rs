@@ -427,7 +427,7 @@ impl Acker {
                     }
                     SettleOp::Processed(_) | SettleOp::Rejected(_) => return Ok(()),
                 };
-                settler.settle(tag.0, op).await
+                Arc::clone(settler).settle(tag.0, op).await
             }
         }
     }

@@ -470,16 +470,19 @@ async fn record_crashing(
 }
 
 macro_rules! conformance {
-    ($($scenario:ident),* $(,)?) => {
+    (everywhere: [$($scenario:ident),* $(,)?], not_on_nats: [$($no_nats:ident),* $(,)?] $(,)?) => {
         mod local {
             use super::*;
             $(#[actix::test] async fn $scenario() { super::$scenario(Backend::Local).await })*
+            $(#[actix::test] async fn $no_nats() { super::$no_nats(Backend::Local).await })*
         }
         #[cfg(feature = "rabbitmq")]
         mod rabbitmq {
             use super::*;
             $(#[actix::test] async fn $scenario() { super::$scenario(Backend::RabbitMq).await })*
+            $(#[actix::test] async fn $no_nats() { super::$no_nats(Backend::RabbitMq).await })*
         }
+        /// What NATS does instead of the scenarios it leaves out is in `nats_differences`.
         #[cfg(feature = "nats")]
         mod nats {
             use super::*;
@@ -489,15 +492,16 @@ macro_rules! conformance {
 }
 
 conformance!(
-    routing_matrix,
-    confirms_and_alternate,
-    ack_nack_reject,
-    delivery_limit,
-    overflow,
-    ttl_dead_letters,
-    single_active_consumer,
-    consumer_crash,
-    ack_timeout,
+    everywhere: [
+        routing_matrix,
+        confirms_and_alternate,
+        ack_nack_reject,
+        delivery_limit,
+        overflow,
+        consumer_crash,
+        ack_timeout,
+    ],
+    not_on_nats: [ttl_dead_letters, single_active_consumer]
 );
 
 /// Where RabbitMQ differs from the in-process broker: each difference of `docs/BACKENDS.md`, shown.
@@ -720,4 +724,70 @@ async fn ack_timeout(backend: Backend) {
     let again = next(&mut rx, "redelivered after the ack timeout").await;
     assert_eq!((again.value, again.delivery_count), (3, 2));
     finish(backend, broker, topology).await;
+}
+
+/// Where NATS JetStream differs from the in-process broker: each difference of `docs/BACKENDS.md`.
+#[cfg(feature = "nats")]
+mod nats_differences {
+    use super::*;
+
+    /// JetStream 2.9 has no single active consumer: a topology that asks for one is refused at
+    /// connect, naming the queue and the setting.
+    #[actix::test]
+    async fn single_active_consumer_is_refused() {
+        let p = prefix("natssac");
+        reachable("127.0.0.1:4222", "NATS");
+        let toml = format!("[queues.{p}_q]\nsingle_active_consumer = true\n");
+        let topology = Topology::from_toml_str(&toml).unwrap();
+        let err = Broker::builder(topology).nats(NATS).connect().await.expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("single_active_consumer") && text.contains(&format!("{p}_q")), "{text}");
+    }
+
+    /// A message whose TTL runs out is removed by JetStream (`max_age`) without a dead letter.
+    #[actix::test]
+    async fn an_expired_message_is_not_dead_lettered() {
+        let p = prefix("natsttl");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "direct"
+            [queues.{p}_short]
+            message_ttl_ms = 200
+            dead_letter = "{p}_dead"
+            [queues.{p}_dead]
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_short"
+            key = "k"
+        "#;
+        let (broker, topology) = start(Backend::Nats, &p, toml).await;
+        broker.publish(&format!("{p}_t"), "k", 5_u64).await.unwrap();
+        let (_dead, mut dead_rx) = record(&broker, &format!("{p}_dead"), |_| Outcome::Ack).await;
+        // Well past the TTL (JetStream expires on a timer of its own).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        quiet(&mut dead_rx, "no dead letter for an expired message").await;
+        let stats = broker.stats().await;
+        assert_eq!(stats.queues[&format!("{p}_short")].ready, 0, "the expired message is gone");
+        finish(Backend::Nats, broker, topology).await;
+    }
+
+    /// Bindings live in the publishing client: a binding made at run time by one process routes
+    /// that process's publishes only.
+    #[actix::test]
+    async fn a_run_time_binding_routes_its_own_process_only() {
+        let p = prefix("natsbind");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "direct"
+            [queues.{p}_q]
+        "#;
+        let (one, topology) = start(Backend::Nats, &p, toml).await;
+        let (other, _) = start(Backend::Nats, &p, toml).await;
+        assert!(one.bind(&format!("{p}_t"), &format!("{p}_q"), "k").await.unwrap());
+        assert_eq!(one.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap(), Confirm::Routed { queues: 1 });
+        let elsewhere = other.publish(&format!("{p}_t"), "k", 2_u64).await.unwrap();
+        assert_eq!(elsewhere, Confirm::Unroutable { alternate: None });
+        other.shutdown(Duration::from_secs(1)).await;
+        finish(Backend::Nats, one, topology).await;
+    }
 }

@@ -479,7 +479,7 @@ struct RabbitSettler {
 }
 
 impl Settler for RabbitSettler {
-    fn settle(&self, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
         let multiple =
             matches!(op, RemoteSettle::Ack { multiple: true } | RemoteSettle::Nack { multiple: true, .. });
         let acker = {

@@ -1,0 +1,511 @@
+//! The NATS JetStream backend, through `async-nats`: every queue is a stream with work-queue
+//! retention and one durable pull consumer that the queue's subscribers share.
+//!
+//! Why not a stream per topic with the bindings as subjects: JetStream refuses two streams whose
+//! subjects overlap, so two queues bound to one topic by overlapping patterns (`orders.*` and
+//! `orders.#`) cannot be two streams listening to the topic's subjects; and a stream per topic with a
+//! consumer per queue (interest retention) has no per-queue `max_msgs`, discard policy or age, which
+//! `depth_max`, `overflow` and `message_ttl` need (and NATS 2.9 takes one filter subject per
+//! consumer or source). So the publishing client routes, with the same matcher as in process (the
+//! topology's bindings, which every tubemail process shares), and publishes one copy to each target
+//! queue's stream, each acked: the confirm is exact (`Routed { queues }`, and `Refused` names the full
+//! queue). The key travels in a header; the subject is the queue's.
+//!
+//! Names: a queue `NAME` is the stream `TMQ_<name>_<hash>` on subject `tmq.<name>_<hash>`, where
+//! `<name>` keeps `[A-Za-z0-9_-]` of the name (others become `_`) and `<hash>` is the FNV-1a hash of
+//! the whole name in 8 hex digits, so that two names never share a stream; its consumer is `TMC_…`
+//! with the same suffix.
+//!
+//! The mapping (what tubemail promises | what NATS does):
+//! - topic kinds and patterns | routed by the client from the topology (`*`, `#` as AMQP, zero-word
+//!   `#` included, `hash` topics too); a process that is not tubemail publishes to a queue's subject
+//! - at-least-once queue | stream, work-queue retention, file storage; durable pull consumer, explicit
+//!   acks, `AckWait` = `ack_timeout`
+//! - at-most-once queue | the same stream; the client acks each message as it arrives
+//! - `depth_max` + `drop-head` / `reject-publish` | `max_msgs` + discard old / new (`block`: no limit,
+//!   as on RabbitMQ); a dropped head or an expired message goes without a dead letter
+//! - `message_ttl` | `max_age` (expired messages are removed by the server: no dead letter)
+//! - `delivery_limit` | counted by the client from the message's `delivered`: past the limit it is
+//!   dead-lettered with reason `delivery_limit` (published to the dead-letter queue, acked there,
+//!   only then acked here) without running the handler
+//! - Reject / Nack without requeue | dead-lettered by the client the same way (reason `rejected`),
+//!   or terminated without a dead-letter queue; Nack with requeue | `-NAK`
+//! - deaths | the header `Tubemail-Deaths`, newest first
+//! - message ids | `Nats-Msg-Id` (deduplicated by each stream within its 2-minute window)
+//! - `single_active_consumer`, `expires`, `auto_delete` | not in JetStream 2.9: refused at connect
+//! - prefetch | the pull batch of each subscriber (the consumer's `max_ack_pending` is 65,535)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+
+use super::{
+    redact, Backend, BoxFut, Consumer, Depth, Incoming, Outgoing, RemoteError, RemoteSettle, Sent, Settler,
+    CONFIRM_TIMEOUT, CONTENT_TYPE,
+};
+use crate::ids::{DeliveryTag, MessageId};
+use crate::message::{Death, DeathReason, DEATHS_MAX};
+use crate::protocol::SettleError;
+use crate::routing::TopicKind;
+use crate::subscriber::AckError;
+use crate::topology::{DeliveryMode, Overflow, QueueSpec, Topology};
+
+const BACKEND: &str = "nats";
+const KEY_HEADER: &str = "Tubemail-Key";
+const DEATHS_HEADER: &str = "Tubemail-Deaths";
+/// The consumer's `max_ack_pending`: subscribers bound what they hold by their pull batches.
+const MAX_ACK_PENDING: i64 = 65_535;
+/// How long a pull waits for messages before it asks again.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> RemoteError {
+    move |e| RemoteError::Io { backend: BACKEND, reason: format!("{what}: {e}") }
+}
+
+/// The suffix that names a queue's stream, subject and consumer.
+pub(crate) fn suffix(queue: &str) -> String {
+    let clean: String = queue
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    format!("{clean}_{:08x}", crate::routing::fnv1a64(queue.as_bytes()) as u32)
+}
+
+pub(crate) fn stream_name(queue: &str) -> String {
+    format!("TMQ_{}", suffix(queue))
+}
+
+fn subject(queue: &str) -> String {
+    format!("tmq.{}", suffix(queue))
+}
+
+fn consumer_name(queue: &str) -> String {
+    format!("TMC_{}", suffix(queue))
+}
+
+/// The stream a queue is declared as.
+pub(crate) fn stream_config(queue: &str, spec: &QueueSpec) -> Config {
+    let (max_messages, discard) = match spec.overflow {
+        Overflow::Block => (-1, DiscardPolicy::Old),
+        Overflow::DropHead => (i64::try_from(spec.depth_max).unwrap_or(i64::MAX), DiscardPolicy::Old),
+        Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+            (i64::try_from(spec.depth_max).unwrap_or(i64::MAX), DiscardPolicy::New)
+        }
+    };
+    Config {
+        name: stream_name(queue),
+        subjects: vec![subject(queue)],
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        max_messages,
+        discard,
+        max_age: spec.message_ttl.unwrap_or_default(),
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+fn consumer_config(queue: &str, spec: &QueueSpec) -> pull::Config {
+    pull::Config {
+        durable_name: Some(consumer_name(queue)),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: spec.ack_timeout,
+        max_ack_pending: MAX_ACK_PENDING,
+        ..Default::default()
+    }
+}
+
+/// What JetStream 2.9 cannot do of a queue spec.
+pub(crate) fn unsupported(queue: &str, spec: &QueueSpec) -> Option<RemoteError> {
+    let what = if spec.single_active_consumer {
+        "single_active_consumer"
+    } else if spec.expires.is_some() {
+        "expires"
+    } else if spec.auto_delete {
+        "auto_delete"
+    } else {
+        return None;
+    };
+    Some(RemoteError::Unsupported {
+        backend: BACKEND,
+        what: format!("give queue {queue:?} {what}"),
+        hint: "JetStream 2.9 has no such consumer or stream setting: leave it out of the queue, or run it \
+               on RabbitMQ or in process"
+            .to_owned(),
+    })
+}
+
+/// A connection to NATS with its JetStream context.
+pub(crate) struct Nats {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+impl Nats {
+    pub(crate) async fn connect(url: &str, topology: &Topology) -> Result<Nats, RemoteError> {
+        for (name, spec) in &topology.queues {
+            if let Some(e) = unsupported(name, spec) {
+                return Err(e);
+            }
+        }
+        let options = async_nats::ConnectOptions::new()
+            .name("tubemail")
+            .connection_timeout(super::CONNECT_TIMEOUT)
+            .retry_on_initial_connect();
+        let client = tokio::time::timeout(super::CONNECT_TIMEOUT, options.connect(url))
+            .await
+            .map_err(|_| RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() })?
+            .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
+        let js = jetstream::new(client.clone());
+        let nats = Nats { client, js };
+        for (name, spec) in &topology.queues {
+            nats.declare_queue_now(name, spec).await?;
+        }
+        Ok(nats)
+    }
+
+    /// Creates the queue's stream and consumer, or checks that they are as the spec says.
+    pub(crate) async fn declare_queue_now(&self, name: &str, spec: &QueueSpec) -> Result<(), RemoteError> {
+        if let Some(e) = unsupported(name, spec) {
+            return Err(e);
+        }
+        let want = stream_config(name, spec);
+        let declare = |reason: String| RemoteError::Declare {
+            backend: BACKEND,
+            what: format!("queue {name:?}"),
+            reason,
+        };
+        match self.js.get_stream(&want.name).await {
+            Ok(mut stream) => {
+                let info = stream.info().await.map_err(|e| declare(e.to_string()))?;
+                let have = &info.config;
+                let same = have.subjects == want.subjects
+                    && have.retention == want.retention
+                    && have.max_messages == want.max_messages
+                    && (have.max_messages < 0 || have.discard == want.discard)
+                    && have.max_age == want.max_age;
+                if !same {
+                    return Err(declare(format!(
+                        "stream {} exists with other settings (max_msgs {}, discard {:?}, max_age {:?}): \
+                         `tubemail diff` shows how; delete it or change the file",
+                        want.name, have.max_messages, have.discard, have.max_age
+                    )));
+                }
+            }
+            Err(_) => {
+                self.js.create_stream(want.clone()).await.map_err(|e| declare(e.to_string()))?;
+            }
+        }
+        let stream = self.js.get_stream(&want.name).await.map_err(|e| declare(e.to_string()))?;
+        stream
+            .get_or_create_consumer::<pull::Config>(&consumer_name(name), consumer_config(name, spec))
+            .await
+            .map_err(|e| declare(format!("consumer: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Publishes one copy to `queue`'s stream; `Ok(false)` when the stream refused it (full, discard
+/// new).
+async fn publish_to(
+    js: &jetstream::Context,
+    queue: &str,
+    key: &str,
+    body: bytes::Bytes,
+    id: MessageId,
+    deaths: Option<String>,
+) -> Result<bool, RemoteError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(KEY_HEADER, key);
+    headers.insert("Content-Type", CONTENT_TYPE);
+    headers.insert("Nats-Msg-Id", format!("{}-{}", id.0, suffix(queue)).as_str());
+    if let Some(deaths) = deaths {
+        headers.insert(DEATHS_HEADER, deaths.as_str());
+    }
+    let ack = js.publish_with_headers(subject(queue), headers, body).await;
+    let ack = ack.map_err(|e| io("publish")(&e))?;
+    match tokio::time::timeout(CONFIRM_TIMEOUT, ack).await {
+        Err(_) => Err(RemoteError::Io {
+            backend: BACKEND,
+            reason: format!("no publish ack within {CONFIRM_TIMEOUT:?}"),
+        }),
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) if e.to_string().contains("maximum messages") => Ok(false),
+        Ok(Err(e)) => Err(io("publish ack")(&e)),
+    }
+}
+
+impl Backend for Nats {
+    fn publish<'a>(&'a self, out: Outgoing<'a>) -> BoxFut<'a, Result<Sent, RemoteError>> {
+        Box::pin(async move {
+            // The client routes: `out.targets` are the queues the topology's bindings give.
+            let mut refused = false;
+            let copies =
+                out.targets.iter().map(|q| publish_to(&self.js, q, out.key, out.body.clone(), out.id, None));
+            for copy in futures::future::join_all(copies).await {
+                refused |= !copy?;
+            }
+            Ok(if out.targets.is_empty() {
+                Sent::Returned
+            } else if refused {
+                Sent::Refused
+            } else {
+                Sent::Confirmed
+            })
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queue: &'a str,
+        spec: &'a QueueSpec,
+        prefetch: u32,
+    ) -> BoxFut<'a, Result<Consumer, RemoteError>> {
+        Box::pin(async move {
+            let stream = self.js.get_stream(stream_name(queue)).await.map_err(|e| io("get stream")(&e))?;
+            let consumer: jetstream::consumer::Consumer<pull::Config> =
+                stream.get_consumer(&consumer_name(queue)).await.map_err(|e| io("get consumer")(&e))?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(prefetch.max(1) as usize)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| io("pull")(&e))?;
+            let at_most_once = spec.delivery == DeliveryMode::AtMostOnce;
+            let settler = Arc::new(NatsSettler {
+                held: Mutex::default(),
+                js: self.js.clone(),
+                queue: queue.to_owned(),
+                dead_letter: spec.dead_letter.clone(),
+            });
+            let limit = spec.delivery_limit;
+            let held = Arc::clone(&settler);
+            let mut next_tag = 0_u64;
+            let deliveries = messages.filter_map(move |message| {
+                let held = Arc::clone(&held);
+                next_tag += 1;
+                let tag = next_tag;
+                async move {
+                    let message = match message {
+                        Ok(message) => message,
+                        Err(e) => return Some(Err(io("pull")(&e))),
+                    };
+                    let incoming = incoming(tag, &message);
+                    if at_most_once {
+                        // Acked as it arrives: a crash from here on loses it, as at-most-once may.
+                        let _ = message.ack().await;
+                        return Some(Ok(incoming));
+                    }
+                    let over = limit > 0 && incoming.delivery_count > limit;
+                    held.held
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(tag, (message, incoming.deaths.clone(), incoming.key.clone()));
+                    if over {
+                        // Past the limit: dead-lettered without running the handler.
+                        let _ = held.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await;
+                        return None;
+                    }
+                    Some(Ok(incoming))
+                }
+            });
+            let giving_back = Arc::clone(&settler);
+            let cancel: Box<dyn FnOnce() -> BoxFut<'static, ()> + Send> = Box::new(move || {
+                Box::pin(async move {
+                    // What this subscriber held unsettled goes back at once (not after AckWait).
+                    let held: Vec<_> = std::mem::take(&mut *giving_back.held.lock().expect("not poisoned"))
+                        .into_values()
+                        .collect();
+                    for (message, _, _) in held {
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                    }
+                })
+            });
+            Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel })
+        })
+    }
+
+    fn depth<'a>(&'a self, queue: &'a str) -> BoxFut<'a, Result<Depth, RemoteError>> {
+        Box::pin(async move {
+            let stream = self.js.get_stream(stream_name(queue)).await.map_err(|e| io("get stream")(&e))?;
+            let mut consumer: jetstream::consumer::Consumer<pull::Config> =
+                stream.get_consumer(&consumer_name(queue)).await.map_err(|e| io("get consumer")(&e))?;
+            let info = consumer.info().await.map_err(|e| io("consumer info")(&e))?;
+            Ok(Depth { ready: info.num_pending, consumers: info.num_waiting as u64 })
+        })
+    }
+
+    fn declare_queue<'a>(
+        &'a self,
+        _topology: &'a Topology,
+        name: &'a str,
+        spec: &'a QueueSpec,
+    ) -> BoxFut<'a, Result<(), RemoteError>> {
+        Box::pin(self.declare_queue_now(name, spec))
+    }
+
+    fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<u64, RemoteError>> {
+        Box::pin(async move {
+            let mut stream = self.js.get_stream(stream_name(name)).await.map_err(|e| io("get stream")(&e))?;
+            let held = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+            self.js.delete_stream(stream_name(name)).await.map_err(|e| io("delete stream")(&e))?;
+            Ok(held)
+        })
+    }
+
+    fn bind<'a>(
+        &'a self,
+        _topic: &'a str,
+        _kind: TopicKind,
+        _queue: &'a str,
+        _key: &'a str,
+        _bind: bool,
+    ) -> BoxFut<'a, Result<(), RemoteError>> {
+        // Bindings live in the routing client (see the module's docs): nothing to change on NATS.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn close(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            let _ = self.client.flush().await;
+        })
+    }
+}
+
+/// Reads what tubemail needs of a JetStream message.
+fn incoming(tag: u64, message: &jetstream::Message) -> Incoming {
+    let header =
+        |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let id =
+        header("Nats-Msg-Id").and_then(|id| id.split('-').next().and_then(|n| n.parse().ok())).unwrap_or(0);
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    Incoming {
+        tag,
+        key: header(KEY_HEADER).unwrap_or_default(),
+        body: message.payload.clone(),
+        id: MessageId(id),
+        delivery_count: u32::try_from(delivered).unwrap_or(1).max(1),
+        deaths: header(DEATHS_HEADER).map(|d| parse_deaths(&d)).unwrap_or_default(),
+    }
+}
+
+/// `queue|reason|count|at_ms` entries separated by `;`, newest first.
+fn format_deaths(deaths: &[Death]) -> String {
+    deaths
+        .iter()
+        .take(DEATHS_MAX)
+        .map(|d| format!("{}|{}|{}|{}", d.queue, d.reason, d.count, d.at_ms))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn parse_deaths(text: &str) -> Vec<Death> {
+    text.split(';')
+        .filter_map(|entry| {
+            let mut parts = entry.split('|');
+            let queue = parts.next()?;
+            let reason = match parts.next()? {
+                "rejected" => DeathReason::Rejected,
+                "expired" => DeathReason::Expired,
+                "maxlen" => DeathReason::Maxlen,
+                "delivery_limit" => DeathReason::DeliveryLimit,
+                _ => return None,
+            };
+            let count = parts.next()?.parse().ok()?;
+            let at_ms = parts.next()?.parse().ok()?;
+            Some(Death { queue: queue.into(), reason, count, at_ms })
+        })
+        .take(DEATHS_MAX)
+        .collect()
+}
+
+/// An unsettled message, with its deaths and key (for a dead letter).
+type Held = (jetstream::Message, Vec<Death>, String);
+
+/// Settles through each message's own reply subject.
+struct NatsSettler {
+    /// Unsettled messages with their deaths and key: at most the pull batch plus deferred ones.
+    held: Mutex<BTreeMap<u64, Held>>,
+    js: jetstream::Context,
+    queue: String,
+    dead_letter: Option<String>,
+}
+
+impl NatsSettler {
+    /// Publishes the message to the dead-letter queue with its new death, waits for that ack, and
+    /// only then acks it here; terminates it without a dead-letter queue.
+    async fn dead_letter_or_drop(&self, tag: u64, reason: DeathReason) -> Result<(), AckError> {
+        let held = self.held.lock().expect("not poisoned").remove(&tag);
+        let (message, mut deaths, key) =
+            held.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
+        if let Some(dl) = &self.dead_letter {
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let count = deaths
+                .iter()
+                .find(|d| *d.queue == *self.queue && d.reason == reason)
+                .map_or(1, |d| d.count + 1);
+            deaths.retain(|d| !(*d.queue == *self.queue && d.reason == reason));
+            deaths.insert(0, Death { queue: self.queue.as_str().into(), reason, count, at_ms });
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .and_then(|v| v.as_str().split('-').next().and_then(|n| n.parse().ok()))
+                .unwrap_or(0);
+            // A dead letter gets an id of its own in the dead-letter stream (a death per id).
+            let dead_id = MessageId(id ^ (u64::from(count) << 56) ^ 0x00de_ad00_0000_0000);
+            let deaths = Some(format_deaths(&deaths));
+            match publish_to(&self.js, dl, &key, message.payload.clone(), dead_id, deaths).await {
+                Ok(true) => {}
+                _ => {
+                    // Not taken by the dead-letter queue: given back, to come again.
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                    return Err(AckError::Remote);
+                }
+            }
+            message.ack().await.map_err(|_| AckError::Remote)
+        } else {
+            message.ack_with(AckKind::Term).await.map_err(|_| AckError::Remote)
+        }
+    }
+}
+
+impl Settler for NatsSettler {
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
+        let unknown = AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag)));
+        match op {
+            RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
+                Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::Rejected).await })
+            }
+            RemoteSettle::Ack { multiple } | RemoteSettle::Nack { multiple, requeue: true } => {
+                let messages: Vec<jetstream::Message> = {
+                    let mut held = self.held.lock().expect("not poisoned");
+                    let tags: Vec<u64> =
+                        if multiple { held.range(..=tag).map(|(t, _)| *t).collect() } else { vec![tag] };
+                    tags.iter().filter_map(|t| held.remove(t)).map(|(m, _, _)| m).collect()
+                };
+                let kind =
+                    if matches!(op, RemoteSettle::Ack { .. }) { AckKind::Ack } else { AckKind::Nak(None) };
+                Box::pin(async move {
+                    if messages.is_empty() {
+                        return Err(unknown);
+                    }
+                    for m in messages {
+                        m.ack_with(kind).await.map_err(|_| AckError::Remote)?;
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+}
