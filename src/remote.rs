@@ -174,6 +174,35 @@ pub enum RemoteError {
     },
 }
 
+/// The JetStream names of a tubemail queue on NATS: its stream, the subject its messages are
+/// published to (the routing key in the header `Tubemail-Key`), and its durable pull consumer. For
+/// processes that publish to or read a queue without tubemail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamNames {
+    /// The stream (work-queue retention).
+    pub stream: String,
+    /// The subject the stream takes.
+    pub subject: String,
+    /// The durable pull consumer the queue's subscribers share.
+    pub consumer: String,
+}
+
+/// The JetStream names of `queue` (see [`JetStreamNames`]).
+pub fn jetstream_names(queue: &str) -> JetStreamNames {
+    let suffix = {
+        let clean: String = queue
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+            .collect();
+        format!("{clean}_{:08x}", crate::routing::fnv1a64(queue.as_bytes()) as u32)
+    };
+    JetStreamNames {
+        stream: format!("TMQ_{suffix}"),
+        subject: format!("tmq.{suffix}"),
+        consumer: format!("TMC_{suffix}"),
+    }
+}
+
 /// A URL without its password, for messages and logs.
 pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -196,7 +225,7 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) id: MessageId,
     /// The queues the topology's bindings route it to (or the alternate queue when none), for a
     /// backend whose client routes (NATS); RabbitMQ routes on the server.
-    pub(crate) targets: &'a [String],
+    pub(crate) targets: &'a [Arc<str>],
 }
 
 /// What the remote broker said of a publish.
@@ -361,6 +390,8 @@ pub(crate) struct RemoteBroker {
     topology: RwLock<Topology>,
     mirrors: RwLock<BTreeMap<String, Mirror>>,
     queue_ids: RwLock<BTreeMap<String, QueueId>>,
+    /// The same, by id, for the targets of a publish.
+    queue_names: RwLock<BTreeMap<QueueId, Arc<str>>>,
     counts: Arc<Mutex<Counts>>,
     subs: Mutex<BTreeMap<ConsumerId, RemoteSub>>,
     window: Arc<Semaphore>,
@@ -384,6 +415,7 @@ impl RemoteBroker {
             topology: RwLock::new(Topology::new()),
             mirrors: RwLock::default(),
             queue_ids: RwLock::default(),
+            queue_names: RwLock::default(),
             counts: Arc::default(),
             subs: Mutex::default(),
             window: Arc::new(Semaphore::new(PUBLISH_WINDOW_MAX)),
@@ -400,10 +432,14 @@ impl RemoteBroker {
 
     fn mirror(&self, topology: &Topology) {
         let mut ids = self.queue_ids.write().expect("not poisoned");
+        let mut names = self.queue_names.write().expect("not poisoned");
         for name in topology.queues.keys() {
-            let next = QueueId(u32::try_from(ids.len()).unwrap_or(u32::MAX));
-            ids.entry(name.clone()).or_insert(next);
+            // Never reused: a deleted queue's id stays out of every later route.
+            let next = QueueId(u32::try_from(names.len() + 1).unwrap_or(u32::MAX));
+            let id = *ids.entry(name.clone()).or_insert(next);
+            names.entry(id).or_insert_with(|| Arc::from(name.as_str()));
         }
+        drop(names);
         let mut mirrors = self.mirrors.write().expect("not poisoned");
         let mut counts = self.counts.lock().expect("not poisoned");
         for (name, spec) in &topology.topics {
@@ -464,7 +500,10 @@ impl RemoteBroker {
             _ => Vec::new(),
         };
         let mut counts = self.counts.lock().expect("not poisoned");
-        let t = counts.topics.entry(topic.to_owned()).or_default();
+        if !counts.topics.contains_key(topic) {
+            counts.topics.insert(topic.to_owned(), TopicStats::default());
+        }
+        let t = counts.topics.get_mut(topic).expect("inserted above");
         t.published += 1;
         match sent {
             Sent::Confirmed if targets > 0 => {
@@ -508,12 +547,12 @@ impl RemoteBroker {
     }
 
     /// The names of the queues of `route`, or the alternate queue when it is empty.
-    fn target_names(&self, route: &[QueueId], alternate: Option<&str>) -> Vec<String> {
+    fn target_names(&self, route: &[QueueId], alternate: Option<&str>) -> SmallVec<[Arc<str>; 8]> {
         if route.is_empty() {
-            return alternate.map(str::to_owned).into_iter().collect();
+            return alternate.map(Arc::from).into_iter().collect();
         }
-        let ids = self.queue_ids.read().expect("not poisoned");
-        ids.iter().filter(|(_, id)| route.contains(id)).map(|(name, _)| name.clone()).collect()
+        let names = self.queue_names.read().expect("not poisoned");
+        route.iter().filter_map(|id| names.get(id).cloned()).collect()
     }
 
     /// The names of the queues among `route` whose overflow policy refuses publishes.
@@ -736,6 +775,7 @@ impl RemoteBroker {
         self.topology.write().expect("not poisoned").queues.remove(name);
         let id = self.queue_ids.write().expect("not poisoned").remove(name);
         if let Some(id) = id {
+            // Kept in `queue_names` (so that a re-declared queue gets a new id); out of every route.
             for mirror in self.mirrors.write().expect("not poisoned").values_mut() {
                 mirror.table.unbind_queue(id);
             }

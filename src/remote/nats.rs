@@ -68,25 +68,16 @@ fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> RemoteError {
     move |e| RemoteError::Io { backend: BACKEND, reason: format!("{what}: {e}") }
 }
 
-/// The suffix that names a queue's stream, subject and consumer.
-pub(crate) fn suffix(queue: &str) -> String {
-    let clean: String = queue
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-        .collect();
-    format!("{clean}_{:08x}", crate::routing::fnv1a64(queue.as_bytes()) as u32)
-}
-
 pub(crate) fn stream_name(queue: &str) -> String {
-    format!("TMQ_{}", suffix(queue))
+    super::jetstream_names(queue).stream
 }
 
 fn subject(queue: &str) -> String {
-    format!("tmq.{}", suffix(queue))
+    super::jetstream_names(queue).subject
 }
 
 fn consumer_name(queue: &str) -> String {
-    format!("TMC_{}", suffix(queue))
+    super::jetstream_names(queue).consumer
 }
 
 /// The stream a queue is declared as.
@@ -146,9 +137,20 @@ pub(crate) fn unsupported(queue: &str, spec: &QueueSpec) -> Option<RemoteError> 
 pub(crate) struct Nats {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// Queues' subjects, computed once.
+    subjects: std::sync::RwLock<BTreeMap<Arc<str>, Arc<str>>>,
 }
 
 impl Nats {
+    fn subject_of(&self, queue: &Arc<str>) -> Arc<str> {
+        if let Some(subject) = self.subjects.read().expect("not poisoned").get(queue) {
+            return Arc::clone(subject);
+        }
+        let subject: Arc<str> = subject(queue).into();
+        self.subjects.write().expect("not poisoned").insert(Arc::clone(queue), Arc::clone(&subject));
+        subject
+    }
+
     pub(crate) async fn connect(url: &str, topology: &Topology) -> Result<Nats, RemoteError> {
         for (name, spec) in &topology.queues {
             if let Some(e) = unsupported(name, spec) {
@@ -164,7 +166,7 @@ impl Nats {
             .map_err(|_| RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() })?
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        let nats = Nats { client, js };
+        let nats = Nats { client, js, subjects: Default::default() };
         for (name, spec) in &topology.queues {
             nats.declare_queue_now(name, spec).await?;
         }
@@ -212,11 +214,11 @@ impl Nats {
     }
 }
 
-/// Publishes one copy to `queue`'s stream; `Ok(false)` when the stream refused it (full, discard
-/// new).
+/// Publishes one copy to the stream of the queue whose subject is `subject`; `Ok(false)` when the
+/// stream refused it (full, discard new).
 async fn publish_to(
     js: &jetstream::Context,
-    queue: &str,
+    subject: &str,
     key: &str,
     body: bytes::Bytes,
     id: MessageId,
@@ -225,11 +227,12 @@ async fn publish_to(
     let mut headers = HeaderMap::new();
     headers.insert(KEY_HEADER, key);
     headers.insert("Content-Type", CONTENT_TYPE);
-    headers.insert("Nats-Msg-Id", format!("{}-{}", id.0, suffix(queue)).as_str());
+    // Unique per queue: a queue's subject (past `tmq.`) is unique per queue.
+    headers.insert("Nats-Msg-Id", format!("{}-{}", id.0, &subject[4..]).as_str());
     if let Some(deaths) = deaths {
         headers.insert(DEATHS_HEADER, deaths.as_str());
     }
-    let ack = js.publish_with_headers(subject(queue), headers, body).await;
+    let ack = js.publish_with_headers(subject.to_owned(), headers, body).await;
     let ack = ack.map_err(|e| io("publish")(&e))?;
     match tokio::time::timeout(CONFIRM_TIMEOUT, ack).await {
         Err(_) => Err(RemoteError::Io {
@@ -247,8 +250,11 @@ impl Backend for Nats {
         Box::pin(async move {
             // The client routes: `out.targets` are the queues the topology's bindings give.
             let mut refused = false;
-            let copies =
-                out.targets.iter().map(|q| publish_to(&self.js, q, out.key, out.body.clone(), out.id, None));
+            let (key, id) = (out.key, out.id);
+            let copies = out.targets.iter().map(|q| {
+                let (subject, body) = (self.subject_of(q), out.body.clone());
+                async move { publish_to(&self.js, &subject, key, body, id, None).await }
+            });
             for copy in futures::future::join_all(copies).await {
                 refused |= !copy?;
             }
@@ -465,7 +471,7 @@ impl NatsSettler {
             // A dead letter gets an id of its own in the dead-letter stream (a death per id).
             let dead_id = MessageId(id ^ (u64::from(count) << 56) ^ 0x00de_ad00_0000_0000);
             let deaths = Some(format_deaths(&deaths));
-            match publish_to(&self.js, dl, &key, message.payload.clone(), dead_id, deaths).await {
+            match publish_to(&self.js, &subject(dl), &key, message.payload.clone(), dead_id, deaths).await {
                 Ok(true) => {}
                 _ => {
                     // Not taken by the dead-letter queue: given back, to come again.

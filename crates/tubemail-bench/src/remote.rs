@@ -2,13 +2,14 @@
 //! tubemail's `Broker` API on the remote backend, and through the backend's own client crate driven
 //! directly, on the same exchange and queues, so that what tubemail's layer costs is one ratio.
 //!
-//! Both sides do the same work: every publish confirmed, at most [`CONFIRM_WINDOW`] unconfirmed at
+//! Both sides do the same work: the same headers or properties (content type, message id, which
+//! JetStream deduplicates by), every publish confirmed, at most [`CONFIRM_WINDOW`] unconfirmed at
 //! once (tubemail: that many `publish` futures in flight; the client: a window of confirms); one
 //! consumer per queue with the queue's default prefetch ([`PREFETCH_DEFAULT`]); at-least-once acks
 //! each delivery on its own (tubemail's handlers settle one delivery each), at-most-once consumes
 //! with auto-ack. The queues are the ones tubemail declares from the shape's topology (quorum queues
 //! for at-least-once, classic for at-most-once, see `docs/BACKENDS.md`), declared once, used by both
-//! runs in turn (tubemail first, then the client), and deleted at the end.
+//! sides in turn ([`REMOTE_ROUNDS`] rounds, interleaved, medians reported), and deleted at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,8 +37,12 @@ fn topology(prefix: &str, mode: DeliveryMode) -> Topology {
     Topology::from_toml_str(&toml).expect("the fan-out shape's topology is valid")
 }
 
-/// Runs the shape through tubemail on `url`, then through the backend's client directly; returns
-/// `[tubemail, direct]`.
+/// Rounds of each side in one run, interleaved (tubemail first, then the client first, ...): the
+/// median of each side is reported, so that neither gains from going first or second.
+pub const REMOTE_ROUNDS: usize = 3;
+
+/// Runs the shape through tubemail on `url` and through the backend's client directly,
+/// [`REMOTE_ROUNDS`] times each, interleaved; returns the medians `[tubemail, direct]` by rate.
 ///
 /// # Errors
 /// [`PeerError`] when the broker is unreachable or a run fails or times out.
@@ -56,41 +61,65 @@ pub fn fanout_remote(
         actix::System::new().block_on(async move {
             let broker = Broker::builder(topology.clone()).remote(&url).connect().await;
             let broker = broker.map_err(|e| PeerError::Failed { system, reason: e.to_string() })?;
-            let mode_name = mode.to_string();
             let mode_name: &'static str =
-                if mode_name == "at-least-once" { "at-least-once" } else { "at-most-once" };
-            let through =
-                tokio::time::timeout(RUN_TIMEOUT, through_tubemail(&broker, &prefix, messages, payload));
-            let through = match through.await {
-                Ok(run) => run.map(|r| r.into_result("tubemail-rabbitmq", mode_name, messages)),
-                Err(_) => Err(timed_out(system)),
+                if mode == DeliveryMode::AtLeastOnce { "at-least-once" } else { "at-most-once" };
+            let nats = broker.endpoint().is_some_and(|e| e.backend() == "nats");
+            let (through_name, direct_name) = if nats {
+                ("tubemail-nats", "jetstream-direct")
+            } else {
+                ("tubemail-rabbitmq", "rabbitmq-direct")
             };
-            let direct = match through {
-                Err(_) => None,
-                Ok(_) => Some(
-                    match tokio::time::timeout(
-                        RUN_TIMEOUT,
-                        direct_rabbitmq(&url, &prefix, messages, payload, mode),
-                    )
-                    .await
-                    {
+            let (mut throughs, mut directs) = (Vec::new(), Vec::new());
+            let mut failure = None;
+            for round in 0..REMOTE_ROUNDS * 2 {
+                let tubemail_turn = (round % 2 == 0) == (round / 2 % 2 == 0);
+                let run = if tubemail_turn {
+                    let run = through_tubemail(&broker, &prefix, messages, payload);
+                    match tokio::time::timeout(RUN_TIMEOUT, run).await {
+                        Ok(run) => run.map(|r| r.into_result(through_name, mode_name, messages)),
+                        Err(_) => Err(timed_out(through_name)),
+                    }
+                } else {
+                    let run = async {
+                        match nats {
+                            true => direct_jetstream(&url, &prefix, messages, payload).await,
+                            false => direct_rabbitmq(&url, &prefix, messages, payload, mode).await,
+                        }
+                    };
+                    match tokio::time::timeout(RUN_TIMEOUT, run).await {
                         Ok(run) => run
-                            .map(|r| r.into_result("rabbitmq-direct", mode_name, messages))
-                            .map_err(|reason| PeerError::Failed { system: "rabbitmq-direct", reason }),
-                        Err(_) => Err(timed_out("rabbitmq-direct")),
-                    },
-                ),
-            };
+                            .map(|r| r.into_result(direct_name, mode_name, messages))
+                            .map_err(|reason| PeerError::Failed { system: direct_name, reason }),
+                        Err(_) => Err(timed_out(direct_name)),
+                    }
+                };
+                match run {
+                    Ok(r) if tubemail_turn => throughs.push(r),
+                    Ok(r) => directs.push(r),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
             for queue in topology.queues.keys() {
                 let _ = broker.delete_queue(queue).await;
             }
             broker.shutdown(Duration::from_secs(2)).await;
-            let through = through?;
-            Ok([through, direct.expect("ran after a successful run")?])
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            Ok([median(throughs), median(directs)])
         })
     });
     let thread = thread.map_err(|e| PeerError::Failed { system, reason: format!("thread: {e}") })?;
     thread.join().map_err(|_| PeerError::Failed { system, reason: "the run panicked".to_owned() })?
+}
+
+/// The run with the median rate.
+fn median(mut runs: Vec<PeerResult>) -> PeerResult {
+    runs.sort_by(|a, b| a.deliveries_per_sec().total_cmp(&b.deliveries_per_sec()));
+    runs.swap_remove(runs.len() / 2)
 }
 
 async fn through_tubemail(
@@ -207,7 +236,11 @@ async fn direct_rabbitmq(
         async move {
             let body = stamped(base, payload);
             let key = FANOUT_KEYS[(i % 8) as usize];
-            let props = BasicProperties::default().with_delivery_mode(2);
+            // The properties tubemail sends: persistent, content type, message id.
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/msgpack".into())
+                .with_message_id(i.to_string().into());
             let options = BasicPublishOptions { mandatory: true, ..Default::default() };
             let confirm = channel
                 .basic_publish(exchange.as_str().into(), key.into(), options, &body, props)
@@ -228,4 +261,90 @@ async fn direct_rabbitmq(
     let run = Run::gather(start, confirmed, consumers).await;
     let _ = conn.close(200, "bench done".into()).await;
     run
+}
+
+/// The shape through `async-nats` directly, on the streams tubemail declared: the publisher routes
+/// as tubemail's client does (one copy to each target queue's stream, each acked), and one consumer
+/// per queue pulls from the queue's durable consumer in batches of the prefetch and acks each
+/// message (JetStream acks on every queue: at-most-once is the client acking on arrival).
+async fn direct_jetstream(url: &str, prefix: &str, messages: u64, payload: usize) -> Result<Run, String> {
+    use async_nats::jetstream::consumer::pull;
+    use tubemail::ids::QueueId;
+    use tubemail::routing::{RoutingTable, TopicKind};
+
+    let client = async_nats::connect(url).await.map_err(err("connect"))?;
+    let js = async_nats::jetstream::new(client);
+    // Message ids unique across rounds: JetStream drops a repeated id within its window.
+    let run = run_id();
+    let base = Instant::now();
+    let wants = per_queue_expected(messages);
+    let names: Vec<tubemail::remote::JetStreamNames> = FANOUT_BINDINGS
+        .iter()
+        .map(|(q, _)| tubemail::remote::jetstream_names(&format!("{prefix}_{q}")))
+        .collect();
+    let mut consumers = Vec::new();
+    for (name, want) in names.iter().zip(wants) {
+        let stream = js.get_stream(&name.stream).await.map_err(err("get stream"))?;
+        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+            stream.get_consumer(&name.consumer).await.map_err(err("get consumer"))?;
+        let mut pulled = consumer
+            .stream()
+            .max_messages_per_batch(PREFETCH_DEFAULT as usize)
+            .messages()
+            .await
+            .map_err(err("pull"))?;
+        consumers.push(tokio::spawn(async move {
+            let mut tally = Tally::new(payload);
+            while tally.count < want {
+                let message = match pulled.next().await {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => return Err(format!("pull: {e}")),
+                    None => return Err("consumer stream ended".to_string()),
+                };
+                tally.handled(base, &message.payload);
+                message.ack().await.map_err(|e| format!("ack: {e}"))?;
+            }
+            Ok(tally)
+        }));
+    }
+    let mut table = RoutingTable::new(TopicKind::Topic);
+    for (i, (_, pattern)) in FANOUT_BINDINGS.iter().enumerate() {
+        table.bind(QueueId(i as u32), pattern, 1).expect("valid pattern");
+    }
+    let start = Instant::now();
+    let publishes = stream::iter(0..messages).map(|i| {
+        let (js, table, names, run) = (&js, &table, &names, &run);
+        async move {
+            let key = FANOUT_KEYS[(i % 8) as usize];
+            let mut targets = smallvec::SmallVec::<[QueueId; 8]>::new();
+            table.route(key, &mut targets);
+            let body = bytes::Bytes::from(stamped(base, payload));
+            let copies = targets.iter().map(|q| {
+                // The headers tubemail sends: the key, the content type, and a message id that
+                // JetStream deduplicates by (its work is part of what is measured, on both sides).
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Tubemail-Key", key);
+                headers.insert("Content-Type", "application/msgpack");
+                headers.insert("Nats-Msg-Id", format!("{run}-{i}-{}", q.0).as_str());
+                let subject = names[q.0 as usize].subject.clone();
+                let body = body.clone();
+                async move {
+                    let ack =
+                        js.publish_with_headers(subject, headers, body).await.map_err(err("publish"))?;
+                    ack.await.map_err(err("publish ack")).map(|_| ())
+                }
+            });
+            for copy in futures::future::join_all(copies).await {
+                copy?;
+            }
+            Ok::<(), String>(())
+        }
+    });
+    let mut confirmed = 0_u64;
+    let mut confirms = publishes.buffer_unordered(CONFIRM_WINDOW);
+    while let Some(confirm) = confirms.next().await {
+        confirm?;
+        confirmed += 1;
+    }
+    Run::gather(start, confirmed, consumers).await
 }
