@@ -218,6 +218,7 @@ pub(crate) fn redact(url: &str) -> String {
 pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One message to publish.
+#[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
 pub(crate) struct Outgoing<'a> {
     pub(crate) topic: &'a str,
     pub(crate) key: &'a str,
@@ -230,6 +231,7 @@ pub(crate) struct Outgoing<'a> {
 
 /// What the remote broker said of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
 pub(crate) enum Sent {
     /// Confirmed: stored in every queue it routed to (or in the alternate's).
     Confirmed,

@@ -187,6 +187,7 @@ fn peers(args: &BenchArgs, fanout: bool) -> Vec<Value> {
 }
 
 /// Messages per run on a remote broker, at most: a remote run is confirmed publish by publish.
+#[cfg(feature = "peers")]
 const REMOTE_MESSAGES_MAX: u64 = 50_000;
 
 /// `bench fanout --on URL`: the shape through tubemail on the remote broker and through its own
