@@ -165,6 +165,15 @@ impl RabbitMq {
     pub(crate) async fn connect(url: &str, topology: &Topology) -> Result<RabbitMq, RemoteError> {
         let props =
             ConnectionProperties::default().with_connection_name("tubemail".into()).enable_auto_recover();
+        Self::connect_with(url, props, topology).await
+    }
+
+    /// Connects with `props` and declares the topology.
+    pub(crate) async fn connect_with(
+        url: &str,
+        props: ConnectionProperties,
+        topology: &Topology,
+    ) -> Result<RabbitMq, RemoteError> {
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;

@@ -104,10 +104,10 @@ pub(crate) fn drift(
         Seen::Existing { objects, why } => {
             let missing =
                 desired.keys().filter(|o| !o.is_binding() && !objects.contains(*o)).cloned().collect();
-            let unchecked = vec![
-                format!("the types, arguments and bindings of what the file declares ({why})"),
-                format!("what the broker has that the file does not declare ({why})"),
-            ];
+            let unchecked = vec![format!(
+                "what the broker has beyond the file, and the types, arguments and bindings of what \
+                 the file declares (only the existence of its queues and exchanges was checked): {why}"
+            )];
             (missing, Vec::new(), Vec::new(), unchecked)
         }
     }
@@ -137,9 +137,11 @@ pub(crate) fn conflict_error(backend: &'static str, conflicts: &[Difference]) ->
         backend,
         what,
         reason: format!(
-            "they exist with other fields, so nothing was declared: {}; delete them on the broker or \
-             change the file (`tubemail diff` shows every difference)",
-            fields.join("; ")
+            "{} with other fields, so nothing was declared: {}; delete {} on the broker or change the \
+             file (`tubemail diff` shows every difference)",
+            if objects.len() == 1 { "it exists" } else { "they exist" },
+            fields.join("; "),
+            if objects.len() == 1 { "it" } else { "them" },
         ),
     }
 }
@@ -207,7 +209,8 @@ mod tests {
         assert_eq!(actions, [Action::Exists, Action::WouldCreate, Action::Unknown]);
         let (missing, _, _, unchecked) = drift(&desired(), &seen);
         assert_eq!(missing, vec![Object::exchange("events")]);
-        assert_eq!(unchecked.len(), 2);
+        assert_eq!(unchecked.len(), 1);
+        assert!(unchecked[0].contains("no API"), "{unchecked:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::ExchangeKind;
+use lapin::{ConnectionProperties, ExchangeKind};
 
 use super::compare::{conflict_error, drift, plan, quoted, Fields, Inventory, Seen};
 use super::management::Management;
@@ -73,9 +73,11 @@ pub(super) async fn delete(url: &str, topology: &Topology) -> Result<(), RemoteE
     deleted
 }
 
-/// A connection that declares nothing by itself.
+/// A connection that declares nothing by itself, and does not recover: a command that cannot reach
+/// the broker says so at once instead of retrying.
 async fn connect(url: &str) -> Result<RabbitMq, RemoteError> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, RabbitMq::connect(url, &Topology::new())).await {
+    let props = ConnectionProperties::default().with_connection_name("tubemail admin".into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, RabbitMq::connect_with(url, props, &Topology::new())).await {
         Ok(connected) => connected,
         Err(_) => Err(RemoteError::Connect {
             url: redact(url),
