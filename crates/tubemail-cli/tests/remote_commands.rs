@@ -14,35 +14,8 @@ use serde_json::Value;
 
 const MANAGEMENT: &str = "http://127.0.0.1:15672";
 
-/// A topology with every kind of object `declare` makes: queues, an exchange with an alternate
-/// exchange, bindings.
-const SHOP: &str = r##"
-[topics.events]
-kind = "topic"
-alternate = "unrouted"
-
-[queues.billing]
-depth_max = 10000
-overflow = "reject-publish"
-delivery_limit = 20
-dead_letter = "billing-dead"
-
-[queues.billing-dead]
-[queues.unrouted]
-
-[queues.audit]
-delivery = "at-most-once"
-
-[[bindings]]
-topic = "events"
-queue = "billing"
-key = "orders.*.paid"
-
-[[bindings]]
-topic = "events"
-queue = "audit"
-key = "#"
-"##;
+/// The shop of the examples: queues, an exchange with an alternate exchange, bindings.
+const SHOP: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/topologies/shop.toml"));
 
 /// The objects SHOP declares: 4 queues, 2 exchanges, 3 bindings.
 const SHOP_OBJECTS: usize = 9;
@@ -165,6 +138,13 @@ fn declare(file: &TempFile, url: &str, extra: &[&str]) -> Output {
     tubemail(&args, &[])
 }
 
+/// Declares `file`, which must succeed, and gives the plan.
+fn declared(file: &TempFile, url: &str) -> Value {
+    let out = declare(file, url, &[]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    json(&out)
+}
+
 fn diff(file: &TempFile, url: &str) -> Output {
     tubemail(&["diff", "--topology", file.arg(), "--on", url, "--json"], &[])
 }
@@ -179,12 +159,9 @@ fn actions(plan: &Value) -> Vec<String> {
 fn declare_twice_creates_everything_then_nothing() {
     let vhost = Vhost::new("twice");
     let file = TempFile::new(SHOP);
-    let first = declare(&file, &vhost.url(), &[]);
-    assert_eq!(first.status.code(), Some(0), "{:?}", text(&first));
-    assert_eq!(actions(&json(&first)), vec!["created"; SHOP_OBJECTS]);
-    let second = declare(&file, &vhost.url(), &[]);
-    assert_eq!(second.status.code(), Some(0), "{:?}", text(&second));
-    assert_eq!(actions(&json(&second)), vec!["exists"; SHOP_OBJECTS], "the second declare creates nothing");
+    assert_eq!(actions(&declared(&file, &vhost.url())), vec!["created"; SHOP_OBJECTS]);
+    let second = declared(&file, &vhost.url());
+    assert_eq!(actions(&second), vec!["exists"; SHOP_OBJECTS], "the second declare creates nothing");
     let mut queues = vhost.names("queues");
     queues.sort();
     assert_eq!(queues, ["audit", "billing", "billing-dead", "unrouted"]);
@@ -212,8 +189,7 @@ fn a_dry_run_creates_nothing() {
 fn diff_after_declare_shows_no_drift() {
     let vhost = Vhost::new("clean");
     let file = TempFile::new(SHOP);
-    let declared = declare(&file, &vhost.url(), &[]);
-    assert_eq!(declared.status.code(), Some(0), "{:?}", text(&declared));
+    declared(&file, &vhost.url());
     let out = diff(&file, &vhost.url());
     let drift = json(&out);
     assert_eq!(out.status.code(), Some(0), "no drift exits 0: {drift}");
@@ -227,8 +203,7 @@ fn diff_after_declare_shows_no_drift() {
 #[test]
 fn diff_shows_a_queue_whose_argument_changed_in_the_file_and_declare_refuses_it() {
     let vhost = Vhost::new("changed");
-    let declared = declare(&TempFile::new(SHOP), &vhost.url(), &[]);
-    assert_eq!(declared.status.code(), Some(0), "{:?}", text(&declared));
+    declared(&TempFile::new(SHOP), &vhost.url());
     let changed = TempFile::new(&SHOP.replace("depth_max = 10000", "depth_max = 500"));
     let out = diff(&changed, &vhost.url());
     let drift = json(&out);
@@ -255,11 +230,9 @@ fn diff_shows_a_queue_whose_argument_changed_in_the_file_and_declare_refuses_it(
 fn diff_shows_an_extra_queue_and_exchange_on_the_broker() {
     let vhost = Vhost::new("extra");
     let file = TempFile::new(SHOP);
-    let declared = declare(&file, &vhost.url(), &[]);
-    assert_eq!(declared.status.code(), Some(0), "{:?}", text(&declared));
+    declared(&file, &vhost.url());
     let stray = TempFile::new("[topics.stray-topic]\n[queues.stray]\n[[bindings]]\ntopic = \"stray-topic\"\nqueue = \"stray\"\nkey = \"a.#\"\n");
-    let declared = declare(&stray, &vhost.url(), &[]);
-    assert_eq!(declared.status.code(), Some(0), "{:?}", text(&declared));
+    declared(&stray, &vhost.url());
     let out = diff(&file, &vhost.url());
     let drift = json(&out);
     assert_eq!(out.status.code(), Some(1), "drift exits 1: {drift}");
