@@ -390,8 +390,8 @@ fn nats_unsupported(what: &str) -> RemoteError {
     RemoteError::Unsupported {
         backend: "nats",
         what: what.to_owned(),
-        hint: "`declare` and `diff` work on RabbitMQ (amqp://…) only in this version; on NATS, \
-               `Broker::connect` declares a topology's streams and consumers when it starts"
+        hint: "this version reads and declares RabbitMQ (amqp://…) only; on NATS JetStream, \
+               `Broker::connect` declares what a topology needs when it starts"
             .to_owned(),
     }
 }
