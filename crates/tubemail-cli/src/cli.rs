@@ -33,7 +33,7 @@ enum Command {
         /// Seed of the demo's random failures.
         #[arg(long, default_value_t = 7)]
         seed: u64,
-        /// Run the topics, queues and bindings on a remote broker (`amqp://…`), named
+        /// Run the topics, queues and bindings on a remote broker (`amqp://…` or `nats://…`), named
         /// `tubemail_demo_*` and deleted at the end; handlers and background jobs stay in this process.
         #[arg(long, value_name = "URL")]
         on: Option<String>,

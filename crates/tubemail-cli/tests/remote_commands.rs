@@ -1,6 +1,7 @@
 //! `tubemail declare`, `tubemail diff` and `tubemail demo --on` against this machine's RabbitMQ
-//! (127.0.0.1:5672, its management API at 127.0.0.1:15672, both set up by `scripts/install-peers.sh`,
-//! which CI runs first). A test that needs them fails, saying so, when they do not answer.
+//! (127.0.0.1:5672, its management API at 127.0.0.1:15672, set up by `scripts/services.sh` and
+//! `scripts/install-peers.sh`, which CI runs first) and NATS (127.0.0.1:4222, for the demo). A test
+//! that needs them fails, saying so, when they do not answer.
 //!
 //! `diff` compares a whole virtual host, and the default one is shared with every other test run on
 //! this machine: each test makes a virtual host of its own, unique to the run, and deletes it (with
@@ -301,13 +302,27 @@ fn demo_on_rabbitmq_runs_its_broker_there_and_deletes_it() {
     assert!(vhost.names("exchanges").is_empty(), "the demo left exchanges: {:?}", vhost.names("exchanges"));
 }
 
+#[test]
+fn demo_on_nats_runs_its_broker_there() {
+    let addr = "127.0.0.1:4222".parse().expect("an address");
+    if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        panic!("NATS is not running on 127.0.0.1:4222: start it (scripts/services.sh); this test runs against it in CI");
+    }
+    let out = tubemail(&["demo", "--on", "nats://127.0.0.1:4222", "--orders", "300"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("topics, queues and bindings: on nats at nats://127.0.0.1:4222"), "{stdout}");
+    assert!(stdout.contains("deleted from nats: the 6 queues named tubemail_demo_*"), "{stdout}");
+    assert!(stdout.contains("routed, refused or unroutable: true"), "{stdout}");
+}
+
 /// Bad input gets a clear error and exit 2, never a panic; none of it needs RabbitMQ.
 #[test]
 fn bad_input_is_a_clear_error_never_a_panic() {
     let good = TempFile::new(SHOP);
     let broken = TempFile::new("[queues.billing\n");
     let unknown_field = TempFile::new("[queues.billing]\ndepth = 3\n");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["diff", "--topology", broken.arg(), "--on", "amqp://127.0.0.1"], ":1:"),
         (&["declare", "--topology", unknown_field.arg(), "--on", "amqp://127.0.0.1"], "depth"),
         (
@@ -320,6 +335,7 @@ fn bad_input_is_a_clear_error_never_a_panic() {
             "cannot connect",
         ),
         (&["diff", "--topology", good.arg()], "--on URL"),
+        (&["diff", "--topology", good.arg(), "--on", "nats://127.0.0.1:4222"], "nats cannot diff"),
     ];
     for (args, words) in cases {
         let out = tubemail(args, &[]);

@@ -22,7 +22,7 @@ use tubemail::jobs::{
     enumerators, EnqueueOptions, Enumerator, IterationJob, IterationSettings, Job, JobContext, JobError,
     Jobs, RetryPolicy,
 };
-use tubemail::remote::admin;
+use tubemail::remote::{admin, Endpoint};
 use tubemail::{Broker, Delivery, Outcome, ShutdownReport, Stats, Topology};
 
 /// The demo's topology; `{p}` is [`REMOTE_PREFIX`] on a remote broker, nothing in process.
@@ -132,7 +132,7 @@ async fn demo(orders: u32, seed: u64) -> Result<(), String> {
 /// (after deleting what an interrupted run may have left), deleted at the end whatever happened.
 async fn remote_demo(orders: u32, seed: u64, url: &str) -> Result<(), String> {
     let topology = topology(REMOTE_PREFIX)?;
-    admin::delete(url, &topology).await.map_err(|e| e.to_string())?;
+    remove(url, &topology).await?;
     let broker = Broker::builder(topology.clone()).remote(url).connect().await.map_err(|e| e.to_string())?;
     let backend = broker.endpoint().map_or("a remote broker", |e| e.backend());
     // The URL without its user and password.
@@ -142,17 +142,18 @@ async fn remote_demo(orders: u32, seed: u64, url: &str) -> Result<(), String> {
     println!("  the modules' publishers and handlers: in this process");
     println!("  background jobs: in this process (tubemail::jobs, journaled in a temporary directory)\n");
     let ran = modules(&broker, orders, seed, REMOTE_PREFIX).await;
-    let deleted = admin::delete(url, &topology).await;
+    let removed = remove(url, &topology).await;
     let report = ran?;
-    deleted.map_err(|e| format!("the demo ran, but deleting its objects failed: {e}"))?;
+    removed.map_err(|e| format!("the demo ran, but deleting its queues failed: {e}"))?;
     println!(
-        "deleted from {backend}: {} queues and {} topics named {REMOTE_PREFIX}*, with their bindings",
-        topology.queues.len(),
-        topology.topics.len()
+        "deleted from {backend}: the {} queues named {REMOTE_PREFIX}*, and what routes to them",
+        topology.queues.len()
     );
     // The queues' own counters (enqueued, ready) are the remote broker's: only the topics' balance
     // is this process's to check.
-    println!("(`enqueued` and the dead letters {backend} moved itself are counted by {backend}, not here)");
+    println!(
+        "(`enqueued`, and dead letters the broker moves itself, are {backend}'s counts, not this process's)"
+    );
     let conserved = report.stats.topics.values().all(tubemail::TopicStats::conserved);
     println!("every publish confirmed by {backend} was routed, refused or unroutable: {conserved}");
     background_jobs(orders).await?;
@@ -160,6 +161,25 @@ async fn remote_demo(orders: u32, seed: u64, url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err("conservation failed: a publish ended no known way".to_owned())
+    }
+}
+
+/// Deletes the demo's queues (with their messages) from the remote broker at `url`, and on
+/// RabbitMQ its exchanges too.
+async fn remove(url: &str, topology: &Topology) -> Result<(), String> {
+    match Endpoint::parse(url).map_err(|e| e.to_string())? {
+        // Over a connection of its own that does not retry: an unreachable broker fails at once.
+        Endpoint::RabbitMq(_) => admin::delete(url, topology).await.map_err(|e| e.to_string()),
+        // A queue is a stream there, and a topic nothing the broker keeps.
+        Endpoint::Nats(_) => {
+            let cleaner = Broker::builder(topology.clone()).remote(url).connect().await;
+            let cleaner = cleaner.map_err(|e| e.to_string())?;
+            for queue in topology.queues.keys() {
+                cleaner.delete_queue(queue).await.map_err(|e| e.to_string())?;
+            }
+            cleaner.shutdown(Duration::ZERO).await;
+            Ok(())
+        }
     }
 }
 
