@@ -58,6 +58,7 @@ use crate::stats::{QueueStats, Stats, TopicStats};
 use crate::subscriber::{AckError, Delivery, Outcome, Run, Runner, SubscribeOptions};
 use crate::topology::{DeliveryMode, QueueSpec, Target, Topology};
 
+pub mod admin;
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
 #[cfg(feature = "rabbitmq")]

@@ -110,6 +110,17 @@ pub(crate) fn queue_arguments(spec: &QueueSpec) -> BTreeMap<&'static str, AMQPVa
     args
 }
 
+/// How a queue is declared beside its arguments: durable, but for a classic `auto_delete` queue
+/// (a quorum queue cannot be auto-deleted).
+pub(crate) fn queue_options(spec: &QueueSpec) -> QueueDeclareOptions {
+    let classic_auto_delete = spec.auto_delete && queue_type(spec) == "classic";
+    QueueDeclareOptions {
+        durable: !classic_auto_delete,
+        auto_delete: classic_auto_delete,
+        ..Default::default()
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -133,7 +144,7 @@ pub(crate) fn exchange_kind(kind: TopicKind) -> ExchangeKind {
 }
 
 /// The binding key on RabbitMQ: the key, or for a hash topic the weight.
-fn binding_key(kind: TopicKind, key: &str, weight: u32) -> String {
+pub(crate) fn binding_key(kind: TopicKind, key: &str, weight: u32) -> String {
     match kind {
         TopicKind::Hash => weight.to_string(),
         TopicKind::Fanout => String::new(),
@@ -154,6 +165,15 @@ impl RabbitMq {
     pub(crate) async fn connect(url: &str, topology: &Topology) -> Result<RabbitMq, RemoteError> {
         let props =
             ConnectionProperties::default().with_connection_name("tubemail".into()).enable_auto_recover();
+        Self::connect_with(url, props, topology).await
+    }
+
+    /// Connects with `props` and declares the topology.
+    pub(crate) async fn connect_with(
+        url: &str,
+        props: ConnectionProperties,
+        topology: &Topology,
+    ) -> Result<RabbitMq, RemoteError> {
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
@@ -163,7 +183,7 @@ impl RabbitMq {
         Ok(rabbit)
     }
 
-    async fn channel(&self) -> Result<Channel, RemoteError> {
+    pub(crate) async fn channel(&self) -> Result<Channel, RemoteError> {
         self.conn.create_channel().await.map_err(io("channel.open"))
     }
 
@@ -229,14 +249,8 @@ impl RabbitMq {
     async fn declare_queue_now(&self, name: &str, spec: &QueueSpec) -> Result<(), RemoteError> {
         // A refused declaration closes its channel: each gets a channel of its own.
         let channel = self.channel().await?;
-        let classic_auto_delete = spec.auto_delete && queue_type(spec) == "classic";
-        let options = QueueDeclareOptions {
-            durable: !classic_auto_delete,
-            auto_delete: classic_auto_delete,
-            ..Default::default()
-        };
         channel
-            .queue_declare(name.into(), options, table(queue_arguments(spec)))
+            .queue_declare(name.into(), queue_options(spec), table(queue_arguments(spec)))
             .await
             .map_err(declare_error(format!("queue {name:?}")))?;
         let _ = channel.close(200, "declared".into()).await;
@@ -421,7 +435,7 @@ fn incoming(tag: u64, delivery: &lapin::message::Delivery) -> Incoming {
     }
 }
 
-fn int(v: &AMQPValue) -> Option<i64> {
+pub(crate) fn int(v: &AMQPValue) -> Option<i64> {
     match v {
         AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
@@ -435,7 +449,7 @@ fn int(v: &AMQPValue) -> Option<i64> {
     }
 }
 
-fn text(v: &AMQPValue) -> Option<String> {
+pub(crate) fn text(v: &AMQPValue) -> Option<String> {
     match v {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),

@@ -5,6 +5,7 @@ mod demo;
 mod jobs;
 mod log;
 mod plot;
+mod remote;
 mod route;
 mod sim;
 
@@ -32,7 +33,26 @@ enum Command {
         /// Seed of the demo's random failures.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Run the topics, queues and bindings on a remote broker (`amqp://…` or `nats://…`), named
+        /// `tubemail_demo_*` and deleted at the end; handlers and background jobs stay in this process.
+        #[arg(long, value_name = "URL")]
+        on: Option<String>,
     },
+    /// Declares a topology file's queues, exchanges and bindings on a remote broker (idempotently).
+    ///
+    /// Prints object by object what existed and what it created. The broker is --on URL, else the file's `connect` line. Exit 0 when declared (with
+    /// --dry-run: planned, nothing created), 2 on an error: a file that does not parse, an unknown
+    /// scheme, an unreachable broker, an object that exists with other arguments (then nothing is
+    /// declared).
+    Declare(remote::DeclareArgs),
+    /// Compares a topology file with what a remote broker has, in both directions.
+    ///
+    /// Reports what the file declares that the broker lacks or has with another type or other
+    /// arguments, and what the broker's virtual host has that the file does not declare. The broker is --on URL, else the file's `connect` line; RabbitMQ's side is read from its
+    /// management API (port 15672, or RABBITMQ_MANAGEMENT_URL). Exit 0 when there is no drift, 1
+    /// when there is, 2 on an error or when part could not be checked (the management API did not
+    /// answer).
+    Diff(remote::DiffArgs),
     /// Prints which queues each routing key reaches.
     Route {
         /// The topology file (TOML).
@@ -292,6 +312,9 @@ impl Cli {
             // Its exit codes tell damage (1) from a request that cannot be served (2).
             Command::Log { command } => return log::run(command),
             Command::Jobs { command } => return jobs::run(command),
+            // Exit 1 is drift, 2 an error.
+            Command::Declare(args) => return remote::declare(&args),
+            Command::Diff(args) => return remote::diff(&args),
             other => other,
         };
         let result = match command {
@@ -328,7 +351,7 @@ impl Cli {
                     sim::replay(&scenario, seed, full, which)
                 }))
             }
-            Command::Demo { orders, seed } => demo::run(orders, seed),
+            Command::Demo { orders, seed, on } => demo::run(orders, seed, on.as_deref()),
             Command::Route { topology, topic, json, keys } => {
                 route::run(&topology, topic.as_deref(), json, &keys)
             }
@@ -378,7 +401,9 @@ impl Cli {
                     bench::run(&args)
                 })
             }
-            Command::Log { .. } | Command::Jobs { .. } => unreachable!("dispatched above"),
+            Command::Log { .. } | Command::Jobs { .. } | Command::Declare(_) | Command::Diff(_) => {
+                unreachable!("dispatched above")
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -22,68 +22,70 @@ use tubemail::jobs::{
     enumerators, EnqueueOptions, Enumerator, IterationJob, IterationSettings, Job, JobContext, JobError,
     Jobs, RetryPolicy,
 };
-use tubemail::{Broker, Delivery, Outcome, Stats, Topology};
+use tubemail::remote::{admin, Endpoint};
+use tubemail::{Broker, Delivery, Outcome, ShutdownReport, Stats, Topology};
 
+/// The demo's topology; `{p}` is [`REMOTE_PREFIX`] on a remote broker, nothing in process.
 const TOPOLOGY: &str = r#"
-[topics.orders]
+[topics.{p}orders]
 kind = "topic"
-alternate = "unrouted"
+alternate = "{p}unrouted"
 
-[topics.contracts]
+[topics.{p}contracts]
 kind = "topic"
 
-[queues.contracts-orders]
+[queues.{p}contracts-orders]
 delivery = "at-least-once"
 
-[queues.partners-events]
+[queues.{p}partners-events]
 delivery = "at-least-once"
 
-[queues.support-tickets]
+[queues.{p}support-tickets]
 delivery = "at-least-once"
 delivery_limit = 3
-dead_letter = "support-dead"
+dead_letter = "{p}support-dead"
 
-[queues.support-dead]
+[queues.{p}support-dead]
 
-[queues.business-analytics]
+[queues.{p}business-analytics]
 delivery = "at-most-once"
 depth_max = 100000
 
-[queues.unrouted]
+[queues.{p}unrouted]
 
 [[bindings]]
-topic = "orders"
-queue = "contracts-orders"
+topic = "{p}orders"
+queue = "{p}contracts-orders"
 key = "orders.placed"
 
 [[bindings]]
-topic = "orders"
-queue = "partners-events"
+topic = "{p}orders"
+queue = "{p}partners-events"
 key = "orders.placed"
 
 [[bindings]]
-topic = "contracts"
-queue = "partners-events"
+topic = "{p}contracts"
+queue = "{p}partners-events"
 key = "contracts.signed"
 
 [[bindings]]
-topic = "orders"
-queue = "support-tickets"
+topic = "{p}orders"
+queue = "{p}support-tickets"
 key = "orders.cancelled"
 
 [[bindings]]
-topic = "contracts"
-queue = "support-tickets"
+topic = "{p}contracts"
+queue = "{p}support-tickets"
 key = "contracts.disputed"
 
 [[bindings]]
-topic = "orders"
-queue = "business-analytics"
+topic = "{p}orders"
+queue = "{p}business-analytics"
 key = "orders.#"
 
 [[bindings]]
-topic = "contracts"
-queue = "business-analytics"
+topic = "{p}contracts"
+queue = "{p}business-analytics"
 key = "contracts.#"
 "#;
 
@@ -94,20 +96,100 @@ struct Event {
     cents: u64,
 }
 
-pub(crate) fn run(orders: u32, seed: u64) -> Result<(), String> {
-    actix::System::new().block_on(demo(orders, seed))
+/// The prefix of the demo's names on a remote broker, so that they never meet a user's.
+const REMOTE_PREFIX: &str = "tubemail_demo_";
+
+/// How long the demo waits for a remote broker's queues to drain before it shuts down.
+const REMOTE_DRAIN_MAX: Duration = Duration::from_secs(60);
+
+pub(crate) fn run(orders: u32, seed: u64, on: Option<&str>) -> Result<(), String> {
+    actix::System::new().block_on(async move {
+        match on {
+            None => demo(orders, seed).await,
+            Some(url) => remote_demo(orders, seed, url).await,
+        }
+    })
+}
+
+fn topology(prefix: &str) -> Result<Topology, String> {
+    Topology::from_toml_str(&TOPOLOGY.replace("{p}", prefix)).map_err(|e| e.to_string())
 }
 
 async fn demo(orders: u32, seed: u64) -> Result<(), String> {
-    let topology = Topology::from_toml_str(TOPOLOGY).map_err(|e| e.to_string())?;
-    let broker = Broker::start(topology).map_err(|e| e.to_string())?;
+    let broker = Broker::start(topology("")?).map_err(|e| e.to_string())?;
+    println!("tubemail demo: {orders} orders through a modular monolith (seed {seed})\n");
+    let final_report = modules(&broker, orders, seed, "").await?;
+    println!("conservation holds: {}", final_report.stats.conserved());
+    background_jobs(orders).await?;
+    if final_report.stats.conserved() {
+        Ok(())
+    } else {
+        Err("conservation failed: a message was lost without a reason".to_owned())
+    }
+}
+
+/// The demo with its topics, queues and bindings on the remote broker at `url`: declared there
+/// (after deleting what an interrupted run may have left), deleted at the end whatever happened.
+async fn remote_demo(orders: u32, seed: u64, url: &str) -> Result<(), String> {
+    let topology = topology(REMOTE_PREFIX)?;
+    remove(url, &topology).await?;
+    let broker = Broker::builder(topology.clone()).remote(url).connect().await.map_err(|e| e.to_string())?;
+    let backend = broker.endpoint().map_or("a remote broker", |e| e.backend());
+    // The URL without its user and password.
+    let at = url.rsplit_once('@').map_or(url, |(_, host)| host);
+    println!("tubemail demo: {orders} orders through a modular monolith (seed {seed})");
+    println!("  topics, queues and bindings: on {backend} at {at}, named {REMOTE_PREFIX}*");
+    println!("  the modules' publishers and handlers: in this process");
+    println!("  background jobs: in this process (tubemail::jobs, journaled in a temporary directory)\n");
+    let ran = modules(&broker, orders, seed, REMOTE_PREFIX).await;
+    let removed = remove(url, &topology).await;
+    let report = ran?;
+    removed.map_err(|e| format!("the demo ran, but deleting its queues failed: {e}"))?;
+    println!(
+        "deleted from {backend}: the {} queues named {REMOTE_PREFIX}*, and what routes to them",
+        topology.queues.len()
+    );
+    // The queues' own counters (enqueued, ready) are the remote broker's: only the topics' balance
+    // is this process's to check.
+    println!(
+        "(`enqueued`, and dead letters the broker moves itself, are {backend}'s counts, not this process's)"
+    );
+    let conserved = report.stats.topics.values().all(tubemail::TopicStats::conserved);
+    println!("every publish confirmed by {backend} was routed, refused or unroutable: {conserved}");
+    background_jobs(orders).await?;
+    if conserved {
+        Ok(())
+    } else {
+        Err("conservation failed: a publish ended no known way".to_owned())
+    }
+}
+
+/// Deletes the demo's queues (with their messages) from the remote broker at `url`, and on
+/// RabbitMQ its exchanges too.
+async fn remove(url: &str, topology: &Topology) -> Result<(), String> {
+    match Endpoint::parse(url).map_err(|e| e.to_string())? {
+        // Over a connection of its own that does not retry: an unreachable broker fails at once.
+        Endpoint::RabbitMq(_) => admin::delete(url, topology).await.map_err(|e| e.to_string()),
+        // A queue is a stream there, and a topic nothing the broker keeps.
+        Endpoint::Nats(_) => {
+            let cleaner = Broker::builder(topology.clone()).remote(url).connect().await;
+            let cleaner = cleaner.map_err(|e| e.to_string())?;
+            for queue in topology.queues.keys() {
+                cleaner.delete_queue(queue).await.map_err(|e| e.to_string())?;
+            }
+            cleaner.shutdown(Duration::ZERO).await;
+            Ok(())
+        }
+    }
+}
+
+/// Runs the modules on `broker` (names prefixed with `p`) and shuts it down.
+async fn modules(broker: &Broker, orders: u32, seed: u64, p: &str) -> Result<ShutdownReport, String> {
     let revenue = Arc::new(AtomicU64::new(0));
     let dead_reasons = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
-    subscribe_modules(&broker, seed, revenue.clone(), dead_reasons.clone()).await?;
-
-    println!("tubemail demo: {orders} orders through a modular monolith (seed {seed})\n");
+    subscribe_modules(broker, seed, p, revenue.clone(), dead_reasons.clone()).await?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let orders_topic = broker.publisher("orders").map_err(|e| e.to_string())?;
+    let orders_topic = broker.publisher(&format!("{p}orders")).map_err(|e| e.to_string())?;
     for order in 0..orders {
         let roll: f64 = rng.gen();
         let key = if roll < 0.8 {
@@ -127,31 +209,28 @@ async fn demo(orders: u32, seed: u64) -> Result<(), String> {
             print_table(&broker.stats().await, "while running");
         }
     }
-    wait_quiet(&broker).await;
+    match broker.endpoint() {
+        None => wait_quiet(broker, p).await,
+        Some(_) => {
+            let _ = tokio::time::timeout(REMOTE_DRAIN_MAX, broker.idle()).await;
+        }
+    }
     let final_report = broker.shutdown(Duration::from_secs(2)).await;
     print_table(&final_report.stats, "final");
     let dead = dead_reasons.lock().expect("demo lock").clone();
-    println!("dead letters in support-dead by reason: {dead:?}");
-    println!(
-        "business revenue seen (at most once): {:.2}; conservation holds: {}",
-        revenue.load(Ordering::Relaxed) as f64 / 100.0,
-        final_report.stats.conserved()
-    );
-    background_jobs(orders).await?;
-    if final_report.stats.conserved() {
-        Ok(())
-    } else {
-        Err("conservation failed: a message was lost without a reason".to_owned())
-    }
+    println!("dead letters in {p}support-dead by reason: {dead:?}");
+    println!("business revenue seen (at most once): {:.2}", revenue.load(Ordering::Relaxed) as f64 / 100.0);
+    Ok(final_report)
 }
 
 async fn subscribe_modules(
     broker: &Broker,
     seed: u64,
+    p: &str,
     revenue: Arc<AtomicU64>,
     dead_reasons: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
 ) -> Result<(), String> {
-    let contracts = broker.publisher("contracts").map_err(|e| e.to_string())?;
+    let contracts = broker.publisher(&format!("{p}contracts")).map_err(|e| e.to_string())?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xC0);
     let contracts_handler = move |d: Delivery<Event>| {
         // The first job enqueues its follow-up, rather than doing everything in one step.
@@ -186,21 +265,22 @@ async fn subscribe_modules(
         async { Outcome::Ack }
     };
     let fail = |e: tubemail::SubscribeError| e.to_string();
-    broker.subscribe("contracts-orders", contracts_handler).await.map_err(fail)?;
-    broker.subscribe("partners-events", |_: Delivery<Event>| async { Outcome::Ack }).await.map_err(fail)?;
-    broker.subscribe("partners-events", |_: Delivery<Event>| async { Outcome::Ack }).await.map_err(fail)?;
-    broker.subscribe("support-tickets", support_handler).await.map_err(fail)?;
-    broker.subscribe("business-analytics", business_handler).await.map_err(fail)?;
-    broker.subscribe("support-dead", dead_handler).await.map_err(fail)?;
+    let partners = |_: Delivery<Event>| async { Outcome::Ack };
+    broker.subscribe(&format!("{p}contracts-orders"), contracts_handler).await.map_err(fail)?;
+    broker.subscribe(&format!("{p}partners-events"), partners).await.map_err(fail)?;
+    broker.subscribe(&format!("{p}partners-events"), partners).await.map_err(fail)?;
+    broker.subscribe(&format!("{p}support-tickets"), support_handler).await.map_err(fail)?;
+    broker.subscribe(&format!("{p}business-analytics"), business_handler).await.map_err(fail)?;
+    broker.subscribe(&format!("{p}support-dead"), dead_handler).await.map_err(fail)?;
     Ok(())
 }
 
 /// Waits until no queue has work left, or two seconds at most.
-async fn wait_quiet(broker: &Broker) {
+async fn wait_quiet(broker: &Broker, p: &str) {
+    let unrouted = format!("{p}unrouted");
     for _ in 0..200 {
         let stats = broker.stats().await;
-        let busy =
-            stats.queues.iter().any(|(name, q)| name != "unrouted" && (q.ready > 0 || q.in_flight > 0));
+        let busy = stats.queues.iter().any(|(name, q)| *name != unrouted && (q.ready > 0 || q.in_flight > 0));
         if !busy {
             return;
         }
