@@ -791,3 +791,30 @@ mod nats_differences {
         finish(Backend::Nats, one, topology).await;
     }
 }
+
+/// A remote broker that does not answer is a clear error at once, naming the URL without its
+/// password, on every backend (no retrying in the background, no panic).
+#[cfg(any(feature = "rabbitmq", feature = "nats"))]
+#[actix::test]
+async fn an_unreachable_broker_is_an_error_at_once() {
+    let topology = Topology::from_toml_str("[queues.q]\n").unwrap();
+    let mut urls = Vec::new();
+    if cfg!(feature = "rabbitmq") {
+        urls.push("amqp://guest:secret@127.0.0.1:1/%2f");
+    }
+    if cfg!(feature = "nats") {
+        urls.push("nats://127.0.0.1:1");
+    }
+    for url in urls {
+        let started = std::time::Instant::now();
+        let err = Broker::builder(topology.clone())
+            .remote(url)
+            .connect()
+            .await
+            .expect_err("nothing listens on port 1");
+        let text = err.to_string();
+        assert!(started.elapsed() < Duration::from_secs(5), "{url}: took {:?}", started.elapsed());
+        assert!(text.contains("cannot connect") && text.contains("127.0.0.1:1"), "{text}");
+        assert!(!text.contains("secret"), "the password stays out of errors: {text}");
+    }
+}

@@ -157,10 +157,8 @@ impl Nats {
                 return Err(e);
             }
         }
-        let options = async_nats::ConnectOptions::new()
-            .name("tubemail")
-            .connection_timeout(super::CONNECT_TIMEOUT)
-            .retry_on_initial_connect();
+        let options =
+            async_nats::ConnectOptions::new().name("tubemail").connection_timeout(super::CONNECT_TIMEOUT);
         let client = tokio::time::timeout(super::CONNECT_TIMEOUT, options.connect(url))
             .await
             .map_err(|_| RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() })?

@@ -174,6 +174,20 @@ impl RabbitMq {
         props: ConnectionProperties,
         topology: &Topology,
     ) -> Result<RabbitMq, RemoteError> {
+        // Automatic recovery would retry an unreachable broker for a minute: a first connection
+        // that finds nothing listening fails at once instead.
+        let uri: lapin::uri::AMQPUri =
+            url.parse().map_err(|e: String| RemoteError::Connect { url: redact(url), reason: e })?;
+        let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
+        match tokio::time::timeout(super::CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(RemoteError::Connect { url: redact(url), reason: format!("{addr}: {e}") })
+            }
+            Err(_) => {
+                return Err(RemoteError::Connect { url: redact(url), reason: format!("{addr}: timed out") })
+            }
+        }
         let conn = Connection::connect(url, props)
             .await
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
