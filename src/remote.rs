@@ -256,9 +256,17 @@ pub(crate) struct Incoming {
 /// How a handler's outcome reaches the remote broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RemoteSettle {
-    Ack { multiple: bool },
-    Nack { multiple: bool, requeue: bool },
+    Ack {
+        multiple: bool,
+    },
+    Nack {
+        multiple: bool,
+        requeue: bool,
+    },
     Reject,
+    /// Delivered more often than the queue's `delivery_limit` (seen by a backend whose server does
+    /// not count: dead-lettered with reason `delivery_limit`, or dropped).
+    DeliveryLimit,
 }
 
 /// Settles a consumer's deliveries on the remote broker.
@@ -634,6 +642,7 @@ impl RemoteBroker {
             mode: spec.delivery,
             dead_letters: spec.dead_letter.is_some(),
             ack_timeout: spec.ack_timeout,
+            delivery_limit: spec.delivery_limit,
             consumer,
             settler,
             stop: Arc::clone(&stop),
@@ -847,6 +856,8 @@ struct SubLoop {
     dead_letters: bool,
     /// How long a deferred delivery may stay unsettled before this side gives it back.
     ack_timeout: Duration,
+    /// Deliveries of one message at most (0: no limit).
+    delivery_limit: u32,
     consumer: ConsumerId,
     settler: Arc<dyn Settler>,
     stop: Arc<StopFlag>,
@@ -902,6 +913,21 @@ impl SubLoop {
         R: Runner<T>,
     {
         let Incoming { tag, key, body, id, delivery_count, deaths } = incoming;
+        let at_least_once = self.mode == DeliveryMode::AtLeastOnce;
+        if at_least_once && self.delivery_limit > 0 && delivery_count > self.delivery_limit {
+            // Past the limit (a server that does not count, as JetStream here): dead-lettered
+            // without running the handler, as the in-process queue does.
+            if let Err(e) = Arc::clone(&self.settler).settle(tag, RemoteSettle::DeliveryLimit).await {
+                tracing::warn!(queue = %self.queue, tag, error = %e, "dead-lettering at the delivery limit failed; it comes again");
+                return;
+            }
+            let dead_letters = self.dead_letters;
+            self.count(|q| match dead_letters {
+                true => q.dead_lettered += 1,
+                false => q.dropped.delivery_limit += 1,
+            });
+            return;
+        }
         self.count(|q| {
             q.delivered += 1;
             q.redelivered += u64::from(delivery_count > 1);
@@ -967,6 +993,7 @@ impl SubLoop {
         self.count(|q| match op {
             RemoteSettle::Ack { .. } => q.acked += 1,
             RemoteSettle::Nack { requeue: true, .. } => q.nacked += 1,
+            RemoteSettle::DeliveryLimit => unreachable!("settled in `handle`"),
             RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
                 q.nacked += 1;
                 match dead_letters {

@@ -290,7 +290,6 @@ impl Backend for Nats {
                 queue: queue.to_owned(),
                 dead_letter: spec.dead_letter.clone(),
             });
-            let limit = spec.delivery_limit;
             let held = Arc::clone(&settler);
             let mut next_tag = 0_u64;
             let deliveries = messages.filter_map(move |message| {
@@ -308,16 +307,10 @@ impl Backend for Nats {
                         let _ = message.ack().await;
                         return Some(Ok(incoming));
                     }
-                    let over = limit > 0 && incoming.delivery_count > limit;
                     held.held
                         .lock()
                         .expect("not poisoned")
                         .insert(tag, (message, incoming.deaths.clone(), incoming.key.clone()));
-                    if over {
-                        // Past the limit: dead-lettered without running the handler.
-                        let _ = held.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await;
-                        return None;
-                    }
                     Some(Ok(incoming))
                 }
             });
@@ -490,6 +483,9 @@ impl Settler for NatsSettler {
         match op {
             RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
                 Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::Rejected).await })
+            }
+            RemoteSettle::DeliveryLimit => {
+                Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await })
             }
             RemoteSettle::Ack { multiple } | RemoteSettle::Nack { multiple, requeue: true } => {
                 let messages: Vec<jetstream::Message> = {

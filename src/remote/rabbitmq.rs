@@ -528,7 +528,10 @@ impl Settler for RabbitSettler {
                 RemoteSettle::Nack { multiple, requeue } => {
                     acker.nack(BasicNackOptions { multiple, requeue }).await
                 }
-                RemoteSettle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                // Quorum queues count deliveries themselves; a classic queue cannot tell.
+                RemoteSettle::Reject | RemoteSettle::DeliveryLimit => {
+                    acker.reject(BasicRejectOptions { requeue: false }).await
+                }
             };
             done.map(|_| ()).map_err(|_| AckError::Remote)
         })
