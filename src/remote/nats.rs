@@ -212,21 +212,20 @@ impl Nats {
     }
 }
 
-/// Publishes one copy to the stream of the queue whose subject is `subject`; `Ok(false)` when the
-/// stream refused it (full, discard new).
+/// Publishes one copy to the stream of the queue whose subject is `subject`, with `dedupe` as its
+/// `Nats-Msg-Id`; `Ok(false)` when the stream refused it (full, discard new).
 async fn publish_to(
     js: &jetstream::Context,
     subject: &str,
     key: &str,
     body: bytes::Bytes,
-    id: MessageId,
+    dedupe: &str,
     deaths: Option<String>,
 ) -> Result<bool, RemoteError> {
     let mut headers = HeaderMap::new();
     headers.insert(KEY_HEADER, key);
     headers.insert("Content-Type", CONTENT_TYPE);
-    // Unique per queue: a queue's subject (past `tmq.`) is unique per queue.
-    headers.insert("Nats-Msg-Id", format!("{}-{}", id.0, &subject[4..]).as_str());
+    headers.insert("Nats-Msg-Id", dedupe);
     if let Some(deaths) = deaths {
         headers.insert(DEATHS_HEADER, deaths.as_str());
     }
@@ -251,7 +250,9 @@ impl Backend for Nats {
             let (key, id) = (out.key, out.id);
             let copies = out.targets.iter().map(|q| {
                 let (subject, body) = (self.subject_of(q), out.body.clone());
-                async move { publish_to(&self.js, &subject, key, body, id, None).await }
+                // `ID-QUEUE`: the tubemail id, unique per queue (a queue's subject past `tmq.` is).
+                let dedupe = format!("{}-{}", id.0, &subject[4..]);
+                async move { publish_to(&self.js, &subject, key, body, &dedupe, None).await }
             });
             for copy in futures::future::join_all(copies).await {
                 refused |= !copy?;
@@ -307,10 +308,7 @@ impl Backend for Nats {
                         let _ = message.ack().await;
                         return Some(Ok(incoming));
                     }
-                    held.held
-                        .lock()
-                        .expect("not poisoned")
-                        .insert(tag, (message, incoming.deaths.clone(), incoming.key.clone()));
+                    held.held.lock().expect("not poisoned").insert(tag, message);
                     Some(Ok(incoming))
                 }
             });
@@ -321,7 +319,7 @@ impl Backend for Nats {
                     let held: Vec<_> = std::mem::take(&mut *giving_back.held.lock().expect("not poisoned"))
                         .into_values()
                         .collect();
-                    for (message, _, _) in held {
+                    for message in held {
                         let _ = message.ack_with(AckKind::Nak(None)).await;
                     }
                 })
@@ -379,19 +377,33 @@ impl Backend for Nats {
 
 /// Reads what tubemail needs of a JetStream message.
 fn incoming(tag: u64, message: &jetstream::Message) -> Incoming {
-    let header =
-        |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-    let id =
-        header("Nats-Msg-Id").and_then(|id| id.split('-').next().and_then(|n| n.parse().ok())).unwrap_or(0);
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     Incoming {
         tag,
-        key: header(KEY_HEADER).unwrap_or_default(),
+        key: key_of(message).to_owned(),
         body: message.payload.clone(),
-        id: MessageId(id),
+        id: id_of(message),
         delivery_count: u32::try_from(delivered).unwrap_or(1).max(1),
-        deaths: header(DEATHS_HEADER).map(|d| parse_deaths(&d)).unwrap_or_default(),
+        deaths: deaths_of(message),
     }
+}
+
+fn header<'m>(message: &'m jetstream::Message, name: &str) -> Option<&'m str> {
+    message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+fn key_of(message: &jetstream::Message) -> &str {
+    header(message, KEY_HEADER).unwrap_or_default()
+}
+
+/// The tubemail message id, the first part of `Nats-Msg-Id` (0 for a message from elsewhere).
+fn id_of(message: &jetstream::Message) -> MessageId {
+    let id = header(message, "Nats-Msg-Id").and_then(|id| id.split('-').next()?.parse().ok());
+    MessageId(id.unwrap_or(0))
+}
+
+fn deaths_of(message: &jetstream::Message) -> Vec<Death> {
+    header(message, DEATHS_HEADER).map(parse_deaths).unwrap_or_default()
 }
 
 /// `queue|reason|count|at_ms` entries separated by `;`, newest first.
@@ -424,8 +436,8 @@ fn parse_deaths(text: &str) -> Vec<Death> {
         .collect()
 }
 
-/// An unsettled message, with its deaths and key (for a dead letter).
-type Held = (jetstream::Message, Vec<Death>, String);
+/// An unsettled message (its headers hold its key and deaths, for a dead letter).
+type Held = jetstream::Message;
 
 /// Settles through each message's own reply subject.
 struct NatsSettler {
@@ -441,8 +453,8 @@ impl NatsSettler {
     /// only then acks it here; terminates it without a dead-letter queue.
     async fn dead_letter_or_drop(&self, tag: u64, reason: DeathReason) -> Result<(), AckError> {
         let held = self.held.lock().expect("not poisoned").remove(&tag);
-        let (message, mut deaths, key) =
-            held.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
+        let message = held.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
+        let (mut deaths, key) = (deaths_of(&message), key_of(&message).to_owned());
         if let Some(dl) = &self.dead_letter {
             let at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -453,16 +465,12 @@ impl NatsSettler {
                 .map_or(1, |d| d.count + 1);
             deaths.retain(|d| !(*d.queue == *self.queue && d.reason == reason));
             deaths.insert(0, Death { queue: self.queue.as_str().into(), reason, count, at_ms });
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .and_then(|v| v.as_str().split('-').next().and_then(|n| n.parse().ok()))
-                .unwrap_or(0);
-            // A dead letter gets an id of its own in the dead-letter stream (a death per id).
-            let dead_id = MessageId(id ^ (u64::from(count) << 56) ^ 0x00de_ad00_0000_0000);
+            // The message keeps its id; the dead-letter stream deduplicates each death once.
+            let id = id_of(&message);
+            let subject = subject(dl);
+            let dedupe = format!("{}-{}-{reason}{count}", id.0, &subject[4..]);
             let deaths = Some(format_deaths(&deaths));
-            match publish_to(&self.js, &subject(dl), &key, message.payload.clone(), dead_id, deaths).await {
+            match publish_to(&self.js, &subject, &key, message.payload.clone(), &dedupe, deaths).await {
                 Ok(true) => {}
                 _ => {
                     // Not taken by the dead-letter queue: given back, to come again.
@@ -492,7 +500,7 @@ impl Settler for NatsSettler {
                     let mut held = self.held.lock().expect("not poisoned");
                     let tags: Vec<u64> =
                         if multiple { held.range(..=tag).map(|(t, _)| *t).collect() } else { vec![tag] };
-                    tags.iter().filter_map(|t| held.remove(t)).map(|(m, _, _)| m).collect()
+                    tags.iter().filter_map(|t| held.remove(t)).collect()
                 };
                 let kind =
                     if matches!(op, RemoteSettle::Ack { .. }) { AckKind::Ack } else { AckKind::Nak(None) };
