@@ -246,7 +246,7 @@ pub(crate) enum Sent {
 pub(crate) struct Incoming {
     /// The backend's handle for settling it, unique within the consumer.
     pub(crate) tag: u64,
-    pub(crate) key: String,
+    pub(crate) key: compact_str::CompactString,
     pub(crate) body: Bytes,
     pub(crate) id: MessageId,
     pub(crate) delivery_count: u32,
@@ -932,8 +932,7 @@ impl SubLoop {
             q.delivered += 1;
             q.redelivered += u64::from(delivery_count > 1);
         });
-        let msg =
-            Arc::new(Message { id, key: key.into(), payload: Payload::Bytes(body), deaths: deaths.into() });
+        let msg = Arc::new(Message { id, key, payload: Payload::Bytes(body), deaths: deaths.into() });
         let value = match msg.payload.read_value::<T>() {
             Ok(value) => value,
             Err(e) => {

@@ -380,7 +380,7 @@ fn incoming(tag: u64, message: &jetstream::Message) -> Incoming {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     Incoming {
         tag,
-        key: key_of(message).to_owned(),
+        key: key_of(message).into(),
         body: message.payload.clone(),
         id: id_of(message),
         delivery_count: u32::try_from(delivered).unwrap_or(1).max(1),
@@ -496,11 +496,14 @@ impl Settler for NatsSettler {
                 Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await })
             }
             RemoteSettle::Ack { multiple } | RemoteSettle::Nack { multiple, requeue: true } => {
-                let messages: Vec<jetstream::Message> = {
+                let messages: smallvec::SmallVec<[jetstream::Message; 1]> = {
                     let mut held = self.held.lock().expect("not poisoned");
-                    let tags: Vec<u64> =
-                        if multiple { held.range(..=tag).map(|(t, _)| *t).collect() } else { vec![tag] };
-                    tags.iter().filter_map(|t| held.remove(t)).collect()
+                    if multiple {
+                        let tags: Vec<u64> = held.range(..=tag).map(|(t, _)| *t).collect();
+                        tags.iter().filter_map(|t| held.remove(t)).collect()
+                    } else {
+                        held.remove(&tag).into_iter().collect()
+                    }
                 };
                 let kind =
                     if matches!(op, RemoteSettle::Ack { .. }) { AckKind::Ack } else { AckKind::Nak(None) };

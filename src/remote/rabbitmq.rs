@@ -441,7 +441,7 @@ fn incoming(tag: u64, delivery: &lapin::message::Delivery) -> Incoming {
     };
     Incoming {
         tag,
-        key: original_key.unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+        key: original_key.map_or_else(|| delivery.routing_key.as_str().into(), Into::into),
         body: bytes::Bytes::copy_from_slice(&delivery.data),
         id: MessageId(id),
         delivery_count,
