@@ -1,7 +1,8 @@
 //! A remote broker restarted mid-run loses nothing confirmed: RabbitMQ is stopped and started
-//! (`rabbitmqctl stop_app` / `start_app`) while a publisher and a subscriber run; every publish that
-//! was confirmed is delivered (at least once) after the client recovered its connection.
-#![cfg(feature = "rabbitmq")]
+//! (`rabbitmqctl stop_app` / `start_app`), and NATS's server process is stopped and started again
+//! with its own command line, while a publisher and a subscriber run; every publish that was
+//! confirmed is delivered (at least once) after the client recovered its connection.
+#![cfg(any(feature = "rabbitmq", feature = "nats"))]
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -10,15 +11,18 @@ use std::time::Duration;
 
 use tubemail::{Broker, Confirm, Delivery, Outcome, Topology};
 
+#[cfg(feature = "rabbitmq")]
 const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const MESSAGES: u64 = 400;
 
+#[cfg(feature = "rabbitmq")]
 fn rabbitmqctl(args: &[&str]) {
     let out =
         Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs (RabbitMQ is installed)");
     assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+#[cfg(feature = "rabbitmq")]
 #[actix::test]
 async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
     let addr = "127.0.0.1:5672".parse().unwrap();
@@ -26,7 +30,68 @@ async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
         "RabbitMQ is not running on {addr}: start it (this test runs against it in CI)"
     );
-    let p = format!("tmc_restart_{}", std::process::id());
+    survive_a_restart(RABBITMQ, || {
+        rabbitmqctl(&["stop_app"]);
+        std::thread::sleep(Duration::from_secs(1));
+        rabbitmqctl(&["start_app"]);
+        rabbitmqctl(&["await_startup"]);
+    })
+    .await;
+}
+
+#[cfg(feature = "nats")]
+#[actix::test]
+async fn nothing_confirmed_is_lost_when_nats_restarts() {
+    let addr = "127.0.0.1:4222".parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "NATS is not running on {addr}: start it (this test runs against it in CI)"
+    );
+    survive_a_restart("nats://127.0.0.1:4222", restart_nats_server).await;
+}
+
+/// Stops the machine's `nats-server` (SIGTERM: JetStream flushes its files) and starts it again with
+/// the same command line, detached, then waits until it answers.
+#[cfg(feature = "nats")]
+fn restart_nats_server() {
+    let pid = Command::new("pgrep").args(["-x", "nats-server"]).output().expect("pgrep runs");
+    let pid = String::from_utf8_lossy(&pid.stdout)
+        .lines()
+        .next()
+        .expect("a nats-server process runs")
+        .trim()
+        .to_owned();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("its command line");
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("setsid")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server starts again");
+    let addr = "127.0.0.1:4222".parse().unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nats-server did not come back on {addr}");
+}
+
+async fn survive_a_restart(url: &str, restart: fn()) {
+    let backend = if url.starts_with("nats") { "nats" } else { "rabbitmq" };
+    let p = format!("tmc_restart_{backend}_{}", std::process::id());
     let topology = Topology::from_toml_str(&format!(
         r#"
         [topics.{p}_t]
@@ -40,7 +105,7 @@ async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
         "#
     ))
     .unwrap();
-    let broker = Broker::builder(topology.clone()).rabbitmq(RABBITMQ).connect().await.unwrap();
+    let broker = Broker::builder(topology.clone()).remote(url).connect().await.unwrap();
     let received = Arc::new(Mutex::new(BTreeSet::new()));
     let seen = Arc::clone(&received);
     broker
@@ -76,13 +141,7 @@ async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let restart = tokio::task::spawn_blocking(|| {
-        rabbitmqctl(&["stop_app"]);
-        std::thread::sleep(Duration::from_secs(1));
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    });
-    restart.await.unwrap();
+    tokio::task::spawn_blocking(restart).await.unwrap();
     let (confirmed, failed) =
         tokio::time::timeout(Duration::from_secs(120), publisher).await.unwrap().unwrap();
     assert_eq!(confirmed.len() as u64, MESSAGES);
@@ -103,7 +162,7 @@ async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("restart: {MESSAGES} confirmed, all delivered; {failed} publishes failed during the restart and were retried");
+    eprintln!("{backend} restart: {MESSAGES} confirmed, all delivered; {failed} publishes failed during the restart and were retried");
     broker.delete_queue(&format!("{p}_q")).await.unwrap();
     broker.shutdown(Duration::from_secs(2)).await;
 }
