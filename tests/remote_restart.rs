@@ -72,13 +72,16 @@ fn restart_nats_server() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    Command::new("setsid")
+    // `setsid -f` forks the server into a session of its own and returns: it outlives this test.
+    let started = Command::new("setsid")
+        .arg("-f")
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
+        .status()
         .expect("nats-server starts again");
+    assert!(started.success(), "setsid {args:?}: {started}");
     let addr = "127.0.0.1:4222".parse().unwrap();
     for _ in 0..200 {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
