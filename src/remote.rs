@@ -205,7 +205,7 @@ pub fn jetstream_names(queue: &str) -> JetStreamNames {
 }
 
 /// A URL without its password, for messages and logs.
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

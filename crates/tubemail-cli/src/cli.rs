@@ -141,6 +141,11 @@ enum Command {
         /// `--mode`, `--faults` and `--messages` do not apply).
         #[arg(long, value_enum, default_value = "both")]
         scenario: SimScenario,
+        /// Refused, with the reason: the simulator injects its faults inside this process and
+        /// replays them from the seed, which a remote broker cannot; run the conformance suite
+        /// (`cargo test --test conformance`) against RabbitMQ or NATS instead.
+        #[arg(long, value_name = "URL")]
+        on: Option<String>,
     },
     /// Prints the history of one simulated run: the same seed always prints the same run.
     Replay {
@@ -318,7 +323,13 @@ impl Cli {
             other => other,
         };
         let result = match command {
-            Command::Check { mode, faults, seeds, seed, messages, json, scenario } => {
+            Command::Check { on: Some(url), .. } => Err(format!(
+                "check --on {}: the simulator injects its faults inside this process and replays them from \
+                 the seed, which a remote broker cannot do; the same promises are checked against RabbitMQ \
+                 and NATS by the conformance suite: cargo test --test conformance",
+                tubemail::remote::redact(&url)
+            )),
+            Command::Check { mode, faults, seeds, seed, messages, json, scenario, on: None } => {
                 let mode = match (mode, scenario) {
                     (Some(mode), _) => Ok(mode.delivery()),
                     // The log scenario judges an at-least-once and an at-most-once group in every run.

@@ -353,3 +353,12 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     let (stdout, _) = text(&out);
     assert!(stdout.contains("Exit 0 when there is no drift, 1 when there is, 2 on an error"), "{stdout}");
 }
+
+#[test]
+fn check_on_a_remote_broker_says_why_it_cannot_and_where_to_look() {
+    let out = tubemail(&["check", "--on", "amqp://guest:secret@127.0.0.1:5672/%2f"], &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("conformance") && stderr.contains("inside this process"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
