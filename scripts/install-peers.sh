@@ -52,4 +52,8 @@ install_sidekiq() {
 }
 
 enable_rabbitmq_plugins
+# `--rabbitmq`: the plugins only (what `cargo test` enables for itself on a new machine).
+if [ "${1:-}" = "--rabbitmq" ]; then
+  exit 0
+fi
 install_sidekiq

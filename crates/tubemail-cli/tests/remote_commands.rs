@@ -47,6 +47,24 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Enables RabbitMQ's management API on a machine where it is not yet (a new machine: `cargo test`
+/// sets up what it needs, as CI's `scripts/install-peers.sh` does), once per test process.
+fn enable_management_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let answers = || agent().get(&format!("{MANAGEMENT}/api/overview")).call().is_ok();
+        if answers() {
+            return;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/install-peers.sh");
+        let status = Command::new("bash").args([script, "--rabbitmq"]).status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "scripts/install-peers.sh --rabbitmq could not enable RabbitMQ's management API: {status:?}"
+        );
+    });
+}
+
 /// A virtual host of this test's own, deleted when dropped.
 struct Vhost {
     name: String,
@@ -60,6 +78,7 @@ impl Vhost {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
             panic!("RabbitMQ is not running on 127.0.0.1:5672: start it (scripts/services.sh); this test runs against it in CI");
         }
+        enable_management_once();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("after 1970")
