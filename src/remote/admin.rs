@@ -31,6 +31,11 @@
 //! it). A diff means something when each application has a virtual host of its own
 //! (`amqp://…:5672/billing`).
 //!
+//! On NATS JetStream a topology is its queues: a stream each (retention, `max_msgs`, discard policy,
+//! age, subject) with its durable consumer (ack wait); topics and bindings live in the publishing
+//! client and have no server object. The broker's side is every stream tubemail manages (`TMQ_…`,
+//! its description naming the queue): other applications' streams are not drift.
+//!
 //! # Where the broker's side comes from
 //! AMQP cannot list what a broker has: both functions read RabbitMQ's management API (HTTP, the
 //! `rabbitmq_management` plugin) at port 15672 of the AMQP URL's host, with its user and password,
@@ -55,6 +60,8 @@ use crate::topology::Topology;
 mod compare;
 #[cfg(feature = "rabbitmq")]
 mod management;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 
@@ -318,8 +325,8 @@ impl fmt::Display for Drift {
 /// [`RemoteError::UnknownScheme`] for a URL of no backend; [`RemoteError::Connect`] when the broker
 /// cannot be reached; [`RemoteError::Declare`] when an object exists with other arguments (nothing
 /// is declared then; the error names each) or the broker refuses one; [`RemoteError::Unsupported`]
-/// for streams (they live in process) and for NATS, whose declarations are not written yet;
-/// [`RemoteError::NotBuilt`] without the backend's feature.
+/// for streams (they live in process) and for what the backend cannot hold (NATS: single active
+/// consumer, `expires`, `auto_delete`); [`RemoteError::NotBuilt`] without the backend's feature.
 ///
 /// # Cancellation
 /// Dropped part way, what was declared stays declared.
@@ -332,7 +339,10 @@ pub async fn declare(url: &str, topology: &Topology, dry_run: bool) -> Result<Pl
             let _ = dry_run;
             Err(RemoteError::NotBuilt { backend: "rabbitmq", feature: "rabbitmq" })
         }
-        Endpoint::Nats(_) => Err(nats_unsupported("declare")),
+        #[cfg(feature = "nats")]
+        Endpoint::Nats(url) => nats::declare(&url, topology, dry_run).await,
+        #[cfg(not(feature = "nats"))]
+        Endpoint::Nats(_) => Err(RemoteError::NotBuilt { backend: "nats", feature: "nats" }),
     }
 }
 
@@ -347,7 +357,10 @@ pub async fn diff(url: &str, topology: &Topology) -> Result<Drift, RemoteError> 
         Endpoint::RabbitMq(url) => rabbitmq::diff(&url, topology).await,
         #[cfg(not(feature = "rabbitmq"))]
         Endpoint::RabbitMq(_) => Err(RemoteError::NotBuilt { backend: "rabbitmq", feature: "rabbitmq" }),
-        Endpoint::Nats(_) => Err(nats_unsupported("diff")),
+        #[cfg(feature = "nats")]
+        Endpoint::Nats(url) => nats::diff(&url, topology).await,
+        #[cfg(not(feature = "nats"))]
+        Endpoint::Nats(_) => Err(RemoteError::NotBuilt { backend: "nats", feature: "nats" }),
     }
 }
 
@@ -363,7 +376,10 @@ pub async fn delete(url: &str, topology: &Topology) -> Result<(), RemoteError> {
         Endpoint::RabbitMq(url) => rabbitmq::delete(&url, topology).await,
         #[cfg(not(feature = "rabbitmq"))]
         Endpoint::RabbitMq(_) => Err(RemoteError::NotBuilt { backend: "rabbitmq", feature: "rabbitmq" }),
-        Endpoint::Nats(_) => Err(nats_unsupported("delete")),
+        #[cfg(feature = "nats")]
+        Endpoint::Nats(url) => nats::delete(&url, topology).await,
+        #[cfg(not(feature = "nats"))]
+        Endpoint::Nats(_) => Err(RemoteError::NotBuilt { backend: "nats", feature: "nats" }),
     }
 }
 
@@ -384,14 +400,4 @@ fn checked(url: &str, topology: &Topology) -> Result<Endpoint, RemoteError> {
         });
     }
     Ok(endpoint)
-}
-
-fn nats_unsupported(what: &str) -> RemoteError {
-    RemoteError::Unsupported {
-        backend: "nats",
-        what: what.to_owned(),
-        hint: "this version reads and declares RabbitMQ (amqp://…) only; on NATS JetStream, \
-               `Broker::connect` declares what a topology needs when it starts"
-            .to_owned(),
-    }
 }

@@ -57,6 +57,8 @@ use crate::subscriber::AckError;
 use crate::topology::{DeliveryMode, Overflow, QueueSpec, Topology};
 
 const BACKEND: &str = "nats";
+/// A queue stream's description: this, then the queue's name (read back by `tubemail diff`).
+pub(crate) const QUEUE_DESCRIPTION: &str = "tubemail queue ";
 const KEY_HEADER: &str = "Tubemail-Key";
 const DEATHS_HEADER: &str = "Tubemail-Deaths";
 /// The consumer's `max_ack_pending`: subscribers bound what they hold by their pull batches.
@@ -91,6 +93,7 @@ pub(crate) fn stream_config(queue: &str, spec: &QueueSpec) -> Config {
     };
     Config {
         name: stream_name(queue),
+        description: Some(format!("{QUEUE_DESCRIPTION}{queue}")),
         subjects: vec![subject(queue)],
         retention: RetentionPolicy::WorkQueue,
         storage: StorageType::File,
@@ -102,7 +105,7 @@ pub(crate) fn stream_config(queue: &str, spec: &QueueSpec) -> Config {
     }
 }
 
-fn consumer_config(queue: &str, spec: &QueueSpec) -> pull::Config {
+pub(crate) fn consumer_config(queue: &str, spec: &QueueSpec) -> pull::Config {
     pull::Config {
         durable_name: Some(consumer_name(queue)),
         ack_policy: AckPolicy::Explicit,

@@ -2,7 +2,7 @@
 //! topology maps to and what the broker has. No I/O: each backend gathers both sides.
 
 // Only the backends call into it; a build without them still compiles (and tests) it.
-#![cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+#![cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
 
 use std::collections::{BTreeMap, BTreeSet};
 
