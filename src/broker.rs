@@ -26,6 +26,7 @@
 mod bridge;
 mod publisher;
 mod registry;
+mod remote;
 mod streams;
 mod subscription;
 
@@ -45,6 +46,7 @@ pub use self::bridge::BRIDGE_RETRY_AFTER;
 pub use self::publisher::Publisher;
 use self::registry::Registry;
 pub use self::registry::DELETED_QUEUES_KEPT_MAX;
+use self::remote::RemoteBroker;
 pub use self::streams::GROUP_NAME_MAX;
 use self::subscription::Subscriber;
 pub use self::subscription::{Subscription, UnsubscribeReport};
@@ -53,7 +55,6 @@ use crate::probe::ProbeRef;
 use crate::protocol::{Bind, Delete, GetStats, Stop, Subscribe, Unbind};
 use crate::queue::state::QueueState;
 use crate::queue::{InsertError, QueueActor, QueueHandle, QueueHost};
-use crate::remote::RemoteBroker;
 use crate::routing::RoutingError;
 use crate::stats::{DeletedQueue, QueueStats, Stats};
 use crate::stream::Streams;

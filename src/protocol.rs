@@ -30,6 +30,21 @@ pub(crate) enum SettleOp {
     Rejected(Arc<Message>),
 }
 
+/// Why a manual settlement failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The queue refused it (unknown tag, a consumer that left or restarted).
+    #[error(transparent)]
+    Refused(#[from] SettleError),
+    /// The queue has been deleted or the broker stopped.
+    #[error("the queue is gone")]
+    QueueGone,
+    /// The remote broker's connection or channel was lost before the settlement reached it: the
+    /// remote broker redelivers the message (at least once).
+    #[error("the remote broker's channel was lost; the delivery comes again")]
+    Remote,
+}
+
 /// Why a settlement was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SettleError {

@@ -49,9 +49,10 @@ use tokio::time::Instant;
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{Death, Message, Value};
 use crate::probe::{self, FaultKind, HandlerOutcome, ProbeRef, What};
+pub use crate::protocol::AckError;
 use crate::protocol::{Deliver, DeliverItem, ManualSettle, Restarted, Settle, Stop};
 use crate::queue::state::SettleOp;
-use crate::queue::{QueueActor, SettleError};
+use crate::queue::QueueActor;
 use crate::topology::DeliveryMode;
 
 /// How long a batch of deliveries may hold its arbiter before the watchdog deems its handler
@@ -364,21 +365,6 @@ pub struct Acker {
     link: Link,
     tag: DeliveryTag,
     epoch: u32,
-}
-
-/// Why a manual settlement failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AckError {
-    /// The queue refused it (unknown tag, a consumer that left or restarted).
-    #[error(transparent)]
-    Refused(#[from] SettleError),
-    /// The queue has been deleted or the broker stopped.
-    #[error("the queue is gone")]
-    QueueGone,
-    /// The remote broker's connection or channel was lost before the settlement reached it: the
-    /// remote broker redelivers the message (at least once).
-    #[error("the remote broker's channel was lost; the delivery comes again")]
-    Remote,
 }
 
 impl Acker {

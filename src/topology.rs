@@ -396,6 +396,16 @@ pub enum TopologyError {
     },
 }
 
+/// The remote backend a `connect` URL names by its scheme: `rabbitmq` for `amqp://` and `amqps://`,
+/// `nats` for `nats://` and `tls://`; `None` for any other.
+pub(crate) fn remote_backend(url: &str) -> Option<&'static str> {
+    match url.split_once("://").map(|(scheme, _)| scheme) {
+        Some("amqp" | "amqps") => Some("rabbitmq"),
+        Some("nats" | "tls") => Some("nats"),
+        _ => None,
+    }
+}
+
 impl TopologyError {
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid { origin: None, field: field.into(), message: message.into() }

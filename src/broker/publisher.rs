@@ -8,12 +8,12 @@ use serde::Serialize;
 use smallvec::SmallVec;
 
 use super::registry::Registry;
+use super::remote::RemoteBroker;
 use super::{Confirm, PublishError, TryPublishError};
 use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
 use crate::queue::{Journal, Offer, QueueHandle, NO_SLOT};
-use crate::remote::RemoteBroker;
 use crate::routing::validate_key;
 use crate::stream::{Appended, StreamHandle};
 use crate::topic::{Route, TopicHandle};

@@ -22,9 +22,9 @@ use super::{
 };
 use crate::ids::{DeliveryTag, MessageId};
 use crate::message::{Death, DeathReason, DEATHS_MAX};
+use crate::protocol::AckError;
 use crate::protocol::SettleError;
 use crate::routing::TopicKind;
-use crate::subscriber::AckError;
 use crate::topology::{DeliveryMode, Overflow, QueueSpec, Target, Topology};
 
 const BACKEND: &str = "rabbitmq";

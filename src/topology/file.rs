@@ -126,7 +126,7 @@ fn build(raw: RawFile) -> Result<(Topology, Spans), (String, Range<usize>, &'sta
     if let Some(url) = raw.connect {
         let span = url.span();
         let url = url.into_inner();
-        if crate::remote::Endpoint::parse(&url).is_err() {
+        if super::remote_backend(&url).is_none() {
             let message = "names no backend: use amqp://… for RabbitMQ or nats://… for NATS JetStream";
             return Err(("connect".to_owned(), span, message));
         }
