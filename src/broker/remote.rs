@@ -39,11 +39,18 @@ struct Mirror {
     alternate: Option<String>,
 }
 
-/// Per-queue counters kept on this side.
+/// Counters kept on this side: each queue's behind a lock of its own, held by its subscriptions'
+/// loops, so that a delivery never looks its queue up.
 #[derive(Default)]
 struct Counts {
     topics: BTreeMap<String, TopicStats>,
-    queues: BTreeMap<String, QueueStats>,
+    queues: BTreeMap<String, Arc<Mutex<QueueStats>>>,
+}
+
+impl Counts {
+    fn queue(&mut self, name: &str) -> Arc<Mutex<QueueStats>> {
+        Arc::clone(self.queues.entry(name.to_owned()).or_default())
+    }
 }
 
 struct RemoteSub {
@@ -235,7 +242,7 @@ impl RemoteBroker {
                 t.refused += u64::from(refused);
                 t.routed += u64::from(targets.saturating_sub(refused));
                 for q in &refusing {
-                    counts.queues.entry(q.clone()).or_default().refused += 1;
+                    counts.queue(q).lock().expect("not poisoned").refused += 1;
                 }
                 Confirm::Refused { accepted: targets.saturating_sub(refused), queues: refusing }
             }
@@ -331,7 +338,7 @@ impl RemoteBroker {
             consumer,
             settler,
             stop: Arc::clone(&stop),
-            counts: Arc::clone(&self.counts),
+            counts: self.counts.lock().expect("not poisoned").queue(queue),
             in_flight: Arc::clone(&self.in_flight),
             on_undecodable: options.on_undecodable,
         };
@@ -346,9 +353,7 @@ impl RemoteBroker {
             cancel().await;
             return Err(SubscribeError::Closed);
         }
-        if let Some(q) = self.counts.lock().expect("not poisoned").queues.get_mut(queue) {
-            q.consumers += 1;
-        }
+        self.counts.lock().expect("not poisoned").queue(queue).lock().expect("not poisoned").consumers += 1;
         let sub = RemoteSub { queue: queue.to_owned(), stop, done, cancel };
         self.subs.lock().expect("not poisoned").insert(consumer, sub);
         Ok(())
@@ -368,7 +373,8 @@ impl RemoteBroker {
         // Closing the consumer gives back what it fetched and did not settle: the remote requeues
         // it (at-least-once); at-most-once deliveries were acked when they arrived.
         cancel().await;
-        if let Some(q) = self.counts.lock().expect("not poisoned").queues.get_mut(&queue) {
+        if let Some(q) = self.counts.lock().expect("not poisoned").queues.get(&queue) {
+            let mut q = q.lock().expect("not poisoned");
             q.consumers = q.consumers.saturating_sub(1);
         }
         let at_least_once = self.queue_spec(&queue).is_none_or(|s| s.delivery == DeliveryMode::AtLeastOnce);
@@ -390,7 +396,12 @@ impl RemoteBroker {
     pub(crate) async fn stats(&self) -> Stats {
         let (mut topics, mut queues) = {
             let counts = self.counts.lock().expect("not poisoned");
-            (counts.topics.clone(), counts.queues.clone())
+            let queues: BTreeMap<String, QueueStats> = counts
+                .queues
+                .iter()
+                .map(|(name, q)| (name.clone(), q.lock().expect("not poisoned").clone()))
+                .collect();
+            (counts.topics.clone(), queues)
         };
         let bindings: BTreeMap<String, u64> = {
             let mirrors = self.mirrors.read().expect("not poisoned");
@@ -477,7 +488,8 @@ impl RemoteBroker {
                 mirror.table.unbind_queue(id);
             }
         }
-        let mut stats = self.counts.lock().expect("not poisoned").queues.remove(name).unwrap_or_default();
+        let counted = self.counts.lock().expect("not poisoned").queues.remove(name);
+        let mut stats = counted.map(|q| q.lock().expect("not poisoned").clone()).unwrap_or_default();
         stats.dropped.deleted = dropped;
         stats.deleted = true;
         Ok(stats)
@@ -546,16 +558,15 @@ struct SubLoop {
     consumer: ConsumerId,
     settler: Arc<dyn Settler>,
     stop: Arc<StopFlag>,
-    counts: Arc<Mutex<Counts>>,
+    /// This queue's counters.
+    counts: Arc<Mutex<QueueStats>>,
     in_flight: Arc<AtomicU64>,
     on_undecodable: Option<crate::subscriber::UndecodableHook>,
 }
 
 impl SubLoop {
     fn count(&self, f: impl FnOnce(&mut QueueStats)) {
-        if let Some(q) = self.counts.lock().expect("not poisoned").queues.get_mut(&*self.queue) {
-            f(q);
-        }
+        f(&mut self.counts.lock().expect("not poisoned"));
     }
 
     async fn run<T, R>(
