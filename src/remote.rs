@@ -258,6 +258,12 @@ pub(crate) enum RemoteSettle {
 /// Settles a consumer's deliveries on the remote broker.
 pub(crate) trait Settler: Send + Sync + 'static {
     fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>>;
+
+    /// Tells the remote that the delivery's handler is still at work (JetStream's progress ack);
+    /// nothing where the remote has no per-delivery deadline (RabbitMQ).
+    fn progress(self: Arc<Self>, _tag: u64) -> BoxFut<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 impl std::fmt::Debug for dyn Settler {

@@ -771,6 +771,44 @@ mod nats_differences {
         finish(Backend::Nats, broker, topology).await;
     }
 
+    /// A handler that runs past the ack timeout keeps its message: the client sends JetStream a
+    /// progress ack twice per `AckWait`, so it is not redelivered meanwhile (in process, the ack
+    /// deadline redelivers it).
+    #[actix::test]
+    async fn a_long_handler_keeps_its_message() {
+        let p = prefix("natslong");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            delivery = "at-least-once"
+            ack_timeout_ms = 300
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::Nats, &p, toml).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        broker
+            .subscribe(&format!("{p}_q"), move |d: Delivery<u64>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(d.delivery_count());
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                    Outcome::Ack
+                }
+            })
+            .await
+            .unwrap();
+        broker.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap();
+        let first = tokio::time::timeout(ARRIVES, rx.recv()).await.unwrap().unwrap();
+        assert_eq!(first, 1);
+        if let Ok(Some(again)) = tokio::time::timeout(Duration::from_millis(2000), rx.recv()).await {
+            panic!("redelivered (delivery {again}) while its handler ran");
+        }
+        finish(Backend::Nats, broker, topology).await;
+    }
+
     /// Bindings live in the publishing client: a binding made at run time by one process routes
     /// that process's publishes only.
     #[actix::test]

@@ -644,7 +644,21 @@ impl SubLoop {
         let delivery = Delivery::remote(value, msg, DeliveryTag(tag), delivery_count, link);
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| runner.run(delivery))) {
             Ok(Run::Done(outcome)) => Ok(outcome),
-            Ok(Run::Pending(future)) => AssertUnwindSafe(future).catch_unwind().await,
+            Ok(Run::Pending(future)) => {
+                // A handler that runs long tells the remote it is still at work, twice per ack
+                // timeout (JetStream's progress ack), so that a slow handler's message is not
+                // redelivered to another subscriber while it runs.
+                let mut running = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
+                let every = (self.ack_timeout / 2).max(Duration::from_millis(10));
+                loop {
+                    tokio::select! {
+                        outcome = &mut running => break outcome,
+                        () = tokio::time::sleep(every), if self.mode == DeliveryMode::AtLeastOnce => {
+                            Arc::clone(&self.settler).progress(tag).await;
+                        }
+                    }
+                }
+            }
             Err(panic) => Err(panic),
         };
         match outcome {

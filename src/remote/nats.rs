@@ -489,6 +489,15 @@ impl NatsSettler {
 }
 
 impl Settler for NatsSettler {
+    fn progress(self: Arc<Self>, tag: u64) -> BoxFut<'static, ()> {
+        Box::pin(async move {
+            let message = self.held.lock().expect("not poisoned").get(&tag).cloned();
+            if let Some(message) = message {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        })
+    }
+
     fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
         let unknown = AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag)));
         match op {
