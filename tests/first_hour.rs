@@ -112,3 +112,40 @@ async fn starting_with_no_arbiters_is_refused() {
     let err = Broker::builder(one_queue(QueueSpec::default())).arbiters(0).start().unwrap_err();
     assert!(matches!(err, StartError::Arbiters(0)), "{err:?}");
 }
+
+/// Payloads of the wrong type are counted per topic too: each copy a subscriber could not decode,
+/// summed over the queues it reached, on the topic it was published to (and on none other).
+#[actix::test]
+async fn a_payload_of_the_wrong_type_is_counted_on_its_topic() {
+    let topology = tubemail::Topology::from_toml_str(
+        r#"
+        [topics.orders]
+        kind = "fanout"
+        [topics.other]
+        kind = "fanout"
+        [queues.a]
+        [queues.b]
+        [[bindings]]
+        topic = "orders"
+        queue = "a"
+        [[bindings]]
+        topic = "orders"
+        queue = "b"
+        [[bindings]]
+        topic = "other"
+        queue = "a"
+        "#,
+    )
+    .unwrap();
+    let broker = Broker::start(topology).unwrap();
+    broker.subscribe("a", |_: Delivery<u64>| async { Outcome::Ack }).await.unwrap();
+    broker.subscribe("b", |_: Delivery<u64>| async { Outcome::Ack }).await.unwrap();
+    broker.publish("orders", "k", "not a number".to_owned()).await.unwrap();
+    broker.publish("other", "k", 7_u64).await.unwrap();
+    broker.idle().await;
+    let stats = broker.stats().await;
+    assert_eq!(stats.topics["orders"].undecodable, 2, "one copy in each queue: {:?}", stats.topics);
+    assert_eq!(stats.topics["other"].undecodable, 0, "{:?}", stats.topics);
+    let report = broker.shutdown(std::time::Duration::from_secs(1)).await;
+    assert_eq!(report.stats.topics["orders"].undecodable, 2, "kept in the final counters");
+}
