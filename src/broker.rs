@@ -480,7 +480,7 @@ impl Broker {
                 )),
             })?;
         }
-        for (index, (name, spec)) in (0_u32..).zip(&topology.topics) {
+        for (name, spec) in &topology.topics {
             let (mut actor, table) = TopicActor::new(spec.kind);
             let queue_id = |q: &str| broker.registry.queue(q).map(|h| h.id);
             let mut stream_bindings = Vec::new();
@@ -512,7 +512,6 @@ impl Broker {
             };
             let handle = TopicHandle {
                 name: name.as_str().into(),
-                index,
                 kind: spec.kind,
                 alternate: spec.alternate.as_deref().and_then(queue_id),
                 table,
@@ -862,7 +861,6 @@ impl Broker {
             prefetch,
             stopping: Arc::clone(&stopping),
             counters: handle.counters.clone(),
-            undecodable_by_topic: Arc::clone(&self.registry.undecodable_by_topic),
             on_undecodable: options.on_undecodable,
         };
         let actor = SubscriberActor::<T, R>::new(place, runner, probe);
@@ -934,9 +932,7 @@ impl Broker {
         }
         let mut stats = Stats::default();
         for (name, topic) in self.registry.topics.load().iter() {
-            let mut t = topic.stats();
-            t.undecodable = self.registry.undecodable_in(topic.index);
-            stats.topics.insert(name.clone(), t);
+            stats.topics.insert(name.clone(), topic.stats());
         }
         // Live queues first: one deleted between the two reads is then in the graveyard's read.
         let live: Vec<Arc<QueueHandle>> = self.registry.queues.load().by_id.values().cloned().collect();

@@ -34,7 +34,6 @@ impl QueueBench {
             key: "orders.paid".into(),
             payload: Payload::Bytes(bytes::Bytes::from_static(&[0xAB; 64])),
             deaths: Deaths::NONE,
-            topic: crate::message::NO_TOPIC,
         });
         Self { state, msg, now, mode }
     }

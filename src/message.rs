@@ -256,14 +256,7 @@ pub struct Message {
     pub(crate) key: compact_str::CompactString,
     pub(crate) payload: Payload,
     pub(crate) deaths: Deaths,
-    /// The topic it was published to, by its index in the broker ([`NO_TOPIC`] when unknown: a
-    /// message replayed from a journal, or from a remote broker), to count undecodable payloads
-    /// per topic.
-    pub(crate) topic: u32,
 }
-
-/// [`Message`]'s topic index when the topic is not known.
-pub(crate) const NO_TOPIC: u32 = u32::MAX;
 
 impl Message {
     /// The message id, unique within the broker.

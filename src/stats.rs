@@ -175,11 +175,6 @@ pub struct TopicStats {
     pub refused: u64,
     /// Bindings now.
     pub bindings: u64,
-    /// Copies of its messages that a subscriber could not decode into its type (rejected): summed
-    /// over the queues they reached (in process only: a remote broker's messages do not say their
-    /// topic).
-    #[serde(default)]
-    pub undecodable: u64,
 }
 
 impl TopicStats {

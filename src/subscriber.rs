@@ -510,7 +510,6 @@ pub(crate) struct SubscriberActor<T, H> {
     /// Set by the unsubscriber before it sends `Stop`: run no more handlers.
     stopping: Arc<StopSignal>,
     counters: Arc<crate::queue::SideCounters>,
-    undecodable_by_topic: Arc<std::sync::Mutex<std::collections::BTreeMap<u32, u64>>>,
     on_undecodable: Option<UndecodableHook>,
     /// The watchdog has found a blocking handler (and moved it, if it could).
     moved_off_arbiter: bool,
@@ -573,8 +572,6 @@ pub(crate) struct Placement {
     pub(crate) stopping: Arc<StopSignal>,
     /// The queue's counters kept outside its actor (undecodable payloads).
     pub(crate) counters: Arc<crate::queue::SideCounters>,
-    /// The broker's undecodable payloads by topic index.
-    pub(crate) undecodable_by_topic: Arc<std::sync::Mutex<std::collections::BTreeMap<u32, u64>>>,
     /// The subscription's hook for payloads of the wrong type.
     pub(crate) on_undecodable: Option<UndecodableHook>,
 }
@@ -586,17 +583,8 @@ where
 {
     /// Builds the actor for `place` around `handler`.
     pub(crate) fn new(place: Placement, handler: H, probe: ProbeRef) -> Self {
-        let Placement {
-            queue_addr,
-            queue,
-            consumer,
-            mode,
-            prefetch,
-            stopping,
-            counters,
-            undecodable_by_topic,
-            on_undecodable,
-        } = place;
+        let Placement { queue_addr, queue, consumer, mode, prefetch, stopping, counters, on_undecodable } =
+            place;
         Self {
             link: Arc::new(QueueLink { queue: queue_addr, consumer }),
             mode,
@@ -613,7 +601,6 @@ where
             queue,
             stopping,
             counters,
-            undecodable_by_topic,
             on_undecodable,
             moved_off_arbiter: false,
             probe,
@@ -725,10 +712,6 @@ where
             Ok(value) => value,
             Err(e) => {
                 self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
-                if msg.topic != crate::message::NO_TOPIC {
-                    let mut by_topic = self.undecodable_by_topic.lock().expect("undecodable lock");
-                    *by_topic.entry(msg.topic).or_default() += 1;
-                }
                 tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
                 if let Some(hook) = &self.on_undecodable {
                     // A panicking hook must not take the subscriber down with it.

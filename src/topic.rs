@@ -54,8 +54,6 @@ pub(crate) struct TopicCounters {
 /// A topic as publishers see it.
 pub(crate) struct TopicHandle {
     pub(crate) name: Arc<str>,
-    /// Its index in the broker, carried by its messages ([`crate::message::Message`]'s `topic`).
-    pub(crate) index: u32,
     pub(crate) kind: TopicKind,
     pub(crate) alternate: Option<QueueId>,
     pub(crate) table: Arc<Published>,
@@ -173,8 +171,6 @@ impl TopicHandle {
             routed_publishes: get(&c.routed_publishes),
             refused_publishes: get(&c.refused_publishes),
             bindings: self.table.snapshot.load().table.len() as u64,
-            // Counted by subscribers, in the registry (see `Registry::undecodable_in`).
-            undecodable: 0,
         }
     }
 }

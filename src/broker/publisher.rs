@@ -349,7 +349,7 @@ impl LocalPublisher {
     fn message(&self, key: &str, payload: Payload, id: Option<MessageId>) -> Arc<Message> {
         self.topic.counters.published.fetch_add(1, Ordering::Relaxed);
         let id = id.unwrap_or_else(|| self.registry.message_id());
-        Arc::new(Message { id, key: key.into(), payload, deaths: Deaths::NONE, topic: self.topic.index })
+        Arc::new(Message { id, key: key.into(), payload, deaths: Deaths::NONE })
     }
 
     /// Counts an unroutable publish (no binding, no alternate queue) and confirms it.

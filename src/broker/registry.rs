@@ -47,8 +47,6 @@ pub(crate) struct Registry {
     shut_down: Notify,
     /// Streams, their log directory and consumer groups.
     pub(crate) streams: crate::stream::Streams,
-    /// Undecodable payloads by topic index, counted by subscribers (rare: a lock is fine).
-    pub(crate) undecodable_by_topic: Arc<Mutex<BTreeMap<u32, u64>>>,
 }
 
 /// The arbiters a broker's queues and subscribers spread over: the one it started on, and `n - 1`
@@ -125,7 +123,6 @@ impl Registry {
             arbiters,
             queues: QueueTable::new(),
             topics: ArcSwap::from_pointee(BTreeMap::new()),
-            undecodable_by_topic: Arc::default(),
             graveyard: Mutex::new(Graveyard::default()),
             subscriptions: Subscriptions::default(),
             writers: Mutex::new(()),
@@ -175,11 +172,6 @@ impl Registry {
 
     pub(crate) fn topic(&self, name: &str) -> Option<Arc<TopicHandle>> {
         self.topics.load().get(name).cloned()
-    }
-
-    /// The undecodable payloads counted for the topic of index `index`.
-    pub(crate) fn undecodable_in(&self, index: u32) -> u64 {
-        self.undecodable_by_topic.lock().expect("undecodable lock").get(&index).copied().unwrap_or(0)
     }
 
     pub(crate) fn insert_topic(&self, handle: Arc<TopicHandle>) {
@@ -245,9 +237,7 @@ impl Registry {
             }
         }
         for topic in self.clear_topics() {
-            let mut t = topic.stats();
-            t.undecodable = self.undecodable_in(topic.index);
-            stats.topics.insert(topic.name.to_string(), t);
+            stats.topics.insert(topic.name.to_string(), topic.stats());
             let _ = topic.addr.send(StopTopic).await;
         }
         let (deleted, folded) = self.graveyard();

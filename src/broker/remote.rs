@@ -628,13 +628,7 @@ impl SubLoop {
             q.delivered += 1;
             q.redelivered += u64::from(delivery_count > 1);
         });
-        let msg = Arc::new(Message {
-            id,
-            key,
-            payload: Payload::Bytes(body),
-            deaths: deaths.into(),
-            topic: crate::message::NO_TOPIC,
-        });
+        let msg = Arc::new(Message { id, key, payload: Payload::Bytes(body), deaths: deaths.into() });
         let value = match msg.payload.read_value::<T>() {
             Ok(value) => value,
             Err(e) => {

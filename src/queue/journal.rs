@@ -360,7 +360,6 @@ pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
                 key: e.key.into(),
                 payload: Payload::Bytes(e.payload),
                 deaths: e.deaths.into(),
-                topic: crate::message::NO_TOPIC,
             };
             Replayed { slot, msg, deliveries, enqueued_ms }
         })

@@ -7,13 +7,7 @@ use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 
 fn msg(i: u64) -> Enqueue {
-    let msg = Message {
-        id: MessageId(i),
-        key: "k".into(),
-        payload: Payload::value(i),
-        deaths: Deaths::NONE,
-        topic: crate::message::NO_TOPIC,
-    };
+    let msg = Message { id: MessageId(i), key: "k".into(), payload: Payload::value(i), deaths: Deaths::NONE };
     Enqueue { msg: Arc::new(msg), credited: false, slot: crate::queue::NO_SLOT }
 }
 

@@ -15,7 +15,6 @@ fn message(id: u64, key: &str, payload: &'static [u8]) -> Message {
         key: key.into(),
         payload: Payload::Bytes(Bytes::from_static(payload)),
         deaths: Deaths::NONE,
-        topic: crate::message::NO_TOPIC,
     }
 }
 

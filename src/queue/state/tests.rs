@@ -194,13 +194,7 @@ impl Harness {
     fn message(&mut self, deaths: Vec<Death>) -> Arc<Message> {
         let id = MessageId(self.next_msg);
         self.next_msg += 1;
-        Arc::new(Message {
-            id,
-            key: "k".into(),
-            payload: Payload::value(id.0),
-            deaths: deaths.into(),
-            topic: crate::message::NO_TOPIC,
-        })
+        Arc::new(Message { id, key: "k".into(), payload: Payload::value(id.0), deaths: deaths.into() })
     }
 
     fn consumer(&self, pick: usize) -> Option<usize> {
