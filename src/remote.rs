@@ -298,12 +298,8 @@ pub(crate) trait Backend: Send + Sync + 'static {
         prefetch: u32,
     ) -> BoxFut<'a, Result<Consumer, RemoteError>>;
     fn depth<'a>(&'a self, queue: &'a str) -> BoxFut<'a, Result<Depth, RemoteError>>;
-    fn declare_queue<'a>(
-        &'a self,
-        topology: &'a Topology,
-        name: &'a str,
-        spec: &'a QueueSpec,
-    ) -> BoxFut<'a, Result<(), RemoteError>>;
+    fn declare_queue<'a>(&'a self, name: &'a str, spec: &'a QueueSpec)
+        -> BoxFut<'a, Result<(), RemoteError>>;
     fn delete_queue<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<u64, RemoteError>>;
     fn bind<'a>(
         &'a self,

@@ -460,7 +460,7 @@ impl RemoteBroker {
         if let Some(existing) = self.queue_spec(name) {
             return if existing == spec { Ok(()) } else { Err(DeclareError::Conflict(name.to_owned())) };
         }
-        self.backend.declare_queue(&check, name, &spec).await.map_err(DeclareError::Remote)?;
+        self.backend.declare_queue(name, &spec).await.map_err(DeclareError::Remote)?;
         self.topology.write().expect("not poisoned").queues.insert(name.to_owned(), spec);
         self.mirror(&Topology::new().queue(name, QueueSpec::default()));
         Ok(())

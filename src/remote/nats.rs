@@ -343,7 +343,6 @@ impl Backend for Nats {
 
     fn declare_queue<'a>(
         &'a self,
-        _topology: &'a Topology,
         name: &'a str,
         spec: &'a QueueSpec,
     ) -> BoxFut<'a, Result<(), RemoteError>> {

@@ -377,7 +377,6 @@ impl Backend for RabbitMq {
 
     fn declare_queue<'a>(
         &'a self,
-        _topology: &'a Topology,
         name: &'a str,
         spec: &'a QueueSpec,
     ) -> BoxFut<'a, Result<(), RemoteError>> {
