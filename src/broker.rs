@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use self::bridge::BRIDGE_RETRY_AFTER;
-pub use self::publisher::Publisher;
+pub use self::publisher::{Publisher, DELAY_MAX};
 use self::registry::Registry;
 pub use self::registry::DELETED_QUEUES_KEPT_MAX;
 use self::remote::RemoteBroker;
@@ -105,6 +105,14 @@ pub enum PublishError {
     /// stored; publish it again (consumers must be idempotent, as at-least-once always needs).
     #[error(transparent)]
     Remote(crate::remote::RemoteError),
+    /// A delayed publish asked for more than [`DELAY_MAX`].
+    #[error("a delay of {delay:?} is longer than the {max:?} a publish may wait")]
+    DelayTooLong {
+        /// The delay asked for.
+        delay: Duration,
+        /// [`DELAY_MAX`].
+        max: Duration,
+    },
     /// The broker has shut down.
     #[error("the broker has shut down")]
     Closed,
@@ -368,7 +376,7 @@ impl BrokerBuilder {
         let clock = crate::stream::Clock::new(Instant::now());
         let streams = Streams::open(None, &Default::default(), clock)?;
         let arbiters = registry::Arbiters::start(arbiter.clone(), 1);
-        let registry = Arc::new(Registry::new(arbiter, arbiters, None, streams));
+        let registry = Arc::new(Registry::new(arbiter, arbiters, None, streams, 0));
         Ok(Broker { registry, remote: Some(Arc::new(remote)) })
     }
 }
@@ -466,7 +474,8 @@ impl Broker {
         let clock = crate::stream::Clock::new(Instant::now());
         let streams = Streams::open(topology.data_dir.as_deref(), &topology.streams, clock)?;
         let arbiters = registry::Arbiters::start(arbiter.clone(), arbiters);
-        let registry = Arc::new(Registry::new(arbiter, arbiters, probe, streams));
+        let topics = topology.topics.len();
+        let registry = Arc::new(Registry::new(arbiter, arbiters, probe, streams, topics));
         let broker = Broker { registry, remote: None };
         if !topology.streams.is_empty() || topology.queues.values().any(|q| q.durable) {
             broker.start_stream_maintenance();
@@ -480,7 +489,7 @@ impl Broker {
                 )),
             })?;
         }
-        for (name, spec) in &topology.topics {
+        for (index, (name, spec)) in topology.topics.iter().enumerate() {
             let (mut actor, table) = TopicActor::new(spec.kind);
             let queue_id = |q: &str| broker.registry.queue(q).map(|h| h.id);
             let mut stream_bindings = Vec::new();
@@ -519,6 +528,8 @@ impl Broker {
                 counters: Default::default(),
                 addr: TopicActor::start_in_arbiter(&broker.registry.arbiter, |_| actor),
                 streams,
+                index: crate::queue::TopicIndex::of(index),
+                undecodable: broker.registry.undecodable_by_topic.clone(),
             };
             broker.registry.insert_topic(Arc::new(handle));
         }
@@ -530,7 +541,10 @@ impl Broker {
         registry.queues.insert(name, |id| {
             let name: Arc<str> = name.into();
             let credits = QueueHandle::credits_for(&spec);
-            let counters: Arc<crate::queue::SideCounters> = Arc::default();
+            let counters = Arc::new(crate::queue::SideCounters {
+                topics: registry.undecodable_by_topic.clone(),
+                ..Default::default()
+            });
             let mut state = QueueState::new(name.clone(), spec.clone(), registry.started);
             let journal = match spec.durable {
                 false => None,
@@ -583,7 +597,7 @@ impl Broker {
             }
         };
         state.set_journaled();
-        state.restore(replay.messages, credited, streams.clock.now_ms());
+        state.restore(replay.messages, credited, streams.clock.now_ms(), Instant::now());
         Ok(journal)
     }
 
@@ -696,6 +710,58 @@ impl Broker {
         value: T,
     ) -> Result<Confirm, PublishError> {
         self.publisher(topic)?.publish(key, value).await
+    }
+
+    /// Publishes a typed value that no subscriber receives before `delay` has passed: each target
+    /// queue keeps its copy aside (counted in [`QueueStats::scheduled`](crate::QueueStats::scheduled)
+    /// and against its `depth_max`) and makes it ready when it is due, at its place in publish order,
+    /// so that it does not wait behind messages published after it. Its time to live counts from its
+    /// due time; a durable queue keeps the due time in its journal, so that a restart does not deliver
+    /// it early. A stream bound to the topic records it at once (a log is in publish order). As a
+    /// scheduled job in Sidekiq or a message through RabbitMQ's delayed-message exchange; the
+    /// confirm says which queues took it, as [`Broker::publish`]'s does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tubemail::{Broker, Outcome, QueueSpec, TopicKind, TopicSpec, Topology};
+    ///
+    /// # actix::System::new().block_on(async {
+    /// tokio::time::pause();
+    /// let topology = Topology::new()
+    ///     .topic("reminders", TopicSpec::new(TopicKind::Direct))
+    ///     .queue("mail", QueueSpec::default())
+    ///     .bind("reminders", "mail", "mail");
+    /// let broker = Broker::start(topology)?;
+    /// let text = "renew your plan".to_owned();
+    /// broker.publish_in("reminders", "mail", text, Duration::from_secs(3600)).await?;
+    /// assert_eq!(broker.stats().await.queues["mail"].scheduled, 1);
+    /// let (tx, rx) = tokio::sync::oneshot::channel();
+    /// let mut tx = Some(tx);
+    /// let _sub = broker.subscribe("mail", move |d: tubemail::Delivery<String>| {
+    ///     tx.take().map(|tx| tx.send((tokio::time::Instant::now(), (*d).clone())));
+    ///     async { Outcome::Ack }
+    /// })?;
+    /// let published = tokio::time::Instant::now();
+    /// let (at, text) = rx.await?;
+    /// assert_eq!(text, "renew your plan");
+    /// assert!(at - published >= Duration::from_secs(3599), "delivered after its delay");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Broker::publish`]; [`PublishError::DelayTooLong`] past [`DELAY_MAX`];
+    /// [`PublishError::Remote`] with [`RemoteError::Unsupported`](crate::remote::RemoteError::Unsupported)
+    /// on a remote broker (neither RabbitMQ without its delayed-message plugin nor NATS 2.9 schedules
+    /// a message).
+    pub async fn publish_in<T: Serialize + Send + Sync + 'static>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: T,
+        delay: Duration,
+    ) -> Result<Confirm, PublishError> {
+        self.publisher(topic)?.publish_in(key, value, delay).await
     }
 
     /// Publishes raw bytes (MessagePack when a typed subscriber reads them).
@@ -976,7 +1042,7 @@ impl Broker {
                     let queues: Vec<Arc<QueueHandle>> =
                         registry.queues.load().by_id.values().cloned().collect();
                     let far = Instant::now() + Duration::from_secs(86_400 * 365);
-                    if registry::wait_idle(&queues, far).await && registry.publishes_waiting() == 0 {
+                    if registry::wait_idle(&queues, far, true).await && registry.publishes_waiting() == 0 {
                         return;
                     }
                     tokio::time::sleep(IDLE_RECHECK).await;
@@ -1081,7 +1147,8 @@ async fn shutdown_on_arbiter(registry: Arc<Registry>, timeout: Duration) -> Shut
     while registry.publishes_waiting() > 0 && Instant::now() < deadline {
         tokio::time::sleep(IDLE_RECHECK).await;
     }
-    let drained_queues = registry::wait_idle(&queues, deadline).await;
+    // Scheduled messages are not waited for: they stay (durable queues keep them) for the next start.
+    let drained_queues = registry::wait_idle(&queues, deadline, false).await;
     let subscribers = registry.subscriptions.take_all();
     let drains = subscribers.iter().map(|s| subscription::drain(s, deadline));
     let drained = futures::future::join_all(drains).await.into_iter().all(|d| d);

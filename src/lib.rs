@@ -75,7 +75,8 @@ pub mod topology;
 pub use broker::{
     BindError, Broker, BrokerBuilder, Confirm, DeclareError, DeleteError, PublishError, Publisher,
     ShutdownReport, StartError, SubscribeError, Subscription, TryPublishError, UnsubscribeReport,
-    ARBITERS_MAX, BRIDGE_RETRY_AFTER, DELETED_QUEUES_KEPT_MAX, GROUP_NAME_MAX, STREAM_MAINTENANCE_EVERY,
+    ARBITERS_MAX, BRIDGE_RETRY_AFTER, DELAY_MAX, DELETED_QUEUES_KEPT_MAX, GROUP_NAME_MAX,
+    STREAM_MAINTENANCE_EVERY,
 };
 pub use bytes::Bytes;
 pub use message::{Death, DeathReason, Message, Payload, PayloadError, TypedValue};

@@ -227,6 +227,8 @@ pub enum RedeliverReason {
     ConsumerCrash,
     /// Its subscriber unsubscribed before settling it.
     ConsumerLeft,
+    /// Its handler asked for it again after a delay (`Outcome::Retry`, `Acker::retry`).
+    Retry,
 }
 
 impl RedeliverReason {
@@ -237,6 +239,7 @@ impl RedeliverReason {
             RedeliverReason::AckTimeout => "ack_timeout",
             RedeliverReason::ConsumerCrash => "consumer_crash",
             RedeliverReason::ConsumerLeft => "consumer_left",
+            RedeliverReason::Retry => "retry",
         }
     }
 }
@@ -261,6 +264,8 @@ pub enum HandlerOutcome {
     Reject,
     /// It returned `Outcome::Defer`.
     Defer,
+    /// It returned `Outcome::Retry`.
+    Retry,
     /// It panicked.
     Panic,
 }
@@ -274,6 +279,7 @@ impl HandlerOutcome {
             HandlerOutcome::Nack => "nack",
             HandlerOutcome::Reject => "reject",
             HandlerOutcome::Defer => "defer",
+            HandlerOutcome::Retry => "retry",
             HandlerOutcome::Panic => "panic",
         }
     }

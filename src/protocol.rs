@@ -5,6 +5,7 @@
 //! message here is control, sent with `send` (answered) or `try_send` (bounded), never `do_send`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use smallvec::SmallVec;
@@ -28,6 +29,9 @@ pub(crate) enum SettleOp {
     Processed(u32),
     /// At-most-once: a handler rejected this message; dead-letter it as `rejected`.
     Rejected(Arc<Message>),
+    /// Puts `tag` back, ready again once `after` has passed (a retry with a delay), or dead-letters
+    /// it past the delivery limit.
+    Retry { tag: DeliveryTag, after: Duration },
 }
 
 /// Why a manual settlement failed.
@@ -69,8 +73,45 @@ pub enum SettleError {
 pub(crate) struct Enqueue {
     pub(crate) msg: Arc<Message>,
     pub(crate) credited: bool,
+    pub(crate) stamp: Stamp,
+}
+
+/// What travels beside a message to one queue: its journal slot there, when it may be delivered, and
+/// the topic it was published to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
     /// Its slot in a durable queue's journal, `NO_SLOT` otherwise.
     pub(crate) slot: u64,
+    /// Not delivered before this moment (a delayed publish); `None`: at once.
+    pub(crate) due: Option<tokio::time::Instant>,
+    /// The topic it was published to, for per-topic counters ([`TopicIndex::NONE`] for dead letters
+    /// and messages replayed from a journal).
+    pub(crate) topic: TopicIndex,
+}
+
+impl Stamp {
+    /// A copy with a journal slot, due at once, from no topic (a dead letter).
+    pub(crate) fn slot(slot: u64) -> Self {
+        Stamp { slot, due: None, topic: TopicIndex::NONE }
+    }
+}
+
+/// A topic's position in the broker's list of topics: two bytes, carried in the padding of every
+/// queue entry and delivery, where a field on the shared [`Message`] cost eight bytes per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct TopicIndex(pub(crate) u16);
+
+impl TopicIndex {
+    /// No topic (a dead letter, a message replayed from a journal, or a topic past the
+    /// [`TopicIndex::MAX`]th).
+    pub(crate) const NONE: TopicIndex = TopicIndex(u16::MAX);
+    /// Topics counted per index; the later ones count under their queues only.
+    pub(crate) const MAX: usize = u16::MAX as usize;
+
+    /// The index of the `i`th topic, or [`TopicIndex::NONE`] past the maximum.
+    pub(crate) fn of(i: usize) -> Self {
+        u16::try_from(i).ok().filter(|&i| (i as usize) < Self::MAX).map_or(Self::NONE, TopicIndex)
+    }
 }
 
 /// A publish refused under `reject-publish-dlx`, to be dead-lettered.
@@ -94,6 +135,8 @@ pub(crate) struct DeliverItem {
     pub(crate) tag: DeliveryTag,
     pub(crate) msg: Arc<Message>,
     pub(crate) delivery_count: u32,
+    /// The topic it was published to.
+    pub(crate) topic: TopicIndex,
 }
 
 /// Registers a subscriber.
@@ -168,11 +211,15 @@ pub(crate) struct Delete;
 pub(crate) struct Shut;
 
 /// Answers once the queue is idle: nothing waits in its inbox, nothing is in flight, and nothing is
-/// ready unless no subscriber could take it. The answer says whether it was idle when asked.
+/// ready (nor, with `scheduled`, waiting for its due time) unless no subscriber could take it. The
+/// answer says whether it was idle when asked.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct WhenIdle {
     pub(crate) done: oneshot::Sender<bool>,
+    /// Whether scheduled messages are work to wait for (`Broker::idle`: yes; shutdown: no, it
+    /// leaves them for the next start).
+    pub(crate) scheduled: bool,
 }
 
 // The topic's messages.

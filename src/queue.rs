@@ -10,23 +10,29 @@
 //!   requeue, a handler panic, the subscriber leaving, or the ack deadline (`ack_timeout_ms`) passing
 //!   puts it back, marked redelivered, with its delivery count raised; past `delivery_limit` it is
 //!   dead-lettered with reason `delivery_limit`. A message may so be handled more than once: make
-//!   consumers idempotent for an exactly-once effect.
+//!   consumers idempotent for an exactly-once effect. A retry with a delay (`Outcome::Retry`,
+//!   `Acker::retry`) puts it back the same way, kept aside until the delay has passed.
 //! - `at-most-once`: a message leaves the queue when it is handed to a subscriber (auto-ack). If the
 //!   subscriber dies before its handler runs, the message is lost and counted in
 //!   `dropped.lost_at_most_once`; it is never delivered twice.
 //!
 //! # Ordering
 //! FIFO. Requeued messages return to their original position (ahead of younger ones), so only
-//! redelivery reorders. With several consumers, messages are handed out round robin, and handlers run
+//! redelivery reorders. Entries may carry a not-before time: a delayed publish
+//! (`Broker::publish_in`) or a retry with a delay waits in the queue's schedule, ordered by due
+//! time, and when due takes its place by publish order among the ready messages (ahead of those
+//! published after it, as a requeued message does; RabbitMQ's delayed exchange and Sidekiq's
+//! scheduled set put it at the back instead, which delays a due message behind a backlog). With several consumers, messages are handed out round robin, and handlers run
 //! concurrently, so effects may complete out of order; where order matters use one consumer or
 //! `single_active_consumer`, which hands everything to the oldest consumer and fails over to the next
 //! in subscription order when it leaves.
 //!
 //! # Backpressure
-//! `depth_max` bounds the ready messages. When it is reached the queue's overflow policy applies:
+//! `depth_max` bounds the ready messages and the scheduled ones together. When it is reached the queue's overflow policy applies:
 //! `drop-head` drops (or dead-letters, reason `maxlen`) the oldest; `reject-publish` refuses the new
 //! message and the publisher's confirm names the queue; `reject-publish-dlx` also dead-letters it;
-//! `block` makes `publish` wait for room. The latter three are enforced by publisher credits (a
+//! `block` makes `publish` wait for room; with nothing ready, `drop-head` drops the scheduled
+//! message due first. The latter three are enforced by publisher credits (a
 //! semaphore of `depth_max` permits, taken by a publish and returned when the message leaves the ready
 //! list), as RabbitMQ's credit flow between channels and queues. Requeued messages are never refused,
 //! so the ready list may exceed `depth_max` by the deliveries in flight. Messages reach the queue
@@ -60,8 +66,9 @@
 //! to be settled, then requeues whatever is still unacked (at-least-once) or counts it lost
 //! (at-most-once). A queue with `expires_ms` is deleted once it has been without consumers that long;
 //! one with `auto_delete` when its last consumer leaves (if it ever had one). A deleted queue is
-//! unbound from every topic; its remaining messages are counted as `dropped.deleted`, not
-//! dead-lettered, as in RabbitMQ.
+//! unbound from every topic; its remaining messages (scheduled ones too) are counted as
+//! `dropped.deleted`, not dead-lettered, as in RabbitMQ. At the broker's shutdown, scheduled messages
+//! stay counted as `scheduled` (a durable queue keeps them, with their due times, for the next start).
 
 mod actor;
 mod inbox;
@@ -85,6 +92,7 @@ pub(crate) use table::{InsertError, QueueTable};
 use crate::ids::QueueId;
 use crate::message::Message;
 use crate::protocol::{Enqueue, Refuse};
+pub(crate) use crate::protocol::{Stamp, TopicIndex};
 use crate::stats::QueueStats;
 use crate::topology::{Overflow, QueueSpec};
 
@@ -113,6 +121,32 @@ pub(crate) struct SideCounters {
     pub(crate) refused: AtomicU64,
     /// Deliveries whose payload a subscriber could not decode into its type (rejected).
     pub(crate) undecodable: AtomicU64,
+    /// The same, per topic the message was published to: the broker's table, shared by its queues.
+    pub(crate) topics: Arc<TopicTally>,
+}
+
+/// A count per topic, indexed by [`TopicIndex`]: the broker's topics are fixed when it starts, so
+/// the table is one slice, read by `stats` and added to by subscribers without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct TopicTally(Box<[AtomicU64]>);
+
+impl TopicTally {
+    /// A table for `topics` topics (at most [`TopicIndex::MAX`]).
+    pub(crate) fn new(topics: usize) -> Self {
+        TopicTally((0..topics.min(TopicIndex::MAX)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Counts one for `topic` (nothing for [`TopicIndex::NONE`]).
+    pub(crate) fn add(&self, topic: TopicIndex) {
+        if let Some(n) = self.0.get(usize::from(topic.0)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count of `topic`.
+    pub(crate) fn get(&self, topic: TopicIndex) -> u64 {
+        self.0.get(usize::from(topic.0)).map_or(0, |n| n.load(Ordering::Relaxed))
+    }
 }
 
 /// What a queue did with an offered message.
@@ -166,22 +200,22 @@ impl QueueHandle {
         }
     }
 
-    /// Offers a message without waiting; `slot` is its journal slot in a durable queue
-    /// ([`NO_SLOT`] otherwise).
-    pub(crate) fn try_offer(&self, msg: Arc<Message>, slot: u64) -> Offer {
+    /// Offers a message without waiting; `stamp` carries its journal slot in a durable queue
+    /// ([`NO_SLOT`] otherwise), its due time and its topic.
+    pub(crate) fn try_offer(&self, msg: Arc<Message>, stamp: Stamp) -> Offer {
         let credited = match self.take_credit() {
             Credit::Taken => true,
             Credit::NotNeeded => false,
             Credit::Missing if self.spec.overflow == Overflow::Block => return Offer::Full(msg),
             Credit::Missing => return self.refuse(msg),
         };
-        self.send_now(msg, credited, slot)
+        self.send_now(msg, credited, stamp)
     }
 
     /// Offers a message, waiting for credit (`block`) or mailbox room.
     ///
     /// Cancellation: if the future is dropped while waiting, the message has not entered this queue.
-    pub(crate) async fn offer(&self, msg: Arc<Message>, slot: u64) -> Offer {
+    pub(crate) async fn offer(&self, msg: Arc<Message>, stamp: Stamp) -> Offer {
         let credited = match self.take_credit() {
             Credit::Taken => true,
             Credit::NotNeeded => false,
@@ -195,8 +229,8 @@ impl QueueHandle {
             }
             Credit::Missing => return self.refuse(msg),
         };
-        match self.send_now(msg, credited, slot) {
-            Offer::Full(msg) => match self.inbox.send(Enqueue { msg, credited, slot }).await {
+        match self.send_now(msg, credited, stamp) {
+            Offer::Full(msg) => match self.inbox.send(Enqueue { msg, credited, stamp }).await {
                 Ok(()) => Offer::Accepted,
                 Err(back) => self.closed(back.msg, credited),
             },
@@ -204,8 +238,8 @@ impl QueueHandle {
         }
     }
 
-    fn send_now(&self, msg: Arc<Message>, credited: bool, slot: u64) -> Offer {
-        match self.inbox.try_send(Enqueue { msg, credited, slot }) {
+    fn send_now(&self, msg: Arc<Message>, credited: bool, stamp: Stamp) -> Offer {
+        match self.inbox.try_send(Enqueue { msg, credited, stamp }) {
             Ok(()) => Offer::Accepted,
             Err(TrySendError::Full(e)) => {
                 self.return_credit(credited);

@@ -250,10 +250,19 @@ pub(crate) enum RemoteSettle {
         requeue: bool,
     },
     Reject,
+    /// Put back, to be delivered again once `after` has passed (`Outcome::Retry`).
+    Retry {
+        after: std::time::Duration,
+    },
     /// Delivered more often than the queue's `delivery_limit` (seen by a backend whose server does
     /// not count: dead-lettered with reason `delivery_limit`, or dropped).
     DeliveryLimit,
 }
+
+/// The longest a RabbitMQ delivery is held unacked for a retry with a delay before it is given back
+/// (RabbitMQ has no delayed requeue; its `consumer_timeout`, 30 minutes by default, closes a channel
+/// whose delivery stays unacked longer).
+pub const RABBITMQ_RETRY_HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Settles a consumer's deliveries on the remote broker.
 pub(crate) trait Settler: Send + Sync + 'static {

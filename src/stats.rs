@@ -3,7 +3,7 @@
 //! # Conservation
 //! For every queue, at any quiet moment:
 //!
-//! `enqueued = acked + dead_lettered + dropped.total() + ready + in_flight`
+//! `enqueued = acked + dead_lettered + dropped.total() + ready + scheduled + in_flight`
 //!
 //! where `acked` counts, for at-most-once queues, the deliveries whose handler finished. Every copy a
 //! topic routes is `enqueued` by exactly one queue, so the sums over queues balance the topics'
@@ -92,6 +92,8 @@ pub struct QueueStats {
     pub dropped: Dropped,
     /// Waiting for a subscriber.
     pub ready: u64,
+    /// Waiting for their due time (delayed publishes, retries with a delay); ready when due.
+    pub scheduled: u64,
     /// Handed out, not yet settled.
     pub in_flight: u64,
     /// Subscribers now.
@@ -113,7 +115,13 @@ pub struct QueueStats {
 impl QueueStats {
     /// Whether `enqueued` equals everything that left plus everything still held.
     pub fn conserved(&self) -> bool {
-        self.enqueued == self.acked + self.dead_lettered + self.dropped.total() + self.ready + self.in_flight
+        self.enqueued
+            == self.acked
+                + self.dead_lettered
+                + self.dropped.total()
+                + self.ready
+                + self.scheduled
+                + self.in_flight
     }
 
     /// Adds `other`'s counters to these (for totals over several queues).
@@ -128,6 +136,7 @@ impl QueueStats {
         self.refused_dead_lettered += other.refused_dead_lettered;
         self.dropped.add(&other.dropped);
         self.ready += other.ready;
+        self.scheduled += other.scheduled;
         self.in_flight += other.in_flight;
         self.consumers += other.consumers;
         self.restarts += other.restarts;
@@ -175,6 +184,9 @@ pub struct TopicStats {
     pub refused: u64,
     /// Bindings now.
     pub bindings: u64,
+    /// Deliveries of this topic's messages whose payload a subscriber could not decode into its
+    /// type (each queue copy counts; the queues' [`QueueStats::undecodable`] count them too).
+    pub undecodable: u64,
 }
 
 impl TopicStats {
@@ -343,7 +355,11 @@ impl fmt::Display for QueueStats {
             self.ready,
             self.in_flight,
             self.consumers
-        )
+        )?;
+        if self.scheduled > 0 {
+            write!(f, ", scheduled {}", self.scheduled)?;
+        }
+        Ok(())
     }
 }
 

@@ -83,6 +83,15 @@ pub enum Outcome {
     Reject,
     /// Leave it unsettled: the handler settles it later through [`Delivery::acker`].
     Defer,
+    /// Failed, try again later: put it back, ready again once `after` has passed (at its original
+    /// position, its delivery count raised), or dead-letter it past the queue's `delivery_limit`; a
+    /// durable queue keeps the due time across a restart. As Sidekiq's retry set or a JetStream
+    /// `NakWithDelay`; the policy (how long, how often) is the handler's, which sees
+    /// [`Delivery::delivery_count`]. On an at-most-once queue, as `Nack`: the message already left.
+    Retry {
+        /// How long to wait before delivering it again.
+        after: Duration,
+    },
 }
 
 impl From<Outcome> for HandlerOutcome {
@@ -93,6 +102,7 @@ impl From<Outcome> for HandlerOutcome {
             Outcome::Nack { requeue: false } => HandlerOutcome::Nack,
             Outcome::Reject => HandlerOutcome::Reject,
             Outcome::Defer => HandlerOutcome::Defer,
+            Outcome::Retry { .. } => HandlerOutcome::Retry,
         }
     }
 }
@@ -390,6 +400,14 @@ impl Acker {
         self.settle(SettleOp::Nack { tag: self.tag, multiple, requeue }).await
     }
 
+    /// Puts the delivery back, ready again once `after` has passed (see [`Outcome::Retry`]).
+    ///
+    /// # Errors
+    /// As [`Acker::ack`].
+    pub async fn retry(&self, after: Duration) -> Result<(), AckError> {
+        self.settle(SettleOp::Retry { tag: self.tag, after }).await
+    }
+
     /// Rejects the delivery: dead-lettered (reason `rejected`) or dropped.
     ///
     /// # Errors
@@ -411,6 +429,7 @@ impl Acker {
                     SettleOp::Nack { tag, multiple, requeue } => {
                         (tag, RemoteSettle::Nack { multiple, requeue })
                     }
+                    SettleOp::Retry { tag, after } => (tag, RemoteSettle::Retry { after }),
                     SettleOp::Processed(_) | SettleOp::Rejected(_) => return Ok(()),
                 };
                 Arc::clone(settler).settle(tag.0, op).await
@@ -612,7 +631,9 @@ where
         match self.mode {
             DeliveryMode::AtMostOnce => match outcome {
                 Outcome::Ack | Outcome::Defer => self.processed += 1,
-                Outcome::Nack { .. } | Outcome::Reject => self.pending.push(SettleOp::Rejected(msg.clone())),
+                Outcome::Nack { .. } | Outcome::Reject | Outcome::Retry { .. } => {
+                    self.pending.push(SettleOp::Rejected(msg.clone()))
+                }
             },
             DeliveryMode::AtLeastOnce => self.record_at_least_once(tag, outcome),
         }
@@ -640,6 +661,7 @@ where
             Outcome::Ack => SettleOp::Ack { tag: DeliveryTag(tag), multiple: false },
             Outcome::Nack { requeue } => SettleOp::Nack { tag: DeliveryTag(tag), multiple: false, requeue },
             Outcome::Reject => SettleOp::Nack { tag: DeliveryTag(tag), multiple: false, requeue: false },
+            Outcome::Retry { after } => SettleOp::Retry { tag: DeliveryTag(tag), after },
         };
         if in_order {
             self.contiguous = tag;
@@ -695,7 +717,7 @@ where
             // Unsubscribing: the queue requeues (or counts lost) what no handler ran for.
             return;
         }
-        let DeliverItem { tag: DeliveryTag(tag), msg, delivery_count } = item;
+        let DeliverItem { tag: DeliveryTag(tag), msg, delivery_count, topic } = item;
         if self.mode == DeliveryMode::AtMostOnce && !self.first_time(tag) {
             // A duplicated delivery: at most once, the handler never runs twice.
             return;
@@ -712,6 +734,7 @@ where
             Ok(value) => value,
             Err(e) => {
                 self.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.counters.topics.add(topic);
                 tracing::warn!(consumer = self.link.consumer.0, error = %e, "undecodable payload rejected");
                 if let Some(hook) = &self.on_undecodable {
                     // A panicking hook must not take the subscriber down with it.

@@ -33,6 +33,7 @@ use crate::ids::QueueId;
 use crate::protocol::{Bind, StopTopic, Unbind, UnbindQueue};
 use crate::queue::QueueHandle;
 use crate::queue::QueueTable;
+use crate::queue::{TopicIndex, TopicTally};
 use crate::routing::{RoutingError, RoutingTable};
 use crate::stats::TopicStats;
 use crate::stream::StreamHandle;
@@ -62,6 +63,10 @@ pub(crate) struct TopicHandle {
     pub(crate) addr: Addr<TopicActor>,
     /// The streams bound to the topic, when there are any (bound in the topology).
     pub(crate) streams: Option<StreamRoutes>,
+    /// Its position among the broker's topics: what its queue copies carry.
+    pub(crate) index: TopicIndex,
+    /// Payloads of the wrong type, per topic: the broker's table, counted by subscribers.
+    pub(crate) undecodable: Arc<TopicTally>,
 }
 
 /// A topic's stream bindings: a routing table whose ids index `targets`.
@@ -171,6 +176,7 @@ impl TopicHandle {
             routed_publishes: get(&c.routed_publishes),
             refused_publishes: get(&c.refused_publishes),
             bindings: self.table.snapshot.load().table.len() as u64,
+            undecodable: self.undecodable.get(self.index),
         }
     }
 }

@@ -469,6 +469,75 @@ async fn record_crashing(
     (sub, rx)
 }
 
+/// A handler that asks for a retry after a delay gets the message again no sooner than that, its
+/// delivery count raised (in process: the queue's schedule; NATS: a delayed `-NAK`; RabbitMQ: the
+/// delivery held, then requeued).
+async fn retry_after_a_delay(backend: Backend) {
+    let p = prefix("retry");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "direct"
+        [queues.{p}_work]
+        delivery = "at-least-once"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+        key = "k"
+    "#;
+    const AFTER: Duration = Duration::from_millis(1500);
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (_sub, mut rx) = record(&broker, &format!("{p}_work"), |seen| match seen.delivery_count {
+        1 => Outcome::Retry { after: AFTER },
+        _ => Outcome::Ack,
+    })
+    .await;
+    broker.publish(&format!("{p}_t"), "k", 4_u64).await.unwrap();
+    let first = next(&mut rx, "first delivery").await;
+    let handled = std::time::Instant::now();
+    assert_eq!((first.value, first.delivery_count), (4, 1));
+    let again = next(&mut rx, "the retry").await;
+    let waited = handled.elapsed();
+    assert_eq!((again.value, again.delivery_count, again.redelivered), (4, 2, true));
+    // The first handler's return and the retry's arrival are a few milliseconds from the clock reads.
+    assert!(waited >= AFTER - Duration::from_millis(50), "retried after {waited:?}");
+    broker.idle().await;
+    let work = broker.stats().await.queues[&format!("{p}_work")].clone();
+    assert_eq!((work.acked, work.nacked), (1, 1), "{work:?}");
+    finish(backend, broker, topology).await;
+}
+
+/// A delayed publish: in process, scheduled and delivered no sooner than its delay; on a remote
+/// backend, refused with a typed error (RabbitMQ needs a plugin, NATS 2.9 has no scheduled messages).
+async fn delayed_publish(backend: Backend) {
+    let p = prefix("delayed");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "direct"
+        [queues.{p}_work]
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+        key = "k"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let delay = Duration::from_millis(800);
+    let published = std::time::Instant::now();
+    match (backend, broker.publish_in(&format!("{p}_t"), "k", 5_u64, delay).await) {
+        (Backend::Local, Ok(confirm)) => {
+            assert_eq!(confirm, Confirm::Routed { queues: 1 });
+            let (_sub, mut rx) = record(&broker, &format!("{p}_work"), |_| Outcome::Ack).await;
+            assert_eq!(next(&mut rx, "the delayed message").await.value, 5);
+            assert!(published.elapsed() >= delay, "delivered after {:?}", published.elapsed());
+        }
+        (Backend::Local, Err(e)) => panic!("a delayed publish failed in process: {e}"),
+        (_, Err(tubemail::PublishError::Remote(tubemail::remote::RemoteError::Unsupported { what, .. }))) => {
+            assert_eq!(what, "delay a publish");
+        }
+        (_, other) => panic!("a remote backend took a delayed publish: {other:?}"),
+    }
+    finish(backend, broker, topology).await;
+}
+
 macro_rules! conformance {
     (everywhere: [$($scenario:ident),* $(,)?], not_on_nats: [$($no_nats:ident),* $(,)?] $(,)?) => {
         mod local {
@@ -500,6 +569,8 @@ conformance!(
         overflow,
         consumer_crash,
         ack_timeout,
+        retry_after_a_delay,
+        delayed_publish,
     ],
     not_on_nats: [ttl_dead_letters, single_active_consumer]
 );

@@ -77,6 +77,31 @@ async fn a_payload_of_the_wrong_type_is_counted_as_undecodable() {
     assert_eq!((q.undecodable, q.dropped.rejected, q.acked), (1, 1, 0), "{q:?}");
 }
 
+/// Counted per topic too: a wrong type published to a topic bound to two queues counts twice
+/// there (once per copy), and nothing on a topic whose payloads were right.
+#[actix::test]
+async fn a_payload_of_the_wrong_type_is_counted_per_topic_too() {
+    let topology = Topology::new()
+        .topic("orders", TopicSpec::new(TopicKind::Fanout))
+        .topic("refunds", TopicSpec::new(TopicKind::Fanout))
+        .queue("billing", QueueSpec::default())
+        .queue("audit", QueueSpec::default())
+        .bind("orders", "billing", "")
+        .bind("orders", "audit", "")
+        .bind("refunds", "billing", "");
+    let broker = Broker::start(topology).unwrap();
+    for queue in ["billing", "audit"] {
+        broker.subscribe(queue, |_: Delivery<u64>| async { Outcome::Ack }).await.unwrap();
+    }
+    broker.publish("orders", "", "not a number".to_owned()).await.unwrap();
+    broker.publish("refunds", "", 3_u64).await.unwrap();
+    broker.idle().await;
+    let stats = broker.stats().await;
+    assert_eq!((stats.topics["orders"].undecodable, stats.topics["refunds"].undecodable), (2, 0));
+    assert_eq!((stats.queues["billing"].undecodable, stats.queues["audit"].undecodable), (1, 1));
+    assert_eq!(stats.queues["billing"].acked, 1, "{stats:?}");
+}
+
 /// The subscriber-side hook sees each mismatched payload with its message and the typed error, and a
 /// panicking hook does not take the subscriber down.
 #[actix::test]

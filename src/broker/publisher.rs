@@ -13,7 +13,7 @@ use super::{Confirm, PublishError, TryPublishError};
 use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
-use crate::queue::{Journal, Offer, QueueHandle, NO_SLOT};
+use crate::queue::{Journal, Offer, QueueHandle, Stamp, NO_SLOT};
 use crate::routing::validate_key;
 use crate::stream::{Appended, StreamHandle};
 use crate::topic::{Route, TopicHandle};
@@ -59,6 +59,32 @@ impl Publisher {
         match &self.0 {
             Target::Local(p) => p.publish_payload(key, Payload::value(value)).await,
             Target::Remote { broker, topic } => broker.publish(topic, key, Payload::value(value)).await,
+        }
+    }
+
+    /// Publishes a typed value delivered no sooner than `delay` from now. See
+    /// [`Broker::publish_in`](crate::Broker::publish_in).
+    ///
+    /// # Errors
+    /// As [`Broker::publish_in`](crate::Broker::publish_in).
+    pub async fn publish_in<T: Serialize + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        value: T,
+        delay: std::time::Duration,
+    ) -> Result<Confirm, PublishError> {
+        match &self.0 {
+            Target::Local(p) => p.publish_in(key, Payload::value(value), delay).await,
+            Target::Remote { broker, .. } => {
+                check_delay(delay)?;
+                Err(PublishError::Remote(crate::remote::RemoteError::Unsupported {
+                    backend: broker.endpoint.backend(),
+                    what: "delay a publish".to_owned(),
+                    hint: "RabbitMQ needs its delayed-message plugin and NATS 2.9 has no scheduled \
+                           messages: publish when due, or keep the delay in process"
+                        .to_owned(),
+                }))
+            }
         }
     }
 
@@ -142,6 +168,26 @@ struct Attempt {
     closed: u32,
     /// The message, when the publisher still holds a reference: kept for the waiting queues.
     held: Option<Arc<Message>>,
+    /// When it may be delivered.
+    when: When,
+}
+
+/// When a published message may be delivered: at once, or after a delay (counted from the publish).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct When {
+    /// For durable queues' journals, which keep the due time on the wall clock.
+    delay: Option<std::time::Duration>,
+    due: Option<tokio::time::Instant>,
+}
+
+impl When {
+    /// Due `delay` from now (at once for zero).
+    pub(crate) fn after(delay: std::time::Duration) -> Self {
+        if delay.is_zero() {
+            return When::default();
+        }
+        When { delay: Some(delay), due: Some(tokio::time::Instant::now() + delay) }
+    }
 }
 
 impl Attempt {
@@ -165,7 +211,7 @@ impl LocalPublisher {
         let msg = self.message(key, Payload::value(value), None);
         let streams = self.stream_targets(key);
         let bytes = (!streams.is_empty()).then(|| msg.payload.to_bytes());
-        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty());
+        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty(), When::default());
         // Written, not awaited: `try_publish` never waits, so its confirm does not cover a stream's
         // `fsync = "always"` (use `publish` for that).
         let _written = self.write_streams(&streams, key, bytes, &mut attempt);
@@ -174,7 +220,7 @@ impl LocalPublisher {
         }
         if attempt.reached_none() {
             let msg = attempt.held.take().expect("a closed queue hands the message back");
-            return Ok(self.try_alternate(msg).0);
+            return Ok(self.try_alternate(msg, When::default()).0);
         }
         for (queue, slot) in &attempt.waiting {
             // Written to a journal, not taken by its queue: the record goes.
@@ -196,12 +242,33 @@ impl LocalPublisher {
         self.publish_as(key, payload, None, 1).await.map(|(_, confirm)| confirm)
     }
 
+    pub(super) async fn publish_in(
+        &self,
+        key: &str,
+        payload: Payload,
+        delay: std::time::Duration,
+    ) -> Result<Confirm, PublishError> {
+        check_delay(delay)?;
+        self.publish_when(key, payload, None, 1, When::after(delay)).await.map(|(_, confirm)| confirm)
+    }
+
     async fn publish_as(
         &self,
         key: &str,
         payload: Payload,
         id: Option<MessageId>,
         attempt_no: u32,
+    ) -> Result<(MessageId, Confirm), PublishError> {
+        self.publish_when(key, payload, id, attempt_no, When::default()).await
+    }
+
+    async fn publish_when(
+        &self,
+        key: &str,
+        payload: Payload,
+        id: Option<MessageId>,
+        attempt_no: u32,
+        when: When,
     ) -> Result<(MessageId, Confirm), PublishError> {
         self.check(key)?;
         let msg = self.message(key, payload, id);
@@ -211,7 +278,7 @@ impl LocalPublisher {
         }
         let streams = self.stream_targets(key);
         let bytes = (!streams.is_empty()).then(|| msg.payload.to_bytes());
-        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty());
+        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty(), when);
         let written = self.write_streams(&streams, key, bytes, &mut attempt);
         for (stream, appended) in written {
             if stream.acked(appended).await.is_err() {
@@ -231,7 +298,7 @@ impl LocalPublisher {
         if !attempt.waiting.is_empty() {
             for (queue, slot) in std::mem::take(&mut attempt.waiting) {
                 let msg = held.clone().expect("a queue with no room hands the message back");
-                match queue.offer(msg, slot).await {
+                match queue.offer(msg, self.stamp(slot, when)).await {
                     Offer::Accepted => {
                         attempt.accepted += 1;
                         if let Some(names) = &mut attempt.accepted_names {
@@ -257,7 +324,7 @@ impl LocalPublisher {
         let confirm = if attempt.reached_none() {
             // Every queue it was routed to is gone (deleted, or shut down) as it was routed.
             let msg = held.take().expect("a closed queue hands the message back");
-            let (confirm, journaled) = self.try_alternate(msg);
+            let (confirm, journaled) = self.try_alternate(msg, when);
             if let Some((journal, offset)) = journaled {
                 if let Err(e) = journal.acked(offset).await {
                     tracing::error!(error = %e, "a durable alternate queue's journal failed to sync");
@@ -279,21 +346,21 @@ impl LocalPublisher {
 
     /// An unroutable publish: to the topic's alternate queue if it has a live one, else dropped and
     /// counted. With a durable alternate queue, also the enqueue record to await.
-    fn try_alternate(&self, msg: Arc<Message>) -> (Confirm, Option<(Arc<Journal>, u64)>) {
+    fn try_alternate(&self, msg: Arc<Message>, when: When) -> (Confirm, Option<(Arc<Journal>, u64)>) {
         let alternate =
             self.topic.alternate.and_then(|id| self.registry.queues.load().by_id.get(&id).cloned());
         let counters = &self.topic.counters;
         counters.unroutable.fetch_add(1, Ordering::Relaxed);
         if let Some(queue) = alternate {
             let journal = queue.journal.as_ref().filter(|j| !j.is_deleted());
-            let journaled = match journal.map(|j| j.enqueue_payload(&msg)) {
+            let journaled = match journal.map(|j| j.enqueue_payload(&msg, when.delay)) {
                 None => Ok(None),
                 Some(Ok((slot, offset))) => Ok(Some((slot, offset))),
                 Some(Err(e)) => Err(e),
             };
             if let Ok(journaled) = journaled {
                 let slot = journaled.map_or(NO_SLOT, |(slot, _)| slot);
-                if let Offer::Accepted = queue.try_offer(msg, slot) {
+                if let Offer::Accepted = queue.try_offer(msg, self.stamp(slot, when)) {
                     counters.routed.fetch_add(1, Ordering::Relaxed);
                     counters.alternate.fetch_add(1, Ordering::Relaxed);
                     let confirm = Confirm::Unroutable { alternate: Some(queue.name.to_string()) };
@@ -315,7 +382,7 @@ impl LocalPublisher {
         let encoded =
             attempt.encoded.get_or_insert_with(|| msg.payload.to_bytes().map_err(|e| e.to_string()));
         let result = match encoded {
-            Ok(bytes) => journal.enqueue(msg, bytes).map_err(|e| e.to_string()),
+            Ok(bytes) => journal.enqueue(msg, bytes, attempt.when.delay).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         match result {
@@ -404,24 +471,29 @@ impl LocalPublisher {
 
     /// Routes `msg` and offers it to every target queue without waiting. With streams matched too
     /// (`streams`), a key no queue binding matches is routed (to the streams), not unroutable.
-    fn route_and_offer(&self, key: &str, msg: Arc<Message>, streams: bool) -> Attempt {
+    fn route_and_offer(&self, key: &str, msg: Arc<Message>, streams: bool, when: When) -> Attempt {
         let skips_binding = probe::bug(&self.registry.probe, |b| b.router_skips_binding);
         self.topic.with_route(key, &self.registry.queues, |route, targets| {
             if streams && route != Route::Queues {
-                return self.attempt(msg, Route::Queues, &[]);
+                return self.attempt(msg, Route::Queues, &[], when);
             }
             match targets {
                 // Broken on purpose: the last matching binding is skipped.
-                [kept @ .., _] if skips_binding && !kept.is_empty() => self.attempt(msg, route, kept),
-                _ => self.attempt(msg, route, targets),
+                [kept @ .., _] if skips_binding && !kept.is_empty() => self.attempt(msg, route, kept, when),
+                _ => self.attempt(msg, route, targets, when),
             }
         })
+    }
+
+    /// What travels with a copy to a queue: its journal slot there, its due time, this topic.
+    fn stamp(&self, slot: u64, when: When) -> Stamp {
+        Stamp { slot, due: when.due, topic: self.topic.index }
     }
 
     /// Offers `msg` to `targets` without waiting. The last target gets the publisher's own reference
     /// rather than a clone, sparing a reference count round trip with the broker's thread; the message
     /// comes back in `Attempt::held` when a queue hands it back (no room now).
-    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>]) -> Attempt {
+    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>], when: When) -> Attempt {
         let accepted_names = self.registry.probe.as_ref().map(|_| Vec::new());
         let alternate = match (route, targets) {
             (Route::Alternate, [queue]) => Some(queue.name.clone()),
@@ -438,6 +510,7 @@ impl LocalPublisher {
             encoded: None,
             closed: 0,
             held: None,
+            when,
         };
         let mut msg = Some(msg);
         for (i, queue) in targets.iter().enumerate() {
@@ -453,7 +526,7 @@ impl LocalPublisher {
                     }
                 },
             };
-            match queue.try_offer(offered, slot) {
+            match queue.try_offer(offered, self.stamp(slot, when)) {
                 Offer::Accepted => {
                     attempt.accepted += 1;
                     if let Some(names) = &mut attempt.accepted_names {
@@ -544,4 +617,16 @@ fn take_value<T: Send + Sync + 'static>(msg: Arc<Message>) -> T {
         },
         Payload::Bytes(_) => unreachable!("try_publish builds a typed payload"),
     }
+}
+
+/// The longest delay a publish may ask for: a year, past which a delay is more likely a unit mistake
+/// (milliseconds read as seconds) than a schedule.
+pub const DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Refuses a delay past [`DELAY_MAX`].
+pub(super) fn check_delay(delay: std::time::Duration) -> Result<(), PublishError> {
+    if delay > DELAY_MAX {
+        return Err(PublishError::DelayTooLong { delay, max: DELAY_MAX });
+    }
+    Ok(())
 }

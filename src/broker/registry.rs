@@ -47,6 +47,8 @@ pub(crate) struct Registry {
     shut_down: Notify,
     /// Streams, their log directory and consumer groups.
     pub(crate) streams: crate::stream::Streams,
+    /// Payloads of the wrong type per topic, shared by every queue's subscribers.
+    pub(crate) undecodable_by_topic: Arc<crate::queue::TopicTally>,
 }
 
 /// The arbiters a broker's queues and subscribers spread over: the one it started on, and `n - 1`
@@ -118,8 +120,10 @@ impl Registry {
         arbiters: Arbiters,
         probe: ProbeRef,
         streams: crate::stream::Streams,
+        topics: usize,
     ) -> Self {
         Self {
+            undecodable_by_topic: Arc::new(crate::queue::TopicTally::new(topics)),
             arbiters,
             queues: QueueTable::new(),
             topics: ArcSwap::from_pointee(BTreeMap::new()),
@@ -248,14 +252,14 @@ impl Registry {
     }
 }
 
-/// Waits until every queue of `queues` is idle (see [`WhenIdle`]) or `deadline` passes; whether they
-/// all were.
-pub(crate) async fn wait_idle(queues: &[Arc<QueueHandle>], deadline: Instant) -> bool {
+/// Waits until every queue of `queues` is idle (see [`WhenIdle`]; `scheduled`: scheduled messages
+/// count as work) or `deadline` passes; whether they all were.
+pub(crate) async fn wait_idle(queues: &[Arc<QueueHandle>], deadline: Instant, scheduled: bool) -> bool {
     loop {
         let mut all_at_once = true;
         for queue in queues {
             let (done, idle) = oneshot::channel();
-            if queue.addr.send(WhenIdle { done }).await.is_err() {
+            if queue.addr.send(WhenIdle { done, scheduled }).await.is_err() {
                 continue; // Deleted: nothing left to wait for.
             }
             match tokio::time::timeout_at(deadline, idle).await {

@@ -689,6 +689,8 @@ impl SubLoop {
             Outcome::Ack => RemoteSettle::Ack { multiple: false },
             Outcome::Nack { requeue } => RemoteSettle::Nack { multiple: false, requeue },
             Outcome::Reject => RemoteSettle::Reject,
+            Outcome::Retry { .. } if self.mode == DeliveryMode::AtMostOnce => RemoteSettle::Reject,
+            Outcome::Retry { after } => RemoteSettle::Retry { after },
         };
         if self.mode == DeliveryMode::AtLeastOnce {
             if let Err(e) = Arc::clone(&self.settler).settle(tag, op).await {
@@ -701,7 +703,7 @@ impl SubLoop {
         let dead_letters = self.dead_letters;
         self.count(|q| match op {
             RemoteSettle::Ack { .. } => q.acked += 1,
-            RemoteSettle::Nack { requeue: true, .. } => q.nacked += 1,
+            RemoteSettle::Nack { requeue: true, .. } | RemoteSettle::Retry { .. } => q.nacked += 1,
             RemoteSettle::DeliveryLimit => unreachable!("settled in `handle`"),
             RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
                 q.nacked += 1;

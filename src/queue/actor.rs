@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::{Duration, Instant};
 
-use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp};
+use super::state::{Dispatch, Effect, Place, QueueState, SettleError, SettleOp, Stamp};
 use super::{InboxReceiver, Journal, QueueHost, TrySendError, CONTROL_MAILBOX_MAX, INBOX_BATCH_MAX, NO_SLOT};
 use crate::ids::{ConsumerId, QueueId};
 use crate::message::Message;
@@ -49,7 +49,7 @@ pub(crate) struct QueueActor {
     subscribers: Vec<(ConsumerId, Recipient<Deliver>)>,
     drains: BTreeMap<ConsumerId, oneshot::Sender<()>>,
     /// Waiters for the queue to be idle.
-    idle_waiters: Vec<oneshot::Sender<bool>>,
+    idle_waiters: Vec<(oneshot::Sender<bool>, bool)>,
     /// Dead letters waiting for room in their dead-letter queue's inbox.
     dead_letters_pending: usize,
     /// The one pending timer and when it fires: one timer per actor, moved only when an earlier
@@ -118,7 +118,7 @@ impl QueueActor {
 
     /// The time to pass to the state: the clock when the state needs it, the start time otherwise.
     fn now(&self) -> Instant {
-        if self.timed {
+        if self.timed || self.state.scheduled_len() > 0 {
             Instant::now()
         } else {
             self.started
@@ -155,7 +155,8 @@ impl QueueActor {
             let batch = &mut outbox[at];
             // Batches are reused between pumps; a consumer's epoch changes when it restarts.
             batch.epoch = d.epoch;
-            batch.items.push(DeliverItem { tag: d.tag, msg: d.msg, delivery_count: d.delivery_count });
+            let topic = d.topic();
+            batch.items.push(DeliverItem { tag: d.tag, msg: d.msg, delivery_count: d.delivery_count, topic });
             batch.places.push(d.place);
         }
         for batch in outbox.iter_mut().filter(|b| !b.items.is_empty()) {
@@ -270,8 +271,12 @@ impl QueueActor {
             }
             if probe.strikes(FaultKind::Duplicate) {
                 probe.fault(FaultKind::Duplicate, Some(item.msg.id), Some(&queue));
-                let copy =
-                    DeliverItem { tag: item.tag, msg: item.msg.clone(), delivery_count: item.delivery_count };
+                let copy = DeliverItem {
+                    tag: item.tag,
+                    msg: item.msg.clone(),
+                    delivery_count: item.delivery_count,
+                    topic: item.topic,
+                };
                 kept.push(copy);
                 places.push(place);
             }
@@ -304,7 +309,7 @@ impl QueueActor {
     fn undo(&mut self, batch: &mut Batch, items: Vec<DeliverItem>) {
         let places = std::mem::take(&mut batch.places);
         for (item, place) in items.into_iter().zip(places).rev() {
-            let DeliverItem { tag, msg, delivery_count } = item;
+            let DeliverItem { tag, msg, delivery_count, .. } = item;
             let (consumer, epoch) = (batch.consumer, batch.epoch);
             self.state.undo_dispatch(Dispatch { consumer, epoch, tag, msg, delivery_count, place });
         }
@@ -329,6 +334,15 @@ impl QueueActor {
             if !left.is_empty() {
                 journal.settled(&left);
             }
+            let retried = self.state.take_retried();
+            if !retried.is_empty() {
+                let now = Instant::now();
+                let retried: Vec<(u64, u32, Duration)> = retried
+                    .into_iter()
+                    .map(|(slot, count, due)| (slot, count, due.saturating_duration_since(now)))
+                    .collect();
+                journal.retried(&retried);
+            }
         }
         self.finish_drains();
         self.answer_idle_waiters(ctx);
@@ -337,8 +351,9 @@ impl QueueActor {
 
     /// Idle: nothing waits in the inbox or for a dead-letter queue, nothing is in flight, and
     /// nothing is ready unless no subscriber could take it.
-    fn is_idle(&self) -> bool {
-        let stuck_or_empty = self.state.ready_len() == 0 || self.state.consumer_count() == 0;
+    fn is_idle(&self, scheduled: bool) -> bool {
+        let held = self.state.ready_len() + if scheduled { self.state.scheduled_len() } else { 0 };
+        let stuck_or_empty = held == 0 || self.state.consumer_count() == 0;
         self.inbox.is_empty()
             && self.dead_letters_pending == 0
             && self.state.in_flight() == 0
@@ -346,10 +361,13 @@ impl QueueActor {
     }
 
     fn answer_idle_waiters(&mut self, _ctx: &mut Context<Self>) {
-        if self.idle_waiters.is_empty() || !self.is_idle() {
+        if self.idle_waiters.is_empty() {
             return;
         }
-        for waiter in self.idle_waiters.drain(..) {
+        let (idle, busy): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.idle_waiters).into_iter().partition(|(_, s)| self.is_idle(*s));
+        self.idle_waiters = busy;
+        for (waiter, _) in idle {
             let _ = waiter.send(false);
         }
     }
@@ -375,7 +393,7 @@ impl QueueActor {
         let mut synced_at = None;
         let slot = match target.journal.as_ref().filter(|j| !j.is_deleted()) {
             None => NO_SLOT,
-            Some(journal) => match journal.enqueue_payload(&msg) {
+            Some(journal) => match journal.enqueue_payload(&msg, None) {
                 Ok((slot, offset)) => {
                     if journal.fsync() == tubemail_log::Fsync::Always {
                         synced_at = Some((journal.clone(), offset));
@@ -391,7 +409,7 @@ impl QueueActor {
             },
         };
         let target_journal = target.journal.clone();
-        match target.inbox.try_send(Enqueue { msg, credited: false, slot }) {
+        match target.inbox.try_send(Enqueue { msg, credited: false, stamp: Stamp::slot(slot) }) {
             Ok(()) => self.settle_after(left, synced_at, ctx),
             Err(TrySendError::Full(e)) => {
                 // The dead-letter queue's inbox is full: wait for room without blocking this queue.
@@ -459,13 +477,14 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, msg: Enqueue) {
-        let now = if self.state.spec().message_ttl.is_some() { Instant::now() } else { self.started };
+        let timed = self.state.spec().message_ttl.is_some() || msg.stamp.due.is_some();
+        let now = if timed { Instant::now() } else { self.started };
         // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
         let credited = msg.credited || self.take_credit();
         if self.credits.is_some() && !credited {
-            self.state.refuse_dead_letter(&msg.msg, msg.slot);
+            self.state.refuse_dead_letter(&msg.msg, msg.stamp.slot);
         } else {
-            self.state.enqueue(msg.msg, credited, now, msg.slot);
+            self.state.enqueue_stamped(msg.msg, credited, now, msg.stamp);
         }
     }
 
@@ -593,7 +612,7 @@ impl QueueActor {
         for (_, done) in std::mem::take(&mut self.drains) {
             let _ = done.send(());
         }
-        for waiter in self.idle_waiters.drain(..) {
+        for (waiter, _) in self.idle_waiters.drain(..) {
             let _ = waiter.send(true);
         }
     }
@@ -787,10 +806,10 @@ impl Handler<WhenIdle> for QueueActor {
     fn handle(&mut self, msg: WhenIdle, ctx: &mut Self::Context) {
         self.drain_inbox();
         self.pump(ctx);
-        if self.deleted || self.is_idle() {
+        if self.deleted || self.is_idle(msg.scheduled) {
             let _ = msg.done.send(true);
         } else {
-            self.idle_waiters.push(msg.done);
+            self.idle_waiters.push((msg.done, msg.scheduled));
         }
     }
 }

@@ -8,7 +8,9 @@
 //!   routing key, payload bytes, death history, deliveries so far), appended before the copy enters
 //!   the queue's inbox; the publisher confirms once it is acked under the queue's fsync policy;
 //! - `d` + slot: the delivery count (u32, little-endian) after each at-least-once delivery, a record
-//!   of its own so that a delivery costs a few dozen bytes, not a copy of the payload;
+//!   of its own so that a delivery costs a few dozen bytes, not a copy of the payload; after a retry
+//!   with a delay, the count followed by the due time (i64, little-endian, milliseconds since the
+//!   Unix epoch), so that a restart keeps the retry waiting;
 //! - tombstones of both keys when the message leaves the queue (ack, reject, overflow, TTL, delivery
 //!   limit, dead-lettering once the copy is in its target). They are not awaited: a tombstone lost to
 //!   a crash brings the message back once more, which at-least-once allows.
@@ -54,6 +56,10 @@ pub(crate) struct EnqueueRecord {
     pub(crate) payload: Bytes,
     pub(crate) deaths: Vec<Death>,
     pub(crate) deliveries: u32,
+    /// A delayed publish's due time, in milliseconds since the Unix epoch (absent in records
+    /// written before delays existed).
+    #[serde(default)]
+    pub(crate) due_ms: Option<i64>,
 }
 
 /// A message taken back from a journal.
@@ -63,8 +69,12 @@ pub(crate) struct Replayed {
     pub(crate) msg: Message,
     /// Deliveries so far (its last delivered record, or its enqueue record's count).
     pub(crate) deliveries: u32,
-    /// When it was enqueued, in milliseconds since the Unix epoch (its TTL counts from there).
-    pub(crate) enqueued_ms: i64,
+    /// When its time to live started, in milliseconds since the Unix epoch: its enqueue, or its
+    /// delayed publish's due time.
+    pub(crate) ttl_from_ms: i64,
+    /// Not to be delivered before this, in milliseconds since the Unix epoch: a delayed publish or a
+    /// retry with a delay (the later of the two).
+    pub(crate) due_ms: Option<i64>,
 }
 
 /// What replaying a journal found.
@@ -178,15 +188,21 @@ impl Journal {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// Appends the enqueue record of `msg` (its payload as `payload`) with `deliveries` so far;
-    /// returns its slot and offset (await [`Journal::acked`] for the fsync policy's promise).
-    pub(crate) fn enqueue(self: &Arc<Self>, msg: &Message, payload: &Bytes) -> Result<(u64, u64), LogError> {
+    /// Appends the enqueue record of `msg` (its payload as `payload`), due `delay` from now when it
+    /// has one; returns its slot and offset (await [`Journal::acked`] for the fsync policy's promise).
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        msg: &Message,
+        payload: &Bytes,
+        delay: Option<std::time::Duration>,
+    ) -> Result<(u64, u64), LogError> {
         let record = EnqueueRecord {
             id: msg.id.0,
             key: msg.key.to_string(),
             payload: payload.clone(),
             deaths: msg.deaths().to_vec(),
             deliveries: 0,
+            due_ms: delay.map(|d| self.ms_after(d)),
         };
         let value = rmp_serde::to_vec(&record).expect("an enqueue record encodes");
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
@@ -197,9 +213,49 @@ impl Journal {
     }
 
     /// Appends the enqueue record of a message whose payload may still need encoding.
-    pub(crate) fn enqueue_payload(self: &Arc<Self>, msg: &Message) -> Result<(u64, u64), String> {
+    pub(crate) fn enqueue_payload(
+        self: &Arc<Self>,
+        msg: &Message,
+        delay: Option<std::time::Duration>,
+    ) -> Result<(u64, u64), String> {
         let bytes = msg.payload.to_bytes().map_err(|e| e.to_string())?;
-        self.enqueue(msg, &bytes).map_err(|e| e.to_string())
+        self.enqueue(msg, &bytes, delay).map_err(|e| e.to_string())
+    }
+
+    /// The wall clock's milliseconds `after` from now.
+    fn ms_after(&self, after: std::time::Duration) -> i64 {
+        self.now().saturating_add(i64::try_from(after.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Records retries with a delay: `(slot, delivery count, due after)`.
+    pub(crate) fn retried(self: &Arc<Self>, retries: &[(u64, u32, std::time::Duration)]) {
+        let values: Vec<[u8; 12]> = retries
+            .iter()
+            .map(|&(_, n, after)| {
+                let mut v = [0; 12];
+                v[..4].copy_from_slice(&n.to_le_bytes());
+                v[4..].copy_from_slice(&self.ms_after(after).to_le_bytes());
+                v
+            })
+            .collect();
+        self.append_delivered(retries.iter().map(|&(slot, _, _)| slot), &values, "retry");
+    }
+
+    /// Appends a delivered record per slot, with its value.
+    fn append_delivered<V: AsRef<[u8]>>(
+        self: &Arc<Self>,
+        slots: impl Iterator<Item = u64>,
+        values: &[V],
+        what: &str,
+    ) {
+        let keys: Vec<[u8; 9]> = slots.map(|slot| key(DELIVERED, slot)).collect();
+        let now = self.now();
+        let records: Vec<Append<'_>> = keys
+            .iter()
+            .zip(values)
+            .map(|(k, v)| Append { key: Some(k), value: Some(v.as_ref()), timestamp: now })
+            .collect();
+        self.append_all(&records, what);
     }
 
     /// Resolves once the record at `offset` is acked under the journal's fsync policy.
@@ -209,15 +265,8 @@ impl Journal {
 
     /// Records deliveries: `(slot, delivery count)`.
     pub(crate) fn delivered(self: &Arc<Self>, deliveries: &[(u64, u32)]) {
-        let keys: Vec<[u8; 9]> = deliveries.iter().map(|&(slot, _)| key(DELIVERED, slot)).collect();
         let values: Vec<[u8; 4]> = deliveries.iter().map(|&(_, n)| n.to_le_bytes()).collect();
-        let now = self.now();
-        let records: Vec<Append<'_>> = keys
-            .iter()
-            .zip(&values)
-            .map(|(k, v)| Append { key: Some(k), value: Some(v), timestamp: now })
-            .collect();
-        self.append_all(&records, "delivered");
+        self.append_delivered(deliveries.iter().map(|&(slot, _)| slot), &values, "delivered");
     }
 
     /// Tombstones the messages that left the queue: `(slot, whether it was delivered)`.
@@ -323,7 +372,7 @@ impl Journal {
 pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
     let p = log.partition(0)?;
     let mut enqueued: BTreeMap<u64, (EnqueueRecord, i64)> = BTreeMap::new();
-    let mut delivered: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut delivered: BTreeMap<u64, (u32, Option<i64>)> = BTreeMap::new();
     let mut next_slot = 0;
     p.for_each_record(16 << 20, |r| {
         let Some((kind, slot)) = r.key.as_deref().and_then(parse_key) else { return };
@@ -339,8 +388,10 @@ pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
                 enqueued.remove(&slot);
             }
             (DELIVERED, Some(v)) => {
-                if let Ok(n) = <[u8; 4]>::try_from(&v[..]) {
-                    delivered.insert(slot, u32::from_le_bytes(n));
+                let count = v.get(..4).and_then(|n| <[u8; 4]>::try_from(n).ok()).map(u32::from_le_bytes);
+                let due = v.get(4..12).and_then(|d| <[u8; 8]>::try_from(d).ok()).map(i64::from_le_bytes);
+                if let Some(n) = count {
+                    delivered.insert(slot, (n, due));
                 }
             }
             (DELIVERED, None) => {
@@ -354,14 +405,17 @@ pub(crate) fn replay(log: &Stream) -> Result<Replay, LogError> {
     let messages = enqueued
         .into_iter()
         .map(|(slot, (e, enqueued_ms))| {
-            let deliveries = delivered.get(&slot).copied().unwrap_or(0).max(e.deliveries);
+            let (count, retry_due) = delivered.get(&slot).copied().unwrap_or((0, None));
+            let deliveries = count.max(e.deliveries);
+            let due_ms = e.due_ms.max(retry_due);
+            let ttl_from_ms = e.due_ms.unwrap_or(enqueued_ms);
             let msg = Message {
                 id: MessageId(e.id),
                 key: e.key.into(),
                 payload: Payload::Bytes(e.payload),
                 deaths: e.deaths.into(),
             };
-            Replayed { slot, msg, deliveries, enqueued_ms }
+            Replayed { slot, msg, deliveries, ttl_from_ms, due_ms }
         })
         .collect();
     Ok(Replay { messages, max_id, next_slot, orphans })

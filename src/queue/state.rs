@@ -3,7 +3,7 @@
 //! No actix, no async, no clock: the caller passes `now`. The actor in `actor.rs` turns messages into
 //! calls here and carries out the [`Effect`]s; the property tests drive it directly.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{DeathReason, Message};
 use crate::probe::{self, DropReason, ProbeRef, RedeliverReason, What};
-pub(crate) use crate::protocol::{SettleError, SettleOp};
+pub(crate) use crate::protocol::{SettleError, SettleOp, Stamp, TopicIndex};
 use crate::stats::QueueStats;
 use crate::topology::{DeliveryMode, Overflow, QueueSpec};
 
@@ -27,6 +27,8 @@ pub(crate) struct Entry {
     pub(crate) deliveries: u32,
     /// Whether it holds one of the publishers' credits (reject and block policies).
     pub(crate) credited: bool,
+    /// The topic it was published to (in what was padding: the entry stays 32 bytes).
+    pub(crate) topic: TopicIndex,
 }
 
 #[derive(Debug)]
@@ -82,12 +84,20 @@ pub(crate) struct Dispatch {
     pub(crate) place: Place,
 }
 
+impl Dispatch {
+    /// The topic the message was published to.
+    pub(crate) fn topic(&self) -> TopicIndex {
+        self.place.topic
+    }
+}
+
 /// Where a dispatched message stood in the queue, to put it back if its delivery fails.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Place {
     pub(crate) seq: u64,
     pub(crate) expires_at: Expiry,
     pub(crate) credited: bool,
+    pub(crate) topic: TopicIndex,
 }
 
 /// When a message expires, in nanoseconds after its queue started; [`Expiry::NEVER`] without a TTL.
@@ -128,6 +138,10 @@ pub(crate) struct QueueState {
     spec: QueueSpec,
     started: Instant,
     ready: VecDeque<Entry>,
+    /// Messages not to be delivered before a moment (delayed publishes, retries with a delay), by
+    /// that moment and then position; each moves to its place in `ready` when due. Counted with
+    /// `ready` against `depth_max`.
+    scheduled: BTreeMap<(Instant, u64), Entry>,
     next_seq: u64,
     consumers: Vec<Consumer>,
     next_consumer: usize,
@@ -140,6 +154,9 @@ pub(crate) struct QueueState {
     /// Journal slots of the messages that left since the last [`QueueState::take_left`], and
     /// whether each was delivered (it has a delivered record). Bounded by what the queue held.
     left: Vec<(u64, bool)>,
+    /// Journal slots of the messages put back with a delay since the last
+    /// [`QueueState::take_retried`], with their delivery count and due time (durable queues only).
+    retried: Vec<(u64, u32, Instant)>,
     /// The simulation's recorder, when this queue runs in one.
     probe: ProbeRef,
 }
@@ -151,6 +168,7 @@ impl QueueState {
             spec,
             started,
             ready: VecDeque::new(),
+            scheduled: BTreeMap::new(),
             next_seq: 0,
             consumers: Vec::new(),
             next_consumer: 0,
@@ -159,6 +177,7 @@ impl QueueState {
             credits_freed: 0,
             journaled: false,
             left: Vec::new(),
+            retried: Vec::new(),
             probe: None,
         }
     }
@@ -171,13 +190,24 @@ impl QueueState {
     /// Takes back messages replayed from the journal, in slot order, before the queue starts:
     /// ready, with their delivery counts (so the next delivery is marked redelivered) and their
     /// remaining time to live. `credited`: how many of them hold a publisher credit (the first).
-    pub(crate) fn restore(&mut self, replayed: Vec<super::journal::Replayed>, credited: usize, now_ms: i64) {
+    /// A message still due later (a delayed publish or a retry) waits that much longer, counted
+    /// from `now`; its time to live counts from its delayed publish's due time.
+    pub(crate) fn restore(
+        &mut self,
+        replayed: Vec<super::journal::Replayed>,
+        credited: usize,
+        now_ms: i64,
+        now: Instant,
+    ) {
+        let later = |ms: i64| Duration::from_millis(ms.saturating_sub(now_ms).max(0) as u64);
         for (i, r) in replayed.into_iter().enumerate() {
             let expires_at = match self.spec.message_ttl {
                 Some(ttl) => {
-                    let age = Duration::from_millis(now_ms.saturating_sub(r.enqueued_ms).max(0) as u64);
-                    let left = ttl.saturating_sub(age);
-                    Expiry(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX))
+                    let born = r.ttl_from_ms;
+                    let age = Duration::from_millis(now_ms.saturating_sub(born).max(0) as u64);
+                    let left = ttl.saturating_sub(age) + later(born);
+                    let at = now.saturating_duration_since(self.started) + left;
+                    Expiry(u64::try_from(at.as_nanos()).unwrap_or(u64::MAX))
                 }
                 None => Expiry::NEVER,
             };
@@ -185,11 +215,26 @@ impl QueueState {
             self.stats.enqueued += 1;
             self.stats.recovered += 1;
             self.note(|queue| What::Enqueue { msg: msg.id, queue });
-            let entry =
-                Entry { msg, seq: r.slot, expires_at, deliveries: r.deliveries, credited: i < credited };
-            self.insert_ready(entry);
+            let entry = Entry {
+                msg,
+                seq: r.slot,
+                expires_at,
+                deliveries: r.deliveries,
+                credited: i < credited,
+                topic: TopicIndex::NONE,
+            };
+            match r.due_ms.filter(|&due| due > now_ms) {
+                Some(due) => self.schedule(entry, now + later(due)),
+                None => self.insert_ready(entry),
+            }
         }
         self.debug_assert_conserved();
+    }
+
+    /// Journal slots of the messages put back with a delay since the last call, with their delivery
+    /// counts and due times (durable queues only).
+    pub(crate) fn take_retried(&mut self) -> Vec<(u64, u32, Instant)> {
+        std::mem::take(&mut self.retried)
     }
 
     /// Journal slots of the messages that left since the last call (durable queues only).
@@ -230,6 +275,16 @@ impl QueueState {
         self.ready.len()
     }
 
+    /// Messages waiting for their due time.
+    pub(crate) fn scheduled_len(&self) -> usize {
+        self.scheduled.len()
+    }
+
+    /// What counts against `depth_max`: the ready messages and those waiting for their due time.
+    fn depth(&self) -> usize {
+        self.ready.len() + self.scheduled.len()
+    }
+
     /// Deliveries handed out and not yet settled.
     pub(crate) fn in_flight(&self) -> u64 {
         self.stats.in_flight
@@ -254,8 +309,22 @@ impl QueueState {
     /// `slot`: the message's journal slot in a durable queue ([`NO_SLOT`](super::journal::NO_SLOT)
     /// otherwise), which is then its position.
     pub(crate) fn enqueue(&mut self, msg: Arc<Message>, credited: bool, now: Instant, slot: u64) -> Enqueued {
+        self.enqueue_stamped(msg, credited, now, Stamp::slot(slot))
+    }
+
+    /// As [`QueueState::enqueue`], with what travels beside the message: its journal slot, its due
+    /// time (a message due later waits in the schedule, its time to live counted from then) and its
+    /// topic.
+    pub(crate) fn enqueue_stamped(
+        &mut self,
+        msg: Arc<Message>,
+        credited: bool,
+        now: Instant,
+        stamp: Stamp,
+    ) -> Enqueued {
+        let Stamp { slot, due, topic } = stamp;
         self.stats.enqueued += 1;
-        let full = self.ready.len() >= self.spec.depth_max;
+        let full = self.depth() >= self.spec.depth_max;
         if full && !credited && self.spec.overflow != Overflow::DropHead {
             self.stats.dropped.overflow += 1;
             if self.journaled {
@@ -263,34 +332,71 @@ impl QueueState {
             }
             return Enqueued::Refused;
         }
+        let due = due.filter(|&due| due > now);
         let expires_at = match self.spec.message_ttl {
             // Saturates 584 years after the queue started, where it means never.
-            Some(ttl) => Expiry(u64::try_from((now + ttl - self.started).as_nanos()).unwrap_or(u64::MAX)),
+            Some(ttl) => {
+                let from = due.unwrap_or(now);
+                Expiry(u64::try_from((from + ttl - self.started).as_nanos()).unwrap_or(u64::MAX))
+            }
             None => Expiry::NEVER,
         };
         self.note(|queue| What::Enqueue { msg: msg.id, queue });
-        if self.journaled {
-            // Publishers number a durable queue's messages as they journal them, and may reach the
-            // inbox out of that order: each takes its place by slot.
-            self.insert_ready(Entry { msg, seq: slot, expires_at, deliveries: 0, credited });
+        // Publishers number a durable queue's messages as they journal them, and may reach the
+        // inbox out of that order: each takes its place by slot.
+        let seq = if self.journaled {
+            slot
         } else {
-            let seq = self.next_seq;
             self.next_seq += 1;
-            self.ready.push_back(Entry { msg, seq, expires_at, deliveries: 0, credited });
+            self.next_seq - 1
+        };
+        let entry = Entry { msg, seq, expires_at, deliveries: 0, credited, topic };
+        match due {
+            Some(due) => self.schedule(entry, due),
+            None if self.journaled => self.insert_ready(entry),
+            None => self.ready.push_back(entry),
         }
-        while self.spec.overflow == Overflow::DropHead && self.ready.len() > self.spec.depth_max {
-            let head = self.pop_ready().expect("queue over depth_max is not empty");
+        while self.spec.overflow == Overflow::DropHead && self.depth() > self.spec.depth_max {
+            let head = match self.pop_ready() {
+                Some(head) => head,
+                // Only scheduled messages: the one due first goes.
+                None => self.pop_scheduled().expect("queue over depth_max is not empty"),
+            };
             self.dead_letter(head, DeathReason::Maxlen, now);
         }
         self.debug_assert_conserved();
         Enqueued::Accepted
     }
 
+    /// Keeps `entry` until `due`.
+    fn schedule(&mut self, entry: Entry, due: Instant) {
+        self.scheduled.insert((due, entry.seq), entry);
+    }
+
+    /// Takes the scheduled message due first, out of the schedule (its credit freed).
+    fn pop_scheduled(&mut self) -> Option<Entry> {
+        let (_, entry) = self.scheduled.pop_first()?;
+        if entry.credited {
+            self.credits_freed += 1;
+        }
+        Some(entry)
+    }
+
+    /// Moves every scheduled message due by `now` to its place among the ready ones: its position
+    /// in publish order (a delayed publish) or its original position (a retry), as a requeued
+    /// message returns to its place.
+    fn promote_due(&mut self, now: Instant) {
+        while self.scheduled.first_key_value().is_some_and(|((due, _), _)| *due <= now) {
+            let (_, entry) = self.scheduled.pop_first().expect("checked");
+            self.insert_ready(entry);
+        }
+    }
+
     /// Whether every message this queue took is acked, dead-lettered, dropped with a reason, ready
     /// or in flight.
     pub(crate) fn conserved(&self) -> bool {
         let s = &self.stats;
-        let held = self.ready.len() as u64 + s.in_flight;
+        let held = self.depth() as u64 + s.in_flight;
         s.enqueued == s.acked + s.dead_lettered + s.dropped.total() + held
     }
 
@@ -313,6 +419,9 @@ impl QueueState {
     /// Hands the next ready message to the next consumer with room, round robin (or to the single
     /// active consumer). `None` when nothing is ready or no consumer has room.
     pub(crate) fn dispatch(&mut self, now: Instant) -> Option<Dispatch> {
+        if !self.scheduled.is_empty() {
+            self.promote_due(now);
+        }
         self.expire_head(now);
         if self.journaled {
             self.dead_letter_replayed_past_limit(now);
@@ -332,7 +441,12 @@ impl QueueState {
         let deadline = now + self.spec.ack_timeout;
         let consumer = &mut self.consumers[index];
         consumer.next_tag += 1;
-        let place = Place { seq: entry.seq, expires_at: entry.expires_at, credited: entry.credited };
+        let place = Place {
+            seq: entry.seq,
+            expires_at: entry.expires_at,
+            credited: entry.credited,
+            topic: entry.topic,
+        };
         let delivery_count = entry.deliveries;
         // At least once the queue keeps the entry until it is settled; at most once the message
         // leaves with the delivery, moved rather than shared (no reference count traffic).
@@ -394,6 +508,7 @@ impl QueueState {
             expires_at: d.place.expires_at,
             deliveries: d.delivery_count - 1,
             credited: d.place.credited,
+            topic: d.place.topic,
         };
         self.insert_ready(entry);
         self.debug_assert_conserved();
@@ -472,8 +587,25 @@ impl QueueState {
                 self.stats.nacked += 1;
                 // It left this queue (and its journal) when it was handed out.
                 let seq = super::journal::NO_SLOT;
-                let entry = Entry { msg, seq, expires_at: Expiry::NEVER, deliveries: 1, credited: false };
+                let entry = Entry {
+                    msg,
+                    seq,
+                    expires_at: Expiry::NEVER,
+                    deliveries: 1,
+                    credited: false,
+                    topic: TopicIndex::NONE,
+                };
                 self.dead_letter(entry, DeathReason::Rejected, now);
+            }
+            SettleOp::Retry { tag: DeliveryTag(tag), after } => {
+                let settled = self.take_unacked(index, tag, false)?;
+                self.stats.nacked += settled.len() as u64;
+                self.stats.in_flight = less(self.stats.in_flight, settled.len() as u64, "in_flight");
+                for (_, entry) in settled {
+                    let msg = entry.msg.id;
+                    self.note(|queue| What::Nack { msg, queue, requeue: true });
+                    self.retry(entry, now, now + after);
+                }
             }
         }
         Ok(())
@@ -554,17 +686,17 @@ impl QueueState {
                 self.requeue(late.entry, now, RedeliverReason::AckTimeout);
             }
         }
+        self.promote_due(now);
         self.expire_head(now);
     }
 
-    /// The next moment [`QueueState::expire`] has work: the head's expiry or the earliest ack deadline.
+    /// The next moment [`QueueState::expire`] has work: the head's expiry, the earliest ack
+    /// deadline, or the first scheduled message's due time.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let head = self.ready.front().and_then(|e| self.instant(e.expires_at));
         let acks = self.consumers.iter().filter_map(|c| c.unacked.front().map(|u| u.deadline)).min();
-        match (head, acks) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let due = self.scheduled.first_key_value().map(|((due, _), _)| *due);
+        [head, acks, due].into_iter().flatten().min()
     }
 
     /// Empties the queue as it is deleted: ready messages are counted as dropped (`deleted`), as
@@ -613,19 +745,20 @@ impl QueueState {
             }
         }
         let ready = std::mem::take(&mut self.ready);
-        for e in &ready {
+        let scheduled = std::mem::take(&mut self.scheduled);
+        for e in ready.iter().chain(scheduled.values()) {
             let msg = e.msg.id;
             self.note(|queue| What::Drop { msg, queue, reason });
             self.leave(e);
+            if e.credited {
+                self.credits_freed += 1;
+            }
         }
-        self.ready = ready;
-        gone += self.ready.len() as u64;
+        gone += (ready.len() + scheduled.len()) as u64;
         match reason {
             DropReason::Deleted => self.stats.dropped.deleted += gone,
             _ => self.stats.dropped.queue_restart += gone,
         }
-        self.credits_freed += self.ready.iter().filter(|e| e.credited).count();
-        self.ready.clear();
     }
 
     /// At-most-once deliveries that a fault dropped on the way to `consumer`: lost, and counted.
@@ -642,6 +775,7 @@ impl QueueState {
     pub(crate) fn stats(&self) -> QueueStats {
         QueueStats {
             ready: self.ready.len() as u64,
+            scheduled: self.scheduled.len() as u64,
             consumers: self.consumers.len() as u64,
             ..self.stats.clone()
         }
@@ -732,6 +866,23 @@ impl QueueState {
             self.note(|queue| What::Redeliver { msg, queue, reason });
             self.insert_ready(entry);
         }
+    }
+
+    /// Puts a message back, ready again at `due` (a retry with a delay), or dead-letters it past the
+    /// delivery limit.
+    fn retry(&mut self, entry: Entry, now: Instant, due: Instant) {
+        if entry.deliveries >= self.spec.delivery_limit {
+            return self.dead_letter(entry, DeathReason::DeliveryLimit, now);
+        }
+        let msg = entry.msg.id;
+        self.note(|queue| What::Redeliver { msg, queue, reason: RedeliverReason::Retry });
+        if due <= now {
+            return self.insert_ready(entry);
+        }
+        if self.journaled && entry.seq != super::journal::NO_SLOT {
+            self.retried.push((entry.seq, entry.deliveries, due));
+        }
+        self.schedule(entry, due);
     }
 
     fn insert_ready(&mut self, entry: Entry) {

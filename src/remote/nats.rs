@@ -506,6 +506,14 @@ impl Settler for NatsSettler {
             RemoteSettle::DeliveryLimit => {
                 Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await })
             }
+            RemoteSettle::Retry { after } => {
+                // JetStream's own delayed redelivery (`-NAK {"delay": …}`).
+                let message = self.held.lock().expect("not poisoned").remove(&tag);
+                Box::pin(async move {
+                    let message = message.ok_or(unknown)?;
+                    message.ack_with(AckKind::Nak(Some(after))).await.map_err(|_| AckError::Remote)
+                })
+            }
             RemoteSettle::Ack { multiple } | RemoteSettle::Nack { multiple, requeue: true } => {
                 let messages: smallvec::SmallVec<[jetstream::Message; 1]> = {
                     let mut held = self.held.lock().expect("not poisoned");

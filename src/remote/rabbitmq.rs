@@ -531,6 +531,16 @@ impl Settler for RabbitSettler {
                 RemoteSettle::Reject | RemoteSettle::DeliveryLimit => {
                     acker.reject(BasicRejectOptions { requeue: false }).await
                 }
+                RemoteSettle::Retry { after } => {
+                    // RabbitMQ has no delayed requeue: the delivery is held (a prefetch slot) and
+                    // given back when due. A lost channel redelivers it sooner (at least once).
+                    let hold = after.min(super::RABBITMQ_RETRY_HOLD_MAX);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(hold).await;
+                        let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
+                    });
+                    return Ok(());
+                }
             };
             done.map(|_| ()).map_err(|_| AckError::Remote)
         })

@@ -8,7 +8,7 @@ use crate::message::{Deaths, Message, Payload};
 
 fn msg(i: u64) -> Enqueue {
     let msg = Message { id: MessageId(i), key: "k".into(), payload: Payload::value(i), deaths: Deaths::NONE };
-    Enqueue { msg: Arc::new(msg), credited: false, slot: crate::queue::NO_SLOT }
+    Enqueue { msg: Arc::new(msg), credited: false, stamp: crate::queue::Stamp::slot(crate::queue::NO_SLOT) }
 }
 
 async fn recv_many(rx: &InboxReceiver, max: usize) -> Vec<u64> {

@@ -44,9 +44,19 @@ fn an_enqueue_record_round_trips_with_its_death_history() {
         payload: Bytes::from_static(b"\x91\x01"),
         deaths: died.deaths().to_vec(),
         deliveries: 3,
+        due_ms: Some(1_800_000_000_000),
     };
     let bytes = rmp_serde::to_vec(&record).unwrap();
     assert_eq!(rmp_serde::from_slice::<EnqueueRecord>(&bytes).unwrap(), record);
+}
+
+#[test]
+fn an_enqueue_record_written_before_delays_reads_as_due_at_once() {
+    // The five fields of the record as it was before `due_ms`.
+    let old = (9u64, "k", Bytes::from_static(b"p"), Vec::<crate::message::Death>::new(), 2u32);
+    let bytes = rmp_serde::to_vec(&old).unwrap();
+    let record = rmp_serde::from_slice::<EnqueueRecord>(&bytes).unwrap();
+    assert_eq!((record.id, record.deliveries, record.due_ms), (9, 2, None));
 }
 
 #[test]
@@ -59,7 +69,7 @@ fn replay_keeps_what_was_not_settled_with_its_delivery_count() {
         let payload = Bytes::from_static(b"p");
         let mut slots = Vec::new();
         for id in 1..=5 {
-            slots.push(journal.enqueue(&message(id, "k", b"p"), &payload).unwrap().0);
+            slots.push(journal.enqueue(&message(id, "k", b"p"), &payload, None).unwrap().0);
         }
         assert_eq!(slots, [0, 1, 2, 3, 4]);
         journal.delivered(&[(0, 1), (1, 1), (1, 2)]);
@@ -74,7 +84,7 @@ fn replay_keeps_what_was_not_settled_with_its_delivery_count() {
     let r = &replay.messages[0];
     assert_eq!((r.msg.key(), r.msg.payload().get::<Bytes>().map(|b| &b[..])), ("k", Some(&b"p"[..])));
     // A slot given out after a restart does not collide with a replayed one.
-    assert_eq!(journal.enqueue(&message(6, "k", b"p"), &Bytes::new()).unwrap().0, 5);
+    assert_eq!(journal.enqueue(&message(6, "k", b"p"), &Bytes::new(), None).unwrap().0, 5);
 }
 
 #[test]
@@ -83,7 +93,7 @@ fn a_delivered_record_without_its_enqueue_record_is_no_message_and_is_tombstoned
     let log = LogDir::open(dir.path()).unwrap();
     {
         let (journal, _) = open(&log);
-        journal.enqueue(&message(1, "a", b"1"), &Bytes::from_static(b"1")).unwrap();
+        journal.enqueue(&message(1, "a", b"1"), &Bytes::from_static(b"1"), None).unwrap();
         journal.settled(&[(0, false)]);
         journal.delivered(&[(0, 4)]);
         journal.close();
@@ -104,7 +114,7 @@ fn compaction_leaves_only_the_live_records() {
     let (journal, _) = open(&log);
     let payload = Bytes::from(vec![7_u8; 1000]);
     for id in 0..2_000 {
-        let (slot, _) = journal.enqueue(&message(id, "k", b""), &payload).unwrap();
+        let (slot, _) = journal.enqueue(&message(id, "k", b""), &payload, None).unwrap();
         journal.delivered(&[(slot, 1)]);
         if id % 100 != 0 {
             journal.settled(&[(slot, true)]);

@@ -22,6 +22,10 @@ enum Op {
     /// A publish: takes a publisher credit under the reject and block policies, as the actor's
     /// publishers do, and is refused without one.
     Publish,
+    /// A publish due `ms` from now (`publish_in`).
+    PublishIn {
+        ms: u64,
+    },
     /// A dead letter from another queue (no credit); `cyclic` ones already died in our dead-letter queue.
     DeadLetterIn {
         cyclic: bool,
@@ -42,6 +46,13 @@ enum Op {
         pick: usize,
         multiple: bool,
         requeue: bool,
+        bogus: bool,
+    },
+    /// A retry with a delay (`Outcome::Retry`).
+    Retry {
+        consumer: usize,
+        pick: usize,
+        ms: u64,
         bogus: bool,
     },
     /// At-most-once: handlers finished (more than outstanding when `bogus`).
@@ -77,6 +88,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => Just(Op::Publish),
+        2 => (0..2000u64).prop_map(|ms| Op::PublishIn { ms }),
+        2 => (0..4usize, 0..8usize, 0..2000u64, prop::bool::weighted(0.1))
+            .prop_map(|(consumer, pick, ms, bogus)| Op::Retry { consumer, pick, ms, bogus }),
         1 => any::<bool>().prop_map(|cyclic| Op::DeadLetterIn { cyclic }),
         3 => Just(Op::Dispatch),
         1 => Just(Op::DispatchUndone),
@@ -146,6 +160,8 @@ struct Harness {
     dispatched: HashSet<MessageId>,
     /// The seq of the latest first delivery.
     last_first_seq: Option<u64>,
+    /// Messages published with a delay.
+    delayed: HashSet<MessageId>,
     /// Dead-letter effects seen.
     dead_letters: u64,
     /// A durable queue's journal, as the publisher and the actor write it: the slots given out, and
@@ -164,6 +180,7 @@ impl Harness {
             next_consumer: 1,
             dispatched: HashSet::new(),
             last_first_seq: None,
+            delayed: HashSet::new(),
             dead_letters: 0,
             journal: None,
         }
@@ -204,7 +221,15 @@ impl Harness {
 
     fn apply(&mut self, op: &Op) {
         match *op {
-            Op::Publish => self.publish(),
+            Op::Publish => self.publish(None),
+            Op::PublishIn { ms } => self.publish(Some(Duration::from_millis(ms))),
+            Op::Retry { consumer, pick, ms, bogus } => {
+                let after = Duration::from_millis(ms);
+                self.settle_unacked(consumer, pick, bogus, |tag| SettleOp::Retry {
+                    tag: DeliveryTag(tag),
+                    after,
+                });
+            }
             Op::DeadLetterIn { cyclic } => self.dead_letter_in(cyclic),
             Op::Dispatch => {
                 if let Some(d) = self.st.dispatch(self.now) {
@@ -255,7 +280,7 @@ impl Harness {
             if cyclic { (DEAD_LETTER, DeathReason::Expired) } else { ("elsewhere", DeathReason::Rejected) };
         let death = Death { queue: queue.into(), reason, count: 1, at_ms: 0 };
         let msg = self.message(vec![death]);
-        let full = self.st.ready.len() >= self.st.spec.depth_max;
+        let full = self.st.depth() >= self.st.spec.depth_max;
         let expected = if full && self.st.spec.overflow != Overflow::DropHead {
             Enqueued::Refused
         } else {
@@ -323,20 +348,26 @@ impl Harness {
         }
         let head = self.st.ready.front().and_then(|e| self.st.instant(e.expires_at));
         assert!(head.is_none_or(|at| at > now), "an expired message stayed at the head");
+        let due = self.st.scheduled.first_key_value().map(|((due, _), _)| *due);
+        assert!(due.is_none_or(|due| due > now), "a due message stayed scheduled");
     }
 
-    fn publish(&mut self) {
+    fn publish(&mut self, delay: Option<Duration>) {
         let now = self.now;
         let msg = self.message(Vec::new());
+        if delay.is_some_and(|d| !d.is_zero()) {
+            self.delayed.insert(msg.id);
+        }
+        let stamp = |slot| Stamp { slot, due: delay.map(|d| now + d), topic: TopicIndex::NONE };
         match &mut self.credits {
             None => {
                 let slot = self.slot();
-                assert_eq!(self.st.enqueue(msg, false, now, slot), Enqueued::Accepted);
+                assert_eq!(self.st.enqueue_stamped(msg, false, now, stamp(slot)), Enqueued::Accepted);
             }
             Some(credits) if *credits > 0 => {
                 *credits -= 1;
                 let slot = self.slot();
-                assert_eq!(self.st.enqueue(msg, true, now, slot), Enqueued::Accepted);
+                assert_eq!(self.st.enqueue_stamped(msg, true, now, stamp(slot)), Enqueued::Accepted);
             }
             Some(_) => {
                 if self.st.spec.overflow == Overflow::RejectPublishDlx {
@@ -345,8 +376,8 @@ impl Harness {
             }
         }
         if self.st.spec.overflow == Overflow::DropHead {
-            let ready = self.st.ready.len();
-            assert!(ready <= self.st.spec.depth_max, "drop-head holds {ready} ready after an enqueue");
+            let held = self.st.depth();
+            assert!(held <= self.st.spec.depth_max, "drop-head holds {held} after an enqueue");
         }
     }
 
@@ -366,7 +397,9 @@ impl Harness {
         if spec.delivery == DeliveryMode::AtMostOnce {
             assert!(self.dispatched.insert(d.msg.id), "at-most-once dispatched {:?} twice", d.msg.id);
         }
-        if d.delivery_count == 1 {
+        // A delayed message takes its place by publish order when it is due, behind younger ones
+        // already delivered: the others' first deliveries stay in order.
+        if d.delivery_count == 1 && !self.delayed.contains(&d.msg.id) {
             if let Some(last) = self.last_first_seq {
                 assert!(
                     d.place.seq > last,
@@ -489,7 +522,10 @@ impl Harness {
         );
         let held: usize = st.consumers.iter().map(Consumer::in_flight).sum();
         assert_eq!(stats.in_flight, held as u64, "in_flight differs from what consumers hold");
-        assert_eq!(stats.ready, st.ready.len() as u64);
+        assert_eq!((stats.ready, stats.scheduled), (st.ready.len() as u64, st.scheduled.len() as u64));
+        for ((_, seq), e) in &st.scheduled {
+            assert_eq!(*seq, e.seq, "a scheduled entry filed under another position");
+        }
 
         let seqs: Vec<u64> = st.ready.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ready is not in seq order: {seqs:?}");
@@ -498,14 +534,15 @@ impl Harness {
             let held: BTreeSet<u64> = st
                 .ready
                 .iter()
+                .chain(st.scheduled.values())
                 .map(|e| e.seq)
                 .chain(st.consumers.iter().flat_map(|c| c.unacked.iter().map(|u| u.entry.seq)))
                 .collect();
             assert_eq!(live, &held, "the journal would replay other messages than the queue holds");
         }
         let mut ids = HashSet::new();
-        for e in &st.ready {
-            assert!(ids.insert(e.msg.id), "{:?} is ready twice", e.msg.id);
+        for e in st.ready.iter().chain(st.scheduled.values()) {
+            assert!(ids.insert(e.msg.id), "{:?} is ready (or scheduled) twice", e.msg.id);
         }
         for c in &st.consumers {
             for u in &c.unacked {
@@ -523,8 +560,9 @@ impl Harness {
             assert!(tags.last().is_none_or(|&t| t <= c.next_tag));
         }
 
-        let fresh = st.ready.iter().filter(|e| e.deliveries == 0).count();
-        let credited = st.ready.iter().filter(|e| e.credited).count();
+        let held = || st.ready.iter().chain(st.scheduled.values());
+        let fresh = held().filter(|e| e.deliveries == 0).count();
+        let credited = held().filter(|e| e.credited).count();
         match self.credits {
             None => assert!(fresh <= st.spec.depth_max, "drop-head holds {fresh} never-delivered messages"),
             Some(credits) => {
