@@ -285,8 +285,9 @@ impl std::fmt::Debug for dyn Settler {
 pub(crate) struct Consumer {
     pub(crate) deliveries: Pin<Box<dyn Stream<Item = Result<Incoming, RemoteError>> + Send>>,
     pub(crate) settler: Arc<dyn Settler>,
-    /// Cancels the consumer and gives back what it holds unsettled (requeued by the remote).
-    pub(crate) cancel: Box<dyn FnOnce() -> BoxFut<'static, ()> + Send>,
+    /// Cancels the consumer and gives back what it holds unsettled (requeued by the remote); answers
+    /// how many deliveries that was.
+    pub(crate) cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send>,
 }
 
 /// A queue's depth as the remote broker reports it.

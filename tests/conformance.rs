@@ -538,6 +538,116 @@ async fn delayed_publish(backend: Backend) {
     finish(backend, broker, topology).await;
 }
 
+/// Two queues bound to one topic dead-letter their copies of one message into one dead-letter
+/// queue: both copies arrive, each with its own death (no deduplication across copies).
+async fn dead_letters_from_two_queues(backend: Backend) {
+    let p = prefix("twodead");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_a]
+        delivery = "at-least-once"
+        dead_letter = "{p}_dead"
+        [queues.{p}_b]
+        delivery = "at-least-once"
+        dead_letter = "{p}_dead"
+        [queues.{p}_dead]
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_a"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_b"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (_a, _) = record(&broker, &format!("{p}_a"), |_| Outcome::Reject).await;
+    let (_b, _) = record(&broker, &format!("{p}_b"), |_| Outcome::Reject).await;
+    let (_dead, mut dead_rx) = record(&broker, &format!("{p}_dead"), |_| Outcome::Ack).await;
+    assert_eq!(broker.publish(&format!("{p}_t"), "k", 6_u64).await.unwrap(), Confirm::Routed { queues: 2 });
+    let mut from: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let dead = next(&mut dead_rx, "a dead letter from each queue").await;
+        assert_eq!(dead.value, 6);
+        from.push(dead.deaths.first().expect("a death").0.clone());
+    }
+    from.sort();
+    assert_eq!(from, [format!("{p}_a"), format!("{p}_b")]);
+    quiet(&mut dead_rx, "nothing more").await;
+    finish(backend, broker, topology).await;
+}
+
+/// A subscriber's prefetch bounds what it holds unsettled, deferred deliveries included: with a
+/// prefetch of 2 and a handler that defers, the third message waits until one is acked.
+async fn prefetch_bounds_deferred(backend: Backend) {
+    let p = prefix("prefetch");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_work]
+        delivery = "at-least-once"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let options = tubemail::SubscribeOptions::default().prefetch(2);
+    broker
+        .subscribe_with(&format!("{p}_work"), options, move |d: Delivery<u64>| {
+            tx.send((*d, d.acker())).unwrap();
+            async { Outcome::Defer }
+        })
+        .await
+        .unwrap();
+    for i in 0..5_u64 {
+        broker.publish(&format!("{p}_t"), "k", i).await.unwrap();
+    }
+    async fn arrives(rx: &mut mpsc::UnboundedReceiver<(u64, tubemail::Acker)>) -> (u64, tubemail::Acker) {
+        let next = tokio::time::timeout(ARRIVES, rx.recv()).await;
+        next.expect("a delivery within the prefetch").expect("the handler runs")
+    }
+    let (first, acker) = arrives(&mut rx).await;
+    let (second, _) = arrives(&mut rx).await;
+    assert_eq!((first, second), (0, 1));
+    if let Ok(Some((v, _))) = tokio::time::timeout(QUIET, rx.recv()).await {
+        panic!("a third delivery ({v}) past a prefetch of 2, with both unsettled");
+    }
+    acker.ack(false).await.unwrap();
+    let (third, _) = arrives(&mut rx).await;
+    assert_eq!(third, 2, "room for one more once one is acked");
+    finish(backend, broker, topology).await;
+}
+
+/// Unsubscribing gives back what the subscriber held unsettled: the report counts it requeued, and
+/// the next subscriber gets it, redelivered.
+async fn unsubscribe_gives_back(backend: Backend) {
+    let p = prefix("giveback");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_work]
+        delivery = "at-least-once"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (first, mut rx) = record(&broker, &format!("{p}_work"), |_| Outcome::Defer).await;
+    for i in 0..2_u64 {
+        broker.publish(&format!("{p}_t"), "k", i).await.unwrap();
+    }
+    for _ in 0..2 {
+        next(&mut rx, "a deferred delivery").await;
+    }
+    let report = first.unsubscribe(Duration::from_millis(300)).await;
+    assert_eq!(report.requeued, 2, "{report:?}");
+    let (_second, mut rx) = record(&broker, &format!("{p}_work"), |_| Outcome::Ack).await;
+    let mut again = [next(&mut rx, "given back").await, next(&mut rx, "given back").await];
+    again.sort_by_key(|s| s.value);
+    assert_eq!(again.iter().map(|s| (s.value, s.redelivered)).collect::<Vec<_>>(), [(0, true), (1, true)]);
+    finish(backend, broker, topology).await;
+}
+
 macro_rules! conformance {
     (everywhere: [$($scenario:ident),* $(,)?], not_on_nats: [$($no_nats:ident),* $(,)?] $(,)?) => {
         mod local {
@@ -571,6 +681,9 @@ conformance!(
         ack_timeout,
         retry_after_a_delay,
         delayed_publish,
+        dead_letters_from_two_queues,
+        prefetch_bounds_deferred,
+        unsubscribe_gives_back,
     ],
     not_on_nats: [ttl_dead_letters, single_active_consumer]
 );

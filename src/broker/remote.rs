@@ -57,7 +57,7 @@ struct RemoteSub {
     queue: String,
     stop: Arc<StopFlag>,
     done: tokio::sync::oneshot::Receiver<LoopEnd>,
-    cancel: Box<dyn FnOnce() -> BoxFut<'static, ()> + Send>,
+    cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send>,
 }
 
 /// How a subscription's loop ended.
@@ -350,7 +350,7 @@ impl RemoteBroker {
             });
         });
         if !spawned {
-            cancel().await;
+            let _ = cancel().await;
             return Err(SubscribeError::Closed);
         }
         self.counts.lock().expect("not poisoned").queue(queue).lock().expect("not poisoned").consumers += 1;
@@ -372,7 +372,7 @@ impl RemoteBroker {
         let end = tokio::time::timeout(timeout, done).await;
         // Closing the consumer gives back what it fetched and did not settle: the remote requeues
         // it (at-least-once); at-most-once deliveries were acked when they arrived.
-        cancel().await;
+        let given_back = cancel().await;
         if let Some(q) = self.counts.lock().expect("not poisoned").queues.get(&queue) {
             let mut q = q.lock().expect("not poisoned");
             q.consumers = q.consumers.saturating_sub(1);
@@ -380,14 +380,14 @@ impl RemoteBroker {
         let at_least_once = self.queue_spec(&queue).is_none_or(|s| s.delivery == DeliveryMode::AtLeastOnce);
         match end {
             Ok(Ok(end)) => {
-                let (requeued, lost) = if at_least_once { (end.unhandled, 0) } else { (0, end.unhandled) };
-                UnsubscribeReport { drained: true, stopped: true, interrupted: 0, requeued, lost }
+                let (requeued, lost) = if at_least_once { (given_back, 0) } else { (0, end.unhandled) };
+                UnsubscribeReport { drained: given_back == 0, stopped: true, interrupted: 0, requeued, lost }
             }
             _ => UnsubscribeReport {
                 drained: false,
                 stopped: false,
                 interrupted: 1,
-                requeued: u64::from(at_least_once),
+                requeued: if at_least_once { given_back.max(1) } else { 0 },
                 lost: u64::from(!at_least_once),
             },
         }

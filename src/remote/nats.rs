@@ -31,9 +31,15 @@
 //! - Reject / Nack without requeue | dead-lettered by the client the same way (reason `rejected`),
 //!   or terminated without a dead-letter queue; Nack with requeue | `-NAK`
 //! - deaths | the header `Tubemail-Deaths`, newest first
-//! - message ids | `Nats-Msg-Id` (deduplicated by each stream within its 2-minute window)
+//! - message ids | `Nats-Msg-Id` = `ID-ORIGIN-QUEUE` (the tubemail id, a token of the publishing
+//!   connection, the queue), deduplicated by each stream within its 2-minute window: two processes
+//!   whose ids overlap never deduplicate each other's messages; a dead letter's id is its copy's id
+//!   with the dead-letter queue and its death, so that copies of one message dead-lettered by two
+//!   queues into one both arrive
 //! - `single_active_consumer`, `expires`, `auto_delete` | not in JetStream 2.9: refused at connect
-//! - prefetch | the pull batch of each subscriber (the consumer's `max_ack_pending` is 65,535)
+//! - prefetch | the pull batch of each subscriber, and the most deliveries it holds unsettled
+//!   (deferred ones included): the next is handed to its handler only when one is settled (the
+//!   consumer's `max_ack_pending` is 65,535)
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -65,6 +71,10 @@ const DEATHS_HEADER: &str = "Tubemail-Deaths";
 const MAX_ACK_PENDING: i64 = 65_535;
 /// How long a pull waits for messages before it asks again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// When a message given back at unsubscribe comes again: after the subscriber's last pull request
+/// has expired on the server (JetStream 2.9 cannot cancel one), which would otherwise take the
+/// message into a closed inbox, where it waits out `AckWait`.
+const GIVE_BACK_AFTER: Duration = Duration::from_millis(5_500);
 
 fn io(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> RemoteError {
     move |e| RemoteError::Io { backend: BACKEND, reason: format!("{what}: {e}") }
@@ -140,6 +150,9 @@ pub(crate) fn unsupported(queue: &str, spec: &QueueSpec) -> Option<RemoteError> 
 pub(crate) struct Nats {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// This connection's part of every `Nats-Msg-Id` (the process and the moment it connected, in
+    /// hex): tubemail ids from two processes may meet, their message ids may not.
+    origin: String,
     /// Queues' subjects, computed once.
     subjects: std::sync::RwLock<BTreeMap<Arc<str>, Arc<str>>>,
 }
@@ -167,7 +180,8 @@ impl Nats {
             .map_err(|_| RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() })?
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        let nats = Nats { client, js, subjects: Default::default() };
+        let origin = format!("{:x}{:x}", std::process::id(), crate::broker::wall_clock_nanos());
+        let nats = Nats { client, js, origin, subjects: Default::default() };
         for (name, spec) in &topology.queues {
             nats.declare_queue_now(name, spec).await?;
         }
@@ -253,8 +267,9 @@ impl Backend for Nats {
             let (key, id) = (out.key, out.id);
             let copies = out.targets.iter().map(|q| {
                 let (subject, body) = (self.subject_of(q), out.body.clone());
-                // `ID-QUEUE`: the tubemail id, unique per queue (a queue's subject past `tmq.` is).
-                let dedupe = format!("{}-{}", id.0, &subject[4..]);
+                // `ID-ORIGIN-QUEUE`: the tubemail id, this connection, the queue (a queue's subject
+                // past `tmq.` is unique per queue).
+                let dedupe = format!("{}-{}-{}", id.0, self.origin, &subject[4..]);
                 async move { publish_to(&self.js, &subject, key, body, &dedupe, None).await }
             });
             for copy in futures::future::join_all(copies).await {
@@ -290,6 +305,8 @@ impl Backend for Nats {
             let at_most_once = spec.delivery == DeliveryMode::AtMostOnce;
             let settler = Arc::new(NatsSettler {
                 held: Mutex::default(),
+                room: tokio::sync::Notify::new(),
+                prefetch: prefetch.max(1) as usize,
                 js: self.js.clone(),
                 queue: queue.to_owned(),
                 dead_letter: spec.dead_letter.clone(),
@@ -311,20 +328,26 @@ impl Backend for Nats {
                         let _ = message.ack().await;
                         return Some(Ok(incoming));
                     }
+                    // The prefetch bounds what the subscriber holds unsettled, deferred deliveries
+                    // included, as RabbitMQ's `basic.qos` does.
+                    held.wait_for_room().await;
                     held.held.lock().expect("not poisoned").insert(tag, message);
                     Some(Ok(incoming))
                 }
             });
             let giving_back = Arc::clone(&settler);
-            let cancel: Box<dyn FnOnce() -> BoxFut<'static, ()> + Send> = Box::new(move || {
+            let cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send> = Box::new(move || {
                 Box::pin(async move {
-                    // What this subscriber held unsettled goes back at once (not after AckWait).
+                    // What this subscriber held unsettled goes back once its pull request has expired
+                    // (`GIVE_BACK_AFTER`), not after `AckWait`.
                     let held: Vec<_> = std::mem::take(&mut *giving_back.held.lock().expect("not poisoned"))
                         .into_values()
                         .collect();
+                    let given_back = held.len() as u64;
                     for message in held {
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        let _ = message.ack_with(AckKind::Nak(Some(GIVE_BACK_AFTER))).await;
                     }
+                    given_back
                 })
             });
             Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel })
@@ -443,18 +466,50 @@ type Held = jetstream::Message;
 
 /// Settles through each message's own reply subject.
 struct NatsSettler {
-    /// Unsettled messages with their deaths and key: at most the pull batch plus deferred ones.
+    /// Unsettled messages with their deaths and key: at most `prefetch`.
     held: Mutex<BTreeMap<u64, Held>>,
+    /// Woken when a held message is settled.
+    room: tokio::sync::Notify,
+    /// The most messages held unsettled.
+    prefetch: usize,
     js: jetstream::Context,
     queue: String,
     dead_letter: Option<String>,
 }
 
 impl NatsSettler {
+    /// Waits until the subscriber holds fewer than its prefetch.
+    async fn wait_for_room(&self) {
+        loop {
+            let settled = self.room.notified();
+            if self.held.lock().expect("not poisoned").len() < self.prefetch {
+                return;
+            }
+            settled.await;
+        }
+    }
+
+    /// Takes `tag` (with `multiple`, every tag up to it) out of the held messages.
+    fn take(&self, tag: u64, multiple: bool) -> smallvec::SmallVec<[Held; 1]> {
+        let taken: smallvec::SmallVec<[Held; 1]> = {
+            let mut held = self.held.lock().expect("not poisoned");
+            if multiple {
+                let tags: Vec<u64> = held.range(..=tag).map(|(t, _)| *t).collect();
+                tags.iter().filter_map(|t| held.remove(t)).collect()
+            } else {
+                held.remove(&tag).into_iter().collect()
+            }
+        };
+        if !taken.is_empty() {
+            self.room.notify_waiters();
+        }
+        taken
+    }
+
     /// Publishes the message to the dead-letter queue with its new death, waits for that ack, and
     /// only then acks it here; terminates it without a dead-letter queue.
     async fn dead_letter_or_drop(&self, tag: u64, reason: DeathReason) -> Result<(), AckError> {
-        let held = self.held.lock().expect("not poisoned").remove(&tag);
+        let held = self.take(tag, false).pop();
         let message = held.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
         let (mut deaths, key) = (deaths_of(&message), key_of(&message).to_owned());
         if let Some(dl) = &self.dead_letter {
@@ -467,10 +522,12 @@ impl NatsSettler {
                 .map_or(1, |d| d.count + 1);
             deaths.retain(|d| !(*d.queue == *self.queue && d.reason == reason));
             deaths.insert(0, Death { queue: self.queue.as_str().into(), reason, count, at_ms });
-            // The message keeps its id; the dead-letter stream deduplicates each death once.
-            let id = id_of(&message);
+            // The message keeps its id; the dead-letter stream deduplicates each death of each copy
+            // once (the copy's own `Nats-Msg-Id` names the queue it was published to).
             let subject = subject(dl);
-            let dedupe = format!("{}-{}-{reason}{count}", id.0, &subject[4..]);
+            let copy =
+                header(&message, "Nats-Msg-Id").map_or_else(|| format!("0-{}", self.queue), str::to_owned);
+            let dedupe = format!("{copy}-{}-{reason}{count}", &subject[4..]);
             let deaths = Some(format_deaths(&deaths));
             match publish_to(&self.js, &subject, &key, message.payload.clone(), &dedupe, deaths).await {
                 Ok(true) => {}
@@ -508,22 +565,14 @@ impl Settler for NatsSettler {
             }
             RemoteSettle::Retry { after } => {
                 // JetStream's own delayed redelivery (`-NAK {"delay": …}`).
-                let message = self.held.lock().expect("not poisoned").remove(&tag);
+                let message = self.take(tag, false).pop();
                 Box::pin(async move {
                     let message = message.ok_or(unknown)?;
                     message.ack_with(AckKind::Nak(Some(after))).await.map_err(|_| AckError::Remote)
                 })
             }
             RemoteSettle::Ack { multiple } | RemoteSettle::Nack { multiple, requeue: true } => {
-                let messages: smallvec::SmallVec<[jetstream::Message; 1]> = {
-                    let mut held = self.held.lock().expect("not poisoned");
-                    if multiple {
-                        let tags: Vec<u64> = held.range(..=tag).map(|(t, _)| *t).collect();
-                        tags.iter().filter_map(|t| held.remove(t)).collect()
-                    } else {
-                        held.remove(&tag).into_iter().collect()
-                    }
-                };
+                let messages = self.take(tag, multiple);
                 let kind =
                     if matches!(op, RemoteSettle::Ack { .. }) { AckKind::Ack } else { AckKind::Nak(None) };
                 Box::pin(async move {

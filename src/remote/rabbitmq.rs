@@ -354,10 +354,14 @@ impl Backend for RabbitMq {
                 Ok(incoming)
             });
             let closing = channel.clone();
-            let cancel: Box<dyn FnOnce() -> BoxFut<'static, ()> + Send> = Box::new(move || {
+            let giving_back = Arc::clone(&settler);
+            let cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send> = Box::new(move || {
                 Box::pin(async move {
-                    // Closing the channel requeues what it delivered and nobody acked.
+                    // Closing the channel requeues what it delivered and nobody acked: the
+                    // deliveries this subscriber held unsettled, and any lapin still buffered.
+                    let held = giving_back.ackers.lock().expect("not poisoned").len() as u64;
                     let _ = closing.close(200, "unsubscribed".into()).await;
+                    held
                 })
             });
             Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel })
