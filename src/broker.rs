@@ -740,7 +740,8 @@ impl Broker {
     /// let _sub = broker.subscribe("mail", move |d: tubemail::Delivery<String>| {
     ///     tx.take().map(|tx| tx.send((tokio::time::Instant::now(), (*d).clone())));
     ///     async { Outcome::Ack }
-    /// })?;
+    /// })
+    /// .await?;
     /// let published = tokio::time::Instant::now();
     /// let (at, text) = rx.await?;
     /// assert_eq!(text, "renew your plan");
