@@ -180,7 +180,9 @@ impl Nats {
             .map_err(|_| RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() })?
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
         let js = jetstream::new(client.clone());
-        let origin = format!("{:x}{:x}", std::process::id(), crate::broker::wall_clock_nanos());
+        let connected =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let origin = format!("{:x}{:x}", std::process::id(), connected.as_nanos());
         let nats = Nats { client, js, origin, subjects: Default::default() };
         for (name, spec) in &topology.queues {
             nats.declare_queue_now(name, spec).await?;
