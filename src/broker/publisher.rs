@@ -13,6 +13,7 @@ use super::{Confirm, PublishError, TryPublishError};
 use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
+use crate::protocol::Due;
 use crate::queue::{Journal, Offer, QueueHandle, Stamp, NO_SLOT};
 use crate::routing::validate_key;
 use crate::stream::{Appended, StreamHandle};
@@ -173,20 +174,23 @@ struct Attempt {
 }
 
 /// When a published message may be delivered: at once, or after a delay (counted from the publish).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct When {
     /// For durable queues' journals, which keep the due time on the wall clock.
     delay: Option<std::time::Duration>,
-    due: Option<tokio::time::Instant>,
+    due: Due,
 }
 
 impl When {
-    /// Due `delay` from now (at once for zero).
-    pub(crate) fn after(delay: std::time::Duration) -> Self {
+    /// At once.
+    const NOW: When = When { delay: None, due: Due::NOW };
+
+    /// Due `delay` from now (at once for zero), on the clock of a broker started at `started`.
+    pub(crate) fn after(delay: std::time::Duration, started: tokio::time::Instant) -> Self {
         if delay.is_zero() {
-            return When::default();
+            return When::NOW;
         }
-        When { delay: Some(delay), due: Some(tokio::time::Instant::now() + delay) }
+        When { delay: Some(delay), due: Due::at(started, tokio::time::Instant::now() + delay) }
     }
 }
 
@@ -211,7 +215,7 @@ impl LocalPublisher {
         let msg = self.message(key, Payload::value(value), None);
         let streams = self.stream_targets(key);
         let bytes = (!streams.is_empty()).then(|| msg.payload.to_bytes());
-        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty(), When::default());
+        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty(), When::NOW);
         // Written, not awaited: `try_publish` never waits, so its confirm does not cover a stream's
         // `fsync = "always"` (use `publish` for that).
         let _written = self.write_streams(&streams, key, bytes, &mut attempt);
@@ -220,7 +224,7 @@ impl LocalPublisher {
         }
         if attempt.reached_none() {
             let msg = attempt.held.take().expect("a closed queue hands the message back");
-            return Ok(self.try_alternate(msg, When::default()).0);
+            return Ok(self.try_alternate(msg, When::NOW).0);
         }
         for (queue, slot) in &attempt.waiting {
             // Written to a journal, not taken by its queue: the record goes.
@@ -249,7 +253,7 @@ impl LocalPublisher {
         delay: std::time::Duration,
     ) -> Result<Confirm, PublishError> {
         check_delay(delay)?;
-        self.publish_when(key, payload, None, 1, When::after(delay)).await.map(|(_, confirm)| confirm)
+        self.publish_when(key, payload, None, 1, When::after(delay, self.registry.started)).await.map(|(_, confirm)| confirm)
     }
 
     async fn publish_as(
@@ -259,7 +263,7 @@ impl LocalPublisher {
         id: Option<MessageId>,
         attempt_no: u32,
     ) -> Result<(MessageId, Confirm), PublishError> {
-        self.publish_when(key, payload, id, attempt_no, When::default()).await
+        self.publish_when(key, payload, id, attempt_no, When::NOW).await
     }
 
     async fn publish_when(

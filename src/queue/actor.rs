@@ -477,7 +477,7 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, msg: Enqueue) {
-        let timed = self.state.spec().message_ttl.is_some() || msg.stamp.due.is_some();
+        let timed = self.state.spec().message_ttl.is_some() || msg.stamp.due != crate::protocol::Due::NOW;
         let now = if timed { Instant::now() } else { self.started };
         // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
         let credited = msg.credited || self.take_credit();

@@ -323,6 +323,7 @@ impl QueueState {
         stamp: Stamp,
     ) -> Enqueued {
         let Stamp { slot, due, topic } = stamp;
+        let due = due.instant(self.started);
         self.stats.enqueued += 1;
         let full = self.depth() >= self.spec.depth_max;
         if full && !credited && self.spec.overflow != Overflow::DropHead {

@@ -118,3 +118,10 @@ fn no_wake_up_is_lost_between_threads() {
         s.join().unwrap();
     }
 }
+
+/// Every publish moves one of these per target queue through the inbox: it stays within four words.
+#[test]
+fn an_inbox_message_stays_small() {
+    assert!(size_of::<Enqueue>() <= 32, "Enqueue is {} bytes", size_of::<Enqueue>());
+    assert!(size_of::<crate::protocol::DeliverItem>() <= 24, "DeliverItem grew");
+}

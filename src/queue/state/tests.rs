@@ -358,7 +358,9 @@ impl Harness {
         if delay.is_some_and(|d| !d.is_zero()) {
             self.delayed.insert(msg.id);
         }
-        let stamp = |slot| Stamp { slot, due: delay.map(|d| now + d), topic: TopicIndex::NONE };
+        let started = self.st.started;
+        let due = delay.map_or(Due::NOW, |d| Due::at(started, now + d));
+        let stamp = |slot| Stamp { slot, due, topic: TopicIndex::NONE };
         match &mut self.credits {
             None => {
                 let slot = self.slot();
