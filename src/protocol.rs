@@ -82,8 +82,8 @@ pub(crate) struct Enqueue {
 pub(crate) struct Stamp {
     /// Its slot in a durable queue's journal, `NO_SLOT` otherwise.
     pub(crate) slot: u64,
-    /// Not delivered before this moment (a delayed publish).
-    pub(crate) due: Due,
+    /// Not delivered before this long after its queue takes it (a delayed publish).
+    pub(crate) delay: Delay,
     /// The topic it was published to, for per-topic counters ([`TopicIndex::NONE`] for dead letters
     /// and messages replayed from a journal).
     pub(crate) topic: TopicIndex,
@@ -92,28 +92,48 @@ pub(crate) struct Stamp {
 impl Stamp {
     /// A copy with a journal slot, due at once, from no topic (a dead letter).
     pub(crate) fn slot(slot: u64) -> Self {
-        Stamp { slot, due: Due::NOW, topic: TopicIndex::NONE }
+        Stamp { slot, delay: Delay::NONE, topic: TopicIndex::NONE }
     }
 }
 
-/// When a message is due, in nanoseconds after its broker started (every queue of a broker counts
-/// from that moment): eight bytes in the inbox message, where an `Option<Instant>` took sixteen and
-/// grew every publish's copy by a third.
+/// How long after its queue takes it a message may first be delivered (a delayed publish): in
+/// milliseconds up to 2³¹ − 1 (24 days), in seconds beyond (the top bit set), rounded up, so that it
+/// is never early; the copy reaches its queue microseconds after the publish. Four bytes, which fit
+/// beside the topic and the credit: the inbox message stays 24 bytes. An `Option<Instant>` grew it
+/// to 40 (fan-out at most once, one run: 3.26-3.38M deliveries/s before, 2.91-2.98M after), eight
+/// bytes of nanoseconds to 32 (3.13-3.19M in that run without any due time; 3.24-3.28M with this).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Due(u64);
+pub(crate) struct Delay(u32);
 
-impl Due {
+impl Delay {
     /// At once.
-    pub(crate) const NOW: Due = Due(0);
+    pub(crate) const NONE: Delay = Delay(0);
+    const IN_SECONDS: u32 = 1 << 31;
 
-    /// `at`, counted from `started` (at once for a moment before it).
-    pub(crate) fn at(started: tokio::time::Instant, at: tokio::time::Instant) -> Self {
-        Due(u64::try_from(at.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX).max(1))
+    /// `delay`, rounded up to the millisecond (to the second past 24 days).
+    pub(crate) fn of(delay: std::time::Duration) -> Self {
+        if delay.is_zero() {
+            return Delay::NONE;
+        }
+        let ms = delay.as_nanos().div_ceil(1_000_000);
+        match u32::try_from(ms) {
+            Ok(ms) if ms < Self::IN_SECONDS => Delay(ms),
+            _ => {
+                let s = delay.as_nanos().div_ceil(1_000_000_000);
+                Delay(Self::IN_SECONDS | u32::try_from(s).unwrap_or(u32::MAX).min(Self::IN_SECONDS - 1))
+            }
+        }
     }
 
-    /// The moment, for a broker started at `started`; `None` for at once.
-    pub(crate) fn instant(self, started: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        (self != Due::NOW).then(|| started + std::time::Duration::from_nanos(self.0))
+    /// The delay; `None` for at once.
+    pub(crate) fn duration(self) -> Option<std::time::Duration> {
+        match self.0 {
+            0 => None,
+            v if v & Self::IN_SECONDS != 0 => {
+                Some(std::time::Duration::from_secs(u64::from(v & !Self::IN_SECONDS)))
+            }
+            ms => Some(std::time::Duration::from_millis(u64::from(ms))),
+        }
     }
 }
 

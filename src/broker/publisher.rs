@@ -13,7 +13,7 @@ use super::{Confirm, PublishError, TryPublishError};
 use crate::ids::MessageId;
 use crate::message::{Deaths, Message, Payload};
 use crate::probe::{self, What};
-use crate::protocol::Due;
+use crate::protocol::Delay;
 use crate::queue::{Journal, Offer, QueueHandle, Stamp, NO_SLOT};
 use crate::routing::validate_key;
 use crate::stream::{Appended, StreamHandle};
@@ -169,29 +169,8 @@ struct Attempt {
     closed: u32,
     /// The message, when the publisher still holds a reference: kept for the waiting queues.
     held: Option<Arc<Message>>,
-    /// When it may be delivered.
-    when: When,
-}
-
-/// When a published message may be delivered: at once, or after a delay (counted from the publish).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct When {
-    /// For durable queues' journals, which keep the due time on the wall clock.
-    delay: Option<std::time::Duration>,
-    due: Due,
-}
-
-impl When {
-    /// At once.
-    const NOW: When = When { delay: None, due: Due::NOW };
-
-    /// Due `delay` from now (at once for zero), on the clock of a broker started at `started`.
-    pub(crate) fn after(delay: std::time::Duration, started: tokio::time::Instant) -> Self {
-        if delay.is_zero() {
-            return When::NOW;
-        }
-        When { delay: Some(delay), due: Due::at(started, tokio::time::Instant::now() + delay) }
-    }
+    /// How long after its queues take it it may be delivered.
+    when: Delay,
 }
 
 impl Attempt {
@@ -215,7 +194,7 @@ impl LocalPublisher {
         let msg = self.message(key, Payload::value(value), None);
         let streams = self.stream_targets(key);
         let bytes = (!streams.is_empty()).then(|| msg.payload.to_bytes());
-        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty(), When::NOW);
+        let mut attempt = self.route_and_offer(key, msg, !streams.is_empty(), Delay::NONE);
         // Written, not awaited: `try_publish` never waits, so its confirm does not cover a stream's
         // `fsync = "always"` (use `publish` for that).
         let _written = self.write_streams(&streams, key, bytes, &mut attempt);
@@ -224,7 +203,7 @@ impl LocalPublisher {
         }
         if attempt.reached_none() {
             let msg = attempt.held.take().expect("a closed queue hands the message back");
-            return Ok(self.try_alternate(msg, When::NOW).0);
+            return Ok(self.try_alternate(msg, Delay::NONE).0);
         }
         for (queue, slot) in &attempt.waiting {
             // Written to a journal, not taken by its queue: the record goes.
@@ -253,7 +232,7 @@ impl LocalPublisher {
         delay: std::time::Duration,
     ) -> Result<Confirm, PublishError> {
         check_delay(delay)?;
-        self.publish_when(key, payload, None, 1, When::after(delay, self.registry.started)).await.map(|(_, confirm)| confirm)
+        self.publish_when(key, payload, None, 1, Delay::of(delay)).await.map(|(_, confirm)| confirm)
     }
 
     async fn publish_as(
@@ -263,7 +242,7 @@ impl LocalPublisher {
         id: Option<MessageId>,
         attempt_no: u32,
     ) -> Result<(MessageId, Confirm), PublishError> {
-        self.publish_when(key, payload, id, attempt_no, When::NOW).await
+        self.publish_when(key, payload, id, attempt_no, Delay::NONE).await
     }
 
     async fn publish_when(
@@ -272,7 +251,7 @@ impl LocalPublisher {
         payload: Payload,
         id: Option<MessageId>,
         attempt_no: u32,
-        when: When,
+        when: Delay,
     ) -> Result<(MessageId, Confirm), PublishError> {
         self.check(key)?;
         let msg = self.message(key, payload, id);
@@ -350,14 +329,14 @@ impl LocalPublisher {
 
     /// An unroutable publish: to the topic's alternate queue if it has a live one, else dropped and
     /// counted. With a durable alternate queue, also the enqueue record to await.
-    fn try_alternate(&self, msg: Arc<Message>, when: When) -> (Confirm, Option<(Arc<Journal>, u64)>) {
+    fn try_alternate(&self, msg: Arc<Message>, when: Delay) -> (Confirm, Option<(Arc<Journal>, u64)>) {
         let alternate =
             self.topic.alternate.and_then(|id| self.registry.queues.load().by_id.get(&id).cloned());
         let counters = &self.topic.counters;
         counters.unroutable.fetch_add(1, Ordering::Relaxed);
         if let Some(queue) = alternate {
             let journal = queue.journal.as_ref().filter(|j| !j.is_deleted());
-            let journaled = match journal.map(|j| j.enqueue_payload(&msg, when.delay)) {
+            let journaled = match journal.map(|j| j.enqueue_payload(&msg, when.duration())) {
                 None => Ok(None),
                 Some(Ok((slot, offset))) => Ok(Some((slot, offset))),
                 Some(Err(e)) => Err(e),
@@ -386,7 +365,7 @@ impl LocalPublisher {
         let encoded =
             attempt.encoded.get_or_insert_with(|| msg.payload.to_bytes().map_err(|e| e.to_string()));
         let result = match encoded {
-            Ok(bytes) => journal.enqueue(msg, bytes, attempt.when.delay).map_err(|e| e.to_string()),
+            Ok(bytes) => journal.enqueue(msg, bytes, attempt.when.duration()).map_err(|e| e.to_string()),
             Err(e) => Err(e.clone()),
         };
         match result {
@@ -475,7 +454,7 @@ impl LocalPublisher {
 
     /// Routes `msg` and offers it to every target queue without waiting. With streams matched too
     /// (`streams`), a key no queue binding matches is routed (to the streams), not unroutable.
-    fn route_and_offer(&self, key: &str, msg: Arc<Message>, streams: bool, when: When) -> Attempt {
+    fn route_and_offer(&self, key: &str, msg: Arc<Message>, streams: bool, when: Delay) -> Attempt {
         let skips_binding = probe::bug(&self.registry.probe, |b| b.router_skips_binding);
         self.topic.with_route(key, &self.registry.queues, |route, targets| {
             if streams && route != Route::Queues {
@@ -490,14 +469,14 @@ impl LocalPublisher {
     }
 
     /// What travels with a copy to a queue: its journal slot there, its due time, this topic.
-    fn stamp(&self, slot: u64, when: When) -> Stamp {
-        Stamp { slot, due: when.due, topic: self.topic.index }
+    fn stamp(&self, slot: u64, when: Delay) -> Stamp {
+        Stamp { slot, delay: when, topic: self.topic.index }
     }
 
     /// Offers `msg` to `targets` without waiting. The last target gets the publisher's own reference
     /// rather than a clone, sparing a reference count round trip with the broker's thread; the message
     /// comes back in `Attempt::held` when a queue hands it back (no room now).
-    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>], when: When) -> Attempt {
+    fn attempt(&self, msg: Arc<Message>, route: Route, targets: &[Arc<QueueHandle>], when: Delay) -> Attempt {
         let accepted_names = self.registry.probe.as_ref().map(|_| Vec::new());
         let alternate = match (route, targets) {
             (Route::Alternate, [queue]) => Some(queue.name.clone()),

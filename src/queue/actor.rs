@@ -477,7 +477,8 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, msg: Enqueue) {
-        let timed = self.state.spec().message_ttl.is_some() || msg.stamp.due != crate::protocol::Due::NOW;
+        let timed =
+            self.state.spec().message_ttl.is_some() || msg.stamp.delay != crate::protocol::Delay::NONE;
         let now = if timed { Instant::now() } else { self.started };
         // Dead letters take a credit like publishes do, so that `depth_max` bounds both.
         let credited = msg.credited || self.take_credit();

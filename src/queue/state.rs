@@ -12,6 +12,8 @@ use tokio::time::Instant;
 use crate::ids::{ConsumerId, DeliveryTag, MessageId};
 use crate::message::{DeathReason, Message};
 use crate::probe::{self, DropReason, ProbeRef, RedeliverReason, What};
+#[cfg(test)]
+pub(crate) use crate::protocol::Delay;
 pub(crate) use crate::protocol::{SettleError, SettleOp, Stamp, TopicIndex};
 use crate::stats::QueueStats;
 use crate::topology::{DeliveryMode, Overflow, QueueSpec};
@@ -322,8 +324,8 @@ impl QueueState {
         now: Instant,
         stamp: Stamp,
     ) -> Enqueued {
-        let Stamp { slot, due, topic } = stamp;
-        let due = due.instant(self.started);
+        let Stamp { slot, delay, topic } = stamp;
+        let due = delay.duration().map(|d| now + d);
         self.stats.enqueued += 1;
         let full = self.depth() >= self.spec.depth_max;
         if full && !credited && self.spec.overflow != Overflow::DropHead {

@@ -125,3 +125,22 @@ fn an_inbox_message_stays_small() {
     assert!(size_of::<Enqueue>() <= 32, "Enqueue is {} bytes", size_of::<Enqueue>());
     assert!(size_of::<crate::protocol::DeliverItem>() <= 24, "DeliverItem grew");
 }
+
+/// A delay travels in four bytes and is never shortened: rounded up to the millisecond, to the
+/// second past 24 days, and a year (`DELAY_MAX`) still fits.
+#[test]
+fn a_delay_travels_rounded_up_never_early() {
+    use crate::protocol::Delay;
+    let of = |d: Duration| Delay::of(d).duration();
+    assert_eq!(of(Duration::ZERO), None);
+    assert_eq!(of(Duration::from_micros(1)), Some(Duration::from_millis(1)));
+    assert_eq!(of(Duration::from_micros(1500)), Some(Duration::from_millis(2)));
+    assert_eq!(of(Duration::from_millis(2_147_483_647)), Some(Duration::from_millis(2_147_483_647)));
+    let past_24_days = Duration::from_millis(2_147_483_648) + Duration::from_micros(1);
+    assert_eq!(of(past_24_days), Some(Duration::from_secs(2_147_484)));
+    let year = Duration::from_secs(365 * 24 * 60 * 60); // `DELAY_MAX`
+    assert_eq!(of(year), Some(year));
+    for d in [Duration::from_nanos(999), Duration::from_millis(59_999), year - Duration::from_nanos(1)] {
+        assert!(of(d).is_some_and(|back| back >= d), "{d:?} came back shorter");
+    }
+}

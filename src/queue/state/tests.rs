@@ -358,9 +358,8 @@ impl Harness {
         if delay.is_some_and(|d| !d.is_zero()) {
             self.delayed.insert(msg.id);
         }
-        let started = self.st.started;
-        let due = delay.map_or(Due::NOW, |d| Due::at(started, now + d));
-        let stamp = |slot| Stamp { slot, due, topic: TopicIndex::NONE };
+        let delay = delay.map_or(Delay::NONE, Delay::of);
+        let stamp = |slot| Stamp { slot, delay, topic: TopicIndex::NONE };
         match &mut self.credits {
             None => {
                 let slot = self.slot();
