@@ -281,12 +281,29 @@ impl std::fmt::Display for JobStats {
 #[derive(Debug, Clone, Copy)]
 struct Clock {
     base_ms: i64,
+    /// The moment the wall clock read exactly `base_ms`: a start at 10.7 ms counts from 10 ms
+    /// 0.7 ms earlier, so that `now_ms` never lags the wall clock by the fraction it dropped (which
+    /// made scheduled jobs start up to a millisecond late).
     base: tokio::time::Instant,
 }
 
 impl Clock {
+    /// The clock of a start at `wall`, taken now.
+    fn starting_at(wall: SystemTime) -> Self {
+        let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let base_ms = i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX);
+        let fraction = since_epoch - Duration::from_millis(since_epoch.as_millis() as u64);
+        let now = tokio::time::Instant::now();
+        Clock { base_ms, base: now.checked_sub(fraction).unwrap_or(now) }
+    }
+
     fn now_ms(&self) -> i64 {
         self.base_ms.saturating_add(i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Now, to the nanosecond, as time since the Unix epoch.
+    fn now_exact(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.base_ms).unwrap_or(0)) + self.base.elapsed()
     }
 
     fn instant_at(&self, ms: i64) -> tokio::time::Instant {
@@ -447,7 +464,7 @@ impl JobsBuilder {
     /// up. A bad expression fails [`JobsBuilder::start`].
     #[must_use]
     pub fn periodic<T: Job>(mut self, name: &str, cron: &str, job: &T) -> Self {
-        let new = new_job(job, &EnqueueOptions::default(), 0).map_err(|e| e.to_string());
+        let new = new_job(job, &EnqueueOptions::default(), 0, Duration::ZERO).map_err(|e| e.to_string());
         self.periodic.push((name.to_owned(), cron.to_owned(), new));
         self
     }
@@ -550,11 +567,7 @@ impl JobsBuilder {
             periodic.push(Periodic { name, cron, job });
         }
         let wall = self.start_time.unwrap_or_else(SystemTime::now);
-        let clock = Clock {
-            base_ms: i64::try_from(wall.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis())
-                .unwrap_or(i64::MAX),
-            base: tokio::time::Instant::now(),
-        };
+        let clock = Clock::starting_at(wall);
         let now = clock.now_ms();
         let log = match self.storage {
             Storage::Memory => None,
@@ -654,7 +667,19 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn new_job<T: Job>(job: &T, options: &EnqueueOptions, now: i64) -> Result<NewJob, EnqueueError> {
+/// `d` in whole milliseconds, rounded up: a due time is never before the moment asked for.
+fn ceil_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// A job ready to enter the store; `now` in milliseconds and `exact` (the same moment to the
+/// nanosecond, since the Unix epoch) for its due time.
+fn new_job<T: Job>(
+    job: &T,
+    options: &EnqueueOptions,
+    now: i64,
+    exact: Duration,
+) -> Result<NewJob, EnqueueError> {
     let defaults: JobOptions = T::options();
     let args =
         rmp_serde::to_vec(job).map_err(|e| EnqueueError::Encode { name: T::NAME, why: e.to_string() })?;
@@ -676,11 +701,11 @@ fn new_job<T: Job>(job: &T, options: &EnqueueOptions, now: i64) -> Result<NewJob
             if delay > DELAY_MAX {
                 return Err(EnqueueError::Invalid(format!("a delay of {delay:?} (at most 100 years)")));
             }
-            Some(now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)))
+            Some(ceil_ms(exact + delay).max(now))
         }
         When::At(at) => {
             let ms = match at.duration_since(UNIX_EPOCH) {
-                Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                Ok(d) => ceil_ms(d),
                 Err(_) => 0,
             };
             if ms.saturating_sub(now) > i64::try_from(DELAY_MAX.as_millis()).unwrap_or(i64::MAX) {
@@ -814,10 +839,11 @@ impl Jobs {
         if !self.inner.handlers.contains_key(T::NAME) {
             return Err(EnqueueError::UnknownJob(T::NAME.into()));
         }
-        let now = self.now();
+        let exact = self.inner.clock.now_exact();
+        let now = i64::try_from(exact.as_millis()).unwrap_or(i64::MAX);
         let mut prepared = Vec::new();
         for (job, options) in jobs {
-            let new = new_job(&job, &options, now)?;
+            let new = new_job(&job, &options, now, exact)?;
             if !self.inner.serving.contains_key(&new.queue) {
                 return Err(EnqueueError::UnknownQueue(new.queue.to_string()));
             }

@@ -599,3 +599,37 @@ async fn a_job_can_enqueue_its_follow_up() {
     assert_eq!(*order.lock().unwrap(), [1, 2, 3, 4, 5], "in order, though four workers run");
     jobs.shutdown().await;
 }
+
+/// A job enqueued for a moment between two milliseconds never starts before it, and not a whole
+/// millisecond after it either, whatever fraction of a millisecond the process started at.
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_job_never_starts_before_its_time() {
+    let started_at = start_time() + Duration::from_micros(700);
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let seen = starts.clone();
+    let t0 = tokio::time::Instant::now();
+    let jobs = Jobs::builder()
+        .start_time(started_at)
+        .handle(move |job: Work, _| {
+            seen.lock().unwrap().push((job.n, t0.elapsed()));
+            std::future::ready(Ok::<(), JobError>(()))
+        })
+        .start()
+        .unwrap();
+    // Due 2.4 ms and 5.0 ms after the start (in wall time), and 1.5 ms from now by delay.
+    jobs.enqueue_at(Work { n: 1 }, started_at + Duration::from_micros(2_400)).await.unwrap();
+    jobs.enqueue_at(Work { n: 2 }, started_at + Duration::from_millis(5)).await.unwrap();
+    jobs.enqueue_in(Work { n: 3 }, Duration::from_micros(1_500)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    jobs.idle().await;
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort();
+    let due = [Duration::from_micros(2_400), Duration::from_millis(5), Duration::from_micros(1_500)];
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    for ((n, at), due) in starts.iter().zip(due) {
+        assert!(*at >= due, "job {n} started at {at:?}, before its {due:?}");
+        // The store keeps whole milliseconds: at most one late, plus the timer's own millisecond.
+        assert!(*at <= due + Duration::from_millis(2), "job {n} started at {at:?}, long after {due:?}");
+    }
+    jobs.shutdown().await;
+}
