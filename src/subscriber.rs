@@ -3,9 +3,11 @@
 //! # Delivery guarantees
 //! A handler returns an [`Outcome`]. On an at-least-once queue, `Ack` settles the delivery, `Nack`
 //! with requeue puts it back at its original position, `Nack` without requeue or `Reject`
-//! dead-letters it (reason `rejected`), and `Defer` leaves it unacked until the handler's [`Acker`]
-//! settles it (or the ack deadline redelivers it). On an at-most-once queue the message was already
-//! settled when it was handed out: a `Nack` or `Reject` dead-letters it, it is never redelivered.
+//! dead-letters it (reason `rejected`), `Retry { after }` puts it back to be delivered again once
+//! `after` has passed (its delivery count raised, dead-lettered past the queue's `delivery_limit`),
+//! and `Defer` leaves it unacked until the handler's [`Acker`] settles it (or the ack deadline
+//! redelivers it). On an at-most-once queue the message was already settled when it was handed out:
+//! a `Nack`, `Reject` or `Retry` dead-letters it, it is never redelivered.
 //!
 //! A handler that panics is caught (actix's `Supervisor` restarts only actors that stop themselves, so
 //! the subscriber catches the unwind itself) and the subscriber restarts: every delivery it held is
