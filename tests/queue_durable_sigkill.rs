@@ -166,3 +166,63 @@ fn confirmed_unacked_messages_survive_sigkill_and_acked_ones_do_not() {
         assert!(!acked.is_empty(), "{fsync:?}: the child acked nothing");
     }
 }
+
+const CHILD_DELAYED: &str = "TUBEMAIL_QUEUE_SIGKILL_DELAYED";
+/// The delay of the child's publishes: far past the test's end.
+const AN_HOUR: Duration = Duration::from_secs(3600);
+
+/// The child of `confirmed_delayed_publishes_survive_sigkill_and_stay_scheduled`: publishes `n` due
+/// in an hour, writing `PUB n` once confirmed. Runs until killed.
+#[test]
+#[ignore = "the child process of confirmed_delayed_publishes_survive_sigkill_and_stay_scheduled"]
+fn sigkill_child_delayed_publisher() {
+    let (Ok(dir), Ok(report)) = (std::env::var(CHILD_DELAYED), std::env::var(CHILD_REPORT)) else {
+        return;
+    };
+    let out =
+        Arc::new(Mutex::new(std::fs::OpenOptions::new().create(true).append(true).open(report).unwrap()));
+    actix::System::new().block_on(async move {
+        let broker = Broker::builder(topology(Path::new(&dir), Fsync::Always)).arbiters(1).start().unwrap();
+        for n in 0_u64.. {
+            broker.publish_in("t", "", n, AN_HOUR).await.unwrap();
+            out.lock().unwrap().write_all(format!("PUB {n}\n").as_bytes()).unwrap();
+        }
+    });
+}
+
+/// A delayed publish confirmed under `fsync = "always"` survives a SIGKILL of its process, and the
+/// broker started afterwards keeps it scheduled (its due time an hour away), not ready.
+#[test]
+fn confirmed_delayed_publishes_survive_sigkill_and_stay_scheduled() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().with_extension("report-delayed");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "sigkill_child_delayed_publisher", "--test-threads=1"])
+        .env(CHILD_DELAYED, dir.path())
+        .env(CHILD_REPORT, &report)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = 0;
+    for _ in 0..60_000 {
+        seen = lines(&report).len();
+        if seen >= 300 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the child died before it was killed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(seen >= 300, "the child confirmed {seen} delayed publishes in a minute");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let confirmed = lines(&report).len() as u64;
+    let q = actix::System::new().block_on(async move {
+        let broker = Broker::builder(topology(dir.path(), Fsync::Always)).arbiters(1).start().unwrap();
+        let q = broker.stats().await.queues["q"].clone();
+        broker.shutdown(Duration::from_secs(1)).await;
+        q
+    });
+    println!("{confirmed} delayed publishes confirmed before the kill; after it: {q}");
+    assert!(q.recovered >= confirmed, "confirmed {confirmed}, recovered {}", q.recovered);
+    assert_eq!((q.scheduled, q.ready), (q.recovered, 0), "a delayed message came back ready: {q:?}");
+}
