@@ -145,8 +145,15 @@ async fn survive_a_restart(url: &str, restart: fn()) {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::spawn_blocking(restart).await.unwrap();
-    let (confirmed, failed) =
-        tokio::time::timeout(Duration::from_secs(120), publisher).await.unwrap().unwrap();
+    // Generous: how long the client takes to recover is the broker's and the client's (one CI run
+    // took over 120 s on RabbitMQ, where a dozen runs take 13 s); what is tested is that nothing
+    // confirmed is lost.
+    let (confirmed, failed) = match tokio::time::timeout(Duration::from_secs(300), publisher).await {
+        Ok(done) => done.unwrap(),
+        Err(_) => {
+            panic!("{backend}: the publisher did not get {MESSAGES} confirms within 300 s of the restart")
+        }
+    };
     assert_eq!(confirmed.len() as u64, MESSAGES);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
