@@ -223,10 +223,20 @@ impl<E: std::error::Error> From<E> for JobError {
 #[derive(Debug, Default)]
 pub(crate) struct CancelFlag {
     raised: AtomicBool,
+    /// Whether the job started (a worker may hold jobs it claimed ahead and not yet started).
+    started: AtomicBool,
     notify: Notify,
 }
 
 impl CancelFlag {
+    pub(crate) fn start(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn raise(&self) {
         self.raised.store(true, Ordering::Release);
         self.notify.notify_waiters();

@@ -1,14 +1,14 @@
 //! The running jobs: the store behind one lock, the journal on the storage engine, worker pools,
 //! the scheduler (due jobs, periodic ticks, the log's maintenance) and shutdown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -301,13 +301,28 @@ impl Clock {
         self.base_ms.saturating_add(i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX))
     }
 
+    /// Now in microseconds since the epoch.
+    fn now_us(&self) -> i64 {
+        self.us_at(tokio::time::Instant::now())
+    }
+
+    /// `at` in microseconds since the epoch.
+    fn us_at(&self, at: tokio::time::Instant) -> i64 {
+        let since = at.saturating_duration_since(self.base);
+        self.base_ms
+            .saturating_mul(1_000)
+            .saturating_add(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+    }
+
     /// Now, to the nanosecond, as time since the Unix epoch.
     fn now_exact(&self) -> Duration {
         Duration::from_millis(u64::try_from(self.base_ms).unwrap_or(0)) + self.base.elapsed()
     }
 
-    fn instant_at(&self, ms: i64) -> tokio::time::Instant {
-        self.base + Duration::from_millis(u64::try_from(ms.saturating_sub(self.base_ms)).unwrap_or(0))
+    /// The moment of `us` microseconds since the epoch on tokio's clock.
+    fn instant_at_us(&self, us: i64) -> tokio::time::Instant {
+        let after = u64::try_from(us.saturating_sub(self.base_ms.saturating_mul(1_000))).unwrap_or(0);
+        self.base + Duration::from_micros(after)
     }
 }
 
@@ -315,6 +330,13 @@ struct Shared {
     store: JobStore,
     rng: fastrand::Rng,
     running: FxHashMap<JobId, Arc<CancelFlag>>,
+}
+
+impl Shared {
+    /// Jobs running: claimed and started.
+    fn started(&self) -> usize {
+        self.running.values().filter(|flag| flag.is_started()).count()
+    }
 }
 
 struct Inner {
@@ -332,6 +354,10 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shutdown_timeout: Duration,
     maintenance_every: Duration,
+    precise: bool,
+    /// When the next scheduled job is due (µs since the epoch; `i64::MAX` for none), kept by
+    /// every change of the store: a worker running a batch looks at it between jobs.
+    next_due_us: AtomicI64,
 }
 
 /// Background jobs: see the [crate docs](crate). Cheap to clone.
@@ -366,6 +392,7 @@ pub struct JobsBuilder {
     iteration: IterationSettings,
     workers: bool,
     maintenance_every: Duration,
+    precise: bool,
 }
 
 impl Jobs {
@@ -384,6 +411,7 @@ impl Jobs {
             iteration: IterationSettings::default(),
             workers: true,
             maintenance_every: MAINTENANCE_EVERY,
+            precise: true,
         }
     }
 }
@@ -464,7 +492,9 @@ impl JobsBuilder {
     /// up. A bad expression fails [`JobsBuilder::start`].
     #[must_use]
     pub fn periodic<T: Job>(mut self, name: &str, cron: &str, job: &T) -> Self {
-        let new = new_job(job, &EnqueueOptions::default(), 0, Duration::ZERO).map_err(|e| e.to_string());
+        let prepare = Prepare::new::<T>(None, None);
+        let new =
+            new_job(job, &EnqueueOptions::default(), &prepare, 0, Duration::ZERO).map_err(|e| e.to_string());
         self.periodic.push((name.to_owned(), cron.to_owned(), new));
         self
     }
@@ -501,6 +531,16 @@ impl JobsBuilder {
     #[must_use]
     pub fn maintenance_every(mut self, every: Duration) -> Self {
         self.maintenance_every = every;
+        self
+    }
+
+    /// Whether a thread of its own wakes the scheduler at due times [true]. tokio's timer counts
+    /// whole milliseconds and rounds up, so without it a scheduled job is promoted up to a
+    /// millisecond late; with it, within the OS's timer slack (about 50 µs). Turn it off where time
+    /// is tokio's alone (paused time, the simulator): there it adds only wake-ups that replay differently.
+    #[must_use]
+    pub fn precise_schedule(mut self, on: bool) -> Self {
+        self.precise = on;
         self
     }
 
@@ -611,6 +651,8 @@ impl JobsBuilder {
             tasks: Mutex::new(Vec::new()),
             shutdown_timeout: self.shutdown_timeout,
             maintenance_every: self.maintenance_every,
+            precise: self.precise,
+            next_due_us: AtomicI64::new(i64::MAX),
         });
         let jobs = Jobs { inner: inner.clone() };
         // Recovery may have journaled interruptions.
@@ -667,9 +709,42 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// `d` in whole milliseconds, rounded up: a due time is never before the moment asked for.
-fn ceil_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+/// `d` in whole microseconds, rounded up: a due time is never before the moment asked for.
+fn ceil_us(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos().div_ceil(1_000)).unwrap_or(i64::MAX)
+}
+
+/// A due time in microseconds as the store keeps it: milliseconds and the microseconds past them;
+/// never before `now` (ms).
+fn due_parts(us: i64, now: i64) -> (i64, u16) {
+    if us < now.saturating_mul(1_000) {
+        return (now, 0);
+    }
+    (us.div_euclid(1_000), u16::try_from(us.rem_euclid(1_000)).unwrap_or(0))
+}
+
+/// What a batch of jobs of one type shares: its type's options, and the names the store already
+/// holds (so that a job's name and queue cost no allocation).
+struct Prepare<'a> {
+    defaults: JobOptions,
+    name: Arc<str>,
+    queues: Option<&'a BTreeMap<Arc<str>, Vec<usize>>>,
+}
+
+impl<'a> Prepare<'a> {
+    fn new<T: Job>(
+        names: Option<&BTreeMap<Arc<str>, Arc<dyn Handler>>>,
+        queues: Option<&'a BTreeMap<Arc<str>, Vec<usize>>>,
+    ) -> Self {
+        let name = names
+            .and_then(|n| n.get_key_value(T::NAME))
+            .map_or_else(|| Arc::from(T::NAME), |(k, _)| k.clone());
+        Prepare { defaults: T::options(), name, queues }
+    }
+
+    fn queue(&self, queue: &str) -> Arc<str> {
+        self.queues.and_then(|q| q.get_key_value(queue)).map_or_else(|| Arc::from(queue), |(k, _)| k.clone())
+    }
 }
 
 /// A job ready to enter the store; `now` in milliseconds and `exact` (the same moment to the
@@ -677,14 +752,15 @@ fn ceil_ms(d: Duration) -> i64 {
 fn new_job<T: Job>(
     job: &T,
     options: &EnqueueOptions,
+    prepare: &Prepare<'_>,
     now: i64,
     exact: Duration,
 ) -> Result<NewJob, EnqueueError> {
-    let defaults: JobOptions = T::options();
+    let defaults = &prepare.defaults;
     let args =
         rmp_serde::to_vec(job).map_err(|e| EnqueueError::Encode { name: T::NAME, why: e.to_string() })?;
-    let queue = options.queue.clone().unwrap_or(defaults.queue);
-    if let Some(why) = queue_problem(&queue) {
+    let queue = options.queue.as_deref().unwrap_or(&defaults.queue);
+    if let Some(why) = queue_problem(queue) {
         return Err(EnqueueError::Invalid(why));
     }
     let priority = options.priority.unwrap_or(defaults.priority);
@@ -695,26 +771,28 @@ fn new_job<T: Job>(
     if let Some(why) = policy.problem() {
         return Err(EnqueueError::Invalid(why));
     }
-    let run_at = match options.when.unwrap_or(When::Now) {
+    let due = match options.when.unwrap_or(When::Now) {
         When::Now => None,
         When::In(delay) => {
             if delay > DELAY_MAX {
                 return Err(EnqueueError::Invalid(format!("a delay of {delay:?} (at most 100 years)")));
             }
-            Some(ceil_ms(exact + delay).max(now))
+            Some(due_parts(ceil_us(exact + delay), now))
         }
         When::At(at) => {
-            let ms = match at.duration_since(UNIX_EPOCH) {
-                Ok(d) => ceil_ms(d),
+            let us = match at.duration_since(UNIX_EPOCH) {
+                Ok(d) => ceil_us(d),
                 Err(_) => 0,
             };
-            if ms.saturating_sub(now) > i64::try_from(DELAY_MAX.as_millis()).unwrap_or(i64::MAX) {
+            if us.div_euclid(1_000).saturating_sub(now)
+                > i64::try_from(DELAY_MAX.as_millis()).unwrap_or(i64::MAX)
+            {
                 return Err(EnqueueError::Invalid("a time more than 100 years ahead".into()));
             }
-            Some(ms.max(now))
+            Some(due_parts(us, now))
         }
     };
-    let unique = match options.unique.clone().or(defaults.unique_for.map(Unique::Args)) {
+    let unique = match options.unique.clone().or_else(|| defaults.unique_for.map(Unique::Args)) {
         None => None,
         Some(Unique::Key(key, ttl)) => {
             if key.len() > 1024 {
@@ -733,11 +811,12 @@ fn new_job<T: Job>(
         }
     };
     Ok(NewJob {
-        name: Arc::from(T::NAME),
-        queue: Arc::from(queue.as_str()),
+        name: prepare.name.clone(),
+        queue: prepare.queue(queue),
         args: Bytes::from(args),
         priority,
-        run_at,
+        run_at: due.map(|(ms, _)| ms),
+        due_micros: due.map_or(0, |(_, us)| us),
         policy,
         retry_for_ms: options.retry_for.or(defaults.retry_for).map(millis),
         timeout_ms: options.timeout.or(defaults.timeout).map(millis),
@@ -751,8 +830,15 @@ impl Jobs {
         self.inner.clock.now_ms()
     }
 
-    /// Appends the store's pending writes to the journal; returns the last offset written.
+    /// Publishes when the next scheduled job is due, for workers to look at without the lock.
+    fn note_due(&self, shared: &Shared) {
+        self.inner.next_due_us.store(shared.store.next_due_us().unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Appends the store's pending writes to the journal (and notes the next due time); returns the
+    /// last offset written.
     fn flush(&self, shared: &mut Shared) -> Result<Option<u64>, LogError> {
+        self.note_due(shared);
         let Some((_, partition)) = &self.inner.journal else { return Ok(None) };
         if !shared.store.has_writes() {
             return Ok(None);
@@ -842,8 +928,9 @@ impl Jobs {
         let exact = self.inner.clock.now_exact();
         let now = i64::try_from(exact.as_millis()).unwrap_or(i64::MAX);
         let mut prepared = Vec::new();
+        let prepare = Prepare::new::<T>(Some(&self.inner.handlers), Some(&self.inner.serving));
         for (job, options) in jobs {
-            let new = new_job(&job, &options, now, exact)?;
+            let new = new_job(&job, &options, &prepare, now, exact)?;
             if !self.inner.serving.contains_key(&new.queue) {
                 return Err(EnqueueError::UnknownQueue(new.queue.to_string()));
             }
@@ -856,7 +943,7 @@ impl Jobs {
             let mut shared = self.inner.shared.lock().expect("jobs");
             for new in prepared {
                 let queue = new.queue.clone();
-                let later = new.run_at.is_some_and(|at| at > now);
+                let later = new.run_at.is_some_and(|at| at > now || (at == now && new.due_micros > 0));
                 let result = shared.store.enqueue(new, now);
                 if result.is_ok() {
                     if later {
@@ -1006,7 +1093,7 @@ impl Jobs {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return ShutdownReport::default();
         }
-        let running = self.inner.shared.lock().expect("jobs").running.len();
+        let running = self.inner.shared.lock().expect("jobs").started();
         self.inner.stopping.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
         let mut interrupted = 0;
@@ -1024,7 +1111,7 @@ impl Jobs {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline), if !deadline_passed => {
                     deadline_passed = true;
-                    interrupted = self.inner.shared.lock().expect("jobs").running.len();
+                    interrupted = self.inner.shared.lock().expect("jobs").started();
                     self.inner.interrupt.send_replace(true);
                 }
             }
@@ -1071,15 +1158,47 @@ impl Jobs {
         self.inner.journal.as_ref().map(|(s, _)| s)
     }
 
-    fn claim(&self, pool: usize) -> Option<Claimed> {
-        let mut shared = self.inner.shared.lock().expect("jobs");
-        self.claim_locked(&mut shared, pool)
+    /// Claims up to `ahead` jobs for a worker of `pool` into `batch`, the store's lock held: at most
+    /// the pool's fair share of what its chosen queue holds, so that a worker holds back nothing
+    /// another worker could have started. Jobs that have come due are promoted first: under load
+    /// the workers see a due job at their next claim, sooner than the scheduler task would be polled
+    /// among them. Returns whether the pool has more ready.
+    fn claim_locked(
+        &self,
+        shared: &mut Shared,
+        pool: usize,
+        ahead: usize,
+        batch: &mut VecDeque<Claimed>,
+    ) -> bool {
+        if let Some(due) = shared.store.next_due_us() {
+            let now_us = self.inner.clock.now_us();
+            if due <= now_us {
+                let mut queues = shared.store.promote_due(now_us);
+                self.note_due(shared);
+                queues.dedup();
+                for queue in &queues {
+                    self.wake(queue);
+                }
+            }
+        }
+        let spec = &self.inner.pools[pool].spec;
+        for taken in 0..ahead.max(1) {
+            let Some(queue) = self.choose(shared, spec) else { break };
+            // Past the first, only while every other worker could take as many.
+            if taken > 0 && shared.store.ready_len(&queue) < spec.concurrency.saturating_mul(taken) {
+                break;
+            }
+            let Some(claim) = shared.store.claim(&queue) else { break };
+            let cancel = Arc::new(CancelFlag::default());
+            shared.running.insert(claim.id, cancel.clone());
+            batch.push_back(Claimed { claim, cancel });
+        }
+        spec.queues.iter().any(|(q, _)| shared.store.has_ready(q))
     }
 
-    /// Claims the next job for a worker of `pool`, the store's lock held.
-    fn claim_locked(&self, shared: &mut Shared, pool: usize) -> Option<Claimed> {
-        let spec = &self.inner.pools[pool].spec;
-        let queue = match spec.order {
+    /// The queue a worker of `spec` takes its next job from.
+    fn choose(&self, shared: &mut Shared, spec: &Pool) -> Option<Arc<str>> {
+        match spec.order {
             Order::Strict => {
                 spec.queues.iter().find(|(q, _)| shared.store.has_ready(q)).map(|(q, _)| q.clone())
             }
@@ -1104,116 +1223,152 @@ impl Jobs {
                         .map(|(q, _)| q.clone())
                 }
             }
-        }?;
-        let claim = shared.store.claim(&queue)?;
-        let cancel = Arc::new(CancelFlag::default());
-        shared.running.insert(claim.id, cancel.clone());
-        let more = spec.queues.iter().any(|(q, _)| shared.store.has_ready(q));
-        Some(Claimed { claim, cancel, more })
+        }
     }
 
-    /// Runs a claimed job and settles it; under the same lock, claims the worker's next job unless
-    /// the workers are stopping (one lock per job instead of two).
-    async fn run(&self, claimed: Claimed, pool: usize) -> Option<Claimed> {
-        let Claimed { claim, cancel, .. } = claimed;
-        let id = claim.id;
-        let outcome = match self.inner.handlers.get(&claim.name) {
-            None => Some(Outcome::Failed(Failure::Kill {
+    /// Runs a claimed job: `None` when a shutdown's timeout interrupted it.
+    async fn execute(&self, claimed: &Claimed, interrupt: &mut watch::Receiver<bool>) -> Option<Outcome> {
+        let Claimed { claim, cancel } = claimed;
+        let Some(handler) = self.inner.handlers.get(&claim.name) else {
+            return Some(Outcome::Failed(Failure::Kill {
                 reason: format!(
                     "no handler is registered for job {:?} (did the code change between deploys?)",
                     claim.name
                 ),
-            })),
-            Some(handler) => {
-                let ctx = JobContext {
-                    id,
-                    retries: claim.retries,
-                    tick: claim.tick,
-                    jobs: self.clone(),
-                    cancel: cancel.clone(),
-                    stopping: self.inner.stopping.subscribe(),
-                };
-                match std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(&claim, ctx))) {
-                    Err(panic) => Some(Outcome::Failed(Failure::Kill { reason: panic_reason(panic) })),
-                    Ok(future) => {
-                        let guarded = AssertUnwindSafe(future).catch_unwind();
-                        let timeout = claim.timeout_ms.map(Duration::from_millis);
-                        let mut interrupt = self.inner.interrupt.subscribe();
-                        tokio::select! {
-                            biased;
-                            _ = interrupt.wait_for(|stop| *stop) => None,
-                            () = cancel.raised() => Some(Outcome::Cancelled),
-                            result = with_timeout(guarded, timeout) => Some(match result {
-                                Some(Ok(outcome)) => outcome,
-                                Some(Err(panic)) => Outcome::Failed(Failure::Kill { reason: panic_reason(panic) }),
-                                None => Outcome::Failed(Failure::Retry {
-                                    reason: format!("timed out after {} ms", claim.timeout_ms.unwrap_or(0)),
-                                    delay_ms: None,
-                                }),
-                            }),
-                        }
-                    }
-                }
-            }
+            }));
         };
+        if cancel.is_raised() {
+            return Some(Outcome::Cancelled);
+        }
+        cancel.start();
+        let ctx = JobContext {
+            id: claim.id,
+            retries: claim.retries,
+            tick: claim.tick,
+            jobs: self.clone(),
+            cancel: cancel.clone(),
+            stopping: self.inner.stopping.subscribe(),
+        };
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(claim, ctx))) {
+            Err(panic) => return Some(Outcome::Failed(Failure::Kill { reason: panic_reason(panic) })),
+            Ok(future) => future,
+        };
+        let guarded = AssertUnwindSafe(future).catch_unwind();
+        let timeout = claim.timeout_ms.map(Duration::from_millis);
+        tokio::select! {
+            biased;
+            _ = interrupt.wait_for(|stop| *stop) => None,
+            () = cancel.raised() => Some(Outcome::Cancelled),
+            result = with_timeout(guarded, timeout) => Some(match result {
+                Some(Ok(outcome)) => outcome,
+                Some(Err(panic)) => Outcome::Failed(Failure::Kill { reason: panic_reason(panic) }),
+                None => Outcome::Failed(Failure::Retry {
+                    reason: format!("timed out after {} ms", claim.timeout_ms.unwrap_or(0)),
+                    delay_ms: None,
+                }),
+            }),
+        }
+    }
+
+    /// Settles the runs in `done`, gives back the claimed jobs left in `batch` (they never
+    /// started: each takes its old place again), and, under the same lock, claims the worker's next
+    /// `ahead` jobs into `batch` unless the workers are stopping (one lock per batch of jobs). Returns
+    /// whether the pool has more ready.
+    fn settle(
+        &self,
+        done: &mut Vec<(JobId, Option<Outcome>)>,
+        batch: &mut VecDeque<Claimed>,
+        pool: usize,
+        ahead: Option<usize>,
+    ) -> bool {
         let now = self.now();
-        let mut queue_again = None;
+        let mut queues_again = Vec::new();
         let last;
-        let next;
+        let more;
         {
             let mut shared = self.inner.shared.lock().expect("jobs");
             let shared = &mut *shared;
-            match outcome {
-                Some(Outcome::Done) => {
-                    shared.store.complete(id);
-                }
-                Some(Outcome::Failed(failure)) => {
-                    if let Some(fate) = shared.store.fail(id, failure.clone(), now, &mut shared.rng) {
-                        tracing::warn!(%id, ?failure, ?fate, "job failed");
-                        if matches!(fate, crate::store::Fate::Retry { .. }) {
-                            self.inner.scheduler.notify_one();
+            for (id, outcome) in done.drain(..) {
+                match outcome {
+                    Some(Outcome::Done) => {
+                        shared.store.complete(id);
+                    }
+                    Some(Outcome::Failed(failure)) => {
+                        if let Some(fate) = shared.store.fail(id, failure.clone(), now, &mut shared.rng) {
+                            tracing::warn!(%id, ?failure, ?fate, "job failed");
+                            if matches!(fate, crate::store::Fate::Retry { .. }) {
+                                self.inner.scheduler.notify_one();
+                            }
                         }
                     }
+                    Some(Outcome::Yield) => {
+                        shared.store.put_back(id, false, now);
+                        queues_again.extend(shared.store.get(id).map(|r| r.queue.clone()));
+                    }
+                    #[cfg(feature = "broken")]
+                    None if crate::broken::bugs().shutdown_drops_running => {
+                        shared.store.complete(id);
+                    }
+                    Some(Outcome::Stopped) | None => {
+                        shared.store.put_back(id, true, now);
+                    }
+                    Some(Outcome::Cancelled) => {
+                        shared.store.finish_cancelled(id);
+                    }
                 }
-                Some(Outcome::Yield) => {
-                    shared.store.put_back(id, false, now);
-                    queue_again = shared.store.get(id).map(|r| r.queue.clone());
-                }
-                #[cfg(feature = "broken")]
-                None if crate::broken::bugs().shutdown_drops_running => {
-                    shared.store.complete(id);
-                }
-                Some(Outcome::Stopped) | None => {
-                    shared.store.put_back(id, true, now);
-                }
-                Some(Outcome::Cancelled) => {
-                    shared.store.finish_cancelled(id);
-                }
+                shared.running.remove(&id);
             }
-            shared.running.remove(&id);
+            Self::give_back_locked(shared, batch);
+            if let Err(e) = self.flush(shared) {
+                tracing::error!(%e, "the jobs' journal failed");
+            }
+            more = match ahead {
+                Some(ahead) if !*self.inner.stopping.borrow() => {
+                    self.claim_locked(shared, pool, ahead, batch)
+                }
+                _ => self.inner.pools[pool].spec.queues.iter().any(|(q, _)| shared.store.has_ready(q)),
+            };
             // `idle` and `shutdown` wait for no job running: nothing to tell them before that.
             last = shared.running.is_empty();
-            if let Err(e) = self.flush(shared) {
-                tracing::error!(%id, %e, "the jobs' journal failed");
-            }
-            next = if *self.inner.stopping.borrow() { None } else { self.claim_locked(shared, pool) };
         }
-        if let Some(queue) = queue_again {
-            self.wake(&queue);
+        queues_again.dedup();
+        for queue in &queues_again {
+            self.wake(queue);
         }
-        if last && next.is_none() {
+        if last {
             self.inner.idle.notify_waiters();
         }
-        next
+        more
     }
 }
 
-/// A job a worker claimed, its cancellation flag, and whether its pool has more ready.
+impl Jobs {
+    fn give_back_locked(shared: &mut Shared, batch: &mut VecDeque<Claimed>) {
+        for Claimed { claim, cancel } in batch.drain(..) {
+            if cancel.is_raised() {
+                shared.store.finish_cancelled(claim.id);
+            } else {
+                shared.store.unclaim(claim.id);
+            }
+            shared.running.remove(&claim.id);
+        }
+    }
+}
+
+/// A job a worker claimed, and its cancellation flag.
 struct Claimed {
     claim: Claim,
     cancel: Arc<CancelFlag>,
-    more: bool,
 }
+
+/// The most jobs a worker claims at once: a run of short jobs (each within
+/// [`CLAIM_AHEAD_BUDGET`]) is claimed and settled a batch at a time, one lock for many jobs. A worker
+/// never claims ahead more than its pool's share of what the queue holds.
+pub const CLAIM_AHEAD_MAX: usize = 64;
+
+/// How long a worker runs jobs it claimed ahead before it settles them and gives back the rest
+/// (at once when a job is still running then).
+pub const CLAIM_AHEAD_BUDGET: Duration = Duration::from_micros(200);
 
 async fn with_timeout<F: Future>(future: F, timeout: Option<Duration>) -> Option<F::Output> {
     match timeout {
@@ -1222,8 +1377,14 @@ async fn with_timeout<F: Future>(future: F, timeout: Option<Duration>) -> Option
     }
 }
 
+/// A worker: claims a batch (one job, or more while jobs are short), runs them one at a time, and
+/// settles them together.
 async fn worker(jobs: Jobs, pool: usize) {
     let mut stopping = jobs.inner.stopping.subscribe();
+    let mut interrupt = jobs.inner.interrupt.subscribe();
+    let mut batch: VecDeque<Claimed> = VecDeque::new();
+    let mut done: Vec<(JobId, Option<Outcome>)> = Vec::new();
+    let mut ahead = 1;
     loop {
         if *stopping.borrow() {
             return;
@@ -1231,32 +1392,143 @@ async fn worker(jobs: Jobs, pool: usize) {
         let notified = jobs.inner.pools[pool].wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match jobs.claim(pool) {
-            Some(mut claimed) => loop {
-                if claimed.more {
-                    jobs.inner.pools[pool].wake.notify_one();
+        let more = {
+            let mut shared = jobs.inner.shared.lock().expect("jobs");
+            jobs.claim_locked(&mut shared, pool, ahead, &mut batch)
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                biased;
+                _ = stopping.changed() => {}
+                () = &mut notified => {}
+            }
+            continue;
+        }
+        let mut more = more;
+        while !batch.is_empty() {
+            if more {
+                jobs.inner.pools[pool].wake.notify_one();
+            }
+            // One timer per batch: past it, what is left of the batch goes back.
+            let started = tokio::time::Instant::now();
+            let budget = tokio::time::sleep_until(started + CLAIM_AHEAD_BUDGET);
+            tokio::pin!(budget);
+            let mut within = true;
+            while let Some(claimed) = batch.pop_front() {
+                if *stopping.borrow() {
+                    batch.push_front(claimed);
+                    break;
                 }
-                match jobs.run(claimed, pool).await {
-                    Some(next) => claimed = next,
-                    None => break,
+                let run = jobs.execute(&claimed, &mut interrupt);
+                tokio::pin!(run);
+                let outcome = tokio::select! {
+                    biased;
+                    outcome = &mut run => outcome,
+                    () = &mut budget, if within && !(batch.is_empty() && done.is_empty()) => {
+                        // The job runs long: settle what ran, give back what it held.
+                        within = false;
+                        if jobs.settle(&mut done, &mut batch, pool, None) {
+                            jobs.inner.pools[pool].wake.notify_one();
+                        }
+                        run.await
+                    }
+                };
+                done.push((claimed.claim.id, outcome));
+                let now = tokio::time::Instant::now();
+                if within && now - started > CLAIM_AHEAD_BUDGET {
+                    within = false;
+                }
+                // A scheduled job come due is promoted at the next claim: settle now.
+                if !within || jobs.inner.clock.us_at(now) >= jobs.inner.next_due_us.load(Ordering::Relaxed) {
+                    break;
                 }
                 // A run of ready handlers never returns Pending: yield when tokio's budget says so.
                 tokio::task::consume_budget().await;
-            },
-            None => {
-                tokio::select! {
-                    biased;
-                    _ = stopping.changed() => {}
-                    () = &mut notified => {}
-                }
+            }
+            ahead = if within { (ahead * 2).min(CLAIM_AHEAD_MAX) } else { (ahead / 2).max(1) };
+            more = jobs.settle(&mut done, &mut batch, pool, Some(ahead));
+        }
+    }
+}
+
+/// Wakes the scheduler at the moment it asks for, on a thread of its own, to within the OS's timer
+/// slack: tokio's timer would round the moment up to its next millisecond. The scheduler still
+/// sleeps on tokio's timer too (paused time, the simulator); the thread ends when the alarm drops.
+struct Alarm {
+    state: Arc<(Mutex<AlarmState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct AlarmState {
+    at: Option<std::time::Instant>,
+    closed: bool,
+}
+
+impl Alarm {
+    fn start(inner: Weak<Inner>) -> Option<Alarm> {
+        let state = Arc::new((Mutex::new(AlarmState::default()), Condvar::new()));
+        let theirs = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tubemail-jobs-alarm".into())
+            .spawn(move || Alarm::run(&theirs, &inner));
+        match spawned {
+            Ok(_) => Some(Alarm { state }),
+            Err(e) => {
+                tracing::warn!(%e, "no alarm thread: scheduled jobs start up to a millisecond later");
+                None
             }
         }
+    }
+
+    /// Rings at `at` (tokio's clock), replacing the moment set before.
+    fn set(&self, at: tokio::time::Instant) {
+        let (lock, ring) = &*self.state;
+        let mut state = lock.lock().expect("alarm");
+        if state.at != Some(at.into_std()) {
+            state.at = Some(at.into_std());
+            ring.notify_one();
+        }
+    }
+
+    fn run(state: &(Mutex<AlarmState>, Condvar), inner: &Weak<Inner>) {
+        let (lock, ring) = state;
+        let mut guard = lock.lock().expect("alarm");
+        loop {
+            if guard.closed {
+                return;
+            }
+            let now = std::time::Instant::now();
+            match guard.at {
+                Some(at) if at <= now => {
+                    guard.at = None;
+                    drop(guard);
+                    match inner.upgrade() {
+                        Some(inner) => inner.scheduler.notify_one(),
+                        None => return,
+                    }
+                    guard = lock.lock().expect("alarm");
+                }
+                Some(at) => guard = ring.wait_timeout(guard, at - now).expect("alarm").0,
+                None => guard = ring.wait(guard).expect("alarm"),
+            }
+        }
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        let (lock, ring) = &*self.state;
+        if let Ok(mut state) = lock.lock() {
+            state.closed = true;
+        }
+        ring.notify_one();
     }
 }
 
 async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
     let mut stopping = jobs.inner.stopping.subscribe();
     let clock = jobs.inner.clock;
+    let alarm = if jobs.inner.precise { Alarm::start(Arc::downgrade(&jobs.inner)) } else { None };
     let next_tick = |p: &Periodic, after: i64| -> Option<i64> {
         let at = chrono::DateTime::from_timestamp_millis(after)?;
         p.cron.find_next_occurrence(&at, false).ok().map(|t| t.timestamp_millis())
@@ -1278,10 +1550,11 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
         let notified = jobs.inner.scheduler.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let now = clock.now_ms();
+        let now_us = clock.now_us();
+        let now = now_us.div_euclid(1_000);
         let (queues, next_due) = {
             let mut shared = jobs.inner.shared.lock().expect("jobs");
-            let mut queues = shared.store.promote_due(now);
+            let mut queues = shared.store.promote_due(now_us);
             for (p, tick) in periodic.iter().zip(ticks.iter_mut()) {
                 while let Some(at) = *tick {
                     if at > now {
@@ -1302,7 +1575,7 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
             if let Err(e) = jobs.flush(&mut shared) {
                 tracing::error!(%e, "the jobs' journal failed");
             }
-            (queues, shared.store.next_due())
+            (queues, shared.store.next_due_us())
         };
         let mut queues = queues;
         queues.sort();
@@ -1328,9 +1601,15 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
                 }
             }
         }
-        let wake_at =
-            [next_due, ticks.iter().flatten().min().copied(), Some(maintenance)].into_iter().flatten().min();
-        let sleep = tokio::time::sleep_until(clock.instant_at(wake_at.unwrap_or(maintenance)));
+        let wake_us = [next_due, ticks.iter().flatten().min().map(|ms| ms.saturating_mul(1_000))]
+            .into_iter()
+            .flatten()
+            .fold(maintenance.saturating_mul(1_000), i64::min);
+        let wake_at = clock.instant_at_us(wake_us);
+        if let Some(alarm) = &alarm {
+            alarm.set(wake_at);
+        }
+        let sleep = tokio::time::sleep_until(wake_at);
         tokio::select! {
             biased;
             _ = stopping.changed() => {}

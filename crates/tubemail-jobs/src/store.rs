@@ -13,11 +13,11 @@
 //! journaled: after a crash, a scheduled job whose time has come is available, and an executing one
 //! is available again (jobs run at least once).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::RetryPolicy;
@@ -128,6 +128,18 @@ pub struct JobRecord {
     /// Its place among jobs of its priority (smaller first): its id, or below every id when put
     /// back at the front of its queue.
     pub order: i64,
+    /// The microseconds past `run_at` that it is due (0 to 999): a job enqueued for a time is
+    /// promoted within a fraction of a millisecond of it, never before. Records written before it
+    /// existed read as 0 (their `run_at` was rounded up to the millisecond).
+    #[serde(default)]
+    pub due_micros: u16,
+}
+
+impl JobRecord {
+    /// When it is due, in microseconds since the epoch.
+    pub fn due_us(&self) -> i64 {
+        self.run_at.saturating_mul(1_000).saturating_add(i64::from(self.due_micros))
+    }
 }
 
 /// A job to enqueue.
@@ -141,8 +153,10 @@ pub struct NewJob {
     pub args: Bytes,
     /// 0 (first) to 9.
     pub priority: u8,
-    /// When it is due (`None`: now).
+    /// When it is due, in milliseconds (`None`: now).
     pub run_at: Option<i64>,
+    /// The microseconds past `run_at` that it is due (0 to 999).
+    pub due_micros: u16,
     /// Its retry policy.
     pub policy: RetryPolicy,
     /// Retries stop this long after the first failure.
@@ -162,6 +176,44 @@ pub struct Write {
     pub key: Vec<u8>,
     /// The value; `None` deletes the key.
     pub value: Option<Vec<u8>>,
+}
+
+/// Hashes job ids so that consecutive ids sit in consecutive buckets of the store's map. Jobs are
+/// enqueued and claimed roughly in id order, so a backlog of hundreds of thousands is walked in
+/// memory order instead of at random: with a scattering hash each claim missed the cache (17% of
+/// the workers' time at a backlog of 400,000). The top seven bits, the map's tag, come from the
+/// id's low bits. Ids are the store's own, never chosen by a caller. No iteration over the map
+/// reaches behaviour (`all` sorts).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// See [`IdHash`].
+#[derive(Debug)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+        self.0 = self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n ^ (n << 57);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// The key of job `id`'s record.
@@ -318,7 +370,8 @@ pub struct Counters {
 /// The jobs' state.
 #[derive(Debug)]
 pub struct JobStore {
-    jobs: FxHashMap<JobId, JobRecord>,
+    /// Boxed: the map's growth moves pointers, not records of a few hundred bytes.
+    jobs: HashMap<JobId, Box<JobRecord>, IdHash>,
     ready: BTreeMap<Arc<str>, BTreeSet<(u8, i64, JobId)>>,
     timed: BTreeSet<(i64, JobId)>,
     executing: BTreeSet<JobId>,
@@ -344,7 +397,7 @@ impl JobStore {
     /// An empty store. `journaled` false keeps no outbox (memory-only jobs).
     pub fn new(limits: Limits, journaled: bool) -> Self {
         JobStore {
-            jobs: FxHashMap::default(),
+            jobs: HashMap::default(),
             ready: BTreeMap::new(),
             timed: BTreeSet::new(),
             executing: BTreeSet::new(),
@@ -414,7 +467,7 @@ impl JobStore {
         for id in executing {
             store.put_back(id, true, now);
         }
-        store.promote_due(now);
+        store.promote_due(now.saturating_mul(1_000));
         (store, bad)
     }
 
@@ -426,8 +479,8 @@ impl JobStore {
             }
         }
         match record.state {
-            JobState::Scheduled | JobState::Retryable if record.run_at > now => {
-                self.timed.insert((record.run_at, id));
+            JobState::Scheduled | JobState::Retryable if record.due_us() > now.saturating_mul(1_000) => {
+                self.timed.insert((record.due_us(), id));
             }
             JobState::Scheduled | JobState::Retryable | JobState::Available => {
                 record.state = JobState::Available;
@@ -444,17 +497,17 @@ impl JobStore {
                 self.dead.insert((record.died_at.unwrap_or(now), id));
             }
         }
-        self.jobs.insert(id, record);
+        self.jobs.insert(id, Box::new(record));
     }
 
     fn journal(&mut self, id: JobId) {
         if self.journaled {
-            let value = self.jobs.get(&id).map(encode);
+            let value = self.jobs.get(&id).map(|r| encode(r));
             self.writes.push(Write { key: job_key(id), value });
         }
     }
 
-    fn remove(&mut self, id: JobId) -> Option<JobRecord> {
+    fn remove(&mut self, id: JobId) -> Option<Box<JobRecord>> {
         let record = self.jobs.remove(&id)?;
         if let Some(lock) = &record.unique {
             if self.unique.get(&lock.key).is_some_and(|(holder, _)| *holder == id) {
@@ -524,13 +577,15 @@ impl JobStore {
         };
         let id = self.next_id();
         let run_at = job.run_at.unwrap_or(now);
+        let due_micros = if job.run_at.is_some() { job.due_micros.min(999) } else { 0 };
+        let later = run_at > now || (run_at == now && due_micros > 0);
         let record = JobRecord {
             id,
             name: job.name,
             queue: job.queue,
             args: job.args,
             priority: job.priority.min(9),
-            state: if run_at > now { JobState::Scheduled } else { JobState::Available },
+            state: if later { JobState::Scheduled } else { JobState::Available },
             enqueued_at: now,
             run_at,
             retries: 0,
@@ -545,6 +600,7 @@ impl JobStore {
             died_at: None,
             progress: Progress::default(),
             order: i64::try_from(id.0).unwrap_or(i64::MAX),
+            due_micros,
         };
         self.insert(record, now);
         self.journal(id);
@@ -581,12 +637,12 @@ impl JobStore {
         self.ticks.get(name).copied()
     }
 
-    /// Moves scheduled and retryable jobs whose time has come to their queues; returns the queues
-    /// that got jobs (with repeats).
-    pub fn promote_due(&mut self, now: i64) -> Vec<Arc<str>> {
+    /// Moves scheduled and retryable jobs due by `now_us` (microseconds since the epoch) to their
+    /// queues; returns the queues that got jobs (with repeats).
+    pub fn promote_due(&mut self, now_us: i64) -> Vec<Arc<str>> {
         let mut queues = Vec::new();
         while let Some(&(at, id)) = self.timed.first() {
-            if at > now {
+            if at > now_us {
                 break;
             }
             self.timed.pop_first();
@@ -603,8 +659,8 @@ impl JobStore {
         queues
     }
 
-    /// When the next scheduled or retryable job is due.
-    pub fn next_due(&self) -> Option<i64> {
+    /// When the next scheduled or retryable job is due, in microseconds since the epoch.
+    pub fn next_due_us(&self) -> Option<i64> {
         self.timed.first().map(|&(at, _)| at)
     }
 
@@ -629,6 +685,23 @@ impl JobStore {
             progress: record.progress.clone(),
             tick: record.periodic.as_ref().map(|(_, tick)| *tick),
         })
+    }
+
+    /// Gives back a job claimed but never started: it takes its old place in its queue again. No
+    /// interruption is counted and nothing is journaled (the journal never saw the claim).
+    pub fn unclaim(&mut self, id: JobId) -> bool {
+        if !self.executing(id) {
+            return false;
+        }
+        let record = self.jobs.get_mut(&id).expect("an executing job exists");
+        record.state = JobState::Available;
+        self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
+        true
+    }
+
+    /// How many jobs of `queue` are available.
+    pub fn ready_len(&self, queue: &str) -> usize {
+        self.ready.get(queue).map_or(0, BTreeSet::len)
     }
 
     fn executing(&mut self, id: JobId) -> bool {
@@ -683,8 +756,9 @@ impl JobStore {
                         }
                     }
                     record.run_at = now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX));
+                    record.due_micros = 0;
                     let at = record.run_at;
-                    self.timed.insert((at, id));
+                    self.timed.insert((record.due_us(), id));
                     self.journal(id);
                     self.counters.retried += 1;
                     Some(Fate::Retry { at })
@@ -748,6 +822,7 @@ impl JobStore {
         let record = self.jobs.get_mut(&id).expect("an executing job exists");
         record.state = JobState::Available;
         record.run_at = now;
+        record.due_micros = 0;
         record.order = order;
         record.progress.interruptions += 1;
         self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
@@ -785,7 +860,7 @@ impl JobStore {
                 Cancelled::Removed
             }
             JobState::Scheduled | JobState::Retryable => {
-                self.timed.remove(&(record.run_at, id));
+                self.timed.remove(&(record.due_us(), id));
                 self.remove(id);
                 self.counters.cancelled += 1;
                 Cancelled::Removed
@@ -805,7 +880,7 @@ impl JobStore {
 
     /// The dead set, newest first.
     pub fn dead(&self) -> Vec<&JobRecord> {
-        self.dead.iter().rev().filter_map(|(_, id)| self.jobs.get(id)).collect()
+        self.dead.iter().rev().filter_map(|(_, id)| self.jobs.get(id).map(|r| &**r)).collect()
     }
 
     /// Puts dead job `id` back in its queue with its retries reset (Sidekiq's "retry now").
@@ -821,6 +896,7 @@ impl JobStore {
         record.first_failed_at = None;
         record.died_at = None;
         record.run_at = now;
+        record.due_micros = 0;
         self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
         self.journal(id);
         self.counters.resurrected += 1;
@@ -839,12 +915,12 @@ impl JobStore {
 
     /// A job's record.
     pub fn get(&self, id: JobId) -> Option<&JobRecord> {
-        self.jobs.get(&id)
+        self.jobs.get(&id).map(|r| &**r)
     }
 
     /// Every job, by id.
     pub fn all(&self) -> Vec<&JobRecord> {
-        let mut all: Vec<&JobRecord> = self.jobs.values().collect();
+        let mut all: Vec<&JobRecord> = self.jobs.values().map(|r| &**r).collect();
         all.sort_by_key(|r| r.id);
         all
     }
@@ -879,7 +955,9 @@ impl JobStore {
                     .ready
                     .get(&record.queue)
                     .is_some_and(|s| s.contains(&(record.priority, record.order, record.id))),
-                JobState::Scheduled | JobState::Retryable => self.timed.contains(&(record.run_at, record.id)),
+                JobState::Scheduled | JobState::Retryable => {
+                    self.timed.contains(&(record.due_us(), record.id))
+                }
                 JobState::Executing => self.executing.contains(&record.id),
                 JobState::Dead => self.dead.iter().any(|(_, id)| *id == record.id),
             };

@@ -290,6 +290,8 @@ fn start(dir: &std::path::Path, seed: u64, wall_ms: i64, workers: usize, checkpo
         // No sync thread: acks at once, and nothing runs off this thread (a process crash keeps
         // what was written, as the page cache does).
         .fsync(Fsync::Never)
+        // Time is tokio's paused clock alone: no alarm thread's wake-ups.
+        .precise_schedule(false)
         .seed(seed)
         .start_time(UNIX_EPOCH + Duration::from_millis(wall_ms as u64))
         .shutdown_timeout(Duration::from_millis(SHUTDOWN_TIMEOUT_MS))

@@ -8,6 +8,7 @@ fn new_job(queue: &str, run_at: Option<i64>, unique: Option<&str>) -> NewJob {
         args: Bytes::from_static(b"\x90"),
         priority: 0,
         run_at,
+        due_micros: 0,
         policy: RetryPolicy::Fixed { retries: 2, delay_ms: 10 },
         retry_for_ms: None,
         timeout_ms: None,
@@ -90,7 +91,7 @@ proptest! {
                     let _ = store.enqueue_tick(&format!("p{name}"), i64::from(tick) * 1_000, new_job("q0", None, None), now);
                 }
                 Op::Claim { queue } => {
-                    store.promote_due(now);
+                    store.promote_due(now * 1_000);
                     if let Some(claim) = store.claim(&format!("q{queue}")) {
                         claimed.push(claim.id);
                     }
@@ -187,4 +188,22 @@ fn a_periodic_tick_is_enqueued_once_even_when_its_tick_record_was_lost() {
     let (mut recovered, _) =
         JobStore::recover(Limits::default(), writes.into_iter().map(|w| (w.key, w.value)), 5_001);
     assert_eq!(recovered.enqueue_tick("nightly", 5_000, new_job("q", None, None), 5_001), Ok(None));
+}
+
+#[test]
+fn a_job_due_between_two_milliseconds_is_promoted_at_its_microsecond() {
+    let mut store = JobStore::new(Limits::default(), true);
+    let mut job = new_job("q", Some(1_000), None);
+    job.due_micros = 500;
+    let id = store.enqueue(job, 1_000).unwrap();
+    assert_eq!(store.get(id).unwrap().state, JobState::Scheduled, "due later within this millisecond");
+    assert_eq!(store.next_due_us(), Some(1_000_500));
+    assert!(store.promote_due(1_000_499).is_empty(), "a microsecond early");
+    assert_eq!(store.promote_due(1_000_500).len(), 1);
+    assert!(store.claim("q").is_some());
+    // Its record keeps the microseconds across a restart.
+    let (recovered, bad) =
+        JobStore::recover(Limits::default(), store.take_writes().into_iter().map(|w| (w.key, w.value)), 999);
+    assert!(bad.is_empty());
+    assert_eq!(recovered.next_due_us(), Some(1_000_500));
 }
