@@ -57,7 +57,10 @@
 //! # Backpressure
 //! The store holds at most [`Limits::jobs_max`] jobs (an enqueue beyond is refused with
 //! [`Refused::Full`]); the dead set at most [`Limits::dead_max`]; each pool runs at most its
-//! concurrency; a policy retries at most [`policy::RETRIES_MAX`] times.
+//! concurrency; a policy retries at most [`policy::RETRIES_MAX`] times. A worker whose jobs are short
+//! claims up to [`CLAIM_AHEAD_MAX`] at once (never more than every other worker of its pool could
+//! also take) and settles them together; once a job runs past [`CLAIM_AHEAD_BUDGET`] it settles what
+//! ran and gives back what it held, so `executing` and `completed` lag by at most that budget.
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then
@@ -82,7 +85,8 @@ pub use job::{EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, Whe
 pub use policy::RetryPolicy;
 pub use runtime::{
     read_journal, EnqueueError, Entry, JobStats, Jobs, JobsBuilder, Order, Pool, ShutdownReport, StartError,
-    DELAY_MAX, JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM, MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
+    CLAIM_AHEAD_BUDGET, CLAIM_AHEAD_MAX, DELAY_MAX, JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM, MAINTENANCE_EVERY,
+    POOL_CONCURRENCY_MAX,
 };
 pub use store::{Cancelled, Counters, JobId, JobRecord, JobState, Limits, Progress, Refused, Sizes};
 pub use tubemail_log::Fsync;

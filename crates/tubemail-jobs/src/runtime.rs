@@ -1255,10 +1255,10 @@ impl Jobs {
         };
         let guarded = AssertUnwindSafe(future).catch_unwind();
         let timeout = claim.timeout_ms.map(Duration::from_millis);
+        // The run first: a handler that is done at its first poll costs no waiter on the
+        // interruption or the cancellation (a run that ended is not interrupted).
         tokio::select! {
             biased;
-            _ = interrupt.wait_for(|stop| *stop) => None,
-            () = cancel.raised() => Some(Outcome::Cancelled),
             result = with_timeout(guarded, timeout) => Some(match result {
                 Some(Ok(outcome)) => outcome,
                 Some(Err(panic)) => Outcome::Failed(Failure::Kill { reason: panic_reason(panic) }),
@@ -1267,6 +1267,8 @@ impl Jobs {
                     delay_ms: None,
                 }),
             }),
+            _ = interrupt.wait_for(|stop| *stop) => None,
+            () = cancel.raised() => Some(Outcome::Cancelled),
         }
     }
 

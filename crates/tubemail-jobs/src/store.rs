@@ -374,7 +374,8 @@ pub struct JobStore {
     jobs: HashMap<JobId, Box<JobRecord>, IdHash>,
     ready: BTreeMap<Arc<str>, BTreeSet<(u8, i64, JobId)>>,
     timed: BTreeSet<(i64, JobId)>,
-    executing: BTreeSet<JobId>,
+    /// How many jobs are executing (their records say which: no index to keep per claim).
+    executing: usize,
     dead: BTreeSet<(i64, JobId)>,
     unique: BTreeMap<String, (JobId, i64)>,
     ticks: BTreeMap<String, i64>,
@@ -400,7 +401,7 @@ impl JobStore {
             jobs: HashMap::default(),
             ready: BTreeMap::new(),
             timed: BTreeSet::new(),
-            executing: BTreeSet::new(),
+            executing: 0,
             dead: BTreeSet::new(),
             unique: BTreeMap::new(),
             ticks: BTreeMap::new(),
@@ -463,7 +464,9 @@ impl JobStore {
             }
         }
         // Executing when the process stopped: interrupted; they run again first.
-        let executing: Vec<JobId> = store.executing.iter().copied().collect();
+        let mut executing: Vec<JobId> =
+            store.jobs.values().filter(|r| r.state == JobState::Executing).map(|r| r.id).collect();
+        executing.sort_unstable();
         for id in executing {
             store.put_back(id, true, now);
         }
@@ -491,7 +494,7 @@ impl JobStore {
                 ));
             }
             JobState::Executing => {
-                self.executing.insert(id);
+                self.executing += 1;
             }
             JobState::Dead => {
                 self.dead.insert((record.died_at.unwrap_or(now), id));
@@ -675,7 +678,7 @@ impl JobStore {
         let (_, _, id) = set.pop_first()?;
         let record = self.jobs.get_mut(&id).expect("a ready job exists");
         record.state = JobState::Executing;
-        self.executing.insert(id);
+        self.executing += 1;
         Some(Claim {
             id,
             name: record.name.clone(),
@@ -704,8 +707,13 @@ impl JobStore {
         self.ready.get(queue).map_or(0, BTreeSet::len)
     }
 
+    /// Whether `id` is executing; if so it stops being counted so (its caller moves it on).
     fn executing(&mut self, id: JobId) -> bool {
-        self.executing.remove(&id)
+        let is = self.jobs.get(&id).is_some_and(|r| r.state == JobState::Executing);
+        if is {
+            self.executing -= 1;
+        }
+        is
     }
 
     /// A run succeeded: the job leaves, its unique lock with it.
@@ -935,7 +943,7 @@ impl JobStore {
         Sizes {
             available: self.ready.iter().map(|(q, set)| (q.to_string(), set.len())).collect(),
             scheduled: self.timed.len(),
-            executing: self.executing.len(),
+            executing: self.executing,
             dead: self.dead.len(),
             total: self.jobs.len(),
         }
@@ -945,7 +953,11 @@ impl JobStore {
     /// the simulator.
     pub fn check(&self) -> Result<(), String> {
         let ready: usize = self.ready.values().map(BTreeSet::len).sum();
-        let indexed = ready + self.timed.len() + self.executing.len() + self.dead.len();
+        let executing = self.jobs.values().filter(|r| r.state == JobState::Executing).count();
+        if executing != self.executing {
+            return Err(format!("{executing} jobs executing, {} counted", self.executing));
+        }
+        let indexed = ready + self.timed.len() + self.executing + self.dead.len();
         if indexed != self.jobs.len() {
             return Err(format!("{} jobs, {indexed} indexed", self.jobs.len()));
         }
@@ -958,7 +970,7 @@ impl JobStore {
                 JobState::Scheduled | JobState::Retryable => {
                     self.timed.contains(&(record.due_us(), record.id))
                 }
-                JobState::Executing => self.executing.contains(&record.id),
+                JobState::Executing => true,
                 JobState::Dead => self.dead.iter().any(|(_, id)| *id == record.id),
             };
             if !ok {
