@@ -85,8 +85,8 @@ pub use job::{EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, Whe
 pub use policy::RetryPolicy;
 pub use runtime::{
     read_journal, EnqueueError, Entry, JobStats, Jobs, JobsBuilder, Order, Pool, ShutdownReport, StartError,
-    CLAIM_AHEAD_BUDGET, CLAIM_AHEAD_MAX, DELAY_MAX, JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM, MAINTENANCE_EVERY,
-    POOL_CONCURRENCY_MAX,
+    CLAIM_AHEAD_BUDGET, CLAIM_AHEAD_MAX, DELAY_MAX, ENQUEUE_CHUNK, JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM,
+    MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
 };
 pub use store::{Cancelled, Counters, JobId, JobRecord, JobState, Limits, Progress, Refused, Sizes};
 pub use tubemail_log::Fsync;

@@ -937,31 +937,40 @@ impl Jobs {
             prepared.push(new);
         }
         let mut results = Vec::with_capacity(prepared.len());
-        let mut ready_queues = Vec::new();
-        let mut scheduled = false;
-        let offset = {
-            let mut shared = self.inner.shared.lock().expect("jobs");
-            for new in prepared {
-                let queue = new.queue.clone();
-                let later = new.run_at.is_some_and(|at| at > now || (at == now && new.due_micros > 0));
-                let result = shared.store.enqueue(new, now);
-                if result.is_ok() {
-                    if later {
-                        scheduled = true;
-                    } else {
-                        ready_queues.push(queue);
+        let mut offset = None;
+        let mut prepared = prepared.into_iter().peekable();
+        // In memory a chunk at a time: the lock is held for [`ENQUEUE_CHUNK`] jobs, not a whole
+        // bulk, so workers claim and the scheduler promotes between chunks. With a journal, one
+        // append (and one group commit) per bulk: chunks measured 30% fewer durable jobs/s.
+        let chunk = if self.inner.journal.is_some() { usize::MAX } else { ENQUEUE_CHUNK };
+        while prepared.peek().is_some() {
+            let mut ready_queues: Vec<Arc<str>> = Vec::new();
+            let mut scheduled = false;
+            {
+                let mut shared = self.inner.shared.lock().expect("jobs");
+                for new in prepared.by_ref().take(chunk) {
+                    let later = new.run_at.is_some_and(|at| at > now || (at == now && new.due_micros > 0));
+                    let queue = (!later && ready_queues.last().is_none_or(|q| **q != *new.queue))
+                        .then(|| new.queue.clone());
+                    let result = shared.store.enqueue(new, now);
+                    if result.is_ok() {
+                        scheduled |= later;
+                        ready_queues.extend(queue);
                     }
+                    results.push(result);
                 }
-                results.push(result);
+                if let Some(last) = self.flush(&mut shared)? {
+                    offset = Some(last);
+                }
             }
-            self.flush(&mut shared)?
-        };
-        ready_queues.dedup();
-        for queue in &ready_queues {
-            self.wake(queue);
-        }
-        if scheduled {
-            self.inner.scheduler.notify_one();
+            ready_queues.sort();
+            ready_queues.dedup();
+            for queue in &ready_queues {
+                self.wake(queue);
+            }
+            if scheduled {
+                self.inner.scheduler.notify_one();
+            }
         }
         self.acked(offset).await?;
         Ok(results)
@@ -1362,6 +1371,10 @@ struct Claimed {
     claim: Claim,
     cancel: Arc<CancelFlag>,
 }
+
+/// Jobs an enqueue inserts per hold of the store's lock when the jobs are in memory (a bulk enqueue
+/// takes it once per chunk); with a journal a bulk is one hold and one append.
+pub const ENQUEUE_CHUNK: usize = 128;
 
 /// The most jobs a worker claims at once: a run of short jobs (each within
 /// [`CLAIM_AHEAD_BUDGET`]) is claimed and settled a batch at a time, one lock for many jobs. A worker

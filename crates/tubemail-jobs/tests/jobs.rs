@@ -689,3 +689,24 @@ async fn a_worker_claims_short_jobs_ahead_and_gives_back_what_it_holds() {
     assert_eq!((counters.completed, counters.cancelled, counters.interrupted), (299, 1, 0));
     jobs.shutdown().await;
 }
+
+/// A bulk enqueue larger than a chunk of the store's lock keeps one result per job, in order: a full
+/// store refuses the tail and keeps the head.
+#[tokio::test(start_paused = true)]
+async fn a_bulk_enqueue_past_the_store_bound_refuses_its_tail_in_order() {
+    let jobs = Jobs::builder()
+        .limits(tubemail_jobs::Limits { jobs_max: 200, ..tubemail_jobs::Limits::default() })
+        .workers(false)
+        .handle(|_: Work, _| std::future::ready(Ok::<(), JobError>(())))
+        .start()
+        .unwrap();
+    assert!(tubemail_jobs::ENQUEUE_CHUNK < 200, "the bulk spans several chunks");
+    let results = jobs.enqueue_bulk((0..300).map(|n| Work { n })).await.unwrap();
+    assert_eq!(results.len(), 300);
+    assert!(results[..200].iter().all(Result::is_ok));
+    assert!(results[200..].iter().all(|r| *r == Err(Refused::Full { max: 200 })));
+    let ids: Vec<u64> = results[..200].iter().map(|r| r.as_ref().unwrap().0).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in the order of the bulk");
+    assert_eq!(jobs.stats().sizes.available["default"], 200);
+    jobs.shutdown().await;
+}
