@@ -700,7 +700,7 @@ async fn a_bulk_enqueue_past_the_store_bound_refuses_its_tail_in_order() {
         .handle(|_: Work, _| std::future::ready(Ok::<(), JobError>(())))
         .start()
         .unwrap();
-    assert!(tubemail_jobs::ENQUEUE_CHUNK < 200, "the bulk spans several chunks");
+    const { assert!(tubemail_jobs::ENQUEUE_CHUNK < 200, "the bulk spans several chunks") };
     let results = jobs.enqueue_bulk((0..300).map(|n| Work { n })).await.unwrap();
     assert_eq!(results.len(), 300);
     assert!(results[..200].iter().all(Result::is_ok));
