@@ -223,7 +223,8 @@ impl<E: std::error::Error> From<E> for JobError {
 #[derive(Debug, Default)]
 pub(crate) struct CancelFlag {
     raised: AtomicBool,
-    /// Whether the job started (a worker may hold jobs it claimed ahead and not yet started).
+    /// Whether the job is running (a worker may hold jobs it claimed ahead and not yet started, and
+    /// outcomes not yet settled).
     started: AtomicBool,
     notify: Notify,
 }
@@ -231,6 +232,11 @@ pub(crate) struct CancelFlag {
 impl CancelFlag {
     pub(crate) fn start(&self) {
         self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// The run ended (its outcome waits to be settled): no longer counted as running.
+    pub(crate) fn finish(&self) {
+        self.started.store(false, Ordering::Relaxed);
     }
 
     pub(crate) fn is_started(&self) -> bool {

@@ -59,8 +59,10 @@
 //! [`Refused::Full`]); the dead set at most [`Limits::dead_max`]; each pool runs at most its
 //! concurrency; a policy retries at most [`policy::RETRIES_MAX`] times. A worker whose jobs are short
 //! claims up to [`CLAIM_AHEAD_MAX`] at once (never more than every other worker of its pool could
-//! also take) and settles them together; once a job runs past [`CLAIM_AHEAD_BUDGET`] it settles what
-//! ran and gives back what it held, so `executing` and `completed` lag by at most that budget.
+//! also take) and settles them together; once a job runs past [`CLAIM_AHEAD_BUDGET`] (on tokio's
+//! timer: about a millisecond) it settles what ran and gives back what it held, so `executing` and
+//! `completed` lag by about that much, and a job of a better priority enqueued meanwhile waits for
+//! the held ones (at most one batch).
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then

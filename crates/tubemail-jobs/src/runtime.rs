@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -345,7 +345,7 @@ struct Inner {
     handlers: BTreeMap<Arc<str>, Arc<dyn Handler>>,
     pools: Vec<PoolState>,
     serving: BTreeMap<Arc<str>, Vec<usize>>,
-    scheduler: Notify,
+    scheduler: Arc<Notify>,
     idle: Notify,
     clock: Clock,
     stopping: watch::Sender<bool>,
@@ -642,7 +642,7 @@ impl JobsBuilder {
             handlers: self.handlers,
             pools: pools.into_iter().map(|spec| PoolState { spec, wake: Notify::new() }).collect(),
             serving,
-            scheduler: Notify::new(),
+            scheduler: Arc::new(Notify::new()),
             idle: Notify::new(),
             clock,
             stopping: watch::Sender::new(false),
@@ -1276,7 +1276,9 @@ impl Jobs {
                     delay_ms: None,
                 }),
             }),
-            _ = interrupt.wait_for(|stop| *stop) => None,
+            // Outside tokio's budget: a handler that spends the task's budget on every poll (a busy
+            // channel) must not keep a shutdown's interruption from being seen.
+            _ = tokio::task::unconstrained(interrupt.wait_for(|stop| *stop)) => None,
             () = cancel.raised() => Some(Outcome::Cancelled),
         }
     }
@@ -1426,7 +1428,8 @@ async fn worker(jobs: Jobs, pool: usize) {
             }
             // One timer per batch: past it, what is left of the batch goes back.
             let started = tokio::time::Instant::now();
-            let budget = tokio::time::sleep_until(started + CLAIM_AHEAD_BUDGET);
+            // Outside tokio's budget, as the interruption: a busy handler must not starve it.
+            let budget = tokio::task::unconstrained(tokio::time::sleep_until(started + CLAIM_AHEAD_BUDGET));
             tokio::pin!(budget);
             let mut within = true;
             while let Some(claimed) = batch.pop_front() {
@@ -1448,6 +1451,7 @@ async fn worker(jobs: Jobs, pool: usize) {
                         run.await
                     }
                 };
+                claimed.cancel.finish();
                 done.push((claimed.claim.id, outcome));
                 let now = tokio::time::Instant::now();
                 if within && now - started > CLAIM_AHEAD_BUDGET {
@@ -1468,24 +1472,29 @@ async fn worker(jobs: Jobs, pool: usize) {
 
 /// Wakes the scheduler at the moment it asks for, on a thread of its own, to within the OS's timer
 /// slack: tokio's timer would round the moment up to its next millisecond. The scheduler still
-/// sleeps on tokio's timer too (paused time, the simulator); the thread ends when the alarm drops.
+/// sleeps on tokio's timer too (paused time, the simulator); the thread holds only the scheduler's
+/// `Notify`, and ends when the alarm drops.
 struct Alarm {
     state: Arc<(Mutex<AlarmState>, Condvar)>,
 }
 
 #[derive(Default)]
 struct AlarmState {
-    at: Option<std::time::Instant>,
+    /// The moment asked for, on tokio's clock, and when that is on the thread's clock.
+    at: Option<(tokio::time::Instant, std::time::Instant)>,
+    /// The last moment it rang for: asked again (the scheduler found nothing due, as on a paused
+    /// clock), it does not ring again.
+    rang: Option<tokio::time::Instant>,
     closed: bool,
 }
 
 impl Alarm {
-    fn start(inner: Weak<Inner>) -> Option<Alarm> {
+    fn start(scheduler: Arc<Notify>) -> Option<Alarm> {
         let state = Arc::new((Mutex::new(AlarmState::default()), Condvar::new()));
         let theirs = state.clone();
         let spawned = std::thread::Builder::new()
             .name("tubemail-jobs-alarm".into())
-            .spawn(move || Alarm::run(&theirs, &inner));
+            .spawn(move || Alarm::run(&theirs, &scheduler));
         match spawned {
             Ok(_) => Some(Alarm { state }),
             Err(e) => {
@@ -1499,13 +1508,15 @@ impl Alarm {
     fn set(&self, at: tokio::time::Instant) {
         let (lock, ring) = &*self.state;
         let mut state = lock.lock().expect("alarm");
-        if state.at != Some(at.into_std()) {
-            state.at = Some(at.into_std());
-            ring.notify_one();
+        if state.rang == Some(at) || state.at.is_some_and(|(asked, _)| asked == at) {
+            return;
         }
+        let deadline = std::time::Instant::now() + at.saturating_duration_since(tokio::time::Instant::now());
+        state.at = Some((at, deadline));
+        ring.notify_one();
     }
 
-    fn run(state: &(Mutex<AlarmState>, Condvar), inner: &Weak<Inner>) {
+    fn run(state: &(Mutex<AlarmState>, Condvar), scheduler: &Notify) {
         let (lock, ring) = state;
         let mut guard = lock.lock().expect("alarm");
         loop {
@@ -1514,16 +1525,12 @@ impl Alarm {
             }
             let now = std::time::Instant::now();
             match guard.at {
-                Some(at) if at <= now => {
+                Some((at, deadline)) if deadline <= now => {
                     guard.at = None;
-                    drop(guard);
-                    match inner.upgrade() {
-                        Some(inner) => inner.scheduler.notify_one(),
-                        None => return,
-                    }
-                    guard = lock.lock().expect("alarm");
+                    guard.rang = Some(at);
+                    scheduler.notify_one();
                 }
-                Some(at) => guard = ring.wait_timeout(guard, at - now).expect("alarm").0,
+                Some((_, deadline)) => guard = ring.wait_timeout(guard, deadline - now).expect("alarm").0,
                 None => guard = ring.wait(guard).expect("alarm"),
             }
         }
@@ -1543,7 +1550,7 @@ impl Drop for Alarm {
 async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
     let mut stopping = jobs.inner.stopping.subscribe();
     let clock = jobs.inner.clock;
-    let alarm = if jobs.inner.precise { Alarm::start(Arc::downgrade(&jobs.inner)) } else { None };
+    let alarm = if jobs.inner.precise { Alarm::start(jobs.inner.scheduler.clone()) } else { None };
     let next_tick = |p: &Periodic, after: i64| -> Option<i64> {
         let at = chrono::DateTime::from_timestamp_millis(after)?;
         p.cron.find_next_occurrence(&at, false).ok().map(|t| t.timestamp_millis())

@@ -710,3 +710,28 @@ async fn a_bulk_enqueue_past_the_store_bound_refuses_its_tail_in_order() {
     assert_eq!(jobs.stats().sizes.available["default"], 200);
     jobs.shutdown().await;
 }
+
+/// A handler that spends the task's whole budget on every poll (a channel that is always ready)
+/// is still interrupted at the shutdown's timeout. Real time: on the paused clock a busy runtime
+/// never lets time advance.
+#[tokio::test]
+async fn a_handler_that_is_never_idle_is_interrupted_at_the_shutdown_timeout() {
+    let jobs = Jobs::builder()
+        .shutdown_timeout(Duration::from_millis(50))
+        .handle(|_: Work, _| async {
+            loop {
+                tokio::task::consume_budget().await;
+            }
+        })
+        .start()
+        .unwrap();
+    jobs.enqueue(Work { n: 1 }).await.unwrap();
+    while jobs.stats().sizes.executing == 0 {
+        tokio::task::yield_now().await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(20), jobs.shutdown())
+        .await
+        .expect("the shutdown ends: the busy run is interrupted");
+    assert_eq!((report.running, report.interrupted), (1, 1));
+    assert_eq!(report.left.total, 1, "the interrupted job is put back");
+}
