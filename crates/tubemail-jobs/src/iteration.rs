@@ -201,7 +201,7 @@ pub(crate) async fn run<T: IterationJob>(
             }
         },
     };
-    let jobs = ctx.jobs.clone();
+    let jobs = ctx.jobs().clone();
     let started = tokio::time::Instant::now();
     let mut items = progress.items;
     let mut saved = progress.cursor.clone();

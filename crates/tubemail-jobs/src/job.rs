@@ -273,8 +273,15 @@ pub struct JobContext {
     pub(crate) id: JobId,
     pub(crate) retries: u32,
     pub(crate) tick: Option<i64>,
-    pub(crate) jobs: crate::Jobs,
     pub(crate) cancel: Arc<CancelFlag>,
+    /// What every job of one worker shares: one reference count per worker, not one on the jobs'
+    /// shared state per job (a count that every core touches).
+    pub(crate) worker: Arc<WorkerContext>,
+}
+
+/// What the jobs of one worker share.
+pub(crate) struct WorkerContext {
+    pub(crate) jobs: crate::Jobs,
     pub(crate) stopping: watch::Receiver<bool>,
 }
 
@@ -302,7 +309,7 @@ impl JobContext {
 
     /// The jobs, to enqueue follow-ups.
     pub fn jobs(&self) -> &crate::Jobs {
-        &self.jobs
+        &self.worker.jobs
     }
 
     /// Whether the job was cancelled (an async handler is also stopped at its next `.await`).
@@ -318,6 +325,6 @@ impl JobContext {
     /// Whether the workers are shutting down: a long handler should stop at its next safe point
     /// and return an error to be retried, or, as iteration jobs do, checkpoint.
     pub fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
+        *self.worker.stopping.borrow()
     }
 }

@@ -19,9 +19,11 @@ use tokio::task::JoinHandle;
 use tubemail_log::{Append, Cleanup, Fsync, LogDir, LogError, Partition, Stream, StreamConfig};
 
 use crate::iteration::{self, IterationJob, IterationSettings, Outcome};
-use crate::job::{CancelFlag, EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When};
+use crate::job::{
+    CancelFlag, EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When, WorkerContext,
+};
 use crate::store::{
-    Cancelled, Claim, Counters, Failure, JobId, JobRecord, JobStore, Limits, NewJob, Refused, Sizes,
+    Cancelled, Counters, Failure, JobId, JobRecord, JobStore, Limits, NewJob, Progress, Refused, Sizes,
 };
 
 /// The stream that holds the jobs' journal.
@@ -43,7 +45,7 @@ pub const JOURNAL_SEGMENT_BYTES: u64 = 8 << 20;
 type RunFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 trait Handler: Send + Sync {
-    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture;
+    fn start(&self, claim: &Claimed, ctx: JobContext) -> RunFuture;
 }
 
 fn undecodable<T>(e: &rmp_serde::decode::Error) -> RunFuture {
@@ -66,8 +68,8 @@ where
     F: Fn(T, JobContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), JobError>> + Send + 'static,
 {
-    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture {
-        match rmp_serde::from_slice::<T>(&claim.args) {
+    fn start(&self, claim: &Claimed, ctx: JobContext) -> RunFuture {
+        match rmp_serde::from_slice::<T>(claim.args.as_slice()) {
             Ok(job) => Box::pin((self.0)(job, ctx).map(outcome_of)),
             Err(e) => undecodable::<T>(&e),
         }
@@ -81,8 +83,8 @@ where
     T: Job,
     F: Fn(T, JobContext) -> Result<(), JobError> + Send + Sync + 'static,
 {
-    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture {
-        match rmp_serde::from_slice::<T>(&claim.args) {
+    fn start(&self, claim: &Claimed, ctx: JobContext) -> RunFuture {
+        match rmp_serde::from_slice::<T>(claim.args.as_slice()) {
             Ok(job) => {
                 let f = self.0.clone();
                 let task = tokio::task::spawn_blocking(move || f(job, ctx));
@@ -104,8 +106,8 @@ where
 struct IterationHandler<T>(IterationSettings, PhantomData<fn() -> T>);
 
 impl<T: IterationJob> Handler for IterationHandler<T> {
-    fn start(&self, claim: &Claim, ctx: JobContext) -> RunFuture {
-        match rmp_serde::from_slice::<T>(&claim.args) {
+    fn start(&self, claim: &Claimed, ctx: JobContext) -> RunFuture {
+        match rmp_serde::from_slice::<T>(claim.args.as_slice()) {
             Ok(job) => Box::pin(iteration::run(job, claim.progress.clone(), ctx, self.0)),
             Err(e) => undecodable::<T>(&e),
         }
@@ -342,13 +344,18 @@ impl Shared {
 struct Inner {
     shared: Mutex<Shared>,
     journal: Option<(Stream, Arc<Partition>)>,
-    handlers: BTreeMap<Arc<str>, Arc<dyn Handler>>,
+    /// Each registered name's place in `handler_list`.
+    handlers: BTreeMap<Arc<str>, usize>,
+    handler_list: Vec<Arc<dyn Handler>>,
     pools: Vec<PoolState>,
     serving: BTreeMap<Arc<str>, Vec<usize>>,
     scheduler: Arc<Notify>,
     idle: Notify,
     clock: Clock,
     stopping: watch::Sender<bool>,
+    /// `stopping`'s value, for a worker to read between jobs: a load of a line no one writes, where
+    /// `watch::Receiver::borrow` takes a read lock that every core's worker writes.
+    stop: AtomicBool,
     interrupt: watch::Sender<bool>,
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -639,13 +646,15 @@ impl JobsBuilder {
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared { store, rng, running: FxHashMap::default() }),
             journal,
-            handlers: self.handlers,
+            handlers: self.handlers.keys().enumerate().map(|(i, name)| (name.clone(), i)).collect(),
+            handler_list: self.handlers.into_values().collect(),
             pools: pools.into_iter().map(|spec| PoolState { spec, wake: Notify::new() }).collect(),
             serving,
             scheduler: Arc::new(Notify::new()),
             idle: Notify::new(),
             clock,
             stopping: watch::Sender::new(false),
+            stop: AtomicBool::new(false),
             interrupt: watch::Sender::new(false),
             closed: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
@@ -733,7 +742,7 @@ struct Prepare<'a> {
 
 impl<'a> Prepare<'a> {
     fn new<T: Job>(
-        names: Option<&BTreeMap<Arc<str>, Arc<dyn Handler>>>,
+        names: Option<&BTreeMap<Arc<str>, usize>>,
         queues: Option<&'a BTreeMap<Arc<str>, Vec<usize>>>,
     ) -> Self {
         let name = names
@@ -747,6 +756,27 @@ impl<'a> Prepare<'a> {
     }
 }
 
+thread_local! {
+    /// Where arguments are encoded before they are copied out at their exact size.
+    static ENCODING: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `job` as MessagePack, in a buffer of exactly its size: one allocation per job, and a buffer that
+/// `Bytes` holds without a shared header of its own (a `Vec` with spare capacity would need one).
+fn encode_args<T: Job>(job: &T) -> Result<Bytes, EnqueueError> {
+    ENCODING.with_borrow_mut(|buf| {
+        buf.clear();
+        let encoded = rmp_serde::encode::write(buf, job)
+            .map_err(|e| EnqueueError::Encode { name: T::NAME, why: e.to_string() });
+        let args = encoded.map(|()| Bytes::copy_from_slice(buf));
+        // A huge job's buffer is not kept for the thread's life.
+        if buf.capacity() > 64 << 10 {
+            *buf = Vec::new();
+        }
+        args
+    })
+}
+
 /// A job ready to enter the store; `now` in milliseconds and `exact` (the same moment to the
 /// nanosecond, since the Unix epoch) for its due time.
 fn new_job<T: Job>(
@@ -757,8 +787,7 @@ fn new_job<T: Job>(
     exact: Duration,
 ) -> Result<NewJob, EnqueueError> {
     let defaults = &prepare.defaults;
-    let args =
-        rmp_serde::to_vec(job).map_err(|e| EnqueueError::Encode { name: T::NAME, why: e.to_string() })?;
+    let args = encode_args(job)?;
     let queue = options.queue.as_deref().unwrap_or(&defaults.queue);
     if let Some(why) = queue_problem(queue) {
         return Err(EnqueueError::Invalid(why));
@@ -813,7 +842,7 @@ fn new_job<T: Job>(
     Ok(NewJob {
         name: prepare.name.clone(),
         queue: prepare.queue(queue),
-        args: Bytes::from(args),
+        args,
         priority,
         run_at: due.map(|(ms, _)| ms),
         due_micros: due.map_or(0, |(_, us)| us),
@@ -1103,6 +1132,7 @@ impl Jobs {
             return ShutdownReport::default();
         }
         let running = self.inner.shared.lock().expect("jobs").started();
+        self.inner.stop.store(true, Ordering::Release);
         self.inner.stopping.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
         let mut interrupted = 0;
@@ -1197,10 +1227,10 @@ impl Jobs {
             if taken > 0 && shared.store.ready_len(&queue) < spec.concurrency.saturating_mul(taken) {
                 break;
             }
-            let Some(claim) = shared.store.claim(&queue) else { break };
-            let cancel = Arc::new(CancelFlag::default());
-            shared.running.insert(claim.id, cancel.clone());
-            batch.push_back(Claimed { claim, cancel });
+            let Some(record) = shared.store.claim(&queue) else { break };
+            let claimed = Claimed::of(record, &self.inner.handlers);
+            shared.running.insert(claimed.id, claimed.cancel.clone());
+            batch.push_back(claimed);
         }
         spec.queues.iter().any(|(q, _)| shared.store.has_ready(q))
     }
@@ -1236,16 +1266,23 @@ impl Jobs {
     }
 
     /// Runs a claimed job: `None` when a shutdown's timeout interrupted it.
-    async fn execute(&self, claimed: &Claimed, interrupt: &mut watch::Receiver<bool>) -> Option<Outcome> {
-        let Claimed { claim, cancel } = claimed;
-        let Some(handler) = self.inner.handlers.get(&claim.name) else {
-            return Some(Outcome::Failed(Failure::Kill {
-                reason: format!(
-                    "no handler is registered for job {:?} (did the code change between deploys?)",
-                    claim.name
-                ),
-            }));
+    async fn execute(
+        &self,
+        claim: &Claimed,
+        worker: &Arc<WorkerContext>,
+        interrupt: &mut watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let handler = match &claim.handler {
+            Ok(i) => &self.inner.handler_list[*i],
+            Err(name) => {
+                return Some(Outcome::Failed(Failure::Kill {
+                    reason: format!(
+                        "no handler is registered for job {name:?} (did the code change between deploys?)"
+                    ),
+                }))
+            }
         };
+        let cancel = &claim.cancel;
         if cancel.is_raised() {
             return Some(Outcome::Cancelled);
         }
@@ -1254,9 +1291,8 @@ impl Jobs {
             id: claim.id,
             retries: claim.retries,
             tick: claim.tick,
-            jobs: self.clone(),
             cancel: cancel.clone(),
-            stopping: self.inner.stopping.subscribe(),
+            worker: worker.clone(),
         };
         let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(claim, ctx))) {
             Err(panic) => return Some(Outcome::Failed(Failure::Kill { reason: panic_reason(panic) })),
@@ -1336,7 +1372,7 @@ impl Jobs {
                 tracing::error!(%e, "the jobs' journal failed");
             }
             more = match ahead {
-                Some(ahead) if !*self.inner.stopping.borrow() => {
+                Some(ahead) if !self.inner.stop.load(Ordering::Acquire) => {
                     self.claim_locked(shared, pool, ahead, batch)
                 }
                 _ => self.inner.pools[pool].spec.queues.iter().any(|(q, _)| shared.store.has_ready(q)),
@@ -1357,21 +1393,75 @@ impl Jobs {
 
 impl Jobs {
     fn give_back_locked(shared: &mut Shared, batch: &mut VecDeque<Claimed>) {
-        for Claimed { claim, cancel } in batch.drain(..) {
-            if cancel.is_raised() {
-                shared.store.finish_cancelled(claim.id);
+        for claimed in batch.drain(..) {
+            if claimed.cancel.is_raised() {
+                shared.store.finish_cancelled(claimed.id);
             } else {
-                shared.store.unclaim(claim.id);
+                shared.store.unclaim(claimed.id);
             }
-            shared.running.remove(&claim.id);
+            shared.running.remove(&claimed.id);
         }
     }
 }
 
-/// A job a worker claimed, and its cancellation flag.
+/// A job a worker claimed: what it needs to run it, copied from the record under the store's lock,
+/// and its cancellation flag.
 struct Claimed {
-    claim: Claim,
+    id: JobId,
+    /// Its handler's place in `Inner::handler_list`, or its name when no handler is registered.
+    handler: Result<usize, Arc<str>>,
+    args: Args,
+    retries: u32,
+    timeout_ms: Option<u64>,
+    progress: Progress,
+    /// The periodic tick it was enqueued for.
+    tick: Option<i64>,
     cancel: Arc<CancelFlag>,
+}
+
+impl Claimed {
+    fn of(record: &JobRecord, handlers: &BTreeMap<Arc<str>, usize>) -> Self {
+        Claimed {
+            id: record.id,
+            handler: handlers.get(&*record.name).copied().ok_or_else(|| record.name.clone()),
+            args: Args::of(&record.args),
+            retries: record.retries,
+            timeout_ms: record.timeout_ms,
+            progress: record.progress.clone(),
+            tick: record.periodic.as_ref().map(|(_, tick)| *tick),
+            cancel: Arc::new(CancelFlag::default()),
+        }
+    }
+}
+
+/// Arguments up to this many bytes are copied into a claim; longer ones are shared with the record.
+const ARGS_INLINE: usize = 46;
+
+/// A claimed job's arguments: small ones copied (a copy of a few bytes costs less than a reference
+/// count, and the record's buffer is never converted to a shared one), longer ones shared.
+enum Args {
+    Inline(u8, [u8; ARGS_INLINE]),
+    Shared(Bytes),
+}
+
+impl Args {
+    fn of(bytes: &Bytes) -> Self {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if usize::from(len) <= ARGS_INLINE => {
+                let mut inline = [0; ARGS_INLINE];
+                inline[..bytes.len()].copy_from_slice(bytes);
+                Args::Inline(len, inline)
+            }
+            _ => Args::Shared(bytes.clone()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Args::Inline(len, inline) => &inline[..usize::from(*len)],
+            Args::Shared(bytes) => bytes,
+        }
+    }
 }
 
 /// Jobs an enqueue inserts per hold of the store's lock when the jobs are in memory (a bulk enqueue
@@ -1399,6 +1489,7 @@ async fn with_timeout<F: Future>(future: F, timeout: Option<Duration>) -> Option
 async fn worker(jobs: Jobs, pool: usize) {
     let mut stopping = jobs.inner.stopping.subscribe();
     let mut interrupt = jobs.inner.interrupt.subscribe();
+    let context = Arc::new(WorkerContext { jobs: jobs.clone(), stopping: stopping.clone() });
     let mut batch: VecDeque<Claimed> = VecDeque::new();
     let mut done: Vec<(JobId, Option<Outcome>)> = Vec::new();
     let mut ahead = 1;
@@ -1433,11 +1524,11 @@ async fn worker(jobs: Jobs, pool: usize) {
             tokio::pin!(budget);
             let mut within = true;
             while let Some(claimed) = batch.pop_front() {
-                if *stopping.borrow() {
+                if jobs.inner.stop.load(Ordering::Acquire) {
                     batch.push_front(claimed);
                     break;
                 }
-                let run = jobs.execute(&claimed, &mut interrupt);
+                let run = jobs.execute(&claimed, &context, &mut interrupt);
                 tokio::pin!(run);
                 let outcome = tokio::select! {
                     biased;
@@ -1452,7 +1543,7 @@ async fn worker(jobs: Jobs, pool: usize) {
                     }
                 };
                 claimed.cancel.finish();
-                done.push((claimed.claim.id, outcome));
+                done.push((claimed.id, outcome));
                 let now = tokio::time::Instant::now();
                 if within && now - started > CLAIM_AHEAD_BUDGET {
                     within = false;

@@ -295,25 +295,6 @@ pub enum Fate {
     Discarded,
 }
 
-/// A job handed to a worker.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// Its id.
-    pub id: JobId,
-    /// Its name.
-    pub name: Arc<str>,
-    /// Its arguments.
-    pub args: Bytes,
-    /// Retries so far.
-    pub retries: u32,
-    /// Its time limit.
-    pub timeout_ms: Option<u64>,
-    /// Its progress (iteration jobs).
-    pub progress: Progress,
-    /// The periodic tick it was enqueued for.
-    pub tick: Option<i64>,
-}
-
 /// What `cancel` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
@@ -388,6 +369,20 @@ pub struct JobStore {
     limits: Limits,
     journaled: bool,
     writes: Vec<Write>,
+}
+
+/// Puts `record` (job `id`) among its queue's available jobs; the queue's name is cloned only for
+/// a queue's first job (a clone per job would touch a count shared by every core).
+fn make_ready(ready: &mut BTreeMap<Arc<str>, BTreeSet<(u8, i64, JobId)>>, record: &JobRecord, id: JobId) {
+    let key = (record.priority, record.order, id);
+    match ready.get_mut(&*record.queue) {
+        Some(set) => {
+            set.insert(key);
+        }
+        None => {
+            ready.entry(record.queue.clone()).or_default().insert(key);
+        }
+    }
 }
 
 fn encode(record: &JobRecord) -> Vec<u8> {
@@ -487,11 +482,7 @@ impl JobStore {
             }
             JobState::Scheduled | JobState::Retryable | JobState::Available => {
                 record.state = JobState::Available;
-                self.ready.entry(record.queue.clone()).or_default().insert((
-                    record.priority,
-                    record.order,
-                    id,
-                ));
+                make_ready(&mut self.ready, &record, id);
             }
             JobState::Executing => {
                 self.executing += 1;
@@ -651,11 +642,7 @@ impl JobStore {
             self.timed.pop_first();
             if let Some(record) = self.jobs.get_mut(&id) {
                 record.state = JobState::Available;
-                self.ready.entry(record.queue.clone()).or_default().insert((
-                    record.priority,
-                    record.order,
-                    id,
-                ));
+                make_ready(&mut self.ready, record, id);
                 queues.push(record.queue.clone());
             }
         }
@@ -672,22 +659,16 @@ impl JobStore {
         self.ready.get(queue).is_some_and(|set| !set.is_empty())
     }
 
-    /// Claims the first available job of `queue` (lowest priority number, then oldest).
-    pub fn claim(&mut self, queue: &str) -> Option<Claim> {
+    /// Claims the first available job of `queue` (lowest priority number, then oldest): it is
+    /// executing, and its record says what to run. Nothing is copied here: a worker takes what it
+    /// needs (a name shared by every job of a type is not reference-counted once per job).
+    pub fn claim(&mut self, queue: &str) -> Option<&JobRecord> {
         let set = self.ready.get_mut(queue)?;
         let (_, _, id) = set.pop_first()?;
         let record = self.jobs.get_mut(&id).expect("a ready job exists");
         record.state = JobState::Executing;
         self.executing += 1;
-        Some(Claim {
-            id,
-            name: record.name.clone(),
-            args: record.args.clone(),
-            retries: record.retries,
-            timeout_ms: record.timeout_ms,
-            progress: record.progress.clone(),
-            tick: record.periodic.as_ref().map(|(_, tick)| *tick),
-        })
+        Some(record)
     }
 
     /// Gives back a job claimed but never started: it takes its old place in its queue again. No
@@ -698,7 +679,7 @@ impl JobStore {
         }
         let record = self.jobs.get_mut(&id).expect("an executing job exists");
         record.state = JobState::Available;
-        self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
+        make_ready(&mut self.ready, record, id);
         true
     }
 
@@ -833,7 +814,7 @@ impl JobStore {
         record.due_micros = 0;
         record.order = order;
         record.progress.interruptions += 1;
-        self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
+        make_ready(&mut self.ready, record, id);
         self.journal(id);
         true
     }
@@ -905,7 +886,7 @@ impl JobStore {
         record.died_at = None;
         record.run_at = now;
         record.due_micros = 0;
-        self.ready.entry(record.queue.clone()).or_default().insert((record.priority, record.order, id));
+        make_ready(&mut self.ready, record, id);
         self.journal(id);
         self.counters.resurrected += 1;
         true
