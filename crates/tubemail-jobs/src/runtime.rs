@@ -23,7 +23,8 @@ use crate::job::{
     CancelFlag, EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When, WorkerContext,
 };
 use crate::store::{
-    Cancelled, Counters, Failure, JobId, JobRecord, JobStore, Limits, NewJob, Progress, Refused, Sizes,
+    Cancelled, Counters, Failure, JobId, JobRecord, JobState, JobStore, Limits, NewJob, Progress, Refused,
+    Sizes,
 };
 
 /// The stream that holds the jobs' journal.
@@ -342,7 +343,7 @@ impl Shared {
 }
 
 struct Inner {
-    shared: Mutex<Shared>,
+    shared: parking_lot::Mutex<Shared>,
     journal: Option<(Stream, Arc<Partition>)>,
     /// Each registered name's place in `handler_list`.
     handlers: BTreeMap<Arc<str>, usize>,
@@ -644,7 +645,7 @@ impl JobsBuilder {
         };
         let rng = self.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         let inner = Arc::new(Inner {
-            shared: Mutex::new(Shared { store, rng, running: FxHashMap::default() }),
+            shared: parking_lot::Mutex::new(Shared { store, rng, running: FxHashMap::default() }),
             journal,
             handlers: self.handlers.keys().enumerate().map(|(i, name)| (name.clone(), i)).collect(),
             handler_list: self.handlers.into_values().collect(),
@@ -666,7 +667,7 @@ impl JobsBuilder {
         let jobs = Jobs { inner: inner.clone() };
         // Recovery may have journaled interruptions.
         {
-            let mut shared = inner.shared.lock().expect("jobs");
+            let mut shared = inner.shared.lock();
             jobs.flush(&mut shared)?;
         }
         let mut tasks = Vec::new();
@@ -737,7 +738,11 @@ fn due_parts(us: i64, now: i64) -> (i64, u16) {
 struct Prepare<'a> {
     defaults: JobOptions,
     name: Arc<str>,
+    /// The queues the pools serve (`None`: not known yet, nothing is refused).
     queues: Option<&'a BTreeMap<Arc<str>, Vec<usize>>>,
+    /// The type's default queue as [`Prepare::queue`] gives it: looked up once per batch (`None`
+    /// when it is refused: each job then says why).
+    default_queue: Option<Arc<str>>,
 }
 
 impl<'a> Prepare<'a> {
@@ -748,11 +753,36 @@ impl<'a> Prepare<'a> {
         let name = names
             .and_then(|n| n.get_key_value(T::NAME))
             .map_or_else(|| Arc::from(T::NAME), |(k, _)| k.clone());
-        Prepare { defaults: T::options(), name, queues }
+        let defaults = T::options();
+        let default_queue = Self::lookup(queues, &defaults.queue).ok();
+        Prepare { defaults, name, queues, default_queue }
     }
 
-    fn queue(&self, queue: &str) -> Arc<str> {
-        self.queues.and_then(|q| q.get_key_value(queue)).map_or_else(|| Arc::from(queue), |(k, _)| k.clone())
+    /// Queue `queue`'s name as the pools hold it (no allocation); unknown when no pool serves it.
+    fn queue(&self, queue: Option<&str>) -> Result<Arc<str>, EnqueueError> {
+        match queue {
+            None => match &self.default_queue {
+                Some(queue) => Ok(queue.clone()),
+                None => Self::lookup(self.queues, &self.defaults.queue),
+            },
+            Some(queue) => Self::lookup(self.queues, queue),
+        }
+    }
+
+    fn lookup(
+        queues: Option<&BTreeMap<Arc<str>, Vec<usize>>>,
+        queue: &str,
+    ) -> Result<Arc<str>, EnqueueError> {
+        if let Some(why) = queue_problem(queue) {
+            return Err(EnqueueError::Invalid(why));
+        }
+        match queues {
+            None => Ok(Arc::from(queue)),
+            Some(served) => served
+                .get_key_value(queue)
+                .map(|(k, _)| k.clone())
+                .ok_or_else(|| EnqueueError::UnknownQueue(queue.to_owned())),
+        }
     }
 }
 
@@ -788,10 +818,7 @@ fn new_job<T: Job>(
 ) -> Result<NewJob, EnqueueError> {
     let defaults = &prepare.defaults;
     let args = encode_args(job)?;
-    let queue = options.queue.as_deref().unwrap_or(&defaults.queue);
-    if let Some(why) = queue_problem(queue) {
-        return Err(EnqueueError::Invalid(why));
-    }
+    let queue = prepare.queue(options.queue.as_deref())?;
     let priority = options.priority.unwrap_or(defaults.priority);
     if priority > 9 {
         return Err(EnqueueError::Invalid(format!("priority {priority} (0 to 9)")));
@@ -841,7 +868,7 @@ fn new_job<T: Job>(
     };
     Ok(NewJob {
         name: prepare.name.clone(),
-        queue: prepare.queue(queue),
+        queue,
         args,
         priority,
         run_at: due.map(|(ms, _)| ms),
@@ -956,14 +983,12 @@ impl Jobs {
         }
         let exact = self.inner.clock.now_exact();
         let now = i64::try_from(exact.as_millis()).unwrap_or(i64::MAX);
-        let mut prepared = Vec::new();
+        let jobs = jobs.into_iter();
+        let mut prepared = Vec::with_capacity(jobs.size_hint().0);
         let prepare = Prepare::new::<T>(Some(&self.inner.handlers), Some(&self.inner.serving));
         for (job, options) in jobs {
-            let new = new_job(&job, &options, &prepare, now, exact)?;
-            if !self.inner.serving.contains_key(&new.queue) {
-                return Err(EnqueueError::UnknownQueue(new.queue.to_string()));
-            }
-            prepared.push(new);
+            // The record is made here, outside the lock: under it, a job only gets its id and place.
+            prepared.push(new_job(&job, &options, &prepare, now, exact)?.into_record(now));
         }
         let mut results = Vec::with_capacity(prepared.len());
         let mut offset = None;
@@ -976,12 +1001,15 @@ impl Jobs {
             let mut ready_queues: Vec<Arc<str>> = Vec::new();
             let mut scheduled = false;
             {
-                let mut shared = self.inner.shared.lock().expect("jobs");
-                for new in prepared.by_ref().take(chunk) {
-                    let later = new.run_at.is_some_and(|at| at > now || (at == now && new.due_micros > 0));
-                    let queue = (!later && ready_queues.last().is_none_or(|q| **q != *new.queue))
-                        .then(|| new.queue.clone());
-                    let result = shared.store.enqueue(new, now);
+                let mut shared = self.inner.shared.lock();
+                for record in prepared.by_ref().take(chunk) {
+                    let later = record.state == JobState::Scheduled;
+                    let queue = (!later
+                        && ready_queues
+                            .last()
+                            .is_none_or(|q| !Arc::ptr_eq(q, &record.queue) && **q != *record.queue))
+                    .then(|| record.queue.clone());
+                    let result = shared.store.enqueue_record(record, now);
                     if result.is_ok() {
                         scheduled |= later;
                         ready_queues.extend(queue);
@@ -991,6 +1019,9 @@ impl Jobs {
                 if let Some(last) = self.flush(&mut shared)? {
                     offset = Some(last);
                 }
+                // Handed to a waiting worker, if any: the enqueuer would take it back at once for
+                // its next chunk, and workers (and due jobs) would wait for the whole bulk.
+                parking_lot::MutexGuard::unlock_fair(shared);
             }
             ready_queues.sort();
             ready_queues.dedup();
@@ -1013,7 +1044,7 @@ impl Jobs {
         runtime_ms: u64,
     ) -> Result<(), LogError> {
         let offset = {
-            let mut shared = self.inner.shared.lock().expect("jobs");
+            let mut shared = self.inner.shared.lock();
             shared.store.checkpoint(id, cursor, items, runtime_ms);
             self.flush(&mut shared)?
         };
@@ -1024,7 +1055,7 @@ impl Jobs {
     /// its next `.await`, a blocking one when it returns or checks) and then leaves.
     pub async fn cancel(&self, id: JobId) -> Result<Cancelled, LogError> {
         let (cancelled, offset) = {
-            let mut shared = self.inner.shared.lock().expect("jobs");
+            let mut shared = self.inner.shared.lock();
             let cancelled = shared.store.cancel(id);
             if cancelled == Cancelled::Running {
                 if let Some(flag) = shared.running.get(&id) {
@@ -1039,12 +1070,12 @@ impl Jobs {
 
     /// A job's record: its state, retries, last error, progress.
     pub fn job(&self, id: JobId) -> Option<JobRecord> {
-        self.inner.shared.lock().expect("jobs").store.get(id).cloned()
+        self.inner.shared.lock().store.get(id).cloned()
     }
 
     /// The dead set, newest first.
     pub fn dead(&self) -> Vec<JobRecord> {
-        self.inner.shared.lock().expect("jobs").store.dead().into_iter().cloned().collect()
+        self.inner.shared.lock().store.dead().into_iter().cloned().collect()
     }
 
     /// Puts dead job `id` back in its queue with its retries reset; false when it is not dead.
@@ -1089,7 +1120,7 @@ impl Jobs {
         let now = self.now();
         let mut queues = Vec::new();
         let n = {
-            let mut shared = self.inner.shared.lock().expect("jobs");
+            let mut shared = self.inner.shared.lock();
             let n = op(&mut shared.store, now);
             queues.extend(shared.store.sizes().available.into_keys());
             self.flush(&mut shared)?;
@@ -1103,7 +1134,7 @@ impl Jobs {
 
     /// The figures.
     pub fn stats(&self) -> JobStats {
-        let shared = self.inner.shared.lock().expect("jobs");
+        let shared = self.inner.shared.lock();
         JobStats { counters: shared.store.counters(), sizes: shared.store.sizes() }
     }
 
@@ -1114,7 +1145,7 @@ impl Jobs {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let shared = self.inner.shared.lock().expect("jobs");
+                let shared = self.inner.shared.lock();
                 let sizes = shared.store.sizes();
                 if sizes.executing == 0 && sizes.available.values().all(|&n| n == 0) {
                     return;
@@ -1131,7 +1162,7 @@ impl Jobs {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return ShutdownReport::default();
         }
-        let running = self.inner.shared.lock().expect("jobs").started();
+        let running = self.inner.shared.lock().started();
         self.inner.stop.store(true, Ordering::Release);
         self.inner.stopping.send_replace(true);
         let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
@@ -1141,7 +1172,7 @@ impl Jobs {
             let notified = self.inner.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let left = self.inner.shared.lock().expect("jobs").running.len();
+            let left = self.inner.shared.lock().running.len();
             if left == 0 {
                 break;
             }
@@ -1150,7 +1181,7 @@ impl Jobs {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline), if !deadline_passed => {
                     deadline_passed = true;
-                    interrupted = self.inner.shared.lock().expect("jobs").started();
+                    interrupted = self.inner.shared.lock().started();
                     self.inner.interrupt.send_replace(true);
                 }
             }
@@ -1160,7 +1191,7 @@ impl Jobs {
             let _ = task.await;
         }
         {
-            let mut shared = self.inner.shared.lock().expect("jobs");
+            let mut shared = self.inner.shared.lock();
             if let Err(e) = self.flush(&mut shared) {
                 tracing::error!(%e, "the jobs' journal failed at shutdown");
             }
@@ -1170,7 +1201,7 @@ impl Jobs {
                 tracing::error!(%e, "the jobs' journal did not close cleanly");
             }
         }
-        let left = self.inner.shared.lock().expect("jobs").store.sizes();
+        let left = self.inner.shared.lock().store.sizes();
         ShutdownReport { shut_down: true, running, interrupted, left }
     }
 
@@ -1224,10 +1255,8 @@ impl Jobs {
         for taken in 0..ahead.max(1) {
             let Some(queue) = self.choose(shared, spec) else { break };
             // Past the first, only while every other worker could take as many.
-            if taken > 0 && shared.store.ready_len(&queue) < spec.concurrency.saturating_mul(taken) {
-                break;
-            }
-            let Some(record) = shared.store.claim(&queue) else { break };
+            let min_ready = spec.concurrency.saturating_mul(taken).max(1);
+            let Some(record) = shared.store.claim_if(&spec.queues[queue].0, min_ready) else { break };
             let claimed = Claimed::of(record, &self.inner.handlers);
             shared.running.insert(claimed.id, claimed.cancel.clone());
             batch.push_back(claimed);
@@ -1235,15 +1264,20 @@ impl Jobs {
         spec.queues.iter().any(|(q, _)| shared.store.has_ready(q))
     }
 
-    /// The queue a worker of `spec` takes its next job from.
-    fn choose(&self, shared: &mut Shared, spec: &Pool) -> Option<Arc<str>> {
+    /// The queue a worker of `spec` takes its next job from: its place in `spec.queues`.
+    fn choose(&self, shared: &mut Shared, spec: &Pool) -> Option<usize> {
         match spec.order {
-            Order::Strict => {
-                spec.queues.iter().find(|(q, _)| shared.store.has_ready(q)).map(|(q, _)| q.clone())
-            }
+            // One queue: the claim finds whether it has a job.
+            Order::Strict if spec.queues.len() == 1 => Some(0),
+            Order::Strict => spec.queues.iter().position(|(q, _)| shared.store.has_ready(q)),
             Order::Weighted => {
-                let candidates: Vec<&(Arc<str>, u32)> =
-                    spec.queues.iter().filter(|(q, _)| shared.store.has_ready(q)).collect();
+                let candidates: Vec<(usize, u32)> = spec
+                    .queues
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (q, _))| shared.store.has_ready(q))
+                    .map(|(i, (_, w))| (i, *w))
+                    .collect();
                 let total: u64 = candidates.iter().map(|(_, w)| u64::from(*w)).sum();
                 if total == 0 {
                     None
@@ -1259,7 +1293,7 @@ impl Jobs {
                                 false
                             }
                         })
-                        .map(|(q, _)| q.clone())
+                        .map(|(i, _)| i)
                 }
             }
         }
@@ -1332,15 +1366,17 @@ impl Jobs {
     ) -> bool {
         let now = self.now();
         let mut queues_again = Vec::new();
+        // Completed jobs' records, freed after the lock is released.
+        let mut finished = Vec::new();
         let last;
         let more;
         {
-            let mut shared = self.inner.shared.lock().expect("jobs");
+            let mut shared = self.inner.shared.lock();
             let shared = &mut *shared;
             for (id, outcome) in done.drain(..) {
                 match outcome {
                     Some(Outcome::Done) => {
-                        shared.store.complete(id);
+                        finished.extend(shared.store.complete(id));
                     }
                     Some(Outcome::Failed(failure)) => {
                         if let Some(fate) = shared.store.fail(id, failure.clone(), now, &mut shared.rng) {
@@ -1356,7 +1392,7 @@ impl Jobs {
                     }
                     #[cfg(feature = "broken")]
                     None if crate::broken::bugs().shutdown_drops_running => {
-                        shared.store.complete(id);
+                        finished.extend(shared.store.complete(id));
                     }
                     Some(Outcome::Stopped) | None => {
                         shared.store.put_back(id, true, now);
@@ -1380,6 +1416,7 @@ impl Jobs {
             // `idle` and `shutdown` wait for no job running: nothing to tell them before that.
             last = shared.running.is_empty();
         }
+        drop(finished);
         queues_again.dedup();
         for queue in &queues_again {
             self.wake(queue);
@@ -1501,7 +1538,7 @@ async fn worker(jobs: Jobs, pool: usize) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let more = {
-            let mut shared = jobs.inner.shared.lock().expect("jobs");
+            let mut shared = jobs.inner.shared.lock();
             jobs.claim_locked(&mut shared, pool, ahead, &mut batch)
         };
         if batch.is_empty() {
@@ -1648,7 +1685,7 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
     };
     let start = clock.now_ms();
     let mut ticks: Vec<Option<i64>> = {
-        let shared = jobs.inner.shared.lock().expect("jobs");
+        let shared = jobs.inner.shared.lock();
         periodic
             .iter()
             .map(|p| next_tick(p, start.max(shared.store.last_tick(&p.name).unwrap_or(i64::MIN))))
@@ -1666,7 +1703,7 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
         let now_us = clock.now_us();
         let now = now_us.div_euclid(1_000);
         let (queues, next_due) = {
-            let mut shared = jobs.inner.shared.lock().expect("jobs");
+            let mut shared = jobs.inner.shared.lock();
             let mut queues = shared.store.promote_due(now_us);
             for (p, tick) in periodic.iter().zip(ticks.iter_mut()) {
                 while let Some(at) = *tick {
@@ -1699,7 +1736,7 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
         if now >= maintenance {
             maintenance = now + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
             {
-                let mut shared = jobs.inner.shared.lock().expect("jobs");
+                let mut shared = jobs.inner.shared.lock();
                 shared.store.trim_dead(now);
                 let _ = jobs.flush(&mut shared);
             }

@@ -98,7 +98,7 @@ proptest! {
                 }
                 Op::Complete => {
                     if let Some(id) = claimed.pop() {
-                        prop_assert!(store.complete(id));
+                        prop_assert!(store.complete(id).is_some());
                     }
                 }
                 Op::Fail { kind } => {
@@ -206,4 +206,72 @@ fn a_job_due_between_two_milliseconds_is_promoted_at_its_microsecond() {
         JobStore::recover(Limits::default(), store.take_writes().into_iter().map(|w| (w.key, w.value)), 999);
     assert!(bad.is_empty());
     assert_eq!(recovered.next_due_us(), Some(1_000_500));
+}
+
+proptest! {
+    /// The ready queue's deques and side trees claim in exactly the order of one B-tree of
+    /// (priority, place, id), whatever order jobs arrive, leave and are claimed in.
+    #[test]
+    fn the_ready_queue_claims_in_key_order(
+        ops in proptest::collection::vec((0..4u8, 0..10u8, -40..40i64, any::<u8>()), 1..300)
+    ) {
+        let mut queue = ReadyQueue::default();
+        let mut model: BTreeSet<(u8, i64, JobId)> = BTreeSet::new();
+        let mut next = 0;
+        for (op, priority, place, pick) in ops {
+            match op {
+                // Mostly in order, as ids grow; sometimes anywhere.
+                0 => {
+                    next += 1;
+                    let key = (next, JobId(next as u64));
+                    queue.insert(priority, key);
+                    model.insert((priority, key.0, key.1));
+                }
+                1 => {
+                    next += 1;
+                    let key = (place, JobId(next as u64));
+                    queue.insert(priority, key);
+                    model.insert((priority, key.0, key.1));
+                }
+                2 => {
+                    if let Some(&(p, o, id)) = model.iter().nth(usize::from(pick) % model.len().max(1)) {
+                        prop_assert!(queue.remove(p, (o, id)));
+                        model.remove(&(p, o, id));
+                        prop_assert!(!queue.contains(p, (o, id)));
+                    }
+                }
+                _ => prop_assert_eq!(queue.pop(), model.pop_first().map(|(_, _, id)| id)),
+            }
+            prop_assert_eq!(queue.len, model.len());
+            for &(p, o, id) in &model {
+                prop_assert!(queue.contains(p, (o, id)));
+            }
+        }
+    }
+}
+
+proptest! {
+    /// The paged table holds what a plain map would, across page boundaries, and frees each page
+    /// with its last record.
+    #[test]
+    fn the_job_table_is_a_map(ops in proptest::collection::vec((any::<bool>(), 0..300u64), 1..400)) {
+        let mut table = table::JobTable::default();
+        let mut model: BTreeMap<u64, ()> = BTreeMap::new();
+        for (insert, id) in ops {
+            let key = JobId(id);
+            if insert {
+                let mut record = new_job("q", None, None).into_record(0);
+                record.id = key;
+                prop_assert_eq!(table.insert(key, record).is_some(), model.insert(id, ()).is_some());
+            } else {
+                prop_assert_eq!(table.remove(&key).map(|r| r.id), model.remove(&id).map(|()| key));
+            }
+            prop_assert_eq!(table.len(), model.len());
+            prop_assert_eq!(table.get(&key).map(|r| r.id), model.get(&id).map(|()| key));
+            let mut ids: Vec<u64> = table.values().map(|r| r.id.0).collect();
+            ids.sort_unstable();
+            prop_assert_eq!(ids, model.keys().copied().collect::<Vec<_>>());
+            prop_assert_eq!(table.pages(), model.keys().map(|id| id / table::PAGE as u64).collect::<BTreeSet<_>>().len());
+        }
+    }
 }
