@@ -990,6 +990,19 @@ impl Jobs {
             // The record is made here, outside the lock: under it, a job only gets its id and place.
             prepared.push(new_job(&job, &options, &prepare, now, exact)?.into_record(now));
         }
+        // With a journal, records get their ids and their encoding here too: under the lock encoding
+        // a bulk of 1,000 took most of its hold, while workers (and due jobs) waited.
+        let mut encoded: Vec<Option<Vec<u8>>> = Vec::new();
+        if self.inner.journal.is_some() && !prepared.is_empty() {
+            let first = self.inner.shared.lock().store.reserve_ids(prepared.len() as u64);
+            encoded.reserve_exact(prepared.len());
+            for (i, record) in prepared.iter_mut().enumerate() {
+                record.id = JobId(first.0 + i as u64);
+                record.order = i64::try_from(record.id.0).unwrap_or(i64::MAX);
+                encoded.push(Some(crate::store::encode(record)));
+            }
+        }
+        let mut encoded = encoded.into_iter();
         let mut results = Vec::with_capacity(prepared.len());
         let mut offset = None;
         let mut prepared = prepared.into_iter().peekable();
@@ -1009,7 +1022,7 @@ impl Jobs {
                             .last()
                             .is_none_or(|q| !Arc::ptr_eq(q, &record.queue) && **q != *record.queue))
                     .then(|| record.queue.clone());
-                    let result = shared.store.enqueue_record(record, now);
+                    let result = shared.store.enqueue_encoded(record, encoded.next().flatten(), now);
                     if result.is_ok() {
                         scheduled |= later;
                         ready_queues.extend(queue);

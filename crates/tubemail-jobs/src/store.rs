@@ -444,7 +444,8 @@ impl ReadyQueue {
     }
 }
 
-fn encode(record: &JobRecord) -> Vec<u8> {
+/// A record's journal value.
+pub fn encode(record: &JobRecord) -> Vec<u8> {
     rmp_serde::to_vec(record).expect("a job record encodes")
 }
 
@@ -622,7 +623,34 @@ impl JobStore {
     ///
     /// # Errors
     /// As [`JobStore::enqueue`].
-    pub fn enqueue_record(&mut self, mut record: Box<JobRecord>, now: i64) -> Result<JobId, Refused> {
+    pub fn enqueue_record(&mut self, record: Box<JobRecord>, now: i64) -> Result<JobId, Refused> {
+        self.enqueue_encoded(record, None, now)
+    }
+
+    /// Reserves `n` consecutive ids, the first returned, for records that are given their id (and
+    /// journal encoding) outside the store's lock, then enqueued with [`JobStore::enqueue_encoded`].
+    /// Ids refused later are simply never used.
+    pub fn reserve_ids(&mut self, n: u64) -> JobId {
+        let first = JobId(self.next_id);
+        if n > 0 {
+            self.next_id += n - 1;
+            self.next_id();
+        }
+        first
+    }
+
+    /// Enqueues `record`: with its id 0 it gets the next id here; otherwise its id came from
+    /// [`JobStore::reserve_ids`], its place is that id, and `encoded`, when given, is its journal
+    /// value (encoded outside the lock; the record must not change in between).
+    ///
+    /// # Errors
+    /// As [`JobStore::enqueue`].
+    pub fn enqueue_encoded(
+        &mut self,
+        mut record: Box<JobRecord>,
+        encoded: Option<Vec<u8>>,
+        now: i64,
+    ) -> Result<JobId, Refused> {
         if self.jobs.len() >= self.limits.jobs_max {
             return Err(Refused::Full { max: self.limits.jobs_max });
         }
@@ -634,11 +662,18 @@ impl JobStore {
                 }
             }
         }
-        let id = self.next_id();
-        record.id = id;
-        record.order = i64::try_from(id.0).unwrap_or(i64::MAX);
+        if record.id.0 == 0 {
+            let id = self.next_id();
+            record.id = id;
+            record.order = i64::try_from(id.0).unwrap_or(i64::MAX);
+        }
+        let id = record.id;
+        debug_assert!(id.0 < self.next_id && !self.jobs.contains_key(&id), "{id} was reserved");
         self.insert(record, now);
-        self.journal(id);
+        match encoded {
+            Some(value) if self.journaled => self.writes.push(Write { key: job_key(id), value: Some(value) }),
+            _ => self.journal(id),
+        }
         self.counters.enqueued += 1;
         Ok(id)
     }

@@ -275,3 +275,34 @@ proptest! {
         }
     }
 }
+
+/// Records given reserved ids and encoded outside the lock replay as enqueued ones do; a refused
+/// reserved id is skipped, and ids continue past every reserved one after a restart.
+#[test]
+fn reserved_ids_and_outside_encodings_replay() {
+    let mut store = JobStore::new(Limits::default(), true);
+    let held = store.enqueue(new_job("q", None, Some("k")), 0).unwrap();
+    let first = store.reserve_ids(3);
+    assert_eq!(first, JobId(held.0 + 1));
+    let mut results = Vec::new();
+    for (i, unique) in [None, Some("k"), None].into_iter().enumerate() {
+        let mut record = new_job("q", None, unique).into_record(0);
+        record.id = JobId(first.0 + i as u64);
+        record.order = record.id.0 as i64;
+        let value = encode(&record);
+        results.push(store.enqueue_encoded(record, Some(value), 0));
+    }
+    assert_eq!(results[0], Ok(first));
+    assert!(matches!(results[1], Err(Refused::Duplicate { .. })), "{results:?}");
+    assert_eq!(results[2], Ok(JobId(first.0 + 2)));
+    store.check().unwrap();
+    let next = store.enqueue(new_job("q", None, None), 0).unwrap();
+    assert_eq!(next, JobId(first.0 + 3), "ids go on past the reserved block");
+    let (recovered, bad) =
+        JobStore::recover(Limits::default(), store.take_writes().into_iter().map(|w| (w.key, w.value)), 0);
+    assert!(bad.is_empty());
+    let ids = |s: &JobStore| s.all().into_iter().map(|r| (r.id, r.order, r.state)).collect::<Vec<_>>();
+    assert_eq!(ids(&recovered), ids(&store));
+    let mut recovered = recovered;
+    assert!(recovered.enqueue(new_job("q", None, None), 0).unwrap() > next);
+}
