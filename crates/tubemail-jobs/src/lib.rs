@@ -91,4 +91,4 @@ pub use runtime::{
     MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
 };
 pub use store::{Cancelled, Counters, JobId, JobRecord, JobState, Limits, Progress, Refused, Sizes};
-pub use tubemail_log::Fsync;
+pub use tubemail_log::{Fsync, BATCH_RECORDS_MAX};

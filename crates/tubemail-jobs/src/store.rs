@@ -357,6 +357,8 @@ pub struct JobStore {
     timed: BTreeSet<(i64, JobId)>,
     /// How many jobs are executing (their records say which: no index to keep per claim).
     executing: usize,
+    /// Places reserved for records on their way in ([`JobStore::reserve`]).
+    pending: usize,
     dead: BTreeSet<(i64, JobId)>,
     unique: BTreeMap<String, (JobId, i64)>,
     ticks: BTreeMap<String, i64>,
@@ -457,6 +459,7 @@ impl JobStore {
             ready: BTreeMap::new(),
             timed: BTreeSet::new(),
             executing: 0,
+            pending: 0,
             dead: BTreeSet::new(),
             unique: BTreeMap::new(),
             ticks: BTreeMap::new(),
@@ -639,6 +642,35 @@ impl JobStore {
         first
     }
 
+    /// Reserves `n` ids and `n` places within `jobs_max` for records written to the journal before
+    /// they enter the store ([`JobStore::enqueue_reserved`]); `None` when the store may not hold
+    /// them all. A reservation that is not used must be given back ([`JobStore::unreserve`]).
+    pub fn reserve(&mut self, n: u64) -> Option<JobId> {
+        let wanted = usize::try_from(n).ok()?;
+        if self.jobs.len().saturating_add(self.pending).saturating_add(wanted) > self.limits.jobs_max {
+            return None;
+        }
+        self.pending += wanted;
+        Some(self.reserve_ids(n))
+    }
+
+    /// Gives back `n` places of a reservation (its ids are never used).
+    pub fn unreserve(&mut self, n: u64) {
+        self.pending = self.pending.saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+
+    /// Enqueues a record with a reserved id and place (see [`JobStore::reserve`]) whose journal
+    /// write was appended already: nothing is journaled here, and nothing can refuse it (a record
+    /// with a unique key is never enqueued this way).
+    pub fn enqueue_reserved(&mut self, record: Box<JobRecord>, now: i64) -> JobId {
+        debug_assert!(record.unique.is_none() && record.id.0 != 0 && record.id.0 < self.next_id);
+        self.pending = self.pending.saturating_sub(1);
+        let id = record.id;
+        self.insert(record, now);
+        self.counters.enqueued += 1;
+        id
+    }
+
     /// Enqueues `record`: with its id 0 it gets the next id here; otherwise its id came from
     /// [`JobStore::reserve_ids`], its place is that id, and `encoded`, when given, is its journal
     /// value (encoded outside the lock; the record must not change in between).
@@ -651,7 +683,7 @@ impl JobStore {
         encoded: Option<Vec<u8>>,
         now: i64,
     ) -> Result<JobId, Refused> {
-        if self.jobs.len() >= self.limits.jobs_max {
+        if self.jobs.len().saturating_add(self.pending) >= self.limits.jobs_max {
             return Err(Refused::Full { max: self.limits.jobs_max });
         }
         if let Some(lock) = &record.unique {

@@ -711,6 +711,44 @@ async fn a_bulk_enqueue_past_the_store_bound_refuses_its_tail_in_order() {
     jobs.shutdown().await;
 }
 
+/// A durable bulk is written ahead of the store, in appends of at most the log's batch bound: a
+/// bulk past it is kept whole across a restart; near the store's bound the bulk takes the path that
+/// refuses its tail, and what it refused is not in the journal.
+#[tokio::test(start_paused = true)]
+async fn a_durable_bulk_past_the_logs_batch_bound_and_near_the_store_bound_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bulk = tubemail_jobs::BATCH_RECORDS_MAX as u64 + 100;
+    let start = || {
+        Jobs::builder()
+            .dir(dir.path())
+            .fsync(tubemail_jobs::Fsync::Never)
+            .limits(tubemail_jobs::Limits {
+                jobs_max: bulk as usize + 10,
+                ..tubemail_jobs::Limits::default()
+            })
+            .workers(false)
+            .handle(|_: Work, _| std::future::ready(Ok::<(), JobError>(())))
+            .start()
+            .unwrap()
+    };
+    let jobs = start();
+    let results = jobs.enqueue_bulk((0..bulk).map(|n| Work { n })).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    let tail = jobs.enqueue_bulk((0..20).map(|n| Work { n })).await.unwrap();
+    assert!(tail[..10].iter().all(Result::is_ok));
+    assert!(tail[10..].iter().all(|r| *r == Err(Refused::Full { max: bulk as usize + 10 })));
+    let last = tail[9].as_ref().unwrap().0;
+    jobs.shutdown().await;
+    drop(jobs);
+    let jobs = start();
+    let sizes = jobs.stats().sizes;
+    assert_eq!(sizes.total, bulk as usize + 10, "every accepted job, and no refused one");
+    let next = jobs.enqueue_bulk([Work { n: 0 }]).await.unwrap();
+    assert!(next[0].is_err(), "the store is full again after the restart");
+    jobs.shutdown().await;
+    assert!(last > bulk, "ids in order across both bulks");
+}
+
 /// A handler that spends the task's whole budget on every poll (a channel that is always ready)
 /// is still interrupted at the shutdown's timeout. Real time: on the paused clock a busy runtime
 /// never lets time advance.

@@ -38,7 +38,9 @@ use std::path::{Path, PathBuf};
 
 pub use config::{Cleanup, Fsync, StreamConfig};
 pub use dir::LogDir;
-pub use partition::{Append, Maintenance, Partition, PartitionInfo, Recovered, SegmentInfo};
+pub use partition::{
+    Append, Maintenance, Partition, PartitionInfo, Recovered, SegmentInfo, BATCH_RECORDS_MAX,
+};
 pub use record::Record;
 pub use stream::{partition_for_key, Appended, Stream};
 
