@@ -62,7 +62,9 @@
 //! also take) and settles them together; once a job runs past [`CLAIM_AHEAD_BUDGET`] (on tokio's
 //! timer: about a millisecond) it settles what ran and gives back what it held, so `executing` and
 //! `completed` lag by about that much, and a job of a better priority enqueued meanwhile waits for
-//! the held ones (at most one batch).
+//! the held ones (at most one batch). A bulk enqueue holds the store's lock [`ENQUEUE_CHUNK`] jobs at
+//! a time and hands it to a waiting worker between chunks; with a journal its records are written
+//! ahead of the store, outside the lock, unless the bulk has unique keys.
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then
