@@ -64,7 +64,8 @@
 //! `completed` lag by about that much, and a job of a better priority enqueued meanwhile waits for
 //! the held ones (at most one batch). A bulk enqueue holds the store's lock [`ENQUEUE_CHUNK`] jobs at
 //! a time and hands it to a waiting worker between chunks; with a journal its records are written
-//! ahead of the store, outside the lock, unless the bulk has unique keys.
+//! ahead of the store, outside the lock, unless the bulk has unique keys or may not fit the store
+//! (then it is one hold and one append). A job's arguments are at most [`ARGS_MAX`].
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then
@@ -89,8 +90,8 @@ pub use job::{EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, Whe
 pub use policy::RetryPolicy;
 pub use runtime::{
     read_journal, EnqueueError, Entry, JobStats, Jobs, JobsBuilder, Order, Pool, ShutdownReport, StartError,
-    CLAIM_AHEAD_BUDGET, CLAIM_AHEAD_MAX, DELAY_MAX, ENQUEUE_CHUNK, JOURNAL_SEGMENT_BYTES, JOURNAL_STREAM,
-    MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
+    ARGS_MAX, CLAIM_AHEAD_BUDGET, CLAIM_AHEAD_MAX, DELAY_MAX, ENQUEUE_CHUNK, JOURNAL_SEGMENT_BYTES,
+    JOURNAL_STREAM, MAINTENANCE_EVERY, POOL_CONCURRENCY_MAX,
 };
 pub use store::{Cancelled, Counters, JobId, JobRecord, JobState, Limits, Progress, Refused, Sizes};
 pub use tubemail_log::{Fsync, BATCH_RECORDS_MAX};

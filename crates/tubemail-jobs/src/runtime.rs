@@ -30,6 +30,10 @@ use crate::store::{
 /// The stream that holds the jobs' journal.
 pub const JOURNAL_STREAM: &str = "__jobs";
 
+/// The largest arguments a job may have, encoded: 8 MiB, so that its record (arguments, names, a
+/// unique key, an error) fits the journal's 16 MiB record bound.
+pub const ARGS_MAX: usize = 8 << 20;
+
 /// The longest delay an enqueue accepts: 100 years.
 pub const DELAY_MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -818,6 +822,12 @@ fn new_job<T: Job>(
 ) -> Result<NewJob, EnqueueError> {
     let defaults = &prepare.defaults;
     let args = encode_args(job)?;
+    if args.len() > ARGS_MAX {
+        return Err(EnqueueError::Invalid(format!(
+            "arguments of {} bytes encoded (at most {ARGS_MAX})",
+            args.len()
+        )));
+    }
     let queue = prepare.queue(options.queue.as_deref())?;
     let priority = options.priority.unwrap_or(defaults.priority);
     if priority > 9 {
@@ -913,13 +923,13 @@ impl Jobs {
     }
 
     /// Gives `records` the ids reserved from `first` and appends them to the journal (outside the
-    /// store's lock); returns the last offset.
+    /// store's lock); returns the last offset, or how many records were appended before an error.
     fn write_ahead(
         &self,
         partition: &Partition,
         records: &mut [Box<JobRecord>],
         first: JobId,
-    ) -> Result<u64, LogError> {
+    ) -> Result<u64, (usize, LogError)> {
         let mut keys = Vec::with_capacity(records.len());
         let mut values = Vec::with_capacity(records.len());
         for (i, record) in records.iter_mut().enumerate() {
@@ -935,8 +945,10 @@ impl Jobs {
             .map(|(key, value)| Append { key: Some(key), value: Some(value), timestamp: now })
             .collect();
         let mut last = 0;
+        let mut appended = 0;
         for slice in appends.chunks(tubemail_log::BATCH_RECORDS_MAX) {
-            last = partition.append(slice)?.1;
+            last = partition.append(slice).map_err(|e| (appended, e))?.1;
+            appended += slice.len();
         }
         Ok(last)
     }
@@ -990,8 +1002,10 @@ impl Jobs {
         ids.pop().expect("one job").map_err(EnqueueError::Refused)
     }
 
-    /// Enqueues many jobs of one type with one journal write and one wait; each gets its id or the
-    /// reason it was refused (a unique key held, a full store).
+    /// Enqueues many jobs of one type with one wait for the journal (one append per
+    /// [`BATCH_RECORDS_MAX`](tubemail_log::BATCH_RECORDS_MAX) records); each gets its id or the
+    /// reason it was refused (a unique key held, a full store). When the journal fails midway, the
+    /// jobs already in it may still run (as publishes whose confirm was lost).
     ///
     /// # Errors
     /// [`EnqueueError`] for what refuses the whole batch (unknown job or queue, bad options, the
@@ -1028,21 +1042,25 @@ impl Jobs {
         // store, a chunk per hold of the lock. No worker sees a job before its record is in the
         // journal, so no tombstone can precede its record, and nothing can refuse it any more. (A
         // bulk held under the lock for its encoding and append kept workers and due jobs waiting.)
+        // The first journal error of a written-ahead bulk: what was appended still enters the store
+        // (it is durable, and would run after a restart anyway), then the error is returned.
+        let mut failed: Option<LogError> = None;
         let ahead = match &self.inner.journal {
             Some((_, partition)) if !prepared.is_empty() && prepared.iter().all(|r| r.unique.is_none()) => {
                 let n = prepared.len() as u64;
                 let first = self.inner.shared.lock().store.reserve(n);
                 match first {
-                    Some(first) => match self.write_ahead(partition, &mut prepared, first) {
-                        Ok(last) => {
-                            offset = Some(last);
-                            true
+                    Some(first) => {
+                        match self.write_ahead(partition, &mut prepared, first) {
+                            Ok(last) => offset = Some(last),
+                            Err((appended, e)) => {
+                                self.inner.shared.lock().store.unreserve((prepared.len() - appended) as u64);
+                                prepared.truncate(appended);
+                                failed = Some(e);
+                            }
                         }
-                        Err(e) => {
-                            self.inner.shared.lock().store.unreserve(n);
-                            return Err(e.into());
-                        }
-                    },
+                        true
+                    }
                     None => false,
                 }
             }
@@ -1091,8 +1109,13 @@ impl Jobs {
                     }
                     results.push(result);
                 }
-                if let Some(last) = self.flush(&mut shared)? {
-                    offset = offset.max(Some(last));
+                match self.flush(&mut shared) {
+                    Ok(last) => offset = offset.max(last),
+                    // Written ahead, the rest of the bulk is durable already: it goes in regardless.
+                    Err(e) if ahead => {
+                        failed.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e.into()),
                 }
                 // Handed to a waiting worker, if any: the enqueuer would take it back at once for
                 // its next chunk, and workers (and due jobs) would wait for the whole bulk.
@@ -1106,6 +1129,9 @@ impl Jobs {
             if scheduled {
                 self.inner.scheduler.notify_one();
             }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         self.acked(offset).await?;
         Ok(results)
@@ -1607,7 +1633,7 @@ async fn worker(jobs: Jobs, pool: usize) {
     let mut done: Vec<(JobId, Option<Outcome>)> = Vec::new();
     let mut ahead = 1;
     loop {
-        if *stopping.borrow() {
+        if jobs.inner.stop.load(Ordering::Acquire) || *stopping.borrow() {
             return;
         }
         let notified = jobs.inner.pools[pool].wake.notified();

@@ -1,7 +1,8 @@
 //! The jobs' state machine: no async, no clock, no threads. Time is passed in (milliseconds since
 //! the Unix epoch), randomness comes from the caller's seeded generator, and every change that must
 //! survive a crash is put in an outbox of journal writes (`take_writes`) that the runtime appends to
-//! the storage engine in the order they were made.
+//! the storage engine in the order they were made. The exception: records enqueued with
+//! [`JobStore::enqueue_reserved`] were appended by the runtime before they entered the store.
 //!
 //! A job's states are Oban's vocabulary: `scheduled` (waiting for its time), `available` (ready in
 //! its queue), `executing`, `retryable` (failed, waiting for its retry), `dead`. Completed, discarded
@@ -662,10 +663,11 @@ impl JobStore {
     /// Enqueues a record with a reserved id and place (see [`JobStore::reserve`]) whose journal
     /// write was appended already: nothing is journaled here, and nothing can refuse it (a record
     /// with a unique key is never enqueued this way).
-    pub fn enqueue_reserved(&mut self, record: Box<JobRecord>, now: i64) -> JobId {
+    pub fn enqueue_reserved(&mut self, mut record: Box<JobRecord>, now: i64) -> JobId {
         debug_assert!(record.unique.is_none() && record.id.0 != 0 && record.id.0 < self.next_id);
         self.pending = self.pending.saturating_sub(1);
         let id = record.id;
+        record.order = i64::try_from(id.0).unwrap_or(i64::MAX);
         self.insert(record, now);
         self.counters.enqueued += 1;
         id
@@ -695,11 +697,10 @@ impl JobStore {
             }
         }
         if record.id.0 == 0 {
-            let id = self.next_id();
-            record.id = id;
-            record.order = i64::try_from(id.0).unwrap_or(i64::MAX);
+            record.id = self.next_id();
         }
         let id = record.id;
+        record.order = i64::try_from(id.0).unwrap_or(i64::MAX);
         debug_assert!(id.0 < self.next_id && !self.jobs.contains_key(&id), "{id} was reserved");
         self.insert(record, now);
         match encoded {

@@ -295,6 +295,19 @@ async fn bad_enqueues_are_typed_errors() {
     assert!(matches!(absurd, Err(EnqueueError::Invalid(_))), "{absurd:?}");
     let priority = jobs.enqueue_with(Work { n: 0 }, EnqueueOptions::default().priority(10)).await;
     assert!(matches!(priority, Err(EnqueueError::Invalid(_))));
+    #[derive(Serialize, Deserialize)]
+    struct Huge(bytes::Bytes);
+    impl Job for Huge {
+        const NAME: &'static str = "huge";
+    }
+    let jobs_huge = Jobs::builder().handle(|_: Huge, _| async { Ok(()) }).start().unwrap();
+    let huge = jobs_huge.enqueue(Huge(vec![7; tubemail_jobs::ARGS_MAX + 1].into())).await;
+    assert!(
+        matches!(&huge, Err(EnqueueError::Invalid(why)) if why.contains("at most")),
+        "arguments past ARGS_MAX are refused: {huge:?}"
+    );
+    assert_eq!(jobs_huge.stats().sizes.total, 0, "nothing of it was stored");
+    jobs_huge.shutdown().await;
     jobs.shutdown().await;
     assert!(matches!(jobs.enqueue(Work { n: 0 }).await, Err(EnqueueError::Closed)));
 }
@@ -747,6 +760,25 @@ async fn a_durable_bulk_past_the_logs_batch_bound_and_near_the_store_bound_survi
     assert!(next[0].is_err(), "the store is full again after the restart");
     jobs.shutdown().await;
     assert!(last > bulk, "ids in order across both bulks");
+}
+
+/// When the journal fails before a written-ahead bulk reached it, the bulk is an error and nothing
+/// of it is in the store: no job runs that the caller was told failed.
+#[tokio::test(start_paused = true)]
+async fn a_bulk_the_journal_refuses_is_an_error_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = Jobs::builder()
+        .dir(dir.path())
+        .fsync(tubemail_jobs::Fsync::Never)
+        .workers(false)
+        .handle(|_: Work, _| std::future::ready(Ok::<(), JobError>(())))
+        .start()
+        .unwrap();
+    jobs.enqueue_bulk((0..3).map(|n| Work { n })).await.unwrap();
+    jobs.journal().unwrap().abandon();
+    let failed = jobs.enqueue_bulk((0..5).map(|n| Work { n })).await;
+    assert!(matches!(failed, Err(EnqueueError::Log(_))), "{failed:?}");
+    assert_eq!(jobs.stats().sizes.total, 3, "only the jobs enqueued before");
 }
 
 /// A handler that spends the task's whole budget on every poll (a channel that is always ready)

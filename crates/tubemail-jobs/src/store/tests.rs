@@ -306,3 +306,24 @@ fn reserved_ids_and_outside_encodings_replay() {
     let mut recovered = recovered;
     assert!(recovered.enqueue(new_job("q", None, None), 0).unwrap() > next);
 }
+
+/// Reserved places count against `jobs_max` until they are used or given back.
+#[test]
+fn reserved_places_count_against_the_bound_until_used_or_given_back() {
+    let mut store = JobStore::new(Limits { jobs_max: 10, ..Limits::default() }, true);
+    let first = store.reserve(8).expect("room for 8");
+    assert!(store.reserve(3).is_none(), "8 reserved and 3 more would pass 10");
+    store.enqueue(new_job("q", None, None), 0).unwrap();
+    store.enqueue(new_job("q", None, None), 0).unwrap();
+    assert_eq!(store.enqueue(new_job("q", None, None), 0), Err(Refused::Full { max: 10 }));
+    for i in 0..3 {
+        let mut record = new_job("q", None, None).into_record(0);
+        record.id = JobId(first.0 + i);
+        assert_eq!(store.enqueue_reserved(record, 0), JobId(first.0 + i));
+    }
+    store.unreserve(5);
+    assert!(store.reserve(6).is_none(), "5 jobs in the store");
+    assert!(store.reserve(5).is_some(), "the unused places were given back");
+    store.check().unwrap();
+    assert_eq!(store.get(first).unwrap().order, first.0 as i64, "a reserved job's place is its id");
+}
