@@ -397,14 +397,34 @@ struct ReadyQueue {
 
 #[derive(Debug, Default)]
 struct Lane {
-    /// In order, first at the front.
+    /// In order, first at the front; never a key of `gone` at either end.
     sorted: VecDeque<(i64, JobId)>,
     others: BTreeSet<(i64, JobId)>,
+    /// Keys removed from the middle of `sorted` (a cancelled job), skipped when they reach its
+    /// front: a removal in place would move half a deep backlog under the lock, per cancel.
+    gone: BTreeSet<(i64, JobId)>,
+}
+
+impl Lane {
+    /// Drops removed keys from both ends of `sorted`.
+    fn trim(&mut self) {
+        while self.sorted.front().is_some_and(|k| self.gone.remove(k)) {
+            self.sorted.pop_front();
+        }
+        while self.sorted.back().is_some_and(|k| self.gone.remove(k)) {
+            self.sorted.pop_back();
+        }
+    }
 }
 
 impl ReadyQueue {
     fn insert(&mut self, priority: u8, key: (i64, JobId)) {
         let lane = &mut self.lanes[usize::from(priority.min(9))];
+        if lane.gone.remove(&key) {
+            // Removed from the middle and back again: its place in `sorted` is still there.
+            self.len += 1;
+            return;
+        }
         match (lane.sorted.front(), lane.sorted.back()) {
             (_, None) => lane.sorted.push_back(key),
             (_, Some(back)) if key > *back => lane.sorted.push_back(key),
@@ -427,6 +447,7 @@ impl ReadyQueue {
                 (None, Some(_)) => lane.others.pop_first(),
                 (None, None) => continue,
             };
+            lane.trim();
             self.len -= 1;
             return key.map(|(_, id)| id);
         }
@@ -436,14 +457,17 @@ impl ReadyQueue {
     fn remove(&mut self, priority: u8, key: (i64, JobId)) -> bool {
         let lane = &mut self.lanes[usize::from(priority.min(9))];
         let removed = lane.others.remove(&key)
-            || lane.sorted.binary_search(&key).is_ok_and(|i| lane.sorted.remove(i).is_some());
+            || (!lane.gone.contains(&key)
+                && lane.sorted.binary_search(&key).is_ok()
+                && lane.gone.insert(key));
+        lane.trim();
         self.len -= usize::from(removed);
         removed
     }
 
     fn contains(&self, priority: u8, key: (i64, JobId)) -> bool {
         let lane = &self.lanes[usize::from(priority.min(9))];
-        lane.others.contains(&key) || lane.sorted.binary_search(&key).is_ok()
+        lane.others.contains(&key) || (lane.sorted.binary_search(&key).is_ok() && !lane.gone.contains(&key))
     }
 }
 
@@ -1051,7 +1075,8 @@ impl JobStore {
     pub fn check(&self) -> Result<(), String> {
         let mut ready = 0;
         for (queue, set) in &self.ready {
-            let held: usize = set.lanes.iter().map(|lane| lane.sorted.len() + lane.others.len()).sum();
+            let held: usize =
+                set.lanes.iter().map(|lane| lane.sorted.len() - lane.gone.len() + lane.others.len()).sum();
             if held != set.len {
                 return Err(format!("queue {queue} holds {held} jobs, {} counted", set.len));
             }

@@ -213,10 +213,11 @@ proptest! {
     /// (priority, place, id), whatever order jobs arrive, leave and are claimed in.
     #[test]
     fn the_ready_queue_claims_in_key_order(
-        ops in proptest::collection::vec((0..4u8, 0..10u8, -40..40i64, any::<u8>()), 1..300)
+        ops in proptest::collection::vec((0..5u8, 0..10u8, -40..40i64, any::<u8>()), 1..300)
     ) {
         let mut queue = ReadyQueue::default();
         let mut model: BTreeSet<(u8, i64, JobId)> = BTreeSet::new();
+        let mut removed: Vec<(u8, i64, JobId)> = Vec::new();
         let mut next = 0;
         for (op, priority, place, pick) in ops {
             match op {
@@ -238,7 +239,15 @@ proptest! {
                         prop_assert!(queue.remove(p, (o, id)));
                         model.remove(&(p, o, id));
                         prop_assert!(!queue.contains(p, (o, id)));
+                        prop_assert!(!queue.remove(p, (o, id)), "removed twice");
+                        removed.push((p, o, id));
                     }
+                }
+                // A removed key back again (its place kept in the deque, or not).
+                3 if !removed.is_empty() => {
+                    let (p, o, id) = removed.swap_remove(usize::from(pick) % removed.len());
+                    queue.insert(p, (o, id));
+                    model.insert((p, o, id));
                 }
                 _ => prop_assert_eq!(queue.pop(), model.pop_first().map(|(_, _, id)| id)),
             }
