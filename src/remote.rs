@@ -64,7 +64,8 @@ pub const PUBLISH_WINDOW_MAX: usize = 1024;
 pub const REMOTE_PREFETCH_MAX: u32 = 65_535;
 
 /// How long a publish waits for the remote broker's confirm before it fails with
-/// [`PublishError::Remote`] (a client can leave a publish on a closed channel unanswered).
+/// [`PublishError::Remote`] (a client can leave a publish on a closed channel unanswered). On NATS a
+/// publish's ack times out sooner, after the JetStream context's 5 s.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long connecting to a remote broker may take.

@@ -31,11 +31,11 @@
 //! - Reject / Nack without requeue | dead-lettered by the client the same way (reason `rejected`),
 //!   or terminated without a dead-letter queue; Nack with requeue | `-NAK`
 //! - deaths | the header `Tubemail-Deaths`, newest first
-//! - message ids | `Nats-Msg-Id` = `ID-ORIGIN-QUEUE` (the tubemail id, a token of the publishing
-//!   connection, the queue), deduplicated by each stream within its 2-minute window: two processes
+//! - message ids | `Nats-Msg-Id` = `ID-ORIGIN` (the tubemail id, a token of the publishing
+//!   connection), deduplicated by each queue's stream within its 2-minute window: two processes
 //!   whose ids overlap never deduplicate each other's messages; a dead letter's id is its copy's id
-//!   with the dead-letter queue and its death, so that copies of one message dead-lettered by two
-//!   queues into one both arrive
+//!   with the queue it died in, the dead-letter queue and its death, so that copies of one message
+//!   dead-lettered by two queues into one both arrive
 //! - `single_active_consumer`, `expires`, `auto_delete` | not in JetStream 2.9: refused at connect
 //! - prefetch | the pull batch of each subscriber, and the most deliveries it holds unsettled
 //!   (deferred ones included): the next is handed to its handler only when one is settled (the
@@ -46,14 +46,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 
 use super::{
-    redact, Backend, BoxFut, Consumer, Depth, Incoming, Outgoing, RemoteError, RemoteSettle, Sent, Settler,
-    CONFIRM_TIMEOUT, CONTENT_TYPE,
+    jetstream_names, redact, Backend, BoxFut, Consumer, Depth, Incoming, Outgoing, RemoteError, RemoteSettle,
+    Sent, Settler, CONTENT_TYPE,
 };
 use crate::ids::{DeliveryTag, MessageId};
 use crate::message::{Death, DeathReason, DEATHS_MAX};
@@ -71,6 +72,10 @@ const DEATHS_HEADER: &str = "Tubemail-Deaths";
 const MAX_ACK_PENDING: i64 = 65_535;
 /// How long a pull waits for messages before it asks again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long a JetStream API request or a publish's ack may take (async-nats' default; the context
+/// has one timeout for both): below [`CONFIRM_TIMEOUT`](super::CONFIRM_TIMEOUT), so that a publish to a stopped server fails
+/// within it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// When a message given back at unsubscribe comes again: after the subscriber's last pull request
 /// has expired on the server (JetStream 2.9 cannot cancel one), which would otherwise take the
 /// message into a closed inbox, where it waits out `AckWait`.
@@ -179,7 +184,7 @@ impl Nats {
             .await
             .map_err(|_| RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() })?
             .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
-        let js = jetstream::new(client.clone());
+        let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
         let connected =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let origin = format!("{:x}{:x}", std::process::id(), connected.as_nanos());
@@ -250,14 +255,16 @@ async fn publish_to(
     }
     let ack = js.publish_with_headers(subject.to_owned(), headers, body).await;
     let ack = ack.map_err(|e| io("publish")(&e))?;
-    match tokio::time::timeout(CONFIRM_TIMEOUT, ack).await {
-        Err(_) => Err(RemoteError::Io {
+    // The ack future has its own timer (the context's `REQUEST_TIMEOUT`): a second one here would
+    // cost a timer per copy.
+    match ack.await {
+        Err(e) if e.kind() == PublishErrorKind::TimedOut => Err(RemoteError::Io {
             backend: BACKEND,
-            reason: format!("no publish ack within {CONFIRM_TIMEOUT:?}"),
+            reason: format!("no publish ack within {REQUEST_TIMEOUT:?}"),
         }),
-        Ok(Ok(_)) => Ok(true),
-        Ok(Err(e)) if e.to_string().contains("maximum messages") => Ok(false),
-        Ok(Err(e)) => Err(io("publish ack")(&e)),
+        Ok(_) => Ok(true),
+        Err(e) if e.to_string().contains("maximum messages") => Ok(false),
+        Err(e) => Err(io("publish ack")(&e)),
     }
 }
 
@@ -269,9 +276,10 @@ impl Backend for Nats {
             let (key, id) = (out.key, out.id);
             let copies = out.targets.iter().map(|q| {
                 let (subject, body) = (self.subject_of(q), out.body.clone());
-                // `ID-ORIGIN-QUEUE`: the tubemail id, this connection, the queue (a queue's subject
-                // past `tmq.` is unique per queue).
-                let dedupe = format!("{}-{}-{}", id.0, self.origin, &subject[4..]);
+                // `ID-ORIGIN`: the tubemail id and this connection. A stream is one queue's and
+                // deduplicates on its own, so the queue need not be in it (the server stores and
+                // hashes every id for its window: short ids are part of the publish rate).
+                let dedupe = format!("{}-{}", id.0, self.origin);
                 async move { publish_to(&self.js, &subject, key, body, &dedupe, None).await }
             });
             for copy in futures::future::join_all(copies).await {
@@ -503,7 +511,9 @@ impl NatsSettler {
             }
         };
         if !taken.is_empty() {
-            self.room.notify_waiters();
+            // One waiter at most (the subscriber's stream): `notify_one` leaves a permit when it is
+            // not waiting yet, and takes no lock.
+            self.room.notify_one();
         }
         taken
     }
@@ -525,11 +535,11 @@ impl NatsSettler {
             deaths.retain(|d| !(*d.queue == *self.queue && d.reason == reason));
             deaths.insert(0, Death { queue: self.queue.as_str().into(), reason, count, at_ms });
             // The message keeps its id; the dead-letter stream deduplicates each death of each copy
-            // once (the copy's own `Nats-Msg-Id` names the queue it was published to).
-            let subject = subject(dl);
-            let copy =
-                header(&message, "Nats-Msg-Id").map_or_else(|| format!("0-{}", self.queue), str::to_owned);
-            let dedupe = format!("{copy}-{}-{reason}{count}", &subject[4..]);
+            // once: the copy's own `Nats-Msg-Id`, the queue it dies in (copies of one message in two
+            // queues share an id) and the dead-letter queue.
+            let (subject, from) = (subject(dl), jetstream_names(&self.queue).subject);
+            let copy = header(&message, "Nats-Msg-Id").unwrap_or("0");
+            let dedupe = format!("{copy}-{}-{}-{reason}{count}", &from[4..], &subject[4..]);
             let deaths = Some(format_deaths(&deaths));
             match publish_to(&self.js, &subject, &key, message.payload.clone(), &dedupe, deaths).await {
                 Ok(true) => {}
