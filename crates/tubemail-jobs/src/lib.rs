@@ -49,8 +49,10 @@
 //! retried, died, discarded, cancelled, interrupted and trimmed jobs are counted ([`Jobs::stats`]).
 //!
 //! # Ordering
-//! Within a queue: priority (0 first), then the order of enqueue; a retried or scheduled job takes
-//! its place when it is due. Jobs interrupted by a shutdown go back to the front. With several
+//! Within a queue: priority (0 first); within a priority, jobs interrupted by a shutdown first,
+//! then jobs come due (scheduled, retried after their wait, periodic ticks) in the order of their
+//! due times, then jobs enqueued to run at once in the order of enqueue. A job that waited for its
+//! time does not wait again behind a backlog enqueued in the meantime. With several
 //! workers, jobs run concurrently and may finish in any order: where order matters, use one worker,
 //! or let a first job enqueue its follow-ups ([`JobContext::jobs`]).
 //!

@@ -208,6 +208,34 @@ fn a_job_due_between_two_milliseconds_is_promoted_at_its_microsecond() {
     assert_eq!(recovered.next_due_us(), Some(1_000_500));
 }
 
+#[test]
+fn jobs_come_due_run_before_the_backlog_in_due_order_behind_interrupted_ones() {
+    let mut store = JobStore::new(Limits::default(), true);
+    let late = store.enqueue(new_job("q", Some(30), None), 0).unwrap();
+    let early = store.enqueue(new_job("q", Some(20), None), 0).unwrap();
+    let running = store.enqueue(new_job("q", None, None), 0).unwrap();
+    assert_eq!(store.claim("q").map(|r| r.id), Some(running));
+    // A backlog enqueued while the scheduled jobs wait.
+    let backlog: Vec<JobId> = (0..3).map(|_| store.enqueue(new_job("q", None, None), 10).unwrap()).collect();
+    // Scheduled after the backlog, due before `late`: its place is its due time, not its id.
+    let after = store.enqueue(new_job("q", Some(25), None), 10).unwrap();
+    assert_eq!(store.promote_due(40_000).len(), 3);
+    assert!(store.put_back(running, true, 40));
+    let tick = store.enqueue_tick("nightly", 35, new_job("q", None, None), 40).unwrap().unwrap();
+    let order: Vec<JobId> = std::iter::from_fn(|| store.claim("q").map(|r| r.id)).collect();
+    let mut want = vec![running, early, after, late, tick];
+    want.extend(&backlog);
+    assert_eq!(order, want, "interrupted, then due by due time (the tick at 35 ms), then the backlog");
+    // A restart keeps the interrupted one first and places the others again by due time and id.
+    let writes = store.take_writes();
+    let (mut recovered, bad) =
+        JobStore::recover(Limits::default(), writes.into_iter().map(|w| (w.key, w.value)), 50);
+    assert!(bad.is_empty());
+    let order: Vec<JobId> = std::iter::from_fn(|| recovered.claim("q").map(|r| r.id)).collect();
+    assert_eq!(order.first(), Some(&running));
+    assert_eq!(order.len(), 8);
+}
+
 proptest! {
     /// The ready queue's deques and side trees claim in exactly the order of one B-tree of
     /// (priority, place, id), whatever order jobs arrive, leave and are claimed in.
