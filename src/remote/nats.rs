@@ -187,7 +187,11 @@ impl Nats {
         let js = jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
         let connected =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let origin = format!("{:x}{:x}", std::process::id(), connected.as_nanos());
+        // And a count of this process's connections: two made within one tick of a coarse clock
+        // must not share an origin.
+        static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nth = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let origin = format!("{:x}{:x}{nth:x}", std::process::id(), connected.as_nanos());
         let nats = Nats { client, js, origin, subjects: Default::default() };
         for (name, spec) in &topology.queues {
             nats.declare_queue_now(name, spec).await?;
@@ -538,7 +542,13 @@ impl NatsSettler {
             // once: the copy's own `Nats-Msg-Id`, the queue it dies in (copies of one message in two
             // queues share an id) and the dead-letter queue.
             let (subject, from) = (subject(dl), jetstream_names(&self.queue).subject);
-            let copy = header(&message, "Nats-Msg-Id").unwrap_or("0");
+            // A message published without an id (not by tubemail) is named by its place in its
+            // stream, the same at each redelivery: one fallback for all such messages would let the
+            // dead-letter stream drop the second as a duplicate of the first.
+            let copy = match header(&message, "Nats-Msg-Id") {
+                Some(id) => id.to_owned(),
+                None => format!("s{}", message.info().map(|i| i.stream_sequence).unwrap_or(0)),
+            };
             let dedupe = format!("{copy}-{}-{}-{reason}{count}", &from[4..], &subject[4..]);
             let deaths = Some(format_deaths(&deaths));
             match publish_to(&self.js, &subject, &key, message.payload.clone(), &dedupe, deaths).await {

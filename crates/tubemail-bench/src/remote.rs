@@ -325,7 +325,7 @@ async fn direct_jetstream(url: &str, prefix: &str, messages: u64, payload: usize
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Tubemail-Key", key);
                 headers.insert("Content-Type", "application/msgpack");
-                headers.insert("Nats-Msg-Id", format!("{run}-{i}-{}", q.0).as_str());
+                headers.insert("Nats-Msg-Id", format!("{run}-{i}").as_str());
                 let subject = names[q.0 as usize].subject.clone();
                 let body = body.clone();
                 async move {
