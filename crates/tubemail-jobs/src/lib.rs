@@ -50,9 +50,10 @@
 //!
 //! # Ordering
 //! Within a queue: priority (0 first); within a priority, jobs interrupted by a shutdown first,
-//! then jobs come due (scheduled, retried after their wait, periodic ticks) in the order of their
-//! due times, then jobs enqueued to run at once in the order of enqueue. A job that waited for its
-//! time does not wait again behind a backlog enqueued in the meantime. With several
+//! then the order of enqueue, where a job that comes due (scheduled, retried after its wait, a
+//! periodic tick) takes the place of the jobs enqueued [`store::DUE_LEAD_MS`] (a second) before its
+//! due time: it does not wait again behind a backlog enqueued while it waited for its time, and a
+//! job enqueued to run at once is passed only by jobs due within that second after it. With several
 //! workers, jobs run concurrently and may finish in any order: where order matters, use one worker,
 //! or let a first job enqueue its follow-ups ([`JobContext::jobs`]).
 //!

@@ -129,8 +129,8 @@ pub struct JobRecord {
     /// Its progress (iteration jobs).
     pub progress: Progress,
     /// Its place among jobs of its priority (smaller first): its id; once a scheduled or retried
-    /// job comes due, its due time below every id ([`DUE_ORDER_BASE`]); below those when put back
-    /// at the front of its queue.
+    /// job comes due, the place of the first job enqueued since its due time less
+    /// [`DUE_LEAD_MS`]; below every id when put back at the front of its queue.
     pub order: i64,
     /// The microseconds past `run_at` that it is due (0 to 999): a job enqueued for a time is
     /// promoted within a fraction of a millisecond of it, never before. Records written before it
@@ -369,6 +369,9 @@ pub struct JobStore {
     /// restart even when compaction removed the newest jobs' records.
     reserved: u64,
     front: i64,
+    /// The first id enqueued in each millisecond of the last [`DUE_LEAD_MS`] (at most one entry
+    /// per millisecond, so at most `DUE_LEAD_MS + 1`): where a job come due takes its place.
+    recent: VecDeque<(i64, u64)>,
     counters: Counters,
     limits: Limits,
     journaled: bool,
@@ -384,19 +387,13 @@ fn make_ready(ready: &mut BTreeMap<Arc<str>, ReadyQueue>, record: &JobRecord, id
     }
 }
 
-/// Where a job that came due (scheduled, retried after its wait, a periodic tick) takes its place:
-/// `DUE_ORDER_BASE` plus its due time in microseconds, so that due jobs go ahead of every job
-/// enqueued to run at once (whose place is its id, from 1 up), in the order of their due times, and
-/// behind the jobs an interruption put back (whose places count down from `DUE_ORDER_BASE`). A job
-/// that waited for its time does not wait again behind a backlog enqueued meanwhile: its start
-/// stays within a millisecond of its due time under load, where a place by id made it wait for
-/// every job enqueued before it.
-pub const DUE_ORDER_BASE: i64 = i64::MIN / 2;
-
-/// The place of a job due at `due_us` (see [`DUE_ORDER_BASE`]).
-pub fn due_order(due_us: i64) -> i64 {
-    DUE_ORDER_BASE.saturating_add(due_us.max(0))
-}
+/// How far ahead a job that came due (scheduled, retried after its wait, a periodic tick) goes:
+/// ahead of the jobs enqueued at most this long before its due time, behind older ones. Its place
+/// is that of the first job enqueued since its due time less this lead (a place by id alone made a
+/// job scheduled 50 ms ahead wait, once due, behind every job a flood enqueued meanwhile); a job
+/// enqueued to run at once is passed only by jobs due within this lead after its enqueue, so no
+/// stream of due jobs (retries, ticks) holds it back for longer.
+pub const DUE_LEAD_MS: i64 = 1_000;
 
 /// A queue's available jobs in claim order: by priority (0 first), then by place (`order`, then
 /// id). Jobs mostly come in that order (ids grow; an interrupted job goes to the front), so each
@@ -505,7 +502,8 @@ impl JobStore {
             ticks: BTreeMap::new(),
             next_id: 1,
             reserved: 1,
-            front: DUE_ORDER_BASE,
+            front: 0,
+            recent: VecDeque::new(),
             counters: Counters::default(),
             limits,
             journaled,
@@ -583,13 +581,12 @@ impl JobStore {
             JobState::Scheduled | JobState::Retryable if record.due_us() > now.saturating_mul(1_000) => {
                 self.timed.insert((record.due_us(), id));
             }
-            JobState::Scheduled | JobState::Retryable => {
-                // Came due while the process was down: placed as a job come due now would be.
+            JobState::Scheduled | JobState::Retryable | JobState::Available => {
+                // Come due while the process was down: at its id's place (what was enqueued
+                // before the restart is not known by time).
                 record.state = JobState::Available;
-                record.order = due_order(record.due_us());
                 make_ready(&mut self.ready, &record, id);
             }
-            JobState::Available => make_ready(&mut self.ready, &record, id),
             JobState::Executing => {
                 self.executing += 1;
             }
@@ -618,6 +615,29 @@ impl JobStore {
             self.writes.push(Write { key: job_key(id), value: None });
         }
         Some(record)
+    }
+
+    /// Notes that job `id` was enqueued at `now` (ms): the first of each millisecond is kept for
+    /// [`DUE_LEAD_MS`].
+    fn note_enqueued(&mut self, id: JobId, now: i64) {
+        if self.recent.back().is_none_or(|&(ms, _)| ms < now) {
+            self.recent.push_back((now, id.0));
+            let oldest = now.saturating_sub(DUE_LEAD_MS);
+            while self.recent.front().is_some_and(|&(ms, _)| ms < oldest) {
+                self.recent.pop_front();
+            }
+        }
+    }
+
+    /// The place of a job due at `due_us`: that of the first job enqueued since its due time less
+    /// [`DUE_LEAD_MS`] (just before it, or just after it when the due job's id is the larger: a
+    /// place is shared, then ids decide), or behind every job when none was enqueued since. Never
+    /// 0, which [`JobStore::enqueue_encoded`] reads as "no place yet".
+    fn due_place(&self, due_us: i64) -> i64 {
+        let from = due_us.div_euclid(1_000).saturating_sub(DUE_LEAD_MS);
+        let first = self.recent.partition_point(|&(ms, _)| ms < from);
+        let id = self.recent.get(first).map_or(self.next_id, |&(_, id)| id);
+        i64::try_from(id).unwrap_or(i64::MAX).max(1)
     }
 
     fn next_id(&mut self) -> JobId {
@@ -662,7 +682,7 @@ impl JobStore {
         let mut record = job.into_record(now);
         if let Some((_, tick)) = &periodic {
             // A tick came due at its time: placed as a scheduled job come due.
-            record.order = due_order(tick.saturating_mul(1_000));
+            record.order = self.due_place(tick.saturating_mul(1_000));
         }
         record.periodic = periodic;
         self.enqueue_record(record, now)
@@ -715,13 +735,15 @@ impl JobStore {
         let id = record.id;
         record.order = i64::try_from(id.0).unwrap_or(i64::MAX);
         self.insert(record, now);
+        self.note_enqueued(id, now);
         self.counters.enqueued += 1;
         id
     }
 
     /// Enqueues `record`: with its id 0 it gets the next id here; otherwise its id came from
-    /// [`JobStore::reserve_ids`], its place is that id, and `encoded`, when given, is its journal
-    /// value (encoded outside the lock; the record must not change in between).
+    /// [`JobStore::reserve_ids`]. Its place is its id unless it has one (a periodic tick's), and
+    /// `encoded`, when given, is its journal value (encoded outside the lock; the record must not
+    /// change in between).
     ///
     /// # Errors
     /// As [`JobStore::enqueue`].
@@ -752,6 +774,7 @@ impl JobStore {
         }
         debug_assert!(id.0 < self.next_id && !self.jobs.contains_key(&id), "{id} was reserved");
         self.insert(record, now);
+        self.note_enqueued(id, now);
         match encoded {
             Some(value) if self.journaled => self.writes.push(Write { key: job_key(id), value: Some(value) }),
             _ => self.journal(id),
@@ -798,9 +821,10 @@ impl JobStore {
                 break;
             }
             self.timed.pop_first();
+            let place = self.due_place(at);
             if let Some(record) = self.jobs.get_mut(&id) {
                 record.state = JobState::Available;
-                record.order = due_order(at);
+                record.order = place;
                 make_ready(&mut self.ready, record, id);
                 queues.push(record.queue.clone());
             }
@@ -818,7 +842,7 @@ impl JobStore {
         self.ready.get(queue).is_some_and(|set| set.len > 0)
     }
 
-    /// Claims the first available job of `queue` (lowest priority number, then oldest): it is
+    /// Claims the first available job of `queue` (lowest priority number, then first place): it is
     /// executing, and its record says what to run. Nothing is copied here: a worker takes what it
     /// needs (a name shared by every job of a type is not reference-counted once per job).
     pub fn claim(&mut self, queue: &str) -> Option<&JobRecord> {
@@ -1052,6 +1076,10 @@ impl JobStore {
         record.died_at = None;
         record.run_at = now;
         record.due_micros = 0;
+        let place = self.next_id();
+        let record = self.jobs.get_mut(&id).expect("checked");
+        // At the back of its queue, as a job enqueued now (its old place may be a due one).
+        record.order = i64::try_from(place.0).unwrap_or(i64::MAX);
         make_ready(&mut self.ready, record, id);
         self.journal(id);
         self.counters.resurrected += 1;

@@ -209,31 +209,41 @@ fn a_job_due_between_two_milliseconds_is_promoted_at_its_microsecond() {
 }
 
 #[test]
-fn jobs_come_due_run_before_the_backlog_in_due_order_behind_interrupted_ones() {
+fn a_job_come_due_goes_ahead_of_the_last_second_of_the_backlog_not_further() {
     let mut store = JobStore::new(Limits::default(), true);
-    let late = store.enqueue(new_job("q", Some(30), None), 0).unwrap();
-    let early = store.enqueue(new_job("q", Some(20), None), 0).unwrap();
+    let old = store.enqueue(new_job("q", None, None), 0).unwrap();
+    let late = store.enqueue(new_job("q", Some(3_000), None), 0).unwrap();
+    let early = store.enqueue(new_job("q", Some(2_500), None), 0).unwrap();
     let running = store.enqueue(new_job("q", None, None), 0).unwrap();
-    assert_eq!(store.claim("q").map(|r| r.id), Some(running));
-    // A backlog enqueued while the scheduled jobs wait.
-    let backlog: Vec<JobId> = (0..3).map(|_| store.enqueue(new_job("q", None, None), 10).unwrap()).collect();
-    // Scheduled after the backlog, due before `late`: its place is its due time, not its id.
-    let after = store.enqueue(new_job("q", Some(25), None), 10).unwrap();
-    assert_eq!(store.promote_due(40_000).len(), 3);
-    assert!(store.put_back(running, true, 40));
-    let tick = store.enqueue_tick("nightly", 35, new_job("q", None, None), 40).unwrap().unwrap();
+    let claimed: Vec<JobId> = std::iter::from_fn(|| store.claim("q").map(|r| r.id)).collect();
+    assert_eq!(claimed, [old, running]);
+    assert!(store.put_back(old, true, 10), "interrupted: back at the front");
+    // A backlog: one job at 1.0 s, three at 1.6 s, one at 2.2 s.
+    let at_1000 = store.enqueue(new_job("q", None, None), 1_000).unwrap();
+    let at_1600: Vec<JobId> =
+        (0..3).map(|_| store.enqueue(new_job("q", None, None), 1_600).unwrap()).collect();
+    let at_2200 = store.enqueue(new_job("q", None, None), 2_200).unwrap();
+    // Scheduled after that backlog, due before `late`: its place comes from its due time.
+    let after = store.enqueue(new_job("q", Some(2_800), None), 2_300).unwrap();
+    assert_eq!(store.promote_due(3_000_000).len(), 3);
+    let tick = store.enqueue_tick("nightly", 2_900, new_job("q", None, None), 3_000).unwrap().unwrap();
     let order: Vec<JobId> = std::iter::from_fn(|| store.claim("q").map(|r| r.id)).collect();
-    let mut want = vec![running, early, after, late, tick];
-    want.extend(&backlog);
-    assert_eq!(order, want, "interrupted, then due by due time (the tick at 35 ms), then the backlog");
-    // A restart keeps the interrupted one first and places the others again by due time and id.
-    let writes = store.take_writes();
-    let (mut recovered, bad) =
-        JobStore::recover(Limits::default(), writes.into_iter().map(|w| (w.key, w.value)), 50);
-    assert!(bad.is_empty());
-    let order: Vec<JobId> = std::iter::from_fn(|| recovered.claim("q").map(|r| r.id)).collect();
-    assert_eq!(order.first(), Some(&running));
-    assert_eq!(order.len(), 8);
+    // Each due job takes the place of the first job enqueued within a second before its due time
+    // (a shared place goes to the smaller id): `early` (due 2.5 s) passes the jobs of 1.6 s, not
+    // the one of 1.0 s; `late` (3.0 s) passes the one of 2.2 s, not those of 1.6 s; `after` (2.8 s)
+    // and the tick (2.9 s) share the place of the job of 2.2 s and come after it (larger ids).
+    let mut want = vec![old, at_1000, early];
+    want.extend(&at_1600);
+    want.extend([late, at_2200, after, tick]);
+    assert_eq!(order, want, "interrupted first, then by place");
+    // Brought back from the dead set, a job goes to the back, wherever it was before.
+    let killed =
+        store.fail(early, Failure::Kill { reason: "no".into() }, 3_000, &mut fastrand::Rng::with_seed(1));
+    assert!(matches!(killed, Some(Fate::Dead)));
+    let newer = store.enqueue(new_job("q", None, None), 3_000).unwrap();
+    assert!(store.retry_dead(early, 3_000));
+    let order: Vec<JobId> = std::iter::from_fn(|| store.claim("q").map(|r| r.id)).collect();
+    assert_eq!(order, [newer, early]);
 }
 
 proptest! {
