@@ -154,8 +154,71 @@ pub(crate) fn binding_key(kind: TopicKind, key: &str, weight: u32) -> String {
 
 /// A connection to RabbitMQ with a confirming publish channel.
 pub(crate) struct RabbitMq {
-    conn: Connection,
+    link: Arc<Link>,
     publish: Mutex<Channel>,
+}
+
+/// The connection, made anew when lapin's own recovery gave up on it: after a broker restart lapin
+/// sometimes ends closed or errored instead of reconnecting (seen about once in ten restarts of
+/// `tests/remote_restart.rs`: no connection on the broker, every publish refused for minutes).
+struct Link {
+    url: String,
+    props: ConnectionProperties,
+    conn: Mutex<Arc<Connection>>,
+    /// One reconnection at a time.
+    reconnecting: tokio::sync::Mutex<()>,
+    /// Closed by tubemail (shutdown): never made anew.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Link {
+    fn current(&self) -> Arc<Connection> {
+        Arc::clone(&self.conn.lock().expect("not poisoned"))
+    }
+
+    /// Whether `conn` is up, or on its way up (lapin's recovery at work).
+    fn alive(conn: &Connection) -> bool {
+        let status = conn.status();
+        status.connected() || status.connecting() || status.reconnecting()
+    }
+
+    /// The connection: the current one while it is alive, else a new one.
+    async fn connection(&self) -> Result<Arc<Connection>, RemoteError> {
+        let conn = self.current();
+        if Self::alive(&conn) || self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(conn);
+        }
+        let _one = self.reconnecting.lock().await;
+        let conn = self.current();
+        if Self::alive(&conn) {
+            return Ok(conn);
+        }
+        let fresh = open(&self.url, self.props.clone()).await?;
+        tracing::warn!(url = %redact(&self.url), "the RabbitMQ connection was given up by its recovery: connected anew");
+        let fresh = Arc::new(fresh);
+        *self.conn.lock().expect("not poisoned") = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+}
+
+/// Opens a connection, failing at once when nothing listens (automatic recovery would retry an
+/// unreachable broker for minutes).
+async fn open(url: &str, props: ConnectionProperties) -> Result<Connection, RemoteError> {
+    let uri: lapin::uri::AMQPUri =
+        url.parse().map_err(|e: String| RemoteError::Connect { url: redact(url), reason: e })?;
+    let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
+    match tokio::time::timeout(super::CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(RemoteError::Connect { url: redact(url), reason: format!("{addr}: {e}") }),
+        Err(_) => {
+            return Err(RemoteError::Connect { url: redact(url), reason: format!("{addr}: timed out") })
+        }
+    }
+    match tokio::time::timeout(super::CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(RemoteError::Connect { url: redact(url), reason: e.to_string() }),
+        Err(_) => Err(RemoteError::Connect { url: redact(url), reason: "timed out".to_owned() }),
+    }
 }
 
 /// The first wait before reconnecting to a broker that went away (doubled after each failure).
@@ -191,31 +254,22 @@ impl RabbitMq {
         props: ConnectionProperties,
         topology: &Topology,
     ) -> Result<RabbitMq, RemoteError> {
-        // Automatic recovery would retry an unreachable broker for minutes: a first connection
-        // that finds nothing listening fails at once instead.
-        let uri: lapin::uri::AMQPUri =
-            url.parse().map_err(|e: String| RemoteError::Connect { url: redact(url), reason: e })?;
-        let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
-        match tokio::time::timeout(super::CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(RemoteError::Connect { url: redact(url), reason: format!("{addr}: {e}") })
-            }
-            Err(_) => {
-                return Err(RemoteError::Connect { url: redact(url), reason: format!("{addr}: timed out") })
-            }
-        }
-        let conn = Connection::connect(url, props)
-            .await
-            .map_err(|e| RemoteError::Connect { url: redact(url), reason: e.to_string() })?;
+        let conn = open(url, props.clone()).await?;
         let publish = confirming_channel(&conn).await?;
-        let rabbit = RabbitMq { conn, publish: Mutex::new(publish) };
+        let link = Link {
+            url: url.to_owned(),
+            props,
+            conn: Mutex::new(Arc::new(conn)),
+            reconnecting: tokio::sync::Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let rabbit = RabbitMq { link: Arc::new(link), publish: Mutex::new(publish) };
         rabbit.declare(topology).await?;
         Ok(rabbit)
     }
 
     pub(crate) async fn channel(&self) -> Result<Channel, RemoteError> {
-        self.conn.create_channel().await.map_err(io("channel.open"))
+        self.link.connection().await?.create_channel().await.map_err(io("channel.open"))
     }
 
     /// Declares every queue, exchange and binding of `topology`: idempotent, and an error naming
@@ -294,9 +348,72 @@ impl RabbitMq {
             return Ok(current);
         }
         // Closed by an error of its own (a publish to an exchange deleted behind our back): anew.
-        let fresh = confirming_channel(&self.conn).await?;
+        let fresh = confirming_channel(&*self.link.connection().await?).await?;
         *self.publish.lock().expect("not poisoned") = fresh.clone();
         Ok(fresh)
+    }
+}
+
+/// A channel with `qos` (at least once) and a consumer of `queue` on it.
+async fn subscribe(
+    link: &Link,
+    queue: &str,
+    at_most_once: bool,
+    qos: u16,
+) -> Result<(Channel, lapin::Consumer), RemoteError> {
+    let channel = link.connection().await?.create_channel().await.map_err(io("channel.open"))?;
+    if !at_most_once {
+        channel.basic_qos(qos, BasicQosOptions::default()).await.map_err(io("basic.qos"))?;
+    }
+    let options = BasicConsumeOptions { no_ack: at_most_once, ..Default::default() };
+    let consumer = channel
+        .basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
+        .map_err(|e| match e.to_string().contains("NOT_FOUND") {
+            true => RemoteError::Declare {
+                backend: BACKEND,
+                what: format!("queue {queue:?}"),
+                reason: "no such queue on RabbitMQ (deleted there?): run `tubemail declare`".to_owned(),
+            },
+            false => io("basic.consume")(e),
+        })?;
+    Ok((channel, consumer))
+}
+
+/// What a subscriber needs to consume anew once its connection was given up.
+struct Resubscribe {
+    link: Arc<Link>,
+    queue: String,
+    at_most_once: bool,
+    qos: u16,
+    /// The subscriber's current channel (closed when it unsubscribes).
+    channel: Arc<Mutex<Channel>>,
+    /// Set when it unsubscribed: it is not consumed anew.
+    left: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Resubscribe {
+    /// A consumer on a new connection, tried every [`RECONNECT_MAX`] until one is made (`None`
+    /// once the subscriber left or tubemail closed the connection). What the old channel held
+    /// unacked the broker gives back, redelivered.
+    async fn again(&self) -> Option<lapin::Consumer> {
+        loop {
+            let closed = self.link.closed.load(std::sync::atomic::Ordering::Acquire);
+            if closed || self.left.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            match subscribe(&self.link, &self.queue, self.at_most_once, self.qos).await {
+                Ok((channel, consumer)) => {
+                    *self.channel.lock().expect("not poisoned") = channel;
+                    tracing::warn!(queue = %self.queue, "consuming again on a new RabbitMQ connection");
+                    return Some(consumer);
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue, error = %e, "consuming again failed; retrying");
+                    tokio::time::sleep(RECONNECT_MAX).await;
+                }
+            }
+        }
     }
 }
 
@@ -339,44 +456,66 @@ impl Backend for RabbitMq {
         prefetch: u32,
     ) -> BoxFut<'a, Result<Consumer, RemoteError>> {
         Box::pin(async move {
-            let channel = self.channel().await?;
             let at_most_once = spec.delivery == DeliveryMode::AtMostOnce;
             let qos = u16::try_from(prefetch).unwrap_or(u16::MAX);
-            if !at_most_once {
-                channel.basic_qos(qos, BasicQosOptions::default()).await.map_err(io("basic.qos"))?;
-            }
-            let options = BasicConsumeOptions { no_ack: at_most_once, ..Default::default() };
-            let consumer = channel
-                .basic_consume(queue.into(), "".into(), options, FieldTable::default())
-                .await
-                .map_err(|e| match e.to_string().contains("NOT_FOUND") {
-                    true => RemoteError::Declare {
-                        backend: BACKEND,
-                        what: format!("queue {queue:?}"),
-                        reason: "no such queue on RabbitMQ (deleted there?): run `tubemail declare`"
-                            .to_owned(),
-                    },
-                    false => io("basic.consume")(e),
-                })?;
+            let (channel, consumer) = subscribe(&self.link, queue, at_most_once, qos).await?;
             let settler = Arc::new(RabbitSettler { ackers: Mutex::default() });
             let ackers = Arc::clone(&settler);
+            // The subscriber's channel (a new one after a reconnection), and whether it left.
+            let current = Arc::new(Mutex::new(channel));
+            let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let resubscribe = Resubscribe {
+                link: Arc::clone(&self.link),
+                queue: queue.to_owned(),
+                at_most_once,
+                qos,
+                channel: Arc::clone(&current),
+                left: Arc::clone(&left),
+            };
             let mut next_tag = 0_u64;
-            let deliveries = consumer.map(move |delivery| {
-                let delivery = delivery.map_err(io("consume"))?;
-                next_tag += 1;
-                let incoming = incoming(next_tag, &delivery);
-                if !at_most_once {
-                    ackers.ackers.lock().expect("not poisoned").insert(next_tag, delivery.acker);
-                }
-                Ok(incoming)
-            });
-            let closing = channel.clone();
+            let deliveries =
+                futures::stream::unfold((Some(consumer), resubscribe), move |(mut consumer, resubscribe)| {
+                    async move {
+                        loop {
+                            if let Some(stream) = consumer.as_mut() {
+                                let next = stream.next().await;
+                                let alive = Link::alive(&resubscribe.link.current());
+                                match next {
+                                    Some(Ok(delivery)) => {
+                                        return Some((Ok(delivery), (consumer, resubscribe)))
+                                    }
+                                    // lapin recovers it, or it failed on its own: as it comes.
+                                    Some(Err(e)) if alive => {
+                                        return Some((Err(io("consume")(e)), (consumer, resubscribe)))
+                                    }
+                                    // Cancelled by the broker or by the subscriber: the end.
+                                    None if alive => return None,
+                                    _ => drop(consumer.take()),
+                                }
+                            }
+                            // The connection was given up: consume anew on a new one.
+                            consumer = resubscribe.again().await;
+                            consumer.as_ref()?;
+                        }
+                    }
+                })
+                .map(move |delivery| {
+                    let delivery = delivery?;
+                    next_tag += 1;
+                    let incoming = incoming(next_tag, &delivery);
+                    if !at_most_once {
+                        ackers.ackers.lock().expect("not poisoned").insert(next_tag, delivery.acker);
+                    }
+                    Ok(incoming)
+                });
             let giving_back = Arc::clone(&settler);
             let cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send> = Box::new(move || {
                 Box::pin(async move {
                     // Closing the channel requeues what it delivered and nobody acked: the
                     // deliveries this subscriber held unsettled, and any lapin still buffered.
+                    left.store(true, std::sync::atomic::Ordering::Release);
                     let held = giving_back.ackers.lock().expect("not poisoned").len() as u64;
+                    let closing = current.lock().expect("not poisoned").clone();
                     let _ = closing.close(200, "unsubscribed".into()).await;
                     held
                 })
@@ -439,7 +578,8 @@ impl Backend for RabbitMq {
 
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let _ = self.conn.close(200, "tubemail shut down".into()).await;
+            self.link.closed.store(true, std::sync::atomic::Ordering::Release);
+            let _ = self.link.current().close(200, "tubemail shut down".into()).await;
         })
     }
 }
