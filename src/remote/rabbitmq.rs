@@ -362,8 +362,9 @@ async fn subscribe(
     queue: &str,
     at_most_once: bool,
     qos: u16,
-) -> Result<(Channel, lapin::Consumer), RemoteError> {
-    let channel = link.connection().await?.create_channel().await.map_err(io("channel.open"))?;
+) -> Result<(Arc<Connection>, Channel, lapin::Consumer), RemoteError> {
+    let conn = link.connection().await?;
+    let channel = conn.create_channel().await.map_err(io("channel.open"))?;
     if !at_most_once {
         channel.basic_qos(qos, BasicQosOptions::default()).await.map_err(io("basic.qos"))?;
     }
@@ -379,7 +380,7 @@ async fn subscribe(
             },
             false => io("basic.consume")(e),
         })?;
-    Ok((channel, consumer))
+    Ok((conn, channel, consumer))
 }
 
 /// What a subscriber needs to consume anew once its connection was given up.
@@ -398,17 +399,17 @@ impl Resubscribe {
     /// A consumer on a new connection, tried every [`RECONNECT_MAX`] until one is made (`None`
     /// once the subscriber left or tubemail closed the connection). What the old channel held
     /// unacked the broker gives back, redelivered.
-    async fn again(&self) -> Option<lapin::Consumer> {
+    async fn again(&self) -> Option<(Arc<Connection>, lapin::Consumer)> {
         loop {
             let closed = self.link.closed.load(std::sync::atomic::Ordering::Acquire);
             if closed || self.left.load(std::sync::atomic::Ordering::Acquire) {
                 return None;
             }
             match subscribe(&self.link, &self.queue, self.at_most_once, self.qos).await {
-                Ok((channel, consumer)) => {
+                Ok((conn, channel, consumer)) => {
                     *self.channel.lock().expect("not poisoned") = channel;
                     tracing::warn!(queue = %self.queue, "consuming again on a new RabbitMQ connection");
-                    return Some(consumer);
+                    return Some((conn, consumer));
                 }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "consuming again failed; retrying");
@@ -467,7 +468,7 @@ impl Backend for RabbitMq {
         Box::pin(async move {
             let at_most_once = spec.delivery == DeliveryMode::AtMostOnce;
             let qos = u16::try_from(prefetch).unwrap_or(u16::MAX);
-            let (channel, consumer) = subscribe(&self.link, queue, at_most_once, qos).await?;
+            let (conn, channel, consumer) = subscribe(&self.link, queue, at_most_once, qos).await?;
             let settler = Arc::new(RabbitSettler { ackers: Mutex::default() });
             let ackers = Arc::clone(&settler);
             // The subscriber's channel (a new one after a reconnection), and whether it left.
@@ -482,23 +483,27 @@ impl Backend for RabbitMq {
                 left: Arc::clone(&left),
             };
             let mut next_tag = 0_u64;
-            let deliveries =
-                futures::stream::unfold((Some(consumer), resubscribe), move |(mut consumer, resubscribe)| {
+            let deliveries = futures::stream::unfold(
+                (Some((conn, consumer)), resubscribe),
+                move |(mut consumer, resubscribe)| {
                     async move {
                         loop {
-                            if let Some(stream) = consumer.as_mut() {
-                                let next = stream.next().await;
-                                let alive = Link::alive(&resubscribe.link.current());
-                                match next {
+                            if let Some((conn, stream)) = consumer.as_mut() {
+                                // Judged on the consumer's own connection, and only when it did
+                                // not deliver (nothing per delivery).
+                                let alive = |conn: &Arc<Connection>| {
+                                    Link::alive(conn) && Arc::ptr_eq(conn, &resubscribe.link.current())
+                                };
+                                match stream.next().await {
                                     Some(Ok(delivery)) => {
                                         return Some((Ok(delivery), (consumer, resubscribe)))
                                     }
                                     // lapin recovers it, or it failed on its own: as it comes.
-                                    Some(Err(e)) if alive => {
+                                    Some(Err(e)) if alive(conn) => {
                                         return Some((Err(io("consume")(e)), (consumer, resubscribe)))
                                     }
                                     // Cancelled by the broker or by the subscriber: the end.
-                                    None if alive => return None,
+                                    None if alive(conn) => return None,
                                     _ => drop(consumer.take()),
                                 }
                             }
@@ -507,16 +512,17 @@ impl Backend for RabbitMq {
                             consumer.as_ref()?;
                         }
                     }
-                })
-                .map(move |delivery| {
-                    let delivery = delivery?;
-                    next_tag += 1;
-                    let incoming = incoming(next_tag, &delivery);
-                    if !at_most_once {
-                        ackers.ackers.lock().expect("not poisoned").insert(next_tag, delivery.acker);
-                    }
-                    Ok(incoming)
-                });
+                },
+            )
+            .map(move |delivery| {
+                let delivery = delivery?;
+                next_tag += 1;
+                let incoming = incoming(next_tag, &delivery);
+                if !at_most_once {
+                    ackers.ackers.lock().expect("not poisoned").insert(next_tag, delivery.acker);
+                }
+                Ok(incoming)
+            });
             let giving_back = Arc::clone(&settler);
             let cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send> = Box::new(move || {
                 Box::pin(async move {
