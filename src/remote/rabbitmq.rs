@@ -158,17 +158,18 @@ pub(crate) struct RabbitMq {
     publish: Mutex<Channel>,
 }
 
-/// The connection, made anew when lapin's own recovery gave up on it (closed, or errored once its
-/// retries ran out). Not detected yet: a recovery that stalls while connecting (lapin drops a
-/// handshake error it gets before it is connected, and stays "connecting"), the likely cause of
-/// `tests/remote_restart.rs` failing about once in ten runs (no connection on the broker, every
-/// publish refused for minutes).
+/// The connection, and its recovery. tubemail recovers it, not lapin: lapin's automatic recovery
+/// stalled about once in ten broker restarts (`tests/remote_restart.rs`: it dropped a handshake
+/// error it got while connecting and stayed "connecting", so no connection was made again and
+/// every publish was refused for minutes). Here a connection that is not connected is made anew
+/// by the next caller that needs one (a publish, a declaration, a subscriber consuming again), at
+/// most one attempt each [`RECONNECT_EVERY`], each bounded by `CONNECT_TIMEOUT`.
 struct Link {
     url: String,
     props: ConnectionProperties,
     conn: Mutex<Arc<Connection>>,
-    /// One reconnection at a time.
-    reconnecting: tokio::sync::Mutex<()>,
+    /// One reconnection at a time; holds when the last one failed.
+    reconnecting: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Closed by tubemail (shutdown): never made anew.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -178,33 +179,56 @@ impl Link {
         Arc::clone(&self.conn.lock().expect("not poisoned"))
     }
 
-    /// Whether `conn` is up, or on its way up (lapin's recovery at work).
+    /// Whether `conn` is up (without lapin's recovery, a connection that went down stays down).
     fn alive(conn: &Connection) -> bool {
-        let status = conn.status();
-        status.connected() || status.connecting() || status.reconnecting()
+        conn.status().connected()
     }
 
-    /// The connection: the current one while it is alive, else a new one.
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The connection: the current one while it is up, else a new one (an error while the broker
+    /// cannot be reached, at once when the last attempt failed less than [`RECONNECT_EVERY`] ago).
     async fn connection(&self) -> Result<Arc<Connection>, RemoteError> {
         let conn = self.current();
-        if Self::alive(&conn) || self.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if Self::alive(&conn) || self.is_closed() {
             return Ok(conn);
         }
-        let _one = self.reconnecting.lock().await;
+        let mut last_failure = self.reconnecting.lock().await;
         let conn = self.current();
-        if Self::alive(&conn) {
+        if Self::alive(&conn) || self.is_closed() {
             return Ok(conn);
         }
-        let fresh = open(&self.url, self.props.clone()).await?;
-        tracing::warn!(url = %redact(&self.url), "the RabbitMQ connection was given up by its recovery: connected anew");
-        let fresh = Arc::new(fresh);
+        if let Some(at) = *last_failure {
+            if at.elapsed() < RECONNECT_EVERY {
+                return Err(RemoteError::Connect {
+                    url: redact(&self.url),
+                    reason: "the connection was lost; reconnecting".to_owned(),
+                });
+            }
+        }
+        let fresh = match open(&self.url, self.props.clone()).await {
+            Ok(fresh) => Arc::new(fresh),
+            Err(e) => {
+                *last_failure = Some(tokio::time::Instant::now());
+                return Err(e);
+            }
+        };
+        *last_failure = None;
+        if self.is_closed() {
+            // Shut down while connecting: the new connection does not outlive the broker.
+            let _ = fresh.close(200, "tubemail shut down".into()).await;
+            return Ok(fresh);
+        }
+        tracing::warn!(url = %redact(&self.url), "the RabbitMQ connection was lost: connected anew");
         *self.conn.lock().expect("not poisoned") = Arc::clone(&fresh);
         Ok(fresh)
     }
 }
 
-/// Opens a connection, failing at once when nothing listens (automatic recovery would retry an
-/// unreachable broker for minutes).
+/// Opens a connection, failing at once when nothing listens and within `CONNECT_TIMEOUT` when
+/// the broker accepts but does not answer (a broker starting up).
 async fn open(url: &str, props: ConnectionProperties) -> Result<Connection, RemoteError> {
     let uri: lapin::uri::AMQPUri =
         url.parse().map_err(|e: String| RemoteError::Connect { url: redact(url), reason: e })?;
@@ -223,30 +247,16 @@ async fn open(url: &str, props: ConnectionProperties) -> Result<Connection, Remo
     }
 }
 
-/// The first wait before reconnecting to a broker that went away (doubled after each failure).
-const RECONNECT_MIN: Duration = Duration::from_millis(250);
-/// The longest wait between two attempts to reconnect.
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
-/// Attempts to reconnect before the connection is given up (about ten minutes).
-const RECONNECT_ATTEMPTS: usize = 300;
+/// At most one attempt to connect again per this while the broker cannot be reached (callers in
+/// between get an error at once).
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 impl RabbitMq {
-    /// Connects (with lapin's automatic recovery: the connection, its channels, consumers and
-    /// publisher confirms come back after a network failure or a broker restart) and declares the
-    /// topology.
+    /// Connects and declares the topology. The connection is recovered by tubemail (see [`Link`]):
+    /// after a network failure or a broker restart, the next publish connects anew and each
+    /// subscriber consumes anew; what was unacked on the lost connection the broker redelivers.
     pub(crate) async fn connect(url: &str, topology: &Topology) -> Result<RabbitMq, RemoteError> {
-        // lapin's own schedule doubles the wait (1, 2, 4, 8, 16, 32 s, then a minute): a broker
-        // back after 20 s is found at 31 s, one back after 40 s at 63 s. Retried every 2 s at most
-        // instead, for about ten minutes of refused connections (each attempt to a host that drops
-        // packets adds the system's connect timeout).
-        let props = ConnectionProperties::default()
-            .with_connection_name("tubemail".into())
-            .configure_backoff(|b| {
-                b.with_min_delay(RECONNECT_MIN)
-                    .with_max_delay(RECONNECT_MAX)
-                    .with_max_times(RECONNECT_ATTEMPTS)
-            })
-            .enable_auto_recover();
+        let props = ConnectionProperties::default().with_connection_name("tubemail".into());
         Self::connect_with(url, props, topology).await
     }
 
@@ -262,7 +272,7 @@ impl RabbitMq {
             url: url.to_owned(),
             props,
             conn: Mutex::new(Arc::new(conn)),
-            reconnecting: tokio::sync::Mutex::new(()),
+            reconnecting: tokio::sync::Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
         };
         let rabbit = RabbitMq { link: Arc::new(link), publish: Mutex::new(publish) };
@@ -346,10 +356,11 @@ impl RabbitMq {
 
     async fn publish_channel(&self) -> Result<Channel, RemoteError> {
         let current = self.publish.lock().expect("not poisoned").clone();
-        if current.status().connected() || current.status().reconnecting() {
+        if current.status().connected() {
             return Ok(current);
         }
-        // Closed by an error of its own (a publish to an exchange deleted behind our back): anew.
+        // Closed by an error of its own (a publish to an exchange deleted behind our back), or
+        // with its connection: anew.
         let fresh = confirming_channel(&*self.link.connection().await?).await?;
         *self.publish.lock().expect("not poisoned") = fresh.clone();
         Ok(fresh)
@@ -396,7 +407,7 @@ struct Resubscribe {
 }
 
 impl Resubscribe {
-    /// A consumer on a new connection, tried every [`RECONNECT_MAX`] until one is made (`None`
+    /// A consumer on a new connection, tried every [`RECONNECT_EVERY`] until one is made (`None`
     /// once the subscriber left or tubemail closed the connection). What the old channel held
     /// unacked the broker gives back, redelivered.
     async fn again(&self) -> Option<(Arc<Connection>, lapin::Consumer)> {
@@ -413,7 +424,7 @@ impl Resubscribe {
                 }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "consuming again failed; retrying");
-                    tokio::time::sleep(RECONNECT_MAX).await;
+                    tokio::time::sleep(RECONNECT_EVERY).await;
                 }
             }
         }
@@ -429,7 +440,7 @@ async fn confirming_channel(conn: &Connection) -> Result<Channel, RemoteError> {
 impl Backend for RabbitMq {
     fn publish<'a>(&'a self, out: Outgoing<'a>) -> BoxFut<'a, Result<Sent, RemoteError>> {
         // One deadline over the whole publish: a channel opened or a publish sent during a
-        // recovery can wait without end in lapin (a promise whose resolver was dropped).
+        // connection loss can wait without end in lapin (a promise whose resolver was dropped).
         let publish = async move {
             let channel = self.publish_channel().await?;
             let props = BasicProperties::default()
@@ -498,7 +509,7 @@ impl Backend for RabbitMq {
                                     Some(Ok(delivery)) => {
                                         return Some((Ok(delivery), (consumer, resubscribe)))
                                     }
-                                    // lapin recovers it, or it failed on its own: as it comes.
+                                    // Failed on its own (the connection is up): as it comes.
                                     Some(Err(e)) if alive(conn) => {
                                         return Some((Err(io("consume")(e)), (consumer, resubscribe)))
                                     }
@@ -674,7 +685,7 @@ fn deaths(entries: &[AMQPValue]) -> (Vec<Death>, Option<String>) {
 }
 
 /// Settles through each delivery's own lapin acker, so that a delivery of a channel that was
-/// recovered since is refused (its tag would name another message on the new channel) instead of
+/// lost since is refused (its tag would name another message on a new channel) instead of
 /// settling the wrong one.
 struct RabbitSettler {
     /// Unsettled deliveries: at most the subscription's prefetch.
