@@ -47,6 +47,8 @@
 //! a run interrupted by a crash, a kill -9 or a shutdown's timeout runs again in full (iteration jobs
 //! from their last checkpoint), so handlers must be idempotent. Nothing leaves silently: completed,
 //! retried, died, discarded, cancelled, interrupted and trimmed jobs are counted ([`Jobs::stats`]).
+//! A job's completion reaches the journal shortly after the job ran (a thread of its own appends
+//! what workers settle, outside the store's lock): a kill -9 in between runs the job again.
 //!
 //! # Ordering
 //! Within a queue: priority (0 first); within a priority, jobs interrupted by a shutdown first,
@@ -68,7 +70,9 @@
 //! the held ones (at most one batch). A bulk enqueue holds the store's lock [`ENQUEUE_CHUNK`] jobs at
 //! a time and hands it to a waiting worker between chunks; with a journal its records are written
 //! ahead of the store, outside the lock, unless the bulk has unique keys or may not fit the store
-//! (then it is one hold and one append). A job's arguments are at most [`ARGS_MAX`].
+//! (then it is one hold and one append). A job's arguments are at most [`ARGS_MAX`]. Settled jobs'
+//! journal writes wait for the journal's thread in an outbox of at most [`OUTBOX_WRITES_MAX`]
+//! writes; past it, a settling worker appends them itself, under the store's lock.
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then
@@ -84,7 +88,9 @@
 pub mod broken;
 pub mod iteration;
 pub mod job;
+mod outbox;
 pub mod policy;
+pub use outbox::OUTBOX_WRITES_MAX;
 mod runtime;
 pub mod store;
 

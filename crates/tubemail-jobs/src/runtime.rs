@@ -22,6 +22,7 @@ use crate::iteration::{self, IterationJob, IterationSettings, Outcome};
 use crate::job::{
     CancelFlag, EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When, WorkerContext,
 };
+use crate::outbox::Outbox;
 use crate::store::{
     Cancelled, Counters, Failure, JobId, JobRecord, JobState, JobStore, Limits, NewJob, Progress, Refused,
     Sizes,
@@ -349,6 +350,11 @@ impl Shared {
 struct Inner {
     shared: parking_lot::Mutex<Shared>,
     journal: Option<(Stream, Arc<Partition>)>,
+    /// The journal's writes on their way to it (with a journal).
+    outbox: Option<Arc<Outbox>>,
+    /// Whether the outbox has a thread of its own appending (a multi-threaded runtime): then a
+    /// worker settling its jobs does not append.
+    appender: bool,
     /// Each registered name's place in `handler_list`.
     handlers: BTreeMap<Arc<str>, usize>,
     handler_list: Vec<Arc<dyn Handler>>,
@@ -370,6 +376,14 @@ struct Inner {
     /// When the next scheduled job is due (µs since the epoch; `i64::MAX` for none), kept by
     /// every change of the store: a worker running a batch looks at it between jobs.
     next_due_us: AtomicI64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.stop();
+        }
+    }
 }
 
 /// Background jobs: see the [crate docs](crate). Cheap to clone.
@@ -648,9 +662,30 @@ impl JobsBuilder {
             }
         };
         let rng = self.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        let outbox = journal.as_ref().map(|(_, partition)| Outbox::new(Arc::clone(partition)));
+        // A thread appends where workers run in parallel; on one thread it would only take turns
+        // with them, and a seed's run must not depend on when it does.
+        let multi_threaded =
+            tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+        let appender = match &outbox {
+            Some(outbox) if multi_threaded && self.workers => {
+                let outbox = Arc::clone(outbox);
+                std::thread::Builder::new()
+                    .name("tubemail-jobs-journal".into())
+                    .spawn(move || outbox.run())
+                    .map_err(|e| StartError::Invalid {
+                        field: "journal appender".into(),
+                        why: e.to_string(),
+                    })?;
+                true
+            }
+            _ => false,
+        };
         let inner = Arc::new(Inner {
             shared: parking_lot::Mutex::new(Shared { store, rng, running: FxHashMap::default() }),
             journal,
+            outbox,
+            appender,
             handlers: self.handlers.keys().enumerate().map(|(i, name)| (name.clone(), i)).collect(),
             handler_list: self.handlers.into_values().collect(),
             pools: pools.into_iter().map(|spec| PoolState { spec, wake: Notify::new() }).collect(),
@@ -901,25 +936,50 @@ impl Jobs {
         self.inner.next_due_us.store(shared.store.next_due_us().unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
-    /// Appends the store's pending writes to the journal (and notes the next due time); returns the
-    /// last offset written.
+    /// Appends the store's pending writes to the journal, after any handed to the outbox before
+    /// (and notes the next due time); returns the last offset written.
     fn flush(&self, shared: &mut Shared) -> Result<Option<u64>, LogError> {
         self.note_due(shared);
-        let Some((_, partition)) = &self.inner.journal else { return Ok(None) };
+        let Some(outbox) = &self.inner.outbox else { return Ok(None) };
         if !shared.store.has_writes() {
             return Ok(None);
         }
-        let writes = shared.store.take_writes();
-        let now = self.now();
-        let appends: Vec<Append<'_>> = writes
-            .iter()
-            .map(|w| Append { key: Some(&w.key), value: w.value.as_deref(), timestamp: now })
-            .collect();
-        let mut last = 0;
-        for slice in appends.chunks(tubemail_log::BATCH_RECORDS_MAX) {
-            last = partition.append(slice)?.1;
+        outbox.push(shared.store.take_writes(), self.now());
+        outbox.drain()
+    }
+
+    /// Hands the store's pending writes to the outbox, under the store's lock (which orders them),
+    /// for the caller to [`Jobs::drain`] once it released the lock; returns whether it had any.
+    fn hand_in(&self, shared: &mut Shared) -> bool {
+        self.note_due(shared);
+        let Some(outbox) = &self.inner.outbox else { return false };
+        if !shared.store.has_writes() {
+            return false;
         }
-        Ok(Some(last))
+        outbox.push(shared.store.take_writes(), self.now());
+        true
+    }
+
+    /// Appends what was handed to the outbox (see [`Jobs::hand_in`]); returns the last offset
+    /// written.
+    fn drain(&self) -> Result<Option<u64>, LogError> {
+        self.inner.outbox.as_ref().map_or(Ok(None), |outbox| outbox.drain())
+    }
+
+    /// Hands the store's pending writes to the outbox's thread, which appends them outside the
+    /// store's lock (in order, after the writes before), or appends them as [`Jobs::flush`] where
+    /// there is no such thread; for what nobody waits for (jobs settled by a worker).
+    fn flush_later(&self, shared: &mut Shared) -> Result<(), LogError> {
+        if !self.inner.appender {
+            return self.flush(shared).map(|_| ());
+        }
+        self.note_due(shared);
+        let Some(outbox) = &self.inner.outbox else { return Ok(()) };
+        if shared.store.has_writes() && outbox.push(shared.store.take_writes(), self.now()) {
+            // The disk does not keep up: this writer appends, under the lock (backpressure).
+            outbox.drain()?;
+        }
+        Ok(())
     }
 
     /// Gives `records` the ids reserved from `first` and appends them to the journal (outside the
@@ -1144,18 +1204,19 @@ impl Jobs {
         items: u64,
         runtime_ms: u64,
     ) -> Result<(), LogError> {
-        let offset = {
+        let handed = {
             let mut shared = self.inner.shared.lock();
             shared.store.checkpoint(id, cursor, items, runtime_ms);
-            self.flush(&mut shared)?
+            self.hand_in(&mut shared)
         };
+        let offset = if handed { self.drain()? } else { None };
         self.acked(offset).await
     }
 
     /// Cancels job `id`: a waiting job leaves at once; a running one is stopped (an async handler at
     /// its next `.await`, a blocking one when it returns or checks) and then leaves.
     pub async fn cancel(&self, id: JobId) -> Result<Cancelled, LogError> {
-        let (cancelled, offset) = {
+        let (cancelled, handed) = {
             let mut shared = self.inner.shared.lock();
             let cancelled = shared.store.cancel(id);
             if cancelled == Cancelled::Running {
@@ -1163,8 +1224,9 @@ impl Jobs {
                     flag.raise();
                 }
             }
-            (cancelled, self.flush(&mut shared)?)
+            (cancelled, self.hand_in(&mut shared))
         };
+        let offset = if handed { self.drain()? } else { None };
         self.acked(offset).await?;
         Ok(cancelled)
     }
@@ -1297,6 +1359,13 @@ impl Jobs {
                 tracing::error!(%e, "the jobs' journal failed at shutdown");
             }
         }
+        if let Some(outbox) = &self.inner.outbox {
+            outbox.stop();
+            // What the workers handed in last, appended before the journal closes.
+            if let Err(e) = outbox.drain() {
+                tracing::error!(%e, "the jobs' journal failed at shutdown");
+            }
+        }
         if let Some((stream, _)) = &self.inner.journal {
             if let Err(e) = stream.close() {
                 tracing::error!(%e, "the jobs' journal did not close cleanly");
@@ -1312,6 +1381,9 @@ impl Jobs {
     #[doc(hidden)]
     pub async fn crash(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        if let Some(outbox) = &self.inner.outbox {
+            outbox.stop();
+        }
         if let Some((stream, _)) = &self.inner.journal {
             stream.abandon();
         }
@@ -1505,7 +1577,7 @@ impl Jobs {
                 shared.running.remove(&id);
             }
             Self::give_back_locked(shared, batch);
-            if let Err(e) = self.flush(shared) {
+            if let Err(e) = self.flush_later(shared) {
                 tracing::error!(%e, "the jobs' journal failed");
             }
             more = match ahead {

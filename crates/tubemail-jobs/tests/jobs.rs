@@ -805,3 +805,86 @@ async fn a_handler_that_is_never_idle_is_interrupted_at_the_shutdown_timeout() {
     assert_eq!((report.running, report.interrupted), (1, 1));
     assert_eq!(report.left.total, 1, "the interrupted job is put back");
 }
+
+/// A job retried at once, for a test on real time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Settled {
+    n: u64,
+}
+
+impl Job for Settled {
+    const NAME: &'static str = "settled";
+
+    fn options() -> JobOptions {
+        JobOptions { retry: RetryPolicy::Fixed { retries: 3, delay_ms: 0 }, ..JobOptions::default() }
+    }
+}
+
+/// On a multi-threaded runtime, a thread of its own appends what workers settle, outside the store's
+/// lock: the journal must still get every record before its tombstone, and a shutdown must append
+/// what is left. Two enqueuers and two workers race on 20,000 jobs, with retries (each record is
+/// written again before its tombstone); after the shutdown, the next process finds nothing left
+/// to run, and runs nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_jobs_reach_the_journal_in_order_from_the_appender_thread() {
+    const PER_ENQUEUER: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let count = runs.clone();
+    let jobs = Jobs::builder()
+        .dir(dir.path())
+        .fsync(tubemail_jobs::Fsync::Never)
+        .pool(Pool::new("two", 2).queue("default"))
+        .handle(move |job: Settled, ctx| {
+            count.fetch_add(1, Ordering::SeqCst);
+            // One job in ten fails once and is retried at once: its record is written again.
+            let fail = job.n.is_multiple_of(10) && ctx.retry_count() == 0;
+            std::future::ready(if fail { Err(JobError::Retry("once".into())) } else { Ok(()) })
+        })
+        .start()
+        .unwrap();
+    let enqueuers: Vec<_> = (0..2_u64)
+        .map(|e| {
+            let jobs = jobs.clone();
+            tokio::spawn(async move {
+                for chunk in 0..PER_ENQUEUER / 100 {
+                    let first = e * PER_ENQUEUER + chunk * 100;
+                    let ids = jobs.enqueue_bulk((first..first + 100).map(|n| Settled { n })).await.unwrap();
+                    assert!(ids.iter().all(Result::is_ok));
+                }
+            })
+        })
+        .collect();
+    for enqueuer in enqueuers {
+        enqueuer.await.unwrap();
+    }
+    let all = 2 * PER_ENQUEUER;
+    let retried = all / 10;
+    while u64::from(runs.load(Ordering::SeqCst)) < all + retried {
+        jobs.idle().await;
+        tokio::task::yield_now().await;
+    }
+    let report = jobs.shutdown().await;
+    assert_eq!(report.left.total, 0);
+    assert_eq!(jobs.stats().counters.completed, all);
+    drop(jobs);
+    let again = Arc::new(AtomicU32::new(0));
+    let count = again.clone();
+    let jobs = Jobs::builder()
+        .dir(dir.path())
+        .fsync(tubemail_jobs::Fsync::Never)
+        .handle(move |_: Settled, _| {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<(), JobError>(()))
+        })
+        .start()
+        .unwrap();
+    jobs.idle().await;
+    assert_eq!(jobs.stats().sizes.total, 0, "nothing left in the journal");
+    assert_eq!(
+        again.load(Ordering::SeqCst),
+        0,
+        "a completed job came back: a tombstone was lost or came first"
+    );
+    jobs.shutdown().await;
+}
