@@ -25,12 +25,8 @@ fn rabbitmqctl(args: &[&str]) {
 #[cfg(feature = "rabbitmq")]
 #[actix::test]
 async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
-    let addr = "127.0.0.1:5672".parse().unwrap();
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
-        "RabbitMQ is not running on {addr}: start it (this test runs against it in CI)"
-    );
     let _one = RABBITMQ_RESTARTS.lock().await;
+    rabbitmq_is_up();
     survive_a_restart(RABBITMQ, || {
         rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_secs(1));
@@ -40,21 +36,27 @@ async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
     .await;
 }
 
-/// One RabbitMQ restart at a time (the tests of one file run in parallel).
+/// One RabbitMQ restart at a time (the tests of one file run in parallel): each holds it from
+/// before it checks that RabbitMQ is up until RabbitMQ is up again.
 #[cfg(feature = "rabbitmq")]
 static RABBITMQ_RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[cfg(feature = "rabbitmq")]
+fn rabbitmq_is_up() {
+    let addr = "127.0.0.1:5672".parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "RabbitMQ is not running on {addr}: start it (this test runs against it in CI)"
+    );
+}
 
 /// Down long enough that the publisher's and the subscriber's attempts to connect again fail many
 /// times over (each is refused while nothing listens) before one succeeds.
 #[cfg(feature = "rabbitmq")]
 #[actix::test]
 async fn nothing_confirmed_is_lost_when_rabbitmq_is_down_for_15_s() {
-    let addr = "127.0.0.1:5672".parse().unwrap();
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
-        "RabbitMQ is not running on {addr}: start it (this test runs against it in CI)"
-    );
     let _one = RABBITMQ_RESTARTS.lock().await;
+    rabbitmq_is_up();
     survive_a_restart(RABBITMQ, || {
         rabbitmqctl(&["stop_app"]);
         std::thread::sleep(Duration::from_secs(15));

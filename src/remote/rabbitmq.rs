@@ -216,13 +216,21 @@ impl Link {
             }
         };
         *last_failure = None;
-        if self.is_closed() {
-            // Shut down while connecting: the new connection does not outlive the broker.
+        // Installed under the lock that `close` sets `closed` under: a shutdown either sees this
+        // connection (and closes it) or happened before (and this one is closed here).
+        let installed = {
+            let mut conn = self.conn.lock().expect("not poisoned");
+            let open = !self.is_closed();
+            if open {
+                *conn = Arc::clone(&fresh);
+            }
+            open
+        };
+        if !installed {
             let _ = fresh.close(200, "tubemail shut down".into()).await;
             return Ok(fresh);
         }
         tracing::warn!(url = %redact(&self.url), "the RabbitMQ connection was lost: connected anew");
-        *self.conn.lock().expect("not poisoned") = Arc::clone(&fresh);
         Ok(fresh)
     }
 }
@@ -250,6 +258,10 @@ async fn open(url: &str, props: ConnectionProperties) -> Result<Connection, Remo
 /// At most one attempt to connect again per this while the broker cannot be reached (callers in
 /// between get an error at once).
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// Attempts to consume again that find no such queue before a subscription ends (one per
+/// [`RECONNECT_EVERY`]).
+const GONE_AFTER: u32 = 10;
 
 impl RabbitMq {
     /// Connects and declares the topology. The connection is recovered by tubemail (see [`Link`]):
@@ -394,7 +406,7 @@ async fn subscribe(
     Ok((conn, channel, consumer))
 }
 
-/// What a subscriber needs to consume anew once its connection was given up.
+/// What a subscriber needs to consume anew once its connection was lost.
 struct Resubscribe {
     link: Arc<Link>,
     queue: String,
@@ -408,9 +420,10 @@ struct Resubscribe {
 
 impl Resubscribe {
     /// A consumer on a new connection, tried every [`RECONNECT_EVERY`] until one is made (`None`
-    /// once the subscriber left or tubemail closed the connection). What the old channel held
+    /// once the subscriber left, tubemail closed the connection, or the queue is gone). What the old channel held
     /// unacked the broker gives back, redelivered.
     async fn again(&self) -> Option<(Arc<Connection>, lapin::Consumer)> {
+        let mut not_found = 0;
         loop {
             let closed = self.link.closed.load(std::sync::atomic::Ordering::Acquire);
             if closed || self.left.load(std::sync::atomic::Ordering::Acquire) {
@@ -421,6 +434,18 @@ impl Resubscribe {
                     *self.channel.lock().expect("not poisoned") = channel;
                     tracing::warn!(queue = %self.queue, "consuming again on a new RabbitMQ connection");
                     return Some((conn, consumer));
+                }
+                // Gone from RabbitMQ (an auto-delete queue goes with its consumer's connection),
+                // attempt after attempt for [`GONE_AFTER`] (not a queue still being recovered by
+                // a broker starting up): the subscription ends, as a cancellation by the broker
+                // ends it.
+                Err(e @ RemoteError::Declare { .. }) if not_found + 1 >= GONE_AFTER => {
+                    tracing::error!(queue = %self.queue, error = %e, "the queue is gone: the subscription ends");
+                    return None;
+                }
+                Err(RemoteError::Declare { .. }) => {
+                    not_found += 1;
+                    tokio::time::sleep(RECONNECT_EVERY).await;
                 }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "consuming again failed; retrying");
@@ -604,8 +629,12 @@ impl Backend for RabbitMq {
 
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            self.link.closed.store(true, std::sync::atomic::Ordering::Release);
-            let _ = self.link.current().close(200, "tubemail shut down".into()).await;
+            let current = {
+                let conn = self.link.conn.lock().expect("not poisoned");
+                self.link.closed.store(true, std::sync::atomic::Ordering::Release);
+                Arc::clone(&conn)
+            };
+            let _ = current.close(200, "tubemail shut down".into()).await;
         })
     }
 }

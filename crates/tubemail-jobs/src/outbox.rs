@@ -24,6 +24,9 @@ use crate::store::Write;
 /// itself (backpressure on the workers when the disk does not keep up).
 pub const OUTBOX_WRITES_MAX: usize = 65_536;
 
+/// How long the appender's thread waits after a failed append before it tries again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub(crate) struct Outbox {
     partition: Arc<Partition>,
     pending: Mutex<Pending>,
@@ -70,7 +73,9 @@ impl Outbox {
     /// appended (at or past the offset of every write handed in before the call).
     ///
     /// # Errors
-    /// The journal's: the writes of the failed append are not in the journal.
+    /// The journal's. What was not appended stays in the outbox, first, for the next drain to try
+    /// again (a write appended twice is harmless: the last write of a key wins, and the order
+    /// holds), so a caller never gets an offset for writes that are not in the journal.
     pub(crate) fn drain(&self) -> Result<Option<u64>, LogError> {
         let mut last = self.appender.lock();
         let batches = {
@@ -78,20 +83,32 @@ impl Outbox {
             pending.writes = 0;
             std::mem::take(&mut pending.batches)
         };
-        for (now, writes) in &batches {
+        for (i, (now, writes)) in batches.iter().enumerate() {
             let appends: Vec<Append<'_>> = writes
                 .iter()
                 .map(|w| Append { key: Some(&w.key), value: w.value.as_deref(), timestamp: *now })
                 .collect();
             for slice in appends.chunks(tubemail_log::BATCH_RECORDS_MAX) {
-                *last = Some(self.partition.append(slice)?.1);
+                match self.partition.append(slice) {
+                    Ok((_, offset)) => *last = Some(offset),
+                    Err(e) => {
+                        drop(appends);
+                        let mut pending = self.pending.lock();
+                        let mut kept: Vec<(i64, Vec<Write>)> = batches.into_iter().skip(i).collect();
+                        kept.append(&mut pending.batches);
+                        pending.writes = kept.iter().map(|(_, w)| w.len()).sum();
+                        pending.batches = kept;
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(*last)
     }
 
     /// The appender's loop, on a thread of its own: appends what is handed in until the outbox
-    /// stops (what is left then is the stopper's to drain, or lost with a crash).
+    /// stops (what is left then is the stopper's to drain, or lost with a crash). After a failed
+    /// append it waits [`RETRY_AFTER`] before it tries again.
     pub(crate) fn run(self: Arc<Self>) {
         loop {
             {
@@ -104,7 +121,11 @@ impl Outbox {
                 }
             }
             if let Err(e) = self.drain() {
-                tracing::error!(%e, "the jobs' journal failed");
+                tracing::error!(%e, "the jobs' journal failed; its writes are kept and tried again");
+                let mut pending = self.pending.lock();
+                if !pending.stopped {
+                    self.more.wait_for(&mut pending, RETRY_AFTER);
+                }
             }
         }
     }

@@ -382,6 +382,13 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(outbox) = &self.outbox {
             outbox.stop();
+            // Dropped without a shutdown (a runtime that ended, a panic): what the workers settled
+            // is appended before the journal closes. After a crash it is lost, as a crash loses it.
+            if !self.closed.load(Ordering::Acquire) {
+                if let Err(e) = outbox.drain() {
+                    tracing::error!(%e, "the jobs' journal failed as the jobs were dropped");
+                }
+            }
         }
     }
 }

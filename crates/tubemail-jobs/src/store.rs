@@ -559,6 +559,22 @@ impl JobStore {
                 _ => bad.push((key, "unknown record kind".into())),
             }
         }
+        // The first job of each millisecond of the last second, as the enqueues noted them: a job
+        // that comes due right after the restart passes the backlog of its last second, as it
+        // would have without the restart.
+        let since = now.saturating_sub(DUE_LEAD_MS);
+        let mut recent: Vec<(i64, u64)> = store
+            .jobs
+            .values()
+            .filter(|r| (since..=now).contains(&r.enqueued_at))
+            .map(|r| (r.enqueued_at, r.id.0))
+            .collect();
+        recent.sort_unstable();
+        for (ms, id) in recent {
+            if store.recent.back().is_none_or(|&(last, _)| last < ms) {
+                store.recent.push_back((ms, id));
+            }
+        }
         // Executing when the process stopped: interrupted; they run again first.
         let mut executing: Vec<JobId> =
             store.jobs.values().filter(|r| r.state == JobState::Executing).map(|r| r.id).collect();

@@ -246,6 +246,26 @@ fn a_job_come_due_goes_ahead_of_the_last_second_of_the_backlog_not_further() {
     assert_eq!(order, [newer, early]);
 }
 
+#[test]
+fn after_a_restart_a_job_come_due_still_passes_the_last_second_of_the_backlog() {
+    let mut store = JobStore::new(Limits::default(), true);
+    let old = store.enqueue(new_job("q", None, None), 0).unwrap();
+    let backlog: Vec<JobId> =
+        (0..3).map(|i| store.enqueue(new_job("q", None, None), 1_500 + i).unwrap()).collect();
+    let due = store.enqueue(new_job("q", Some(2_400), None), 1_600).unwrap();
+    let (mut recovered, bad) = JobStore::recover(
+        Limits::default(),
+        store.take_writes().into_iter().map(|w| (w.key, w.value)),
+        2_000,
+    );
+    assert!(bad.is_empty());
+    assert_eq!(recovered.promote_due(2_400_000).len(), 1);
+    let order: Vec<JobId> = std::iter::from_fn(|| recovered.claim("q").map(|r| r.id)).collect();
+    // Due at 2.4 s: the place of the first job enqueued since 1.4 s (shared with it, and after
+    // it: its id is the smaller), as before the restart; not behind the whole backlog.
+    assert_eq!(order, [old, backlog[0], due, backlog[1], backlog[2]]);
+}
+
 proptest! {
     /// The ready queue's deques and side trees claim in exactly the order of one B-tree of
     /// (priority, place, id), whatever order jobs arrive, leave and are claimed in.
