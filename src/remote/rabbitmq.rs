@@ -227,7 +227,7 @@ impl Link {
             open
         };
         if !installed {
-            let _ = fresh.close(200, "tubemail shut down".into()).await;
+            close_within(fresh.close(200, "tubemail shut down".into())).await;
             return Ok(fresh);
         }
         tracing::warn!(url = %redact(&self.url), "the RabbitMQ connection was lost: connected anew");
@@ -258,6 +258,16 @@ async fn open(url: &str, props: ConnectionProperties) -> Result<Connection, Remo
 /// At most one attempt to connect again per this while the broker cannot be reached (callers in
 /// between get an error at once).
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a close waits for the broker's close-ok: a connection that died silently never
+/// sends it, and lapin stops its heartbeats while closing.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes a connection or channel, waiting at most [`CLOSE_TIMEOUT`] (what is left unacked on it the
+/// broker gives back either way).
+async fn close_within<T>(close: impl std::future::Future<Output = T>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+}
 
 /// Attempts to consume again that find no such queue before a subscription ends (one per
 /// [`RECONNECT_EVERY`]).
@@ -362,7 +372,7 @@ impl RabbitMq {
             .queue_declare(name.into(), queue_options(spec), table(queue_arguments(spec)))
             .await
             .map_err(declare_error(format!("queue {name:?}")))?;
-        let _ = channel.close(200, "declared".into()).await;
+        close_within(channel.close(200, "declared".into())).await;
         Ok(())
     }
 
@@ -429,7 +439,15 @@ impl Resubscribe {
             if closed || self.left.load(std::sync::atomic::Ordering::Acquire) {
                 return None;
             }
-            match subscribe(&self.link, &self.queue, self.at_most_once, self.qos).await {
+            // Bounded: on a connection that died silently, lapin would wait for the heartbeat.
+            let attempt = subscribe(&self.link, &self.queue, self.at_most_once, self.qos);
+            let attempt = tokio::time::timeout(CONFIRM_TIMEOUT, attempt).await.unwrap_or_else(|_| {
+                Err(RemoteError::Io {
+                    backend: BACKEND,
+                    reason: format!("no answer within {CONFIRM_TIMEOUT:?}"),
+                })
+            });
+            match attempt {
                 Ok((conn, channel, consumer)) => {
                     *self.channel.lock().expect("not poisoned") = channel;
                     tracing::warn!(queue = %self.queue, "consuming again on a new RabbitMQ connection");
@@ -567,7 +585,7 @@ impl Backend for RabbitMq {
                     left.store(true, std::sync::atomic::Ordering::Release);
                     let held = giving_back.ackers.lock().expect("not poisoned").len() as u64;
                     let closing = current.lock().expect("not poisoned").clone();
-                    let _ = closing.close(200, "unsubscribed".into()).await;
+                    close_within(closing.close(200, "unsubscribed".into())).await;
                     held
                 })
             });
@@ -581,7 +599,7 @@ impl Backend for RabbitMq {
             let options = QueueDeclareOptions { passive: true, ..Default::default() };
             let q = channel.queue_declare(queue.into(), options, FieldTable::default()).await;
             let q = q.map_err(io("queue.declare (passive)"))?;
-            let _ = channel.close(200, "depth".into()).await;
+            close_within(channel.close(200, "depth".into())).await;
             Ok(Depth { ready: u64::from(q.message_count()), consumers: u64::from(q.consumer_count()) })
         })
     }
@@ -599,7 +617,7 @@ impl Backend for RabbitMq {
             let channel = self.channel().await?;
             let n = channel.queue_delete(name.into(), QueueDeleteOptions::default()).await;
             let n = n.map_err(io("queue.delete"))?;
-            let _ = channel.close(200, "deleted".into()).await;
+            close_within(channel.close(200, "deleted".into())).await;
             Ok(u64::from(n))
         })
     }
@@ -622,7 +640,7 @@ impl Backend for RabbitMq {
                 channel.queue_unbind(queue.into(), topic.into(), key, FieldTable::default()).await
             };
             done.map_err(declare_error(format!("binding {topic:?} → {queue:?}")))?;
-            let _ = channel.close(200, "bound".into()).await;
+            close_within(channel.close(200, "bound".into())).await;
             Ok(())
         })
     }
@@ -634,7 +652,7 @@ impl Backend for RabbitMq {
                 self.link.closed.store(true, std::sync::atomic::Ordering::Release);
                 Arc::clone(&conn)
             };
-            let _ = current.close(200, "tubemail shut down".into()).await;
+            close_within(current.close(200, "tubemail shut down".into())).await;
         })
     }
 }
