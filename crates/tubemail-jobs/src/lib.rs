@@ -72,7 +72,9 @@
 //! ahead of the store, outside the lock, unless the bulk has unique keys or may not fit the store
 //! (then it is one hold and one append). A job's arguments are at most [`ARGS_MAX`]. Settled jobs'
 //! journal writes wait for the journal's thread in an outbox of at most [`OUTBOX_WRITES_MAX`]
-//! writes; past it, a settling worker appends them itself, under the store's lock.
+//! writes; past it, a settling worker appends them itself, under the store's lock. Writes a failed
+//! append leaves are kept for the next try, up to that bound; past it (a journal that keeps
+//! refusing) they are dropped and their number logged as an error.
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then

@@ -75,7 +75,8 @@ impl Outbox {
     /// # Errors
     /// The journal's. What was not appended stays in the outbox, first, for the next drain to try
     /// again (a write appended twice is harmless: the last write of a key wins, and the order
-    /// holds), so a caller never gets an offset for writes that are not in the journal.
+    /// holds), so a caller never gets an offset for writes that are not in the journal; past
+    /// [`OUTBOX_WRITES_MAX`] kept writes, they are dropped and their number logged as an error.
     pub(crate) fn drain(&self) -> Result<Option<u64>, LogError> {
         let mut last = self.appender.lock();
         let batches = {
@@ -98,6 +99,17 @@ impl Outbox {
                         kept.append(&mut pending.batches);
                         pending.writes = kept.iter().map(|(_, w)| w.len()).sum();
                         pending.batches = kept;
+                        if pending.writes > OUTBOX_WRITES_MAX {
+                            // The journal keeps refusing: the outbox does not grow without bound.
+                            // What the journal held before stays; these changes are lost to a restart.
+                            tracing::error!(
+                                dropped = pending.writes,
+                                %e,
+                                "the jobs' journal keeps refusing writes: the outbox's writes are dropped"
+                            );
+                            pending.batches.clear();
+                            pending.writes = 0;
+                        }
                         return Err(e);
                     }
                 }
@@ -134,5 +146,41 @@ impl Outbox {
     pub(crate) fn stop(&self) {
         self.pending.lock().stopped = true;
         self.more.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tubemail_log::{Cleanup, LogDir, StreamConfig};
+
+    fn write(n: u32) -> Write {
+        Write { key: n.to_be_bytes().to_vec(), value: Some(vec![1]) }
+    }
+
+    #[test]
+    fn a_failed_append_keeps_its_writes_until_the_bound_then_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogDir::open(dir.path()).unwrap();
+        let config = StreamConfig { cleanup: Cleanup::Compact, ..StreamConfig::default() };
+        let stream = log.stream("jobs", config).unwrap();
+        let partition = Arc::clone(stream.partition(0).unwrap());
+        let outbox = Outbox::new(Arc::clone(&partition));
+        assert!(!outbox.push(vec![write(0), write(1)], 0));
+        assert_eq!(outbox.drain().unwrap(), Some(1));
+        // A journal that refuses (closed here): the writes stay, and no offset is returned for them.
+        partition.close().unwrap();
+        outbox.push(vec![write(2)], 0);
+        outbox.push(vec![write(3)], 0);
+        assert!(outbox.drain().is_err());
+        assert_eq!(outbox.pending.lock().writes, 2, "kept for the next drain");
+        assert!(outbox.drain().is_err());
+        assert_eq!(outbox.pending.lock().writes, 2, "kept once, not twice");
+        // Past the bound, a journal that keeps refusing does not make the outbox grow.
+        let many: Vec<Write> = (0..OUTBOX_WRITES_MAX as u32).map(write).collect();
+        assert!(outbox.push(many, 0), "past the bound: the writer should drain");
+        assert!(outbox.drain().is_err());
+        assert_eq!(outbox.pending.lock().writes, 0, "dropped (and logged) past the bound");
+        assert!(outbox.pending.lock().batches.is_empty());
     }
 }
