@@ -208,13 +208,10 @@ impl Link {
                 });
             }
         }
-        let fresh = match open(&self.url, self.props.clone()).await {
-            Ok(fresh) => Arc::new(fresh),
-            Err(e) => {
-                *last_failure = Some(tokio::time::Instant::now());
-                return Err(e);
-            }
-        };
+        // Noted before the attempt: one its caller gives up on (a publish's deadline drops it)
+        // counts as failed too.
+        *last_failure = Some(tokio::time::Instant::now());
+        let fresh = Arc::new(open(&self.url, self.props.clone()).await?);
         *last_failure = None;
         // Installed under the lock that `close` sets `closed` under: a shutdown either sees this
         // connection (and closes it) or happened before (and this one is closed here).
