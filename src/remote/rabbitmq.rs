@@ -211,7 +211,14 @@ impl Link {
         // Noted before the attempt: one its caller gives up on (a publish's deadline drops it)
         // counts as failed too.
         *last_failure = Some(tokio::time::Instant::now());
-        let fresh = Arc::new(open(&self.url, self.props.clone()).await?);
+        let fresh = match open(&self.url, self.props.clone()).await {
+            Ok(fresh) => Arc::new(fresh),
+            Err(e) => {
+                // Noted again at its end: the callers queued behind a slow attempt fail at once.
+                *last_failure = Some(tokio::time::Instant::now());
+                return Err(e);
+            }
+        };
         *last_failure = None;
         // Installed under the lock that `close` sets `closed` under: a shutdown either sees this
         // connection (and closes it) or happened before (and this one is closed here).
@@ -402,7 +409,8 @@ async fn subscribe(
     let consumer = channel
         .basic_consume(queue.into(), "".into(), options, FieldTable::default())
         .await
-        .map_err(|e| match e.to_string().contains("NOT_FOUND") {
+        // "home node ... is down": a queue on a cluster node that is restarting, not a queue gone.
+        .map_err(|e| match e.to_string().contains("NOT_FOUND") && !e.to_string().contains("home node") {
             true => RemoteError::Declare {
                 backend: BACKEND,
                 what: format!("queue {queue:?}"),

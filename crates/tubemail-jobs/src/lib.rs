@@ -74,7 +74,8 @@
 //! journal writes wait for the journal's thread in an outbox of at most [`OUTBOX_WRITES_MAX`]
 //! writes; past it, a settling worker appends them itself, under the store's lock. Writes a failed
 //! append leaves are kept for the next try, up to that bound; past it (a journal that keeps
-//! refusing) they are dropped and their number logged as an error.
+//! refusing) they are dropped and their number logged as an error. A failure's reason is kept to
+//! [`store::ERROR_MAX`] bytes.
 //!
 //! # Shutdown
 //! [`Jobs::shutdown`] as Sidekiq: stop fetching, wait up to the shutdown timeout (25 s), then

@@ -42,6 +42,23 @@ struct Pending {
     batches: Vec<(i64, Vec<Write>)>,
     writes: usize,
     stopped: bool,
+    /// Writes dropped (a journal that kept refusing): every drain fails from then on.
+    lost: usize,
+}
+
+/// An error the journal gives every time for the same write (too large, no key, a bad batch).
+fn never(e: &LogError) -> bool {
+    matches!(e, LogError::RecordTooLarge { .. } | LogError::KeyRequired | LogError::BatchSize { .. })
+}
+
+fn lost(writes: usize) -> LogError {
+    LogError::Io {
+        op: "append",
+        path: "the jobs' journal".into(),
+        source: std::io::Error::other(format!(
+            "{writes} writes were dropped after the journal kept refusing them; restart to recover from the journal"
+        )),
+    }
 }
 
 impl Outbox {
@@ -61,6 +78,11 @@ impl Outbox {
             return false;
         }
         let mut pending = self.pending.lock();
+        if pending.lost > 0 {
+            // The journal already lost writes (see [`Outbox::drain`]): these go with them.
+            pending.lost += writes.len();
+            return false;
+        }
         pending.writes += writes.len();
         pending.batches.push((now, writes));
         let full = pending.writes > OUTBOX_WRITES_MAX;
@@ -75,47 +97,75 @@ impl Outbox {
     /// # Errors
     /// The journal's. What was not appended stays in the outbox, first, for the next drain to try
     /// again (a write appended twice is harmless: the last write of a key wins, and the order
-    /// holds), so a caller never gets an offset for writes that are not in the journal; past
-    /// [`OUTBOX_WRITES_MAX`] kept writes, they are dropped and their number logged as an error.
+    /// holds), so a caller never gets an offset for writes that are not in the journal. Past
+    /// [`OUTBOX_WRITES_MAX`] kept writes (a journal that keeps refusing), they are dropped, their
+    /// number logged, and every later drain fails: the journal no longer holds what the store did.
+    /// A single write the journal can never take (over its record bound) is dropped and logged,
+    /// and does not hold back the others.
     pub(crate) fn drain(&self) -> Result<Option<u64>, LogError> {
         let mut last = self.appender.lock();
         let batches = {
             let mut pending = self.pending.lock();
+            if pending.lost > 0 {
+                return Err(lost(pending.lost));
+            }
             pending.writes = 0;
             std::mem::take(&mut pending.batches)
         };
         for (i, (now, writes)) in batches.iter().enumerate() {
-            let appends: Vec<Append<'_>> = writes
-                .iter()
-                .map(|w| Append { key: Some(&w.key), value: w.value.as_deref(), timestamp: *now })
-                .collect();
-            for slice in appends.chunks(tubemail_log::BATCH_RECORDS_MAX) {
-                match self.partition.append(slice) {
-                    Ok((_, offset)) => *last = Some(offset),
-                    Err(e) => {
-                        drop(appends);
-                        let mut pending = self.pending.lock();
-                        let mut kept: Vec<(i64, Vec<Write>)> = batches.into_iter().skip(i).collect();
-                        kept.append(&mut pending.batches);
-                        pending.writes = kept.iter().map(|(_, w)| w.len()).sum();
-                        pending.batches = kept;
-                        if pending.writes > OUTBOX_WRITES_MAX {
-                            // The journal keeps refusing: the outbox does not grow without bound.
-                            // What the journal held before stays; these changes are lost to a restart.
-                            tracing::error!(
-                                dropped = pending.writes,
-                                %e,
-                                "the jobs' journal keeps refusing writes: the outbox's writes are dropped"
-                            );
-                            pending.batches.clear();
-                            pending.writes = 0;
-                        }
-                        return Err(e);
-                    }
-                }
+            if let Err(e) = self.append(*now, writes, &mut last) {
+                self.keep(batches.into_iter().skip(i).collect(), &e);
+                return Err(e);
             }
         }
         Ok(*last)
+    }
+
+    /// Appends one batch, at most [`tubemail_log::BATCH_RECORDS_MAX`] records at a time.
+    fn append(&self, now: i64, writes: &[Write], last: &mut Option<u64>) -> Result<(), LogError> {
+        let appends: Vec<Append<'_>> = writes
+            .iter()
+            .map(|w| Append { key: Some(&w.key), value: w.value.as_deref(), timestamp: now })
+            .collect();
+        for slice in appends.chunks(tubemail_log::BATCH_RECORDS_MAX) {
+            match self.partition.append(slice) {
+                Ok((_, offset)) => *last = Some(offset),
+                // The journal checks a slice before it writes any of it: one at a time, the
+                // writes it can take go in, and the one it never will is dropped.
+                Err(e) if never(&e) => {
+                    for one in slice {
+                        match self.partition.append(std::slice::from_ref(one)) {
+                            Ok((_, offset)) => *last = Some(offset),
+                            Err(e) if never(&e) => {
+                                tracing::error!(%e, key = ?one.key, "a jobs' journal write the journal refuses is dropped");
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back what a failed drain did not append, ahead of what was handed in meanwhile, up
+    /// to the bound.
+    fn keep(&self, mut kept: Vec<(i64, Vec<Write>)>, e: &LogError) {
+        let mut pending = self.pending.lock();
+        kept.append(&mut pending.batches);
+        pending.writes = kept.iter().map(|(_, w)| w.len()).sum();
+        pending.batches = kept;
+        if pending.writes > OUTBOX_WRITES_MAX {
+            tracing::error!(
+                dropped = pending.writes,
+                %e,
+                "the jobs' journal keeps refusing writes: the outbox's writes are dropped"
+            );
+            pending.lost = pending.writes;
+            pending.batches.clear();
+            pending.writes = 0;
+        }
     }
 
     /// The appender's loop, on a thread of its own: appends what is handed in until the outbox
@@ -135,7 +185,12 @@ impl Outbox {
             if let Err(e) = self.drain() {
                 tracing::error!(%e, "the jobs' journal failed; its writes are kept and tried again");
                 let mut pending = self.pending.lock();
-                if !pending.stopped {
+                if pending.lost > 0 {
+                    // Nothing more to try: every drain fails now. Wait for the stop.
+                    while !pending.stopped {
+                        self.more.wait(&mut pending);
+                    }
+                } else if !pending.stopped {
                     self.more.wait_for(&mut pending, RETRY_AFTER);
                 }
             }
@@ -182,5 +237,25 @@ mod tests {
         assert!(outbox.drain().is_err());
         assert_eq!(outbox.pending.lock().writes, 0, "dropped (and logged) past the bound");
         assert!(outbox.pending.lock().batches.is_empty());
+        // From then on no drain claims its writes are in the journal.
+        outbox.push(vec![write(4)], 0);
+        assert!(outbox.drain().is_err(), "writes were lost: every drain fails");
+        assert_eq!(outbox.pending.lock().writes, 0);
+    }
+
+    #[test]
+    fn a_write_the_journal_never_takes_is_dropped_and_the_others_go_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogDir::open(dir.path()).unwrap();
+        let config =
+            StreamConfig { cleanup: Cleanup::Compact, max_record_bytes: 1_024, ..StreamConfig::default() };
+        let stream = log.stream("jobs", config).unwrap();
+        let partition = Arc::clone(stream.partition(0).unwrap());
+        let outbox = Outbox::new(Arc::clone(&partition));
+        let huge = Write { key: b"huge".to_vec(), value: Some(vec![0; 4_096]) };
+        outbox.push(vec![write(0), huge, write(1)], 0);
+        outbox.push(vec![write(2)], 0);
+        assert_eq!(outbox.drain().unwrap(), Some(2), "three of the four writes appended");
+        assert_eq!(outbox.pending.lock().writes, 0);
     }
 }

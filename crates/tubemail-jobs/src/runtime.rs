@@ -352,6 +352,10 @@ struct Inner {
     journal: Option<(Stream, Arc<Partition>)>,
     /// The journal's writes on their way to it (with a journal).
     outbox: Option<Arc<Outbox>>,
+    /// Set once the journal is closed (a shutdown's end) or abandoned (a crash): nothing is
+    /// appended after. A shutdown cancelled before its end leaves it unset, and the drop appends
+    /// what the workers settled.
+    journal_done: AtomicBool,
     /// Whether the outbox has a thread of its own appending (a multi-threaded runtime): then a
     /// worker settling its jobs does not append.
     appender: bool,
@@ -382,9 +386,10 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(outbox) = &self.outbox {
             outbox.stop();
-            // Dropped without a shutdown (a runtime that ended, a panic): what the workers settled
-            // is appended before the journal closes. After a crash it is lost, as a crash loses it.
-            if !self.closed.load(Ordering::Acquire) {
+            // Dropped without a shutdown, or with one cancelled before its end (a runtime that
+            // ended, a panic, a timeout around `shutdown`): what the workers settled is appended
+            // before the journal closes. After a crash it is lost, as a crash loses it.
+            if !self.journal_done.load(Ordering::Acquire) {
                 if let Err(e) = outbox.drain() {
                     tracing::error!(%e, "the jobs' journal failed as the jobs were dropped");
                 }
@@ -692,6 +697,7 @@ impl JobsBuilder {
             shared: parking_lot::Mutex::new(Shared { store, rng, running: FxHashMap::default() }),
             journal,
             outbox,
+            journal_done: AtomicBool::new(false),
             appender,
             handlers: self.handlers.keys().enumerate().map(|(i, name)| (name.clone(), i)).collect(),
             handler_list: self.handlers.into_values().collect(),
@@ -1366,6 +1372,7 @@ impl Jobs {
                 tracing::error!(%e, "the jobs' journal failed at shutdown");
             }
         }
+        self.inner.journal_done.store(true, Ordering::Release);
         if let Some(outbox) = &self.inner.outbox {
             outbox.stop();
             // What the workers handed in last, appended before the journal closes.
@@ -1388,6 +1395,7 @@ impl Jobs {
     #[doc(hidden)]
     pub async fn crash(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.journal_done.store(true, Ordering::Release);
         if let Some(outbox) = &self.inner.outbox {
             outbox.stop();
         }

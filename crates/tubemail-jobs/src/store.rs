@@ -284,6 +284,31 @@ pub enum Failure {
     },
 }
 
+/// The longest failure reason a record keeps, in bytes (longer ones are cut at a character
+/// boundary): the record, arguments included, must fit the journal's record bound.
+pub const ERROR_MAX: usize = 4_096;
+
+impl Failure {
+    /// The failure with its reason cut to [`ERROR_MAX`] bytes.
+    fn bounded(self) -> Failure {
+        let cut = |mut reason: String| {
+            if reason.len() > ERROR_MAX {
+                let mut end = ERROR_MAX;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+            }
+            reason
+        };
+        match self {
+            Failure::Retry { reason, delay_ms } => Failure::Retry { reason: cut(reason), delay_ms },
+            Failure::Discard { reason } => Failure::Discard { reason: cut(reason) },
+            Failure::Kill { reason } => Failure::Kill { reason: cut(reason) },
+        }
+    }
+}
+
 /// What became of a failed job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -920,6 +945,7 @@ impl JobStore {
             return None;
         }
         let record = self.jobs.get_mut(&id).expect("an executing job exists");
+        let failure = failure.bounded();
         match failure {
             Failure::Discard { reason } => {
                 record.error = Some(reason);

@@ -247,6 +247,19 @@ fn a_job_come_due_goes_ahead_of_the_last_second_of_the_backlog_not_further() {
 }
 
 #[test]
+fn a_failures_reason_is_kept_to_its_bound_at_a_character_boundary() {
+    let mut store = JobStore::new(Limits::default(), false);
+    let id = store.enqueue(new_job("q", None, None), 0).unwrap();
+    assert!(store.claim("q").is_some());
+    let reason = "é".repeat(ERROR_MAX); // two bytes each
+    let fate = store.fail(id, Failure::Kill { reason }, 0, &mut fastrand::Rng::with_seed(1));
+    assert!(matches!(fate, Some(Fate::Dead)));
+    let kept = store.get(id).unwrap().error.clone().unwrap();
+    assert_eq!(kept.len(), ERROR_MAX);
+    assert!(kept.chars().all(|c| c == 'é'));
+}
+
+#[test]
 fn after_a_restart_a_job_come_due_still_passes_the_last_second_of_the_backlog() {
     let mut store = JobStore::new(Limits::default(), true);
     let old = store.enqueue(new_job("q", None, None), 0).unwrap();
