@@ -25,29 +25,7 @@ fn rabbitmqctl(args: &[&str]) {
 #[cfg(feature = "rabbitmq")]
 #[actix::test]
 async fn nothing_confirmed_is_lost_when_rabbitmq_restarts() {
-    let _one = RABBITMQ_RESTARTS.lock().await;
-    rabbitmq_is_up();
-    survive_a_restart(RABBITMQ, || {
-        rabbitmqctl(&["stop_app"]);
-        std::thread::sleep(Duration::from_secs(1));
-        rabbitmqctl(&["start_app"]);
-        rabbitmqctl(&["await_startup"]);
-    })
-    .await;
-}
-
-/// One RabbitMQ restart at a time (the tests of one file run in parallel): each holds it from
-/// before it checks that RabbitMQ is up until RabbitMQ is up again.
-#[cfg(feature = "rabbitmq")]
-static RABBITMQ_RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[cfg(feature = "rabbitmq")]
-fn rabbitmq_is_up() {
-    let addr = "127.0.0.1:5672".parse().unwrap();
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
-        "RabbitMQ is not running on {addr}: start it (this test runs against it in CI)"
-    );
+    survive_a_rabbitmq_outage(Duration::from_secs(1)).await;
 }
 
 /// Down long enough that the publisher's and the subscriber's attempts to connect again fail many
@@ -55,11 +33,26 @@ fn rabbitmq_is_up() {
 #[cfg(feature = "rabbitmq")]
 #[actix::test]
 async fn nothing_confirmed_is_lost_when_rabbitmq_is_down_for_15_s() {
+    survive_a_rabbitmq_outage(Duration::from_secs(15)).await;
+}
+
+/// One RabbitMQ restart at a time (the tests of one file run in parallel): each holds it from
+/// before it checks that RabbitMQ is up until RabbitMQ is up again.
+#[cfg(feature = "rabbitmq")]
+static RABBITMQ_RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// `rabbitmqctl stop_app`, `outage` later `start_app`, while a publisher and a subscriber run.
+#[cfg(feature = "rabbitmq")]
+async fn survive_a_rabbitmq_outage(outage: Duration) {
     let _one = RABBITMQ_RESTARTS.lock().await;
-    rabbitmq_is_up();
-    survive_a_restart(RABBITMQ, || {
+    let addr = "127.0.0.1:5672".parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok(),
+        "RabbitMQ is not running on {addr}: start it (this test runs against it in CI)"
+    );
+    survive_a_restart(RABBITMQ, move || {
         rabbitmqctl(&["stop_app"]);
-        std::thread::sleep(Duration::from_secs(15));
+        std::thread::sleep(outage);
         rabbitmqctl(&["start_app"]);
         rabbitmqctl(&["await_startup"]);
     })
@@ -119,7 +112,7 @@ fn restart_nats_server() {
     panic!("nats-server did not come back on {addr}");
 }
 
-async fn survive_a_restart(url: &str, restart: fn()) {
+async fn survive_a_restart(url: &str, restart: impl FnOnce() + Send + 'static) {
     let backend = if url.starts_with("nats") { "nats" } else { "rabbitmq" };
     let p = format!("tmc_restart_{backend}_{}", std::process::id());
     let topology = Topology::from_toml_str(&format!(

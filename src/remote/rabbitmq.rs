@@ -163,7 +163,8 @@ pub(crate) struct RabbitMq {
 /// error it got while connecting and stayed "connecting", so no connection was made again and
 /// every publish was refused for minutes). Here a connection that is not connected is made anew
 /// by the next caller that needs one (a publish, a declaration, a subscriber consuming again), at
-/// most one attempt each [`RECONNECT_EVERY`], each bounded by `CONNECT_TIMEOUT`.
+/// most one attempt each [`RECONNECT_EVERY`], each within twice `CONNECT_TIMEOUT` (the TCP
+/// connect, then the handshake).
 struct Link {
     url: String,
     props: ConnectionProperties,

@@ -952,25 +952,22 @@ impl Jobs {
     /// Appends the store's pending writes to the journal, after any handed to the outbox before
     /// (and notes the next due time); returns the last offset written.
     fn flush(&self, shared: &mut Shared) -> Result<Option<u64>, LogError> {
-        self.note_due(shared);
-        let Some(outbox) = &self.inner.outbox else { return Ok(None) };
-        if !shared.store.has_writes() {
-            return Ok(None);
+        match self.hand_in(shared) {
+            Some(_) => self.drain(),
+            None => Ok(None),
         }
-        outbox.push(shared.store.take_writes(), self.now());
-        outbox.drain()
     }
 
     /// Hands the store's pending writes to the outbox, under the store's lock (which orders them),
-    /// for the caller to [`Jobs::drain`] once it released the lock; returns whether it had any.
-    fn hand_in(&self, shared: &mut Shared) -> bool {
+    /// for the caller to [`Jobs::drain`] once it released the lock (and notes the next due time).
+    /// Returns `None` when it had none, else whether the outbox is past its bound.
+    fn hand_in(&self, shared: &mut Shared) -> Option<bool> {
         self.note_due(shared);
-        let Some(outbox) = &self.inner.outbox else { return false };
+        let outbox = self.inner.outbox.as_ref()?;
         if !shared.store.has_writes() {
-            return false;
+            return None;
         }
-        outbox.push(shared.store.take_writes(), self.now());
-        true
+        Some(outbox.push(shared.store.take_writes(), self.now()))
     }
 
     /// Appends what was handed to the outbox (see [`Jobs::hand_in`]); returns the last offset
@@ -986,11 +983,9 @@ impl Jobs {
         if !self.inner.appender {
             return self.flush(shared).map(|_| ());
         }
-        self.note_due(shared);
-        let Some(outbox) = &self.inner.outbox else { return Ok(()) };
-        if shared.store.has_writes() && outbox.push(shared.store.take_writes(), self.now()) {
+        if self.hand_in(shared) == Some(true) {
             // The disk does not keep up: this writer appends, under the lock (backpressure).
-            outbox.drain()?;
+            self.drain()?;
         }
         Ok(())
     }
@@ -1220,7 +1215,7 @@ impl Jobs {
         let handed = {
             let mut shared = self.inner.shared.lock();
             shared.store.checkpoint(id, cursor, items, runtime_ms);
-            self.hand_in(&mut shared)
+            self.hand_in(&mut shared).is_some()
         };
         let offset = if handed { self.drain()? } else { None };
         self.acked(offset).await
@@ -1237,7 +1232,7 @@ impl Jobs {
                     flag.raise();
                 }
             }
-            (cancelled, self.hand_in(&mut shared))
+            (cancelled, self.hand_in(&mut shared).is_some())
         };
         let offset = if handed { self.drain()? } else { None };
         self.acked(offset).await?;
