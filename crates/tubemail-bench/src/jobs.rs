@@ -15,6 +15,10 @@ pub const DELAY_MAX_US: u64 = 60_000_000;
 
 /// Jobs per bulk enqueue.
 pub const BATCH: usize = 1_000;
+/// Jobs enqueued and not yet performed, at most, on both sides: the baseline's channel holds this
+/// many, and tubemail's producer waits for room as the baseline's blocks on a full channel, so that
+/// neither is measured with a backlog the other does not hold.
+pub const BACKLOG: usize = BATCH * 4;
 /// Workers of tubemail's pool and threads of the baseline's.
 pub fn workers() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from).clamp(2, 16)
@@ -66,8 +70,8 @@ fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-/// tubemail's jobs: `n` no-op jobs enqueued in batches of [`BATCH`] and performed by a pool of
-/// [`workers`]; with `scheduled` > 0, that many jobs scheduled 50 to 550 ms ahead, whose start
+/// tubemail's jobs: `n` no-op jobs enqueued in batches of [`BATCH`], at most [`BACKLOG`] ahead of
+/// the workers, and performed by a pool of [`workers`]; with `scheduled` > 0, that many jobs scheduled 50 to 550 ms ahead, whose start
 /// delay after their due time is measured while the load runs.
 ///
 /// # Errors
@@ -81,16 +85,20 @@ pub fn tubemail(durable: bool, n: u64, scheduled: u64) -> Result<JobsRun, String
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let done = Arc::new(AtomicU64::new(0));
+        // Told after each batch's worth of jobs performed: the producer waits on it for room.
+        let room = Arc::new(tokio::sync::Notify::new());
         // Bounded up front: `saturating_record` clamps to the histogram's range and never grows
         // it, so a histogram made with `new` read every delay past 2 ms as about 2 ms.
         let delays = Arc::new(std::sync::Mutex::new(
             hdrhistogram::Histogram::<u64>::new_with_bounds(1, DELAY_MAX_US, 3).map_err(|e| e.to_string())?,
         ));
-        let (count, seen) = (done.clone(), delays.clone());
+        let (count, seen, freed) = (done.clone(), delays.clone(), room.clone());
         let mut builder = Jobs::builder()
             .pool(Pool::new("bench", workers()).queue("default"))
             .handle(move |_: Noop, _| {
-                count.fetch_add(1, Ordering::Relaxed);
+                if (count.fetch_add(1, Ordering::AcqRel) + 1) % BATCH as u64 == 0 {
+                    freed.notify_one();
+                }
                 std::future::ready(Ok::<(), JobError>(()))
             })
             .handle(move |job: Timed, _| {
@@ -120,6 +128,17 @@ pub fn tubemail(durable: bool, n: u64, scheduled: u64) -> Result<JobsRun, String
         let mut next = 0;
         while next < n {
             let batch = (n - next).min(BATCH as u64);
+            // Room for the batch: more than BACKLOG - BATCH ahead means at least a batch's worth
+            // still to perform, whose last one notifies.
+            loop {
+                let freed = room.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if next - done.load(Ordering::Acquire) + batch <= BACKLOG as u64 {
+                    break;
+                }
+                freed.await;
+            }
             jobs.enqueue_bulk((next..next + batch).map(|n| Noop { n })).await.map_err(|e| e.to_string())?;
             next += batch;
         }
@@ -149,7 +168,7 @@ pub fn tubemail(durable: bool, n: u64, scheduled: u64) -> Result<JobsRun, String
 /// The baseline: the same no-op work on [`workers`] threads fed by a bounded crossbeam channel, each
 /// job's arguments encoded as MessagePack by the producer and decoded by the worker.
 pub fn baseline(n: u64) -> JobsRun {
-    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(BATCH * 4);
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(BACKLOG);
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..workers())

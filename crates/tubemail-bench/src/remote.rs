@@ -39,7 +39,7 @@ fn topology(prefix: &str, mode: DeliveryMode) -> Topology {
 
 /// Rounds of each side in one run, interleaved (tubemail first, then the client first, ...): the
 /// median of each side is reported, so that neither gains from going first or second.
-pub const REMOTE_ROUNDS: usize = 5;
+pub const REMOTE_ROUNDS: usize = 7;
 
 /// Runs the shape through tubemail on `url` and through the backend's client directly,
 /// [`REMOTE_ROUNDS`] times each, interleaved; returns the medians `[tubemail, direct]` by rate.

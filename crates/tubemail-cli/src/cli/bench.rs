@@ -753,9 +753,10 @@ fn print_jobs_table(args: &BenchArgs, results: &[Value]) {
         format!("; {}, one run each, same batches and workers, on Redis", peers.join(" and "))
     };
     println!(
-        "jobs: {} no-op jobs, enqueued in batches of {} and performed by {} workers, with {JOBS_SCHEDULED} scheduled jobs under that load (median of {JOBS_RUNS} interleaved runs{peers})",
+        "jobs: {} no-op jobs, enqueued in batches of {}, at most {} ahead of the workers, and performed by {} workers, with {JOBS_SCHEDULED} scheduled jobs under that load (median of {JOBS_RUNS} interleaved runs{peers})",
         args.messages,
         tubemail_bench::jobs::BATCH,
+        tubemail_bench::jobs::BACKLOG,
         tubemail_bench::jobs::workers()
     );
     println!(
