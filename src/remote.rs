@@ -71,6 +71,11 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting to a remote broker may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one read of a remote queue's depth may take in [`Broker::stats`](crate::Broker::stats)
+/// (a queue whose read fails or times out keeps this side's figures); a shutdown waits at least
+/// this long for its report's depths, past its own deadline.
+pub const DEPTH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A remote broker, named by its URL's scheme.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {

@@ -784,6 +784,42 @@ mod rabbitmq_differences {
         finish(Backend::RabbitMq, broker, topology).await;
     }
 
+    /// A burst of `try_publish` that fills the window of unconfirmed publishes: each takes one place
+    /// and its message is sent on it, so the window frees as confirms come, a `publish` after the
+    /// burst is confirmed, and every message arrives. (Each spawned send once waited for a second
+    /// place: a full window was then held by sends that could never start, and stayed full.)
+    #[actix::test]
+    async fn a_burst_of_try_publish_that_fills_the_window_does_not_stall_it() {
+        let p = prefix("tryburst");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        let topic = format!("{p}_t");
+        let mut sent = 0_u64;
+        // Spawned sends do not run before this loop yields (one thread): the window fills.
+        while let Ok(confirm) = broker.try_publish(&topic, "k", sent) {
+            assert_eq!(confirm, Confirm::Sent);
+            sent += 1;
+        }
+        assert_eq!(sent, tubemail::remote::PUBLISH_WINDOW_MAX as u64, "the window bounds the burst");
+        let confirm = tokio::time::timeout(ARRIVES, broker.publish(&topic, "k", sent)).await;
+        assert_eq!(confirm.expect("the window frees").unwrap(), Confirm::Routed { queues: 1 });
+        let (_sub, mut rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Ack).await;
+        let mut values = Vec::new();
+        for _ in 0..=sent {
+            values.push(next(&mut rx, "every message of the burst and the publish after it").await.value);
+        }
+        values.sort_unstable();
+        assert_eq!(values, (0..=sent).collect::<Vec<_>>());
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
     /// A death's time is RabbitMQ's wall clock (milliseconds since the Unix epoch), where the
     /// in-process broker counts from its own start.
     #[actix::test]

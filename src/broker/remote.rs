@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{FutureExt, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use smallvec::SmallVec;
@@ -21,7 +22,7 @@ use crate::ids::{ConsumerId, DeliveryTag, MessageId, QueueId};
 use crate::message::{Message, Payload};
 use crate::remote::{
     redact, Backend, BoxFut, Consumer, Endpoint, Incoming, Outgoing, RemoteError, RemoteSettle, Sent,
-    Settler, CONNECT_TIMEOUT, PUBLISH_WINDOW_MAX, REMOTE_PREFETCH_MAX,
+    Settler, CONNECT_TIMEOUT, DEPTH_TIMEOUT, PUBLISH_WINDOW_MAX, REMOTE_PREFETCH_MAX,
 };
 use crate::routing::{validate_key, RoutingTable, TopicKind};
 use crate::stats::{QueueStats, Stats, TopicStats};
@@ -188,11 +189,23 @@ impl RemoteBroker {
         let (route, alternate) = self.route(topic, key)?;
         let body = payload.to_bytes().map_err(|e| PublishError::Encode(e.to_string()))?;
         let _permit = self.window.acquire().await.map_err(|_| PublishError::Closed)?;
+        self.send(topic, key, body, &route, alternate).await
+    }
+
+    /// Sends a publish whose place in the window its caller holds, and waits for its confirm.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        body: Bytes,
+        route: &[QueueId],
+        alternate: Option<String>,
+    ) -> Result<Confirm, PublishError> {
         let id = MessageId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let targets = self.target_names(&route, alternate.as_deref());
+        let targets = self.target_names(route, alternate.as_deref());
         let sent = self.backend.publish(Outgoing { topic, key, body, id, targets: &targets }).await;
         let sent = sent.map_err(PublishError::Remote)?;
-        Ok(self.confirmed(topic, &route, alternate, sent))
+        Ok(self.confirmed(topic, route, alternate, sent))
     }
 
     fn confirmed(&self, topic: &str, route: &[QueueId], alternate: Option<String>, sent: Sent) -> Confirm {
@@ -282,9 +295,10 @@ impl RemoteBroker {
         key: &str,
         value: T,
     ) -> Result<Confirm, TryPublishError<T>> {
-        if let Err(e) = self.route(topic, key) {
-            return Err(TryPublishError::Invalid(e));
-        }
+        let (route, alternate) = match self.route(topic, key) {
+            Ok(routed) => routed,
+            Err(e) => return Err(TryPublishError::Invalid(e)),
+        };
         let Ok(permit) = Arc::clone(&self.window).try_acquire_owned() else {
             return Err(TryPublishError::Full(value));
         };
@@ -294,9 +308,10 @@ impl RemoteBroker {
         };
         let (this, topic, key) = (Arc::clone(self), topic.to_owned(), key.to_owned());
         self.runtime.spawn(async move {
+            // The place taken above is this publish's: it waits for no other (a burst that filled
+            // the window would otherwise hold every place, each task waiting for a second one).
             let _permit = permit;
-            let payload = Payload::Bytes(body);
-            if let Err(e) = this.publish(&topic, &key, payload).await {
+            if let Err(e) = this.send(&topic, &key, body, &route, alternate).await {
                 // Counted, never silent: the topic's `refused_publishes`.
                 tracing::warn!(topic, key, error = %e, "a try_publish to the remote broker failed");
                 let mut counts = this.counts.lock().expect("not poisoned");
@@ -393,8 +408,9 @@ impl RemoteBroker {
         }
     }
 
-    pub(crate) async fn stats(&self) -> Stats {
-        let (mut topics, mut queues) = {
+    /// The counters this side keeps, without the remote's depths.
+    fn local_stats(&self) -> Stats {
+        let (mut topics, queues) = {
             let counts = self.counts.lock().expect("not poisoned");
             let queues: BTreeMap<String, QueueStats> = counts
                 .queues
@@ -410,13 +426,20 @@ impl RemoteBroker {
         for (name, t) in &mut topics {
             t.bindings = bindings.get(name).copied().unwrap_or(0);
         }
-        for (name, q) in &mut queues {
-            if let Ok(depth) = self.backend.depth(name).await {
+        Stats { topics, queues, ..Default::default() }
+    }
+
+    /// The counters, with each queue's depth and consumers as the remote reports them (each read
+    /// within [`DEPTH_TIMEOUT`]; a queue whose read fails or times out keeps this side's figures).
+    pub(crate) async fn stats(&self) -> Stats {
+        let mut stats = self.local_stats();
+        for (name, q) in &mut stats.queues {
+            if let Ok(Ok(depth)) = tokio::time::timeout(DEPTH_TIMEOUT, self.backend.depth(name)).await {
                 q.ready = depth.ready;
                 q.consumers = depth.consumers;
             }
         }
-        Stats { topics, queues, ..Default::default() }
+        stats
     }
 
     pub(crate) async fn idle(&self) {
@@ -538,7 +561,15 @@ impl RemoteBroker {
             self.window.acquire_many(PUBLISH_WINDOW_MAX as u32),
         )
         .await;
-        report.stats = self.stats().await;
+        // Within what is left of the deadline, and at least DEPTH_TIMEOUT: reading a remote
+        // queue's depth opens a channel, which can wait long on a lost connection.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now()).max(DEPTH_TIMEOUT);
+        if let Ok(stats) = tokio::time::timeout(left, self.stats()).await {
+            report.stats = stats;
+        } else {
+            tracing::warn!("the remote broker did not answer for its queues' depths at shutdown");
+            report.stats = self.local_stats();
+        }
         self.window.close();
         self.backend.close().await;
         report

@@ -64,6 +64,8 @@ use crate::routing::TopicKind;
 use crate::topology::{DeliveryMode, Overflow, QueueSpec, Topology};
 
 const BACKEND: &str = "nats";
+/// How long each step of closing the connection may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A queue stream's description: this, then the queue's name (read back by `tubemail diff`).
 pub(crate) const QUEUE_DESCRIPTION: &str = "tubemail queue ";
 const KEY_HEADER: &str = "Tubemail-Key";
@@ -409,7 +411,12 @@ impl Backend for Nats {
 
     fn close(&self) -> BoxFut<'_, ()> {
         Box::pin(async move {
-            let _ = self.client.flush().await;
+            // Each step within CLOSE_TIMEOUT: a server that is down leaves a flush waiting while
+            // the client reconnects (without end, by default).
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.flush()).await;
+            // The connection ends once its subscriptions drained, not when the last clone of the
+            // client drops (a `Broker` kept after its shutdown).
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.client.drain()).await;
         })
     }
 }
@@ -579,6 +586,19 @@ impl Settler for NatsSettler {
     fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
         let unknown = AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag)));
         match op {
+            RemoteSettle::Nack { requeue: false, multiple: true } => Box::pin(async move {
+                // Every held delivery up to `tag`, each dead-lettered (or dropped) on its own, as
+                // RabbitMQ's `basic.nack` with `multiple` does.
+                let tags: Vec<u64> =
+                    self.held.lock().expect("not poisoned").range(..=tag).map(|(t, _)| *t).collect();
+                if tags.last() != Some(&tag) {
+                    return Err(unknown);
+                }
+                for t in tags {
+                    self.dead_letter_or_drop(t, DeathReason::Rejected).await?;
+                }
+                Ok(())
+            }),
             RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
                 Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::Rejected).await })
             }

@@ -782,7 +782,12 @@ impl Settler for RabbitSettler {
                     return Ok(());
                 }
             };
-            done.map(|_| ()).map_err(|_| AckError::Remote)
+            // `Ok(false)`: the channel was lost after the check above (the acker is poisoned), so
+            // nothing was settled and the delivery comes again: not a success.
+            match done {
+                Ok(true) => Ok(()),
+                Ok(false) | Err(_) => Err(AckError::Remote),
+            }
         })
     }
 }
