@@ -52,6 +52,11 @@ type RunFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 trait Handler: Send + Sync {
     fn start(&self, claim: &Claimed, ctx: JobContext) -> RunFuture;
+
+    /// Whether its runs go on (on a thread of tokio's blocking pool) when their future is dropped.
+    fn blocking(&self) -> bool {
+        false
+    }
 }
 
 fn undecodable<T>(e: &rmp_serde::decode::Error) -> RunFuture {
@@ -106,6 +111,10 @@ where
             }
             Err(e) => undecodable::<T>(&e),
         }
+    }
+
+    fn blocking(&self) -> bool {
+        true
     }
 }
 
@@ -330,7 +339,7 @@ impl Clock {
     /// The moment of `us` microseconds since the epoch on tokio's clock.
     fn instant_at_us(&self, us: i64) -> tokio::time::Instant {
         let after = u64::try_from(us.saturating_sub(self.base_ms.saturating_mul(1_000))).unwrap_or(0);
-        self.base + Duration::from_micros(after)
+        later_by(self.base, Duration::from_micros(after))
     }
 }
 
@@ -490,9 +499,11 @@ impl JobsBuilder {
     }
 
     /// Registers a blocking handler for job type `T`: it runs on tokio's blocking pool, so it stalls
-    /// no other queue. It cannot be stopped mid-run: its timeout, a cancellation and a shutdown's
-    /// interruption take effect when it returns, or where it checks [`JobContext::is_cancelled`] and
-    /// [`JobContext::is_stopping`].
+    /// no other queue. It cannot be stopped mid-run: its timeout and a cancellation take effect when
+    /// it returns (its worker waits for it, so the job is neither retried nor its unique key
+    /// released while it runs), or where it checks [`JobContext::is_cancelled`]. A shutdown's
+    /// interruption does not wait for it: its job is put back and runs again in the next process,
+    /// as Sidekiq's; a handler that checks [`JobContext::is_stopping`] can end sooner.
     #[must_use]
     pub fn handle_blocking<T, F>(mut self, handler: F) -> Self
     where
@@ -1234,6 +1245,9 @@ impl Jobs {
             }
             (cancelled, self.hand_in(&mut shared).is_some())
         };
+        // A waiting job cancelled may have been the last one `idle` waited for (no run ends to
+        // tell it).
+        self.inner.idle.notify_waiters();
         let offset = if handed { self.drain()? } else { None };
         self.acked(offset).await?;
         Ok(cancelled)
@@ -1249,7 +1263,8 @@ impl Jobs {
         self.inner.shared.lock().store.dead().into_iter().cloned().collect()
     }
 
-    /// Puts dead job `id` back in its queue with its retries reset; false when it is not dead.
+    /// Puts dead job `id` back in its queue with its retries reset; false when it is not dead, or
+    /// when its unique key is held by another job within the key's TTL (it takes its key again).
     ///
     /// # Errors
     /// The journal's.
@@ -1336,7 +1351,7 @@ impl Jobs {
         let running = self.inner.shared.lock().started();
         self.inner.stop.store(true, Ordering::Release);
         self.inner.stopping.send_replace(true);
-        let deadline = tokio::time::Instant::now() + self.inner.shutdown_timeout;
+        let deadline = later_by(tokio::time::Instant::now(), self.inner.shutdown_timeout);
         let mut interrupted = 0;
         let mut deadline_passed = false;
         loop {
@@ -1515,24 +1530,36 @@ impl Jobs {
             Err(panic) => return Some(Outcome::Failed(Failure::Kill { reason: panic_reason(panic) })),
             Ok(future) => future,
         };
-        let guarded = AssertUnwindSafe(future).catch_unwind();
+        let mut guarded = std::pin::pin!(AssertUnwindSafe(future).catch_unwind());
         let timeout = claim.timeout_ms.map(Duration::from_millis);
         // The run first: a handler that is done at its first poll costs no waiter on the
         // interruption or the cancellation (a run that ended is not interrupted).
-        tokio::select! {
+        let early = tokio::select! {
             biased;
-            result = with_timeout(guarded, timeout) => Some(match result {
-                Some(Ok(outcome)) => outcome,
-                Some(Err(panic)) => Outcome::Failed(Failure::Kill { reason: panic_reason(panic) }),
-                None => Outcome::Failed(Failure::Retry {
+            result = with_timeout(guarded.as_mut(), timeout) => match result {
+                Some(Ok(outcome)) => return Some(outcome),
+                Some(Err(panic)) => return Some(Outcome::Failed(Failure::Kill { reason: panic_reason(panic) })),
+                None => Some(Outcome::Failed(Failure::Retry {
                     reason: format!("timed out after {} ms", claim.timeout_ms.unwrap_or(0)),
                     delay_ms: None,
-                }),
-            }),
+                })),
+            },
             // Outside tokio's budget: a handler that spends the task's budget on every poll (a busy
             // channel) must not keep a shutdown's interruption from being seen.
-            _ = tokio::task::unconstrained(interrupt.wait_for(|stop| *stop)) => None,
+            _ = tokio::task::unconstrained(interrupt.wait_for(|stop| *stop)) => return None,
             () = cancel.raised() => Some(Outcome::Cancelled),
+        };
+        if !handler.blocking() {
+            // Dropped, an async run stops where it waits.
+            return early;
+        }
+        // A blocking run goes on on its thread: its timeout and its cancellation take effect when
+        // it returns, so that its job is not run again (a retry), nor its unique key released (a
+        // cancellation), while it still runs. A shutdown's interruption does not wait for it.
+        tokio::select! {
+            biased;
+            _ = guarded => early,
+            _ = tokio::task::unconstrained(interrupt.wait_for(|stop| *stop)) => None,
         }
     }
 
@@ -1557,6 +1584,15 @@ impl Jobs {
             let mut shared = self.inner.shared.lock();
             let shared = &mut *shared;
             for (id, outcome) in done.drain(..) {
+                // A cancellation told its caller the job stops and leaves (`Cancelled::Running`):
+                // a run that ended otherwise meanwhile (a failure, a yield, an interruption) is not
+                // retried or put back. A run that succeeded leaves as completed.
+                let cancelled = shared.running.get(&id).is_some_and(|flag| flag.is_raised());
+                let outcome = match outcome {
+                    Some(Outcome::Done) => Some(Outcome::Done),
+                    _ if cancelled => Some(Outcome::Cancelled),
+                    other => other,
+                };
                 match outcome {
                     Some(Outcome::Done) => {
                         finished.extend(shared.store.complete(id));
@@ -1697,6 +1733,12 @@ pub const CLAIM_AHEAD_MAX: usize = 64;
 /// How long a worker runs jobs it claimed ahead before it settles them and gives back the rest
 /// (at once when a job is still running then).
 pub const CLAIM_AHEAD_BUDGET: Duration = Duration::from_micros(200);
+
+/// `at` plus `d`, or a century past `at` where that overflows (a timeout of `Duration::MAX`: no
+/// deadline to speak of).
+fn later_by(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    at.checked_add(d).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 86_400))
+}
 
 async fn with_timeout<F: Future>(future: F, timeout: Option<Duration>) -> Option<F::Output> {
     match timeout {
@@ -1875,8 +1917,9 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
             .map(|p| next_tick(p, start.max(shared.store.last_tick(&p.name).unwrap_or(i64::MIN))))
             .collect()
     };
-    let mut maintenance =
-        clock.now_ms() + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
+    let mut maintenance = clock
+        .now_ms()
+        .saturating_add(i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX));
     loop {
         if *stopping.borrow() {
             return;
@@ -1918,7 +1961,8 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
             jobs.wake(queue);
         }
         if now >= maintenance {
-            maintenance = now + i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX);
+            maintenance = now
+                .saturating_add(i64::try_from(jobs.inner.maintenance_every.as_millis()).unwrap_or(i64::MAX));
             {
                 let mut shared = jobs.inner.shared.lock();
                 shared.store.trim_dead(now);

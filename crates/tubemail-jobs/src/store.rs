@@ -1110,6 +1110,22 @@ impl JobStore {
         if record.state != JobState::Dead {
             return false;
         }
+        // Its unique lock, released at its death, is taken again while its TTL runs: refused
+        // while another live job holds the key (two jobs of one key never run within its TTL).
+        let relock = match &record.unique {
+            Some(lock) if lock.until > now => {
+                if let Some(&(holder, until)) = self.unique.get(&lock.key) {
+                    if holder != id && until > now && self.jobs.contains_key(&holder) {
+                        return false;
+                    }
+                }
+                Some((lock.key.clone(), lock.until))
+            }
+            _ => None,
+        };
+        if let Some((key, until)) = relock {
+            self.unique.insert(key, (id, until));
+        }
         self.dead.remove(&(record.died_at.unwrap_or(now), id));
         let record = self.jobs.get_mut(&id).expect("checked");
         record.state = JobState::Available;

@@ -237,6 +237,45 @@ async fn a_unique_lock_lapses_at_its_ttl_and_is_released_on_death() {
     jobs.shutdown().await;
 }
 
+/// A unique job retried from the dead set takes its key again while the key's TTL runs, and is
+/// refused while another job holds it: two jobs of one key never wait or run together.
+#[tokio::test(start_paused = true)]
+async fn a_unique_job_retried_from_the_dead_set_takes_its_key_again() {
+    let jobs = Jobs::builder()
+        .handle(|job: Work, _| async move {
+            match job.n {
+                1 | 2 => Err(JobError::Kill("dies".into())),
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(3_600)).await;
+                    Ok(())
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    let key = |k: &str| EnqueueOptions::default().unique_key(k, Duration::from_secs(7_200));
+    // Its key free: back from the dead set with it.
+    let dead = jobs.enqueue_with(Work { n: 1 }, key("a")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(jobs.job(dead).unwrap().state, JobState::Dead);
+    assert!(jobs.retry_dead(dead).unwrap());
+    assert!(
+        matches!(
+            jobs.enqueue_with(Work { n: 3 }, key("a")).await,
+            Err(EnqueueError::Refused(Refused::Duplicate { .. }))
+        ),
+        "the job back from the dead set holds its key"
+    );
+    // Its key taken meanwhile by another job: it stays dead.
+    let dead = jobs.enqueue_with(Work { n: 2 }, key("b")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(jobs.job(dead).unwrap().state, JobState::Dead);
+    jobs.enqueue_with(Work { n: 4 }, key("b")).await.expect("released at its death");
+    assert!(!jobs.retry_dead(dead).unwrap(), "the key is held by the other job");
+    assert_eq!(jobs.job(dead).unwrap().state, JobState::Dead);
+    jobs.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_periodic_job_is_enqueued_once_per_tick_even_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,6 +409,63 @@ async fn a_run_past_its_timeout_is_stopped_and_retried() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(runs.lock().unwrap().len(), 2);
     assert!(jobs.job(id).is_none());
+    jobs.shutdown().await;
+}
+
+/// A running job cancelled just as a shutdown interrupts it leaves as cancelled: the caller was told
+/// it stops and leaves (`Cancelled::Running`), so it is not put back to run in the next process.
+#[tokio::test(start_paused = true)]
+async fn a_running_job_cancelled_as_the_shutdown_interrupts_it_is_not_put_back() {
+    let jobs = Jobs::builder()
+        .handle(move |_: Work, _| async {
+            tokio::time::sleep(Duration::from_secs(3_600)).await;
+            Ok(())
+        })
+        .shutdown_timeout(Duration::ZERO)
+        .start()
+        .unwrap();
+    let id = jobs.enqueue(Work { n: 1 }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(jobs.job(id).unwrap().state, JobState::Executing);
+    // Both before the worker runs again: it sees the interruption first.
+    assert_eq!(jobs.cancel(id).await.unwrap(), Cancelled::Running);
+    jobs.shutdown().await;
+    assert!(jobs.job(id).is_none(), "the cancelled job was put back: {:?}", jobs.job(id));
+    let counters = jobs.stats().counters;
+    assert_eq!((counters.cancelled, counters.interrupted), (1, 0));
+}
+
+/// A blocking handler cannot be stopped: past its timeout it runs on on its thread, and its retry
+/// waits for that run to return (two runs of one job never overlap). Real threads and real time:
+/// the handler sleeps on tokio's blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_run_past_its_timeout_is_retried_only_once_it_returns() {
+    // (started, ended) of each run.
+    let runs: Arc<Mutex<Vec<(std::time::Instant, std::time::Instant)>>> = Arc::default();
+    let seen = runs.clone();
+    let jobs = Jobs::builder()
+        .handle_blocking(move |_: Work, ctx| {
+            let started = std::time::Instant::now();
+            if ctx.retry_count() == 0 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            seen.lock().unwrap().push((started, std::time::Instant::now()));
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    let options = EnqueueOptions::default()
+        .timeout(Duration::from_millis(20))
+        .retry(RetryPolicy::Fixed { retries: 1, delay_ms: 0 });
+    let id = jobs.enqueue_with(Work { n: 1 }, options).await.unwrap();
+    let waited = std::time::Instant::now();
+    while jobs.job(id).is_some() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "the job ends");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2, "the run past its timeout, then its retry");
+    assert!(runs[1].0 >= runs[0].1, "the retry started after the first run returned: {runs:?}");
     jobs.shutdown().await;
 }
 

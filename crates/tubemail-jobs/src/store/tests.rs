@@ -132,8 +132,17 @@ proptest! {
                     }
                 }
                 Op::RetryDead => {
-                    if let Some(id) = store.dead().first().map(|r| r.id) {
-                        prop_assert!(store.retry_dead(id, now));
+                    if let Some((id, lock)) = store.dead().first().map(|r| (r.id, r.unique.clone())) {
+                        // Refused while another live job holds its key within the key's TTL.
+                        let held = lock.is_some_and(|lock| {
+                            lock.until > now
+                                && store.all().iter().any(|r| {
+                                    r.id != id
+                                        && r.state != JobState::Dead
+                                        && r.unique.as_ref().is_some_and(|l| l.key == lock.key && l.until > now)
+                                })
+                        });
+                        prop_assert_eq!(store.retry_dead(id, now), !held);
                     }
                 }
                 Op::DeleteDead => {
