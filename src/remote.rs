@@ -272,7 +272,9 @@ pub const RABBITMQ_RETRY_HOLD_MAX: std::time::Duration = std::time::Duration::fr
 
 /// Settles a consumer's deliveries on the remote broker.
 pub(crate) trait Settler: Send + Sync + 'static {
-    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>>;
+    /// Settles delivery `tag` (and every unsettled one before it, with `multiple`); returns how many
+    /// deliveries that settled.
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<u64, AckError>>;
 
     /// Tells the remote that the delivery's handler is still at work (JetStream's progress ack);
     /// nothing where the remote has no per-delivery deadline (RabbitMQ).
@@ -294,6 +296,11 @@ pub(crate) struct Consumer {
     /// Cancels the consumer and gives back what it holds unsettled (requeued by the remote); answers
     /// how many deliveries that was.
     pub(crate) cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send>,
+    /// Whether the remote acked each delivery as it sent it (RabbitMQ's auto-ack, at most once):
+    /// what `deliveries` still holds once the consumer is cancelled was sent and is lost, counted
+    /// (`lost_at_most_once`). JetStream's at-most-once deliveries are acked as the stream yields
+    /// them: one not yielded is redelivered.
+    pub(crate) auto_acked: bool,
 }
 
 /// A queue's depth as the remote broker reports it.

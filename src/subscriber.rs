@@ -434,7 +434,7 @@ impl Acker {
                     SettleOp::Retry { tag, after } => (tag, RemoteSettle::Retry { after }),
                     SettleOp::Processed(_) | SettleOp::Rejected(_) => return Ok(()),
                 };
-                Arc::clone(settler).settle(tag.0, op).await
+                Arc::clone(settler).settle(tag.0, op).await.map(|_| ())
             }
         }
     }

@@ -618,6 +618,45 @@ async fn prefetch_bounds_deferred(backend: Backend) {
     finish(backend, broker, topology).await;
 }
 
+/// Deliveries settled later through their `Acker` (after `Defer`) are counted as outcomes are: an
+/// ack `acked`; a reject `nacked` and, without a dead-letter queue, `dropped.rejected`.
+async fn acker_settlements_are_counted(backend: Backend) {
+    let p = prefix("ackercount");
+    let toml = r#"
+        [topics.{p}_t]
+        kind = "fanout"
+        [queues.{p}_work]
+        delivery = "at-least-once"
+        [[bindings]]
+        topic = "{p}_t"
+        queue = "{p}_work"
+    "#;
+    let (broker, topology) = start(backend, &p, toml).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sub = broker
+        .subscribe(&format!("{p}_work"), move |d: Delivery<u64>| {
+            tx.send((*d, d.acker())).unwrap();
+            async { Outcome::Defer }
+        })
+        .await
+        .unwrap();
+    for i in 0..2_u64 {
+        broker.publish(&format!("{p}_t"), "k", i).await.unwrap();
+    }
+    let mut held = std::collections::BTreeMap::new();
+    while held.len() < 2 {
+        let next = tokio::time::timeout(ARRIVES, rx.recv()).await;
+        let (v, acker) = next.expect("both deliveries").expect("the handler runs");
+        held.insert(v, acker);
+    }
+    held[&0].ack(false).await.unwrap();
+    held[&1].reject().await.unwrap();
+    let q = broker.stats().await.queues[&format!("{p}_work")].clone();
+    assert_eq!((q.acked, q.nacked, q.dropped.rejected), (1, 1, 1), "{q:?}");
+    sub.unsubscribe(Duration::from_secs(1)).await;
+    finish(backend, broker, topology).await;
+}
+
 /// Unsubscribing gives back what the subscriber held unsettled: the report counts it requeued, and
 /// the next subscriber gets it, redelivered.
 async fn unsubscribe_gives_back(backend: Backend) {
@@ -683,6 +722,7 @@ conformance!(
         delayed_publish,
         dead_letters_from_two_queues,
         prefetch_bounds_deferred,
+        acker_settlements_are_counted,
         unsubscribe_gives_back,
     ],
     not_on_nats: [ttl_dead_letters, single_active_consumer]
@@ -781,6 +821,103 @@ mod rabbitmq_differences {
         assert_eq!(broker.try_publish(&format!("{p}_t"), "k", 4_u64).unwrap(), Confirm::Sent);
         let (_sub, mut rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Ack).await;
         assert_eq!(next(&mut rx, "the message sent without waiting").await.value, 4);
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
+    /// At most once on RabbitMQ is auto-ack: RabbitMQ sends an auto-ack consumer everything ready
+    /// (no prefetch bound), and the client buffers it. What a subscriber still buffers when it leaves
+    /// was acked as it was sent: lost, and counted (the report's `lost`, the queue's
+    /// `dropped.lost_at_most_once`); every message is handled, lost, or still in the queue.
+    #[actix::test]
+    async fn at_most_once_deliveries_buffered_when_the_subscriber_leaves_are_counted_lost() {
+        let p = prefix("amolost");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            delivery = "at-most-once"
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        let queue = format!("{p}_q");
+        for i in 0..200_u64 {
+            broker.publish(&format!("{p}_t"), "k", i).await.unwrap();
+        }
+        let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = handled.clone();
+        let sub = broker
+            .subscribe(&queue, move |_: Delivery<u64>| {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Outcome::Ack
+                }
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let report = sub.unsubscribe(Duration::from_secs(2)).await;
+        let handled = handled.load(std::sync::atomic::Ordering::SeqCst);
+        let q = broker.stats().await.queues[&queue].clone();
+        assert!(report.lost > 0, "a slow subscriber left with deliveries buffered: {report:?}");
+        assert_eq!(q.dropped.lost_at_most_once, report.lost);
+        assert_eq!(handled + report.lost + q.ready, 200, "handled {handled}, {report:?}, {q:?}");
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
+    /// A subscription whose channel RabbitMQ closes for an error of its own (here a nack of a delivery
+    /// an earlier ack of `multiple` already settled: `PRECONDITION_FAILED`) consumes anew on a new
+    /// channel, and the next message arrives. (It once ended for good, with only a warning.)
+    #[actix::test]
+    async fn a_subscription_whose_channel_failed_consumes_anew() {
+        let p = prefix("chanfail");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            delivery = "at-least-once"
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _sub = broker
+            .subscribe(&format!("{p}_q"), move |d: Delivery<u64>| {
+                let first = *d == 0 && !d.redelivered();
+                tx.send((*d, d.acker())).unwrap();
+                async move {
+                    match first {
+                        // Held for a second, then nacked: by then the ack below settled it.
+                        true => Outcome::Retry { after: Duration::from_secs(1) },
+                        false => Outcome::Defer,
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        broker.publish(&format!("{p}_t"), "k", 0_u64).await.unwrap();
+        broker.publish(&format!("{p}_t"), "k", 1_u64).await.unwrap();
+        let mut acker = None;
+        while acker.is_none() {
+            let (v, a) = tokio::time::timeout(ARRIVES, rx.recv()).await.expect("both arrive").unwrap();
+            if v == 1 {
+                acker = Some(a);
+            }
+        }
+        // Covers message 0 on the server too: the held nack then names an unknown tag.
+        acker.unwrap().ack(true).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        broker.publish(&format!("{p}_t"), "k", 2_u64).await.unwrap();
+        loop {
+            let next = tokio::time::timeout(ARRIVES, rx.recv()).await;
+            let (v, _) = next.expect("a message after the channel's failure arrives").unwrap();
+            if v == 2 {
+                break;
+            }
+        }
         finish(Backend::RabbitMq, broker, topology).await;
     }
 

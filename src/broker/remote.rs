@@ -20,6 +20,7 @@ use super::{
 };
 use crate::ids::{ConsumerId, DeliveryTag, MessageId, QueueId};
 use crate::message::{Message, Payload};
+use crate::protocol::AckError;
 use crate::remote::{
     redact, Backend, BoxFut, Consumer, Endpoint, Incoming, Outgoing, RemoteError, RemoteSettle, Sent,
     Settler, CONNECT_TIMEOUT, DEPTH_TIMEOUT, PUBLISH_WINDOW_MAX, REMOTE_PREFETCH_MAX,
@@ -54,18 +55,23 @@ impl Counts {
     }
 }
 
+type Deliveries = Pin<Box<dyn Stream<Item = Result<Incoming, RemoteError>> + Send>>;
+
 struct RemoteSub {
     queue: String,
     stop: Arc<StopFlag>,
     done: tokio::sync::oneshot::Receiver<LoopEnd>,
     cancel: Box<dyn FnOnce() -> BoxFut<'static, u64> + Send>,
+    /// Whether the remote acked each delivery as it sent it (see [`Consumer::auto_acked`]).
+    auto_acked: bool,
 }
 
 /// How a subscription's loop ended.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Default)]
 struct LoopEnd {
-    /// Deliveries fetched and never handled: given back to the remote queue.
-    unhandled: u64,
+    /// The deliveries' stream, when the loop stopped on its subscription's leave: what it still
+    /// holds once the consumer is cancelled was sent and never handled.
+    rest: Option<Deliveries>,
 }
 
 #[derive(Default)]
@@ -341,7 +347,7 @@ impl RemoteBroker {
             n => n.min(REMOTE_PREFETCH_MAX),
         };
         let remote = self.backend.consume(queue, &spec, prefetch).await.map_err(SubscribeError::Remote)?;
-        let Consumer { deliveries, settler, cancel } = remote;
+        let Consumer { deliveries, settler, cancel, auto_acked } = remote;
         let stop = Arc::new(StopFlag::default());
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let sub_loop = SubLoop {
@@ -369,7 +375,7 @@ impl RemoteBroker {
             return Err(SubscribeError::Closed);
         }
         self.counts.lock().expect("not poisoned").queue(queue).lock().expect("not poisoned").consumers += 1;
-        let sub = RemoteSub { queue: queue.to_owned(), stop, done, cancel };
+        let sub = RemoteSub { queue: queue.to_owned(), stop, done, cancel, auto_acked };
         self.subs.lock().expect("not poisoned").insert(consumer, sub);
         Ok(())
     }
@@ -382,29 +388,40 @@ impl RemoteBroker {
     }
 
     async fn retire(&self, sub: RemoteSub, timeout: Duration) -> UnsubscribeReport {
-        let RemoteSub { queue, stop, done, cancel } = sub;
+        let RemoteSub { queue, stop, done, cancel, auto_acked } = sub;
         stop.set();
         let end = tokio::time::timeout(timeout, done).await;
         // Closing the consumer gives back what it fetched and did not settle: the remote requeues
         // it (at-least-once); at-most-once deliveries were acked when they arrived.
         let given_back = cancel().await;
+        // Auto-acked deliveries the client still buffers (sent before the consumer's cancel took
+        // effect) are lost: counted, never silent.
+        let mut lost = 0;
+        let stopped = matches!(end, Ok(Ok(_)));
+        if let Ok(Ok(LoopEnd { rest: Some(mut rest) })) = end {
+            if auto_acked {
+                while let Some(Some(delivery)) = rest.next().now_or_never() {
+                    lost += u64::from(delivery.is_ok());
+                }
+            }
+        }
         if let Some(q) = self.counts.lock().expect("not poisoned").queues.get(&queue) {
             let mut q = q.lock().expect("not poisoned");
             q.consumers = q.consumers.saturating_sub(1);
+            q.dropped.lost_at_most_once += lost;
         }
         let at_least_once = self.queue_spec(&queue).is_none_or(|s| s.delivery == DeliveryMode::AtLeastOnce);
-        match end {
-            Ok(Ok(end)) => {
-                let (requeued, lost) = if at_least_once { (given_back, 0) } else { (0, end.unhandled) };
-                UnsubscribeReport { drained: given_back == 0, stopped: true, interrupted: 0, requeued, lost }
-            }
-            _ => UnsubscribeReport {
+        if stopped {
+            let requeued = if at_least_once { given_back } else { 0 };
+            UnsubscribeReport { drained: given_back == 0, stopped: true, interrupted: 0, requeued, lost }
+        } else {
+            UnsubscribeReport {
                 drained: false,
                 stopped: false,
                 interrupted: 1,
                 requeued: if at_least_once { given_back.max(1) } else { 0 },
                 lost: u64::from(!at_least_once),
-            },
+            }
         }
     }
 
@@ -600,25 +617,21 @@ impl SubLoop {
         f(&mut self.counts.lock().expect("not poisoned"));
     }
 
-    async fn run<T, R>(
-        self,
-        mut deliveries: Pin<Box<dyn Stream<Item = Result<Incoming, RemoteError>> + Send>>,
-        mut runner: R,
-    ) -> LoopEnd
+    async fn run<T, R>(self, mut deliveries: Deliveries, mut runner: R) -> LoopEnd
     where
         T: DeserializeOwned + Send + Sync + 'static,
         R: Runner<T>,
     {
         loop {
             if self.stop.is_set() {
-                return LoopEnd::default();
+                return LoopEnd { rest: Some(deliveries) };
             }
             // The stream first: a busy stream costs no waiter on the stop flag per message (checked
             // above each turn).
             let next = tokio::select! {
                 biased;
                 next = deliveries.next() => next,
-                () = self.stop.notify.notified() => return LoopEnd::default(),
+                () = self.stop.notify.notified() => return LoopEnd { rest: Some(deliveries) },
             };
             let incoming = match next {
                 Some(Ok(incoming)) => incoming,
@@ -651,11 +664,7 @@ impl SubLoop {
                 tracing::warn!(queue = %self.queue, tag, error = %e, "dead-lettering at the delivery limit failed; it comes again");
                 return;
             }
-            let dead_letters = self.dead_letters;
-            self.count(|q| match dead_letters {
-                true => q.dead_lettered += 1,
-                false => q.dropped.delivery_limit += 1,
-            });
+            self.count(|q| count_settled(q, RemoteSettle::DeliveryLimit, 1, self.dead_letters));
             return;
         }
         self.count(|q| {
@@ -674,7 +683,13 @@ impl SubLoop {
                 return self.settle(tag, Outcome::Reject).await;
             }
         };
-        let link = crate::subscriber::Link::Remote(Arc::clone(&self.settler));
+        // A handler that settles through its `Acker` (after `Defer`) is counted as its outcome is.
+        let counted = Arc::new(CountedSettler {
+            settler: Arc::clone(&self.settler),
+            counts: Arc::clone(&self.counts),
+            dead_letters: self.dead_letters,
+        });
+        let link = crate::subscriber::Link::Remote(counted);
         let delivery = Delivery::remote(value, msg, DeliveryTag(tag), delivery_count, link);
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| runner.run(delivery))) {
             Ok(Run::Done(outcome)) => Ok(outcome),
@@ -732,20 +747,47 @@ impl SubLoop {
                 return;
             }
         }
-        // Counted as the in-process queue does: every nack and reject is `nacked`; one that is not
-        // requeued is dead-lettered, or dropped as `rejected` without a dead-letter queue.
-        let dead_letters = self.dead_letters;
-        self.count(|q| match op {
-            RemoteSettle::Ack { .. } => q.acked += 1,
-            RemoteSettle::Nack { requeue: true, .. } | RemoteSettle::Retry { .. } => q.nacked += 1,
-            RemoteSettle::DeliveryLimit => unreachable!("settled in `handle`"),
-            RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
-                q.nacked += 1;
-                match dead_letters {
-                    true => q.dead_lettered += 1,
-                    false => q.dropped.rejected += 1,
-                }
+        self.count(|q| count_settled(q, op, 1, self.dead_letters));
+    }
+}
+
+/// Counts `n` deliveries settled by `op` as the in-process queue does: every nack and reject is
+/// `nacked`; one that is not requeued is dead-lettered, or dropped as `rejected` (`delivery_limit`
+/// past the limit) without a dead-letter queue.
+fn count_settled(q: &mut QueueStats, op: RemoteSettle, n: u64, dead_letters: bool) {
+    match op {
+        RemoteSettle::Ack { .. } => q.acked += n,
+        RemoteSettle::Nack { requeue: true, .. } | RemoteSettle::Retry { .. } => q.nacked += n,
+        RemoteSettle::DeliveryLimit if dead_letters => q.dead_lettered += n,
+        RemoteSettle::DeliveryLimit => q.dropped.delivery_limit += n,
+        RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
+            q.nacked += n;
+            match dead_letters {
+                true => q.dead_lettered += n,
+                false => q.dropped.rejected += n,
             }
-        });
+        }
+    }
+}
+
+/// A subscription's settler as a handler's `Acker` reaches it: each settlement it makes is counted
+/// in the queue's figures.
+struct CountedSettler {
+    settler: Arc<dyn Settler>,
+    counts: Arc<Mutex<QueueStats>>,
+    dead_letters: bool,
+}
+
+impl Settler for CountedSettler {
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<u64, AckError>> {
+        Box::pin(async move {
+            let settled = Arc::clone(&self.settler).settle(tag, op).await?;
+            count_settled(&mut self.counts.lock().expect("not poisoned"), op, settled, self.dead_letters);
+            Ok(settled)
+        })
+    }
+
+    fn progress(self: Arc<Self>, tag: u64) -> BoxFut<'static, ()> {
+        Arc::clone(&self.settler).progress(tag)
     }
 }

@@ -366,7 +366,7 @@ impl Backend for Nats {
                     given_back
                 })
             });
-            Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel })
+            Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel, auto_acked: false })
         })
     }
 
@@ -583,7 +583,7 @@ impl Settler for NatsSettler {
         })
     }
 
-    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<u64, AckError>> {
         let unknown = AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag)));
         match op {
             RemoteSettle::Nack { requeue: false, multiple: true } => Box::pin(async move {
@@ -594,23 +594,30 @@ impl Settler for NatsSettler {
                 if tags.last() != Some(&tag) {
                     return Err(unknown);
                 }
+                let settled = tags.len() as u64;
                 for t in tags {
                     self.dead_letter_or_drop(t, DeathReason::Rejected).await?;
                 }
-                Ok(())
+                Ok(settled)
             }),
             RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
-                Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::Rejected).await })
+                Box::pin(
+                    async move { self.dead_letter_or_drop(tag, DeathReason::Rejected).await.map(|()| 1) },
+                )
             }
-            RemoteSettle::DeliveryLimit => {
-                Box::pin(async move { self.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await })
-            }
+            RemoteSettle::DeliveryLimit => Box::pin(async move {
+                self.dead_letter_or_drop(tag, DeathReason::DeliveryLimit).await.map(|()| 1)
+            }),
             RemoteSettle::Retry { after } => {
                 // JetStream's own delayed redelivery (`-NAK {"delay": …}`).
                 let message = self.take(tag, false).pop();
                 Box::pin(async move {
                     let message = message.ok_or(unknown)?;
-                    message.ack_with(AckKind::Nak(Some(after))).await.map_err(|_| AckError::Remote)
+                    message
+                        .ack_with(AckKind::Nak(Some(after)))
+                        .await
+                        .map(|()| 1)
+                        .map_err(|_| AckError::Remote)
                 })
             }
             RemoteSettle::Ack { multiple } | RemoteSettle::Nack { multiple, requeue: true } => {
@@ -621,10 +628,11 @@ impl Settler for NatsSettler {
                     if messages.is_empty() {
                         return Err(unknown);
                     }
+                    let settled = messages.len() as u64;
                     for m in messages {
                         m.ack_with(kind).await.map_err(|_| AckError::Remote)?;
                     }
-                    Ok(())
+                    Ok(settled)
                 })
             }
         }

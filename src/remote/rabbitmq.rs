@@ -504,7 +504,24 @@ impl Backend for RabbitMq {
             match confirm.await {
                 Err(e) => Err(io("publisher confirm")(e)),
                 Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Sent::Confirmed),
-                Ok(Confirmation::Ack(Some(_))) => Ok(Sent::Returned),
+                // lapin pairs a `basic.return` with the next confirm it reads (with an ack of
+                // `multiple`, whichever of its publishes comes first): a return is this publish's
+                // only when it carries this publish's id. Another's makes this one confirmed (and
+                // that other publish, whose confirm comes without it, is counted routed: logged).
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    let id = out.id.0.to_string();
+                    match returned.delivery.properties.message_id().as_ref().map(|m| m.as_str()) {
+                        Some(m) if m == id => Ok(Sent::Returned),
+                        other => {
+                            tracing::warn!(
+                                returned = ?other,
+                                confirmed = %id,
+                                "RabbitMQ returned another publish's message with this confirm: that publish is counted routed"
+                            );
+                            Ok(Sent::Confirmed)
+                        }
+                    }
+                }
                 Ok(Confirmation::Nack(_)) => Ok(Sent::Refused),
             }
         };
@@ -562,8 +579,21 @@ impl Backend for RabbitMq {
                                     Some(Err(e)) if alive(conn) => {
                                         return Some((Err(io("consume")(e)), (consumer, resubscribe)))
                                     }
-                                    // Cancelled by the broker or by the subscriber: the end.
-                                    None if alive(conn) => return None,
+                                    // Cancelled by the broker (its channel still open) or by the
+                                    // subscriber: the end. A channel closed by an error of its own
+                                    // (an unknown delivery tag, RabbitMQ's `consumer_timeout`)
+                                    // consumes anew below: the broker redelivers what it held.
+                                    None if alive(conn)
+                                        && (resubscribe.left.load(std::sync::atomic::Ordering::Acquire)
+                                            || resubscribe
+                                                .channel
+                                                .lock()
+                                                .expect("not poisoned")
+                                                .status()
+                                                .connected()) =>
+                                    {
+                                        return None
+                                    }
                                     _ => drop(consumer.take()),
                                 }
                             }
@@ -595,7 +625,7 @@ impl Backend for RabbitMq {
                     held
                 })
             });
-            Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel })
+            Ok(Consumer { deliveries: Box::pin(deliveries), settler, cancel, auto_acked: at_most_once })
         })
     }
 
@@ -746,16 +776,17 @@ struct RabbitSettler {
 }
 
 impl Settler for RabbitSettler {
-    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<(), AckError>> {
+    fn settle(self: Arc<Self>, tag: u64, op: RemoteSettle) -> BoxFut<'static, Result<u64, AckError>> {
         let multiple =
             matches!(op, RemoteSettle::Ack { multiple: true } | RemoteSettle::Nack { multiple: true, .. });
-        let acker = {
+        let (acker, settled) = {
             let mut ackers = self.ackers.lock().expect("not poisoned");
+            let before = ackers.len();
             let acker = ackers.remove(&tag);
             if multiple && acker.is_some() {
                 ackers.retain(|t, _| *t > tag);
             }
-            acker
+            (acker, (before - ackers.len()) as u64)
         };
         Box::pin(async move {
             let acker = acker.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
@@ -779,13 +810,13 @@ impl Settler for RabbitSettler {
                         tokio::time::sleep(hold).await;
                         let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
                     });
-                    return Ok(());
+                    return Ok(1);
                 }
             };
             // `Ok(false)`: the channel was lost after the check above (the acker is poisoned), so
             // nothing was settled and the delivery comes again: not a success.
             match done {
-                Ok(true) => Ok(()),
+                Ok(true) => Ok(settled),
                 Ok(false) | Err(_) => Err(AckError::Remote),
             }
         })

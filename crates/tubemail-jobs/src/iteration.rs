@@ -178,10 +178,22 @@ pub(crate) enum Outcome {
     Cancelled,
 }
 
+/// The largest cursor an iteration job may checkpoint, encoded: 4 MiB, so that its record (with
+/// arguments of up to [`ARGS_MAX`](crate::ARGS_MAX)) fits the journal's 16 MiB record bound. A
+/// larger cursor kills the job (to the dead set, with the reason): a checkpoint the journal could
+/// not take would leave the job to resume from an older one.
+pub const CURSOR_MAX: usize = 4 << 20;
+
 fn encode_cursor<C: Serialize>(cursor: &C) -> Result<Bytes, JobError> {
-    rmp_serde::to_vec(cursor)
-        .map(Bytes::from)
-        .map_err(|e| JobError::Kill(format!("cursor does not encode: {e}")))
+    let bytes =
+        rmp_serde::to_vec(cursor).map_err(|e| JobError::Kill(format!("cursor does not encode: {e}")))?;
+    if bytes.len() > CURSOR_MAX {
+        return Err(JobError::Kill(format!(
+            "a cursor of {} bytes encoded (at most {CURSOR_MAX})",
+            bytes.len()
+        )));
+    }
+    Ok(Bytes::from(bytes))
 }
 
 pub(crate) async fn run<T: IterationJob>(

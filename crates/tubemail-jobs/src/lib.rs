@@ -97,7 +97,7 @@ pub use outbox::OUTBOX_WRITES_MAX;
 mod runtime;
 pub mod store;
 
-pub use iteration::{enumerators, Enumerator, IterationJob, IterationSettings};
+pub use iteration::{enumerators, Enumerator, IterationJob, IterationSettings, CURSOR_MAX};
 pub use job::{EnqueueOptions, Job, JobContext, JobError, JobOptions, Unique, When};
 pub use policy::RetryPolicy;
 pub use runtime::{

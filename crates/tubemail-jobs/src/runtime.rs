@@ -870,6 +870,17 @@ fn encode_args<T: Job>(job: &T) -> Result<Bytes, EnqueueError> {
     })
 }
 
+/// The hash of encoded arguments in a unique key made from them: SipHash-1-3 with zero keys over
+/// the length (8 bytes, little-endian) and the bytes, fixed, since the key is journaled (std's
+/// `DefaultHasher` computes the same today on 64-bit targets, and may change).
+fn args_hash(args: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    h.write(&(args.len() as u64).to_le_bytes());
+    h.write(args);
+    h.finish()
+}
+
 /// A job ready to enter the store; `now` in milliseconds and `exact` (the same moment to the
 /// nanosecond, since the Unix epoch) for its due time.
 fn new_job<T: Job>(
@@ -929,10 +940,7 @@ fn new_job<T: Job>(
             Some((key, millis(ttl)))
         }
         Some(Unique::Args(ttl)) => {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            args.hash(&mut h);
-            Some((format!("{}:{queue}:{:016x}", T::NAME, h.finish()), millis(ttl)))
+            Some((format!("{}:{queue}:{:016x}", T::NAME, args_hash(&args)), millis(ttl)))
         }
     };
     Ok(NewJob {
@@ -1994,5 +2002,19 @@ async fn scheduler(jobs: Jobs, periodic: Vec<Periodic>) {
             () = &mut notified => {}
             () = sleep => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::args_hash;
+
+    /// The hash of a unique key's arguments is journaled: it must never change. The values pinned
+    /// are those `DefaultHasher` gave when keys were made with it (journals written then keep
+    /// their keys): `{"n": 7}` as MessagePack, and no arguments.
+    #[test]
+    fn the_arguments_hash_of_a_unique_key_is_fixed() {
+        assert_eq!(format!("{:016x}", args_hash(b"\x81\xa1n\x07")), "53b44f6e7796afd5");
+        assert_eq!(format!("{:016x}", args_hash(b"")), "bd60acb658c79e45");
     }
 }

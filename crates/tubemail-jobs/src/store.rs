@@ -555,6 +555,10 @@ impl JobStore {
             let Some(value) = value else { continue };
             match key.first() {
                 Some(b'j') => match rmp_serde::from_slice::<JobRecord>(&value) {
+                    // A record under another job's key (a damaged journal) would be indexed twice.
+                    Ok(record) if job_key(record.id) != key || record.id.0 == u64::MAX => {
+                        bad.push((key, format!("the record of job {} under another job's key", record.id)));
+                    }
                     Ok(record) => {
                         store.next_id = store.next_id.max(record.id.0 + 1);
                         store.front = store.front.min(record.order);
@@ -1035,7 +1039,7 @@ impl JobStore {
             return false;
         }
         let order = if interrupted {
-            self.front -= 1;
+            self.front = self.front.saturating_sub(1);
             self.counters.interrupted += 1;
             self.front
         } else {
