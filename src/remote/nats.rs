@@ -534,6 +534,11 @@ impl NatsSettler {
     async fn dead_letter_or_drop(&self, tag: u64, reason: DeathReason) -> Result<(), AckError> {
         let held = self.take(tag, false).pop();
         let message = held.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;
+        self.dead_letter_or_drop_held(message, reason).await
+    }
+
+    /// [`NatsSettler::dead_letter_or_drop`] for a message already taken from `held`.
+    async fn dead_letter_or_drop_held(&self, message: Held, reason: DeathReason) -> Result<(), AckError> {
         let (mut deaths, key) = (deaths_of(&message), key_of(&message).to_owned());
         if let Some(dl) = &self.dead_letter {
             let at_ms = std::time::SystemTime::now()
@@ -587,18 +592,29 @@ impl Settler for NatsSettler {
         let unknown = AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag)));
         match op {
             RemoteSettle::Nack { requeue: false, multiple: true } => Box::pin(async move {
-                // Every held delivery up to `tag`, each dead-lettered (or dropped) on its own, as
-                // RabbitMQ's `basic.nack` with `multiple` does.
-                let tags: Vec<u64> =
-                    self.held.lock().expect("not poisoned").range(..=tag).map(|(t, _)| *t).collect();
-                if tags.last() != Some(&tag) {
-                    return Err(unknown);
+                // Every held delivery up to `tag`, taken at once, each dead-lettered (or dropped) on
+                // its own, as RabbitMQ's `basic.nack` with `multiple` does. One that fails is given
+                // back (to come again) and the others go on; what settled is counted.
+                let messages: Vec<Held> = {
+                    let mut held = self.held.lock().expect("not poisoned");
+                    if !held.contains_key(&tag) {
+                        return Err(unknown);
+                    }
+                    let tags: Vec<u64> = held.range(..=tag).map(|(t, _)| *t).collect();
+                    tags.iter().filter_map(|t| held.remove(t)).collect()
+                };
+                self.room.notify_one();
+                let (mut settled, mut failed) = (0, None);
+                for message in messages {
+                    match self.dead_letter_or_drop_held(message, DeathReason::Rejected).await {
+                        Ok(()) => settled += 1,
+                        Err(e) => failed = Some(e),
+                    }
                 }
-                let settled = tags.len() as u64;
-                for t in tags {
-                    self.dead_letter_or_drop(t, DeathReason::Rejected).await?;
+                match failed {
+                    Some(e) if settled == 0 => Err(e),
+                    _ => Ok(settled),
                 }
-                Ok(settled)
             }),
             RemoteSettle::Nack { requeue: false, .. } | RemoteSettle::Reject => {
                 Box::pin(

@@ -156,6 +156,10 @@ pub(crate) fn binding_key(kind: TopicKind, key: &str, weight: u32) -> String {
 pub(crate) struct RabbitMq {
     link: Arc<Link>,
     publish: Mutex<Channel>,
+    /// Ids of publishes whose `basic.return` lapin paired with another publish's confirm (at most
+    /// [`PUBLISH_WINDOW_MAX`](super::PUBLISH_WINDOW_MAX): one per publish in flight; each leaves when
+    /// its publish's confirm reads it).
+    stray_returns: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 /// The connection, and its recovery. tubemail recovers it, not lapin: lapin's automatic recovery
@@ -302,7 +306,8 @@ impl RabbitMq {
             reconnecting: tokio::sync::Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
         };
-        let rabbit = RabbitMq { link: Arc::new(link), publish: Mutex::new(publish) };
+        let rabbit =
+            RabbitMq { link: Arc::new(link), publish: Mutex::new(publish), stray_returns: Mutex::default() };
         rabbit.declare(topology).await?;
         Ok(rabbit)
     }
@@ -455,6 +460,12 @@ impl Resubscribe {
             });
             match attempt {
                 Ok((conn, channel, consumer)) => {
+                    // Left while the attempt ran (its close found the old channel): this one closes
+                    // too, before it delivers anything.
+                    if self.left.load(std::sync::atomic::Ordering::Acquire) {
+                        close_within(channel.close(200, "unsubscribed".into())).await;
+                        return None;
+                    }
                     *self.channel.lock().expect("not poisoned") = channel;
                     tracing::warn!(queue = %self.queue, "consuming again on a new RabbitMQ connection");
                     return Some((conn, consumer));
@@ -503,21 +514,38 @@ impl Backend for RabbitMq {
                 .map_err(io("basic.publish"))?;
             match confirm.await {
                 Err(e) => Err(io("publisher confirm")(e)),
-                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(Sent::Confirmed),
                 // lapin pairs a `basic.return` with the next confirm it reads (with an ack of
                 // `multiple`, whichever of its publishes comes first): a return is this publish's
-                // only when it carries this publish's id. Another's makes this one confirmed (and
-                // that other publish, whose confirm comes without it, is counted routed: logged).
+                // only when it carries this publish's id. Another's is noted for that publish, whose
+                // confirm comes without it (unless that publish's task read its confirm first:
+                // then it was counted routed, and its note stays until the bound evicts it; ids
+                // never repeat).
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
+                    match self.stray_returns.lock().expect("not poisoned").remove(&out.id.0) {
+                        true => Ok(Sent::Returned),
+                        false => Ok(Sent::Confirmed),
+                    }
+                }
                 Ok(Confirmation::Ack(Some(returned))) => {
-                    let id = out.id.0.to_string();
-                    match returned.delivery.properties.message_id().as_ref().map(|m| m.as_str()) {
-                        Some(m) if m == id => Ok(Sent::Returned),
-                        other => {
-                            tracing::warn!(
-                                returned = ?other,
-                                confirmed = %id,
-                                "RabbitMQ returned another publish's message with this confirm: that publish is counted routed"
+                    let other =
+                        returned.delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned());
+                    match other.as_deref().map(str::parse::<u64>) {
+                        Some(Ok(other)) if other == out.id.0 => Ok(Sent::Returned),
+                        Some(Ok(other)) => {
+                            let mut stray = self.stray_returns.lock().expect("not poisoned");
+                            if stray.len() >= super::PUBLISH_WINDOW_MAX {
+                                stray.pop_first();
+                            }
+                            stray.insert(other);
+                            tracing::debug!(
+                                returned = other,
+                                confirmed = out.id.0,
+                                "a return paired with another publish's confirm"
                             );
+                            Ok(Sent::Confirmed)
+                        }
+                        _ => {
+                            tracing::warn!(returned = ?other, "RabbitMQ returned a message without tubemail's id");
                             Ok(Sent::Confirmed)
                         }
                     }
@@ -609,7 +637,13 @@ impl Backend for RabbitMq {
                 next_tag += 1;
                 let incoming = incoming(next_tag, &delivery);
                 if !at_most_once {
-                    ackers.ackers.lock().expect("not poisoned").insert(next_tag, delivery.acker);
+                    let mut held = ackers.ackers.lock().expect("not poisoned");
+                    // A lost channel's deliveries (redelivered on this one) leave at the first new
+                    // delivery: settling one finds no such tag, refused as before.
+                    if held.first_key_value().is_some_and(|(_, a)| !a.usable()) {
+                        held.retain(|_, a| a.usable());
+                    }
+                    held.insert(next_tag, delivery.acker);
                 }
                 Ok(incoming)
             });
@@ -619,7 +653,13 @@ impl Backend for RabbitMq {
                     // Closing the channel requeues what it delivered and nobody acked: the
                     // deliveries this subscriber held unsettled, and any lapin still buffered.
                     left.store(true, std::sync::atomic::Ordering::Release);
-                    let held = giving_back.ackers.lock().expect("not poisoned").len() as u64;
+                    let held = giving_back
+                        .ackers
+                        .lock()
+                        .expect("not poisoned")
+                        .values()
+                        .filter(|a| a.usable())
+                        .count() as u64;
                     let closing = current.lock().expect("not poisoned").clone();
                     close_within(closing.close(200, "unsubscribed".into())).await;
                     held
@@ -781,12 +821,17 @@ impl Settler for RabbitSettler {
             matches!(op, RemoteSettle::Ack { multiple: true } | RemoteSettle::Nack { multiple: true, .. });
         let (acker, settled) = {
             let mut ackers = self.ackers.lock().expect("not poisoned");
-            let before = ackers.len();
             let acker = ackers.remove(&tag);
+            // Counted: the deliveries of the current channel (a lost channel's are redelivered).
+            let mut settled = u64::from(acker.as_ref().is_some_and(lapin::Acker::usable));
             if multiple && acker.is_some() {
-                ackers.retain(|t, _| *t > tag);
+                ackers.retain(|t, a| {
+                    let covered = *t < tag;
+                    settled += u64::from(covered && a.usable());
+                    !covered
+                });
             }
-            (acker, (before - ackers.len()) as u64)
+            (acker, settled)
         };
         Box::pin(async move {
             let acker = acker.ok_or(AckError::Refused(SettleError::UnknownTag(DeliveryTag(tag))))?;

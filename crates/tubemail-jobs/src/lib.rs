@@ -85,7 +85,8 @@
 //! # Where handlers run
 //! Async handlers ([`JobsBuilder::handle`]) and iteration jobs run as tokio tasks on the runtime that
 //! started the jobs; they must not block. Blocking handlers ([`JobsBuilder::handle_blocking`]) run on
-//! tokio's blocking pool, where they stall no other queue.
+//! tokio's blocking pool, where they stall no other queue; a blocking run cannot be stopped, so its
+//! timeout and a cancellation take effect when it returns (its worker waits for it).
 
 #[doc(hidden)]
 pub mod broken;

@@ -501,7 +501,8 @@ impl JobsBuilder {
     /// Registers a blocking handler for job type `T`: it runs on tokio's blocking pool, so it stalls
     /// no other queue. It cannot be stopped mid-run: its timeout and a cancellation take effect when
     /// it returns (its worker waits for it, so the job is neither retried nor its unique key
-    /// released while it runs), or where it checks [`JobContext::is_cancelled`]. A shutdown's
+    /// released while it runs; a run that succeeded after all completes), or where it checks
+    /// [`JobContext::is_cancelled`]. A shutdown's
     /// interruption does not wait for it: its job is put back and runs again in the next process,
     /// as Sidekiq's; a handler that checks [`JobContext::is_stopping`] can end sooner.
     #[must_use]
@@ -1566,7 +1567,11 @@ impl Jobs {
         // cancellation), while it still runs. A shutdown's interruption does not wait for it.
         tokio::select! {
             biased;
-            _ = guarded => early,
+            // A run that succeeded after all completes: its work is done.
+            result = guarded => match result {
+                Ok(Outcome::Done) => Some(Outcome::Done),
+                _ => early,
+            },
             _ = tokio::task::unconstrained(interrupt.wait_for(|stop| *stop)) => None,
         }
     }

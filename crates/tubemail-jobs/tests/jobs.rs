@@ -435,6 +435,20 @@ async fn a_running_job_cancelled_as_the_shutdown_interrupts_it_is_not_put_back()
     assert_eq!((counters.cancelled, counters.interrupted), (1, 0));
 }
 
+/// Enqueues a job with a 20 ms timeout and one immediate retry, and waits (real time, at most 10 s)
+/// until it has left.
+async fn run_blocking_past_its_timeout(jobs: &Jobs) {
+    let options = EnqueueOptions::default()
+        .timeout(Duration::from_millis(20))
+        .retry(RetryPolicy::Fixed { retries: 1, delay_ms: 0 });
+    let id = jobs.enqueue_with(Work { n: 1 }, options).await.unwrap();
+    let waited = std::time::Instant::now();
+    while jobs.job(id).is_some() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "the job ends");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A blocking handler cannot be stopped: past its timeout it runs on on its thread, and its retry
 /// waits for that run to return (two runs of one job never overlap). Real threads and real time:
 /// the handler sleeps on tokio's blocking pool.
@@ -446,26 +460,41 @@ async fn a_blocking_run_past_its_timeout_is_retried_only_once_it_returns() {
     let jobs = Jobs::builder()
         .handle_blocking(move |_: Work, ctx| {
             let started = std::time::Instant::now();
+            seen.lock().unwrap().push((started, started));
             if ctx.retry_count() == 0 {
                 std::thread::sleep(Duration::from_millis(300));
+                seen.lock().unwrap()[0].1 = std::time::Instant::now();
+                // Failed after its timeout: retried (a run that succeeded after all would complete).
+                return Err(JobError::Retry("slow and failed".into()));
             }
-            seen.lock().unwrap().push((started, std::time::Instant::now()));
             Ok(())
         })
         .start()
         .unwrap();
-    let options = EnqueueOptions::default()
-        .timeout(Duration::from_millis(20))
-        .retry(RetryPolicy::Fixed { retries: 1, delay_ms: 0 });
-    let id = jobs.enqueue_with(Work { n: 1 }, options).await.unwrap();
-    let waited = std::time::Instant::now();
-    while jobs.job(id).is_some() {
-        assert!(waited.elapsed() < Duration::from_secs(10), "the job ends");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    run_blocking_past_its_timeout(&jobs).await;
     let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 2, "the run past its timeout, then its retry");
     assert!(runs[1].0 >= runs[0].1, "the retry started after the first run returned: {runs:?}");
+    jobs.shutdown().await;
+}
+
+/// A blocking run that succeeds after its timeout completes: its work is done, it is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_run_that_succeeds_past_its_timeout_completes() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let seen = runs.clone();
+    let jobs = Jobs::builder()
+        .handle_blocking(move |_: Work, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            Ok(())
+        })
+        .start()
+        .unwrap();
+    run_blocking_past_its_timeout(&jobs).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let counters = jobs.stats().counters;
+    assert_eq!((counters.completed, counters.retried), (1, 0));
     jobs.shutdown().await;
 }
 
