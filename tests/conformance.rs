@@ -921,6 +921,34 @@ mod rabbitmq_differences {
         finish(Backend::RabbitMq, broker, topology).await;
     }
 
+    /// A delivery held for a retry's delay (RabbitMQ has no delayed requeue) is given back when its
+    /// subscriber leaves: counted `requeued`, and its hold ends with the subscription.
+    #[actix::test]
+    async fn a_delivery_held_for_a_retry_is_given_back_when_the_subscriber_leaves() {
+        let p = prefix("retryleave");
+        let toml = r#"
+            [topics.{p}_t]
+            kind = "fanout"
+            [queues.{p}_q]
+            delivery = "at-least-once"
+            [[bindings]]
+            topic = "{p}_t"
+            queue = "{p}_q"
+        "#;
+        let (broker, topology) = start(Backend::RabbitMq, &p, toml).await;
+        let (sub, mut rx) =
+            record(&broker, &format!("{p}_q"), |_| Outcome::Retry { after: Duration::from_secs(600) }).await;
+        broker.publish(&format!("{p}_t"), "k", 7_u64).await.unwrap();
+        assert_eq!(next(&mut rx, "the delivery").await.value, 7);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let report = sub.unsubscribe(Duration::from_secs(2)).await;
+        assert_eq!(report.requeued, 1, "{report:?}");
+        let (_again, mut rx) = record(&broker, &format!("{p}_q"), |_| Outcome::Ack).await;
+        let seen = next(&mut rx, "the held delivery, given back").await;
+        assert!(seen.value == 7 && seen.redelivered, "{seen:?}");
+        finish(Backend::RabbitMq, broker, topology).await;
+    }
+
     /// A burst of `try_publish` that fills the window of unconfirmed publishes: each takes one place
     /// and its message is sent on it, so the window frees as confirms come, a `publish` after the
     /// burst is confirmed, and every message arrives. (Each spawned send once waited for a second

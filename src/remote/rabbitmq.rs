@@ -574,7 +574,7 @@ impl Backend for RabbitMq {
             let at_most_once = spec.delivery == DeliveryMode::AtMostOnce;
             let qos = u16::try_from(prefetch).unwrap_or(u16::MAX);
             let (conn, channel, consumer) = subscribe(&self.link, queue, at_most_once, qos).await?;
-            let settler = Arc::new(RabbitSettler { ackers: Mutex::default() });
+            let settler = Arc::new(RabbitSettler { ackers: Mutex::default(), holds: Mutex::default() });
             let ackers = Arc::clone(&settler);
             // The subscriber's channel (a new one after a reconnection), and whether it left.
             let current = Arc::new(Mutex::new(channel));
@@ -659,7 +659,8 @@ impl Backend for RabbitMq {
                         .expect("not poisoned")
                         .values()
                         .filter(|a| a.usable())
-                        .count() as u64;
+                        .count() as u64
+                        + giving_back.end_holds();
                     let closing = current.lock().expect("not poisoned").clone();
                     close_within(closing.close(200, "unsubscribed".into())).await;
                     held
@@ -813,6 +814,22 @@ fn deaths(entries: &[AMQPValue]) -> (Vec<Death>, Option<String>) {
 struct RabbitSettler {
     /// Unsettled deliveries: at most the subscription's prefetch.
     ackers: Mutex<BTreeMap<u64, lapin::Acker>>,
+    /// Deliveries held for a retry's delay, each by a task that nacks it when due (at most the
+    /// prefetch: each holds a prefetch slot): aborted, and counted given back, when the subscriber
+    /// leaves (closing the channel requeues them).
+    holds: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl RabbitSettler {
+    /// Ends the retry holds still waiting; returns how many deliveries they held.
+    fn end_holds(&self) -> u64 {
+        let holds = std::mem::take(&mut *self.holds.lock().expect("not poisoned"));
+        let waiting = holds.iter().filter(|h| !h.is_finished()).count() as u64;
+        for hold in holds {
+            hold.abort();
+        }
+        waiting
+    }
 }
 
 impl Settler for RabbitSettler {
@@ -851,10 +868,13 @@ impl Settler for RabbitSettler {
                     // RabbitMQ has no delayed requeue: the delivery is held (a prefetch slot) and
                     // given back when due. A lost channel redelivers it sooner (at least once).
                     let hold = after.min(super::RABBITMQ_RETRY_HOLD_MAX);
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         tokio::time::sleep(hold).await;
                         let _ = acker.nack(BasicNackOptions { multiple: false, requeue: true }).await;
                     });
+                    let mut holds = self.holds.lock().expect("not poisoned");
+                    holds.retain(|h| !h.is_finished());
+                    holds.push(task);
                     return Ok(1);
                 }
             };
