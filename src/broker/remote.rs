@@ -350,16 +350,24 @@ impl RemoteBroker {
         let Consumer { deliveries, settler, cancel, auto_acked } = remote;
         let stop = Arc::new(StopFlag::default());
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        let counts = self.counts.lock().expect("not poisoned").queue(queue);
+        let dead_letters = spec.dead_letter.is_some();
+        let acker_settler: Arc<dyn Settler> = Arc::new(CountedSettler {
+            settler: Arc::clone(&settler),
+            counts: Arc::clone(&counts),
+            dead_letters,
+        });
         let sub_loop = SubLoop {
             queue: queue.into(),
             mode: spec.delivery,
-            dead_letters: spec.dead_letter.is_some(),
+            dead_letters,
             ack_timeout: spec.ack_timeout,
             delivery_limit: spec.delivery_limit,
             consumer,
             settler,
+            acker_settler,
             stop: Arc::clone(&stop),
-            counts: self.counts.lock().expect("not poisoned").queue(queue),
+            counts,
             in_flight: Arc::clone(&self.in_flight),
             on_undecodable: options.on_undecodable,
         };
@@ -605,6 +613,9 @@ struct SubLoop {
     delivery_limit: u32,
     consumer: ConsumerId,
     settler: Arc<dyn Settler>,
+    /// `settler` as a handler's `Acker` reaches it (after `Defer`): its settlements counted as
+    /// outcomes are. Made once per subscription, shared by every delivery.
+    acker_settler: Arc<dyn Settler>,
     stop: Arc<StopFlag>,
     /// This queue's counters.
     counts: Arc<Mutex<QueueStats>>,
@@ -683,13 +694,7 @@ impl SubLoop {
                 return self.settle(tag, Outcome::Reject).await;
             }
         };
-        // A handler that settles through its `Acker` (after `Defer`) is counted as its outcome is.
-        let counted = Arc::new(CountedSettler {
-            settler: Arc::clone(&self.settler),
-            counts: Arc::clone(&self.counts),
-            dead_letters: self.dead_letters,
-        });
-        let link = crate::subscriber::Link::Remote(counted);
+        let link = crate::subscriber::Link::Remote(Arc::clone(&self.acker_settler));
         let delivery = Delivery::remote(value, msg, DeliveryTag(tag), delivery_count, link);
         let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| runner.run(delivery))) {
             Ok(Run::Done(outcome)) => Ok(outcome),

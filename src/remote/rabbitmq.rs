@@ -160,6 +160,9 @@ pub(crate) struct RabbitMq {
     /// [`PUBLISH_WINDOW_MAX`](super::PUBLISH_WINDOW_MAX): one per publish in flight; each leaves when
     /// its publish's confirm reads it).
     stray_returns: Mutex<std::collections::BTreeSet<u64>>,
+    /// Whether `stray_returns` may hold anything: a confirm reads the set only then (no lock per
+    /// publish).
+    strays: std::sync::atomic::AtomicBool,
 }
 
 /// The connection, and its recovery. tubemail recovers it, not lapin: lapin's automatic recovery
@@ -306,8 +309,12 @@ impl RabbitMq {
             reconnecting: tokio::sync::Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
         };
-        let rabbit =
-            RabbitMq { link: Arc::new(link), publish: Mutex::new(publish), stray_returns: Mutex::default() };
+        let rabbit = RabbitMq {
+            link: Arc::new(link),
+            publish: Mutex::new(publish),
+            stray_returns: Mutex::default(),
+            strays: std::sync::atomic::AtomicBool::new(false),
+        };
         rabbit.declare(topology).await?;
         Ok(rabbit)
     }
@@ -521,10 +528,13 @@ impl Backend for RabbitMq {
                 // then it was counted routed, and its note stays until the bound evicts it; ids
                 // never repeat).
                 Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
-                    match self.stray_returns.lock().expect("not poisoned").remove(&out.id.0) {
-                        true => Ok(Sent::Returned),
-                        false => Ok(Sent::Confirmed),
+                    if !self.strays.load(std::sync::atomic::Ordering::Acquire) {
+                        return Ok(Sent::Confirmed);
                     }
+                    let mut stray = self.stray_returns.lock().expect("not poisoned");
+                    let returned = stray.remove(&out.id.0);
+                    self.strays.store(!stray.is_empty(), std::sync::atomic::Ordering::Release);
+                    Ok(if returned { Sent::Returned } else { Sent::Confirmed })
                 }
                 Ok(Confirmation::Ack(Some(returned))) => {
                     let other =
@@ -537,6 +547,7 @@ impl Backend for RabbitMq {
                                 stray.pop_first();
                             }
                             stray.insert(other);
+                            self.strays.store(true, std::sync::atomic::Ordering::Release);
                             tracing::debug!(
                                 returned = other,
                                 confirmed = out.id.0,

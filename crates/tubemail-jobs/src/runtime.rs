@@ -502,9 +502,9 @@ impl JobsBuilder {
     /// no other queue. It cannot be stopped mid-run: its timeout and a cancellation take effect when
     /// it returns (its worker waits for it, so the job is neither retried nor its unique key
     /// released while it runs; a run that succeeded after all completes), or where it checks
-    /// [`JobContext::is_cancelled`]. A shutdown's
-    /// interruption does not wait for it: its job is put back and runs again in the next process,
-    /// as Sidekiq's; a handler that checks [`JobContext::is_stopping`] can end sooner.
+    /// [`JobContext::is_cancelled`]. A shutdown's interruption does not wait for it: its job is put
+    /// back and runs again in the next process, as Sidekiq's; a handler that checks
+    /// [`JobContext::is_stopping`] can end sooner.
     #[must_use]
     pub fn handle_blocking<T, F>(mut self, handler: F) -> Self
     where
@@ -1600,10 +1600,12 @@ impl Jobs {
                 // A cancellation told its caller the job stops and leaves (`Cancelled::Running`):
                 // a run that ended otherwise meanwhile (a failure, a yield, an interruption) is not
                 // retried or put back. A run that succeeded leaves as completed.
-                let cancelled = shared.running.get(&id).is_some_and(|flag| flag.is_raised());
+                // (Looked up only for a run that did not succeed: nothing more per completed job.)
                 let outcome = match outcome {
                     Some(Outcome::Done) => Some(Outcome::Done),
-                    _ if cancelled => Some(Outcome::Cancelled),
+                    _ if shared.running.get(&id).is_some_and(|flag| flag.is_raised()) => {
+                        Some(Outcome::Cancelled)
+                    }
                     other => other,
                 };
                 match outcome {

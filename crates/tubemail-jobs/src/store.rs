@@ -555,9 +555,10 @@ impl JobStore {
             let Some(value) = value else { continue };
             match key.first() {
                 Some(b'j') => match rmp_serde::from_slice::<JobRecord>(&value) {
-                    // A record under another job's key (a damaged journal) would be indexed twice.
+                    // A record under another job's key (a damaged journal) would be indexed twice;
+                    // the largest id leaves no id after it.
                     Ok(record) if job_key(record.id) != key || record.id.0 == u64::MAX => {
-                        bad.push((key, format!("the record of job {} under another job's key", record.id)));
+                        bad.push((key, format!("job {}'s record does not match its key", record.id)));
                     }
                     Ok(record) => {
                         store.next_id = store.next_id.max(record.id.0 + 1);
